@@ -1,0 +1,188 @@
+//! A protected disk's front-end: the NBD export the VM's hypervisor attaches.
+//!
+//! Every change is applied to the raw source image and then, when the VM is replicated,
+//! appended to its write stream, both under the disk's order lock so the stream's order of
+//! overlapping writes is the image's order. The reply to the client is sent only after both.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use ferry_format::segment::OpRef;
+use ferry_nbd::Export;
+
+use crate::AgentError;
+use crate::stream::Stream;
+
+/// One disk of a VM, served from a raw image file on the source host.
+pub struct Disk {
+    index: u16,
+    path: PathBuf,
+    file: File,
+    size: u64,
+    order: Mutex<()>,
+    stream: RwLock<Option<Arc<Stream>>>,
+}
+
+impl Disk {
+    /// Open the image at `path`, creating it (sparse, all zeroes) when missing.
+    pub fn open_or_create(path: &Path, size: u64, index: u16) -> Result<Disk, AgentError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(AgentError::io("create disk directory", dir))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(AgentError::io("open disk image", path))?;
+        let actual = file.metadata().map_err(AgentError::io("stat disk image", path))?.len();
+        if actual == 0 {
+            file.set_len(size).map_err(AgentError::io("size disk image", path))?;
+        } else if actual != size {
+            return Err(AgentError::SizeMismatch {
+                path: path.to_path_buf(),
+                expected: size,
+                actual,
+            });
+        }
+        Ok(Disk {
+            index,
+            path: path.to_path_buf(),
+            file,
+            size,
+            order: Mutex::new(()),
+            stream: RwLock::new(None),
+        })
+    }
+
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Start (or stop, with `None`) appending this disk's writes to a stream.
+    pub fn attach(&self, stream: Option<Arc<Stream>>) {
+        *self.stream.write().unwrap_or_else(|p| p.into_inner()) = stream;
+    }
+
+    fn stream(&self) -> Option<Arc<Stream>> {
+        self.stream.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Apply a change to the image and the stream, in order with every other change.
+    fn change(
+        &self,
+        fua: bool,
+        apply: impl FnOnce(&File) -> io::Result<()>,
+        record: OpRef<'_>,
+    ) -> io::Result<()> {
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        apply(&self.file)?;
+        if fua {
+            self.file.sync_data()?;
+        }
+        if let Some(stream) = self.stream() {
+            stream.append(self.index, record, fua).map_err(|e| {
+                stream.set_error(Some(e.to_string()));
+                to_io(e)
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Read `buf.len()` bytes at `offset` for the initial copy and, unless they are all
+    /// zero, append them to the stream as a write — under the order lock, so a live write to
+    /// the same blocks is either already in what was read or comes after it in the stream.
+    /// Returns whether the block was sent.
+    pub(crate) fn copy_to_stream(&self, stream: &Stream, offset: u64, buf: &mut [u8]) -> Result<bool, AgentError> {
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(AgentError::io("read disk image", &self.path))?;
+        if is_zero(buf) {
+            return Ok(false);
+        }
+        stream.append(self.index, OpRef::Write { offset, data: buf }, false)?;
+        Ok(true)
+    }
+}
+
+impl Export for Disk {
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, offset)
+    }
+
+    fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
+        self.change(fua, |f| f.write_all_at(data, offset), OpRef::Write { offset, data })
+    }
+
+    fn flush(&self) -> io::Result<()> {
+        self.file.sync_data()?;
+        if let Some(stream) = self.stream() {
+            stream.sync().map_err(to_io)?;
+        }
+        Ok(())
+    }
+
+    fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        self.change(fua, |f| zero_range(f, offset, len), OpRef::Trim { offset, len })
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+        self.change(fua, |f| zero_range(f, offset, len), OpRef::Zero { offset, len })
+    }
+}
+
+/// True when every byte is zero.
+pub fn is_zero(buf: &[u8]) -> bool {
+    let mut words = buf.chunks_exact(16);
+    words.all(|w| w.iter().fold(0u8, |acc, b| acc | b) == 0) && words.remainder().iter().all(|&b| b == 0)
+}
+
+/// Make a range read as zeroes: punch a hole, or write zeroes where holes are unsupported.
+fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    if punch_hole(file, offset, len).is_ok() {
+        return Ok(());
+    }
+    let zeros = vec![0u8; len.min(1 << 20) as usize];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], offset + done)?;
+        done += n;
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fallocate only reads its integer arguments; the fd is owned by `file` and open.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+fn to_io(e: AgentError) -> io::Error {
+    match e {
+        AgentError::Io { source, .. } => source,
+        other => io::Error::other(other.to_string()),
+    }
+}

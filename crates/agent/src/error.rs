@@ -1,0 +1,41 @@
+//! Errors the agent reports to its callers.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("local stream log {path} is corrupt at byte {offset}: {reason}")]
+    CorruptLog {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("VM {0} is not attached to this agent")]
+    UnknownVm(String),
+    #[error("disk image {path} is {actual} bytes but the VM's disk is {expected} bytes")]
+    SizeMismatch {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("NBD server: {0}")]
+    Nbd(String),
+    #[error("encode segment: {0}")]
+    Format(#[from] ferry_format::FormatError),
+    #[error("cache storage: {0}")]
+    Store(#[from] ferry_storage::StoreError),
+}
+
+impl AgentError {
+    pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| AgentError::Io { what, path, source }
+    }
+}

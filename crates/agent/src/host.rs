@@ -1,0 +1,242 @@
+//! The agent on one source host: the NBD listeners, the VMs whose disks it serves, and the
+//! replication tasks of those that are protected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_format::segment::MarkerKind;
+use ferry_nbd::{DynExport, Exports, NbdListener};
+use ferry_storage::DynStore;
+use ferry_types::{Generation, Seq, StreamId};
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::disk::Disk;
+use crate::initial_sync::{self, Progress, ProgressView};
+use crate::stream::{Stream, StreamConfig, StreamStatus};
+use crate::{AgentError, sealer};
+
+/// One disk of a VM as the control plane describes it.
+#[derive(Debug, Clone)]
+pub struct DiskSpec {
+    pub image: PathBuf,
+    pub size: u64,
+}
+
+/// What the control plane asks of a protected VM's stream.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    pub stream: StreamId,
+    pub generation: Generation,
+    /// The cache account, confined to this VM's own prefix.
+    pub cache: DynStore,
+    pub stream_config: StreamConfig,
+    /// Cadence of crash-consistent markers.
+    pub crash_consistent_every: Duration,
+}
+
+/// What a VM's replication looks like from the agent.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmStatus {
+    pub stream: StreamStatus,
+    pub initial_sync: ProgressView,
+}
+
+struct Replication {
+    stream: Arc<Stream>,
+    progress: Arc<Progress>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+struct Vm {
+    disks: Vec<Arc<Disk>>,
+    replication: Option<Replication>,
+}
+
+/// The agent of one host.
+pub struct AgentHost {
+    root: PathBuf,
+    exports: Arc<Exports>,
+    socket: PathBuf,
+    tcp: SocketAddr,
+    vms: Mutex<HashMap<String, Vm>>,
+    _shutdown: watch::Sender<bool>,
+}
+
+impl AgentHost {
+    /// Start the host's NBD listeners (a unix socket under `root` and a TCP port on loopback).
+    pub async fn start(root: &Path) -> Result<Arc<AgentHost>, AgentError> {
+        std::fs::create_dir_all(root).map_err(AgentError::io("create agent directory", root))?;
+        let exports = Arc::new(Exports::new());
+        let (tx, rx) = watch::channel(false);
+        let socket = root.join("nbd.sock");
+        let unix = NbdListener::bind_unix(&socket).map_err(|e| AgentError::Nbd(e.to_string()))?;
+        let tcp = NbdListener::bind_tcp(([127, 0, 0, 1], 0).into())
+            .await
+            .map_err(|e| AgentError::Nbd(e.to_string()))?;
+        let tcp_addr = tcp.local_addr().unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+        tokio::spawn(unix.serve(exports.clone(), rx.clone()));
+        tokio::spawn(tcp.serve(exports.clone(), rx));
+        Ok(Arc::new(AgentHost {
+            root: root.to_path_buf(),
+            exports,
+            socket,
+            tcp: tcp_addr,
+            vms: Mutex::new(HashMap::new()),
+            _shutdown: tx,
+        }))
+    }
+
+    pub fn nbd_socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn nbd_tcp(&self) -> SocketAddr {
+        self.tcp
+    }
+
+    /// The NBD export name of a VM's disk.
+    pub fn export_name(vm: &str, disk: usize) -> String {
+        format!("{}.disk{disk}", vm.replace('/', "."))
+    }
+
+    fn vms(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vm>> {
+        self.vms.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serve a VM's disks (creating missing images). Serving an attached VM again is a no-op.
+    pub fn attach_vm(&self, vm: &str, disks: &[DiskSpec]) -> Result<(), AgentError> {
+        let mut vms = self.vms();
+        if vms.contains_key(vm) {
+            return Ok(());
+        }
+        let disks = disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| Disk::open_or_create(&d.image, d.size, i as u16).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        for d in &disks {
+            self.exports.insert(Self::export_name(vm, d.index() as usize), d.clone() as DynExport);
+        }
+        vms.insert(vm.to_string(), Vm { disks, replication: None });
+        Ok(())
+    }
+
+    /// Stop serving a VM (its replication stops too). Its images stay on disk.
+    pub async fn detach_vm(&self, vm: &str) {
+        self.stop_replication(vm).await;
+        if let Some(v) = self.vms().remove(vm) {
+            for d in &v.disks {
+                self.exports.remove(&Self::export_name(vm, d.index() as usize));
+            }
+        }
+    }
+
+    /// Start (or resume after a restart) a VM's write stream: attach it to the disks, start the
+    /// sealer and the marker cadence, and run the initial copy unless it already finished.
+    pub fn start_replication(&self, vm: &str, cfg: ReplicationConfig) -> Result<(), AgentError> {
+        let mut vms = self.vms();
+        let entry = vms.get_mut(vm).ok_or_else(|| AgentError::UnknownVm(vm.to_string()))?;
+        if entry.replication.as_ref().is_some_and(|r| r.stream.id() == cfg.stream) {
+            return Ok(());
+        }
+        let dir = self.root.join("streams").join(vm.replace('/', "."));
+        let stream = Stream::open(&dir, cfg.stream, cfg.generation, cfg.stream_config.clone())?;
+        for d in &entry.disks {
+            d.attach(Some(stream.clone()));
+        }
+        let (tx, rx) = watch::channel(false);
+        let progress = Arc::new(Progress::default());
+        let mut tasks = vec![tokio::spawn(sealer::run(stream.clone(), cfg.cache.clone(), rx.clone()))];
+        tasks.push(tokio::spawn(mark_every(stream.clone(), cfg.crash_consistent_every, rx)));
+        if !stream.initial_sync_done() {
+            let (disks, s, p) = (entry.disks.clone(), stream.clone(), progress.clone());
+            tasks.push(tokio::task::spawn_blocking(move || {
+                if let Err(e) = initial_sync::run(&disks, &s, &p) {
+                    tracing::error!(error = %e, "initial replication");
+                    s.set_error(Some(format!("initial replication: {e}")));
+                }
+            }));
+        } else {
+            let total = entry.disks.iter().map(|d| ferry_nbd::Export::size(d.as_ref())).sum();
+            progress.total_bytes.store(total, std::sync::atomic::Ordering::Relaxed);
+            progress.scanned_bytes.store(total, std::sync::atomic::Ordering::Relaxed);
+        }
+        entry.replication = Some(Replication {
+            stream,
+            progress,
+            shutdown: tx,
+            tasks,
+        });
+        Ok(())
+    }
+
+    /// Stop a VM's stream: detach it from the disks and stop its tasks. Logs stay on disk.
+    pub async fn stop_replication(&self, vm: &str) {
+        let rep = {
+            let mut vms = self.vms();
+            let Some(entry) = vms.get_mut(vm) else { return };
+            for d in &entry.disks {
+                d.attach(None);
+            }
+            entry.replication.take()
+        };
+        if let Some(r) = rep {
+            r.progress.cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = r.shutdown.send(true);
+            for t in r.tasks {
+                let _ = t.await;
+            }
+        }
+    }
+
+    /// Stop a VM's stream and delete its local logs.
+    pub async fn forget_replication(&self, vm: &str) -> Result<(), AgentError> {
+        self.stop_replication(vm).await;
+        let dir = self.root.join("streams").join(vm.replace('/', "."));
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::io("remove stream logs", &dir)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Put a marker in a VM's stream now; returns its sequence.
+    pub fn mark(&self, vm: &str, kind: MarkerKind) -> Result<Seq, AgentError> {
+        let vms = self.vms();
+        let rep = vms
+            .get(vm)
+            .and_then(|v| v.replication.as_ref())
+            .ok_or_else(|| AgentError::UnknownVm(vm.to_string()))?;
+        rep.stream.mark(kind)
+    }
+
+    pub fn status(&self, vm: &str) -> Option<VmStatus> {
+        let vms = self.vms();
+        let rep = vms.get(vm)?.replication.as_ref()?;
+        Some(VmStatus {
+            stream: rep.stream.status(),
+            initial_sync: rep.progress.view(),
+        })
+    }
+}
+
+async fn mark_every(stream: Arc<Stream>, every: Duration, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        if let Err(e) = stream.mark(MarkerKind::CrashConsistent) {
+            tracing::error!(error = %e, "cut crash-consistent marker");
+            stream.set_error(Some(e.to_string()));
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The mobility agent: the protected VM's disk front-end on its source host.
+//!
+//! It serves each disk as an NBD export ([`disk::Disk`] implements [`ferry_nbd::Export`]); a
+//! write is applied to the source image (made durable when the client asks with FUA or FLUSH)
+//! and, while the VM is protected, appended to the VM's single ordered write stream
+//! ([`stream::Stream`]) before it is acknowledged. The stream lives in a local log on the source
+//! host (so an acknowledged write survives `kill -9`), is cut into immutable segments every
+//! ~1 s or ~8 MiB ([`sealer`]) and shipped to the cache storage account ([`shipper`]). When
+//! replication starts on disks that already hold data, [`initial_sync`] streams their non-zero
+//! blocks in the same order as live writes.
+//!
+//! The agent only makes outbound connections: to the cache account (through a store confined to
+//! its own prefix) and to the control plane.
+
+pub mod disk;
+mod error;
+mod host;
+pub mod initial_sync;
+mod log;
+pub mod sealer;
+pub mod shipper;
+mod state;
+pub mod stream;
+
+pub use error::AgentError;
+pub use host::{AgentHost, DiskSpec, ReplicationConfig, VmStatus};
+pub use stream::StreamStatus;

@@ -1,0 +1,62 @@
+//! The stream's small persistent state on the source host, replaced atomically.
+
+use std::path::{Path, PathBuf};
+
+use ferry_format::Digest;
+use ferry_types::{Generation, Seq, StreamId};
+use serde::{Deserialize, Serialize};
+
+use crate::AgentError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub(crate) struct StreamState {
+    pub stream: StreamId,
+    pub generation: Generation,
+    /// Digest of the last segment shipped (the next segment's `prev_digest`), hex; empty for none.
+    pub prev_digest: String,
+    /// Sequence of the next record after everything shipped or logged locally.
+    pub shipped_next: Seq,
+    /// Set once the initial copy's end marker is in the stream.
+    pub initial_sync_done_seq: Option<Seq>,
+}
+
+impl StreamState {
+    pub fn prev_digest(&self) -> Digest {
+        Digest::from_hex(&self.prev_digest).unwrap_or(Digest::ZERO)
+    }
+}
+
+pub(crate) fn path(dir: &Path) -> PathBuf {
+    dir.join("state.json")
+}
+
+pub(crate) fn load(dir: &Path) -> Result<Option<StreamState>, AgentError> {
+    let p = path(dir);
+    match std::fs::read(&p) {
+        Ok(data) => serde_json::from_slice(&data)
+            .map(Some)
+            .map_err(|e| AgentError::CorruptLog {
+                path: p,
+                offset: 0,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(AgentError::io("read stream state", p)(e)),
+    }
+}
+
+/// Write the state to a temporary file, sync it, rename it into place, sync the directory.
+pub(crate) fn store(dir: &Path, state: &StreamState) -> Result<(), AgentError> {
+    let p = path(dir);
+    let tmp = dir.join("state.json.tmp");
+    let data = serde_json::to_vec_pretty(state).expect("stream state serialises");
+    let write = || -> std::io::Result<()> {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, &p)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(AgentError::io("write stream state", &p))
+}

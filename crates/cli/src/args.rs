@@ -1,0 +1,261 @@
+//! The command-line grammar (the interface contract of DESIGN §4, extended).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about = "Continuous replication and failover of virtual machines between regions")]
+pub struct Cli {
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    pub output: Output,
+    /// The API to talk to.
+    #[arg(long = "api", global = true, env = "FERRY_URL", default_value = "http://127.0.0.1:7480")]
+    pub api: String,
+    /// API token (default: read DATA/admin-token).
+    #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Data directory: where `server` and `demo` keep their state; clients read its admin-token.
+    #[arg(long, global = true)]
+    pub data: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Run the whole story on the embedded default in a fresh directory; exit 0 when verified.
+    Demo,
+    /// Run the control plane, the agents and the processors (regions east and west).
+    Server(ServerArgs),
+    /// Measure ferry beside baselines measured in the same run.
+    Bench {
+        /// A shorter run with smaller sizes.
+        #[arg(long)]
+        quick: bool,
+    },
+    #[command(subcommand)]
+    Region(RegionCmd),
+    #[command(subcommand)]
+    Group(GroupCmd),
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    #[command(subcommand)]
+    Storage(StorageCmd),
+    #[command(subcommand, name = "availability-set")]
+    AvailabilitySet(AvSetCmd),
+    #[command(subcommand)]
+    Vm(VmCmd),
+    #[command(subcommand)]
+    Policy(PolicyCmd),
+    #[command(subcommand)]
+    Replication(ReplicationCmd),
+    #[command(subcommand, name = "recovery-point")]
+    RecoveryPoint(PointCmd),
+    #[command(subcommand)]
+    Disk(DiskCmd),
+    #[command(subcommand)]
+    Job(JobCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// Configuration file (not needed for the embedded default).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7480")]
+    pub listen: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RegionCmd {
+    /// List the regions.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Create a resource group in a region.
+    Create {
+        name: String,
+        #[arg(long)]
+        region: String,
+    },
+    List,
+    Show { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Create a virtual network: `ferry network create rg1/vnet1 --address-space 10.1.0.0/16 --subnet default=10.1.0.0/24`
+    Create {
+        /// GROUP/NETWORK
+        name: String,
+        #[arg(long)]
+        address_space: String,
+        /// NAME=CIDR, repeatable.
+        #[arg(long = "subnet", required = true)]
+        subnets: Vec<String>,
+    },
+    List,
+    Show { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum StorageCmd {
+    /// Create a storage account: local directory by default, or `--url az://C`, `s3://B`, `file:///DIR`.
+    Create {
+        /// GROUP/ACCOUNT
+        name: String,
+        #[arg(long)]
+        url: Option<String>,
+    },
+    List,
+    Show { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AvSetCmd {
+    /// Create an availability set: GROUP/SET.
+    Create { name: String },
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCmd {
+    /// Create a VM whose disks ferry serves over NBD.
+    Create(VmCreate),
+    List,
+    Show { name: String },
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct VmCreate {
+    /// GROUP/VM
+    pub name: String,
+    #[arg(long)]
+    pub network: String,
+    #[arg(long)]
+    pub subnet: String,
+    #[arg(long)]
+    pub ip: Option<String>,
+    #[arg(long)]
+    pub availability_set: Option<String>,
+    /// SIZE[@ACCOUNT], e.g. 64MiB@sa1; repeatable, numbered from 0.
+    #[arg(long = "disk", required = true)]
+    pub disks: Vec<String>,
+    /// Raw image copied into disk 0.
+    #[arg(long)]
+    pub image: Option<String>,
+    #[arg(long, default_value = "external")]
+    pub compute: String,
+    #[arg(long)]
+    pub kernel: Option<String>,
+    #[arg(long)]
+    pub initrd: Option<String>,
+    #[arg(long)]
+    pub append: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCmd {
+    /// Create a replication policy.
+    Create {
+        name: String,
+        /// How long points are kept (default 24h).
+        #[arg(long)]
+        retention: Option<String>,
+        /// Cadence of crash-consistent points (default 5min, at least 1s).
+        #[arg(long)]
+        crash_consistent_every: Option<String>,
+        /// Cadence of app-consistent points (default 4h).
+        #[arg(long)]
+        app_consistent_every: Option<String>,
+    },
+    List,
+    Show { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReplicationCmd {
+    /// Protect a VM: replicate its disks continuously to another region.
+    Enable(EnableArgs),
+    List,
+    Show { name: String },
+    /// Stop protecting a VM and delete its cache and replica data (the VM is untouched).
+    Disable {
+        name: String,
+        /// Wait for the job to finish.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct EnableArgs {
+    /// GROUP/VM
+    pub name: String,
+    #[arg(long)]
+    pub target_region: String,
+    #[arg(long)]
+    pub target_group: Option<String>,
+    #[arg(long)]
+    pub target_network: Option<String>,
+    #[arg(long)]
+    pub target_subnet: Option<String>,
+    /// SOURCE_ACCOUNT=TARGET_ACCOUNT, repeatable.
+    #[arg(long = "target-storage")]
+    pub target_storage: Vec<String>,
+    #[arg(long)]
+    pub target_availability_set: Option<String>,
+    /// Cache account in the VM's group (default cache-REGION).
+    #[arg(long)]
+    pub cache_storage: Option<String>,
+    #[arg(long)]
+    pub policy: Option<String>,
+    /// Wait until the VM is protected.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PointCmd {
+    /// List a protected VM's recovery points, oldest first.
+    List { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DiskCmd {
+    /// Write a disk as it was at a recovery point to a raw file.
+    Export {
+        /// GROUP/VM
+        name: String,
+        #[arg(long)]
+        disk: usize,
+        /// latest, latest-processed, latest-app-consistent, a point id or an RFC 3339 time.
+        #[arg(long)]
+        recovery_point: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCmd {
+    List,
+    Show {
+        id: u64,
+        /// Wait until the job ends, printing its steps.
+        #[arg(long)]
+        wait: bool,
+    },
+}

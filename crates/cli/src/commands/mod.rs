@@ -1,0 +1,47 @@
+//! Dispatch of the client commands.
+
+mod replication;
+mod resources;
+
+use anyhow::{Context, Result, anyhow};
+use ferry_types::QualifiedName;
+
+use crate::args::{Cli, Cmd};
+use crate::client::Client;
+
+pub async fn run(cli: Cli) -> Result<()> {
+    match &cli.cmd {
+        Cmd::Demo => return crate::demo::run(cli.data.clone()).await,
+        Cmd::Server(args) => return crate::server::run(cli.data.clone(), args).await,
+        Cmd::Bench { quick } => return crate::bench::run(*quick, cli.output).await,
+        _ => {}
+    }
+    let client = Client::new(&cli)?;
+    let out = cli.output;
+    match cli.cmd {
+        Cmd::Region(c) => resources::region(&client, out, c).await,
+        Cmd::Group(c) => resources::group(&client, out, c).await,
+        Cmd::Network(c) => resources::network(&client, out, c).await,
+        Cmd::Storage(c) => resources::storage(&client, out, c).await,
+        Cmd::AvailabilitySet(c) => resources::availability_set(&client, out, c).await,
+        Cmd::Policy(c) => resources::policy(&client, out, c).await,
+        Cmd::Vm(c) => resources::vm(&client, out, c).await,
+        Cmd::Replication(c) => replication::replication(&client, out, c).await,
+        Cmd::RecoveryPoint(c) => replication::points(&client, out, c).await,
+        Cmd::Disk(c) => replication::disk(&client, out, c).await,
+        Cmd::Job(c) => replication::job(&client, out, c).await,
+        Cmd::Demo | Cmd::Server(_) | Cmd::Bench { .. } => unreachable!("handled above"),
+    }
+}
+
+/// Parse `GROUP/NAME`.
+pub(crate) fn qualified(s: &str) -> Result<QualifiedName> {
+    s.parse::<QualifiedName>().map_err(|e| anyhow!("{e}"))
+}
+
+/// Parse a duration flag into seconds.
+pub(crate) fn seconds(flag: &str, v: &Option<String>) -> Result<Option<f64>> {
+    v.as_deref()
+        .map(|s| ferry_types::parse_duration(s).map(|d| d.as_secs_f64()).with_context(|| format!("--{flag}")))
+        .transpose()
+}

@@ -1,0 +1,151 @@
+//! Commands for protected items: replication, recovery points, disk export, jobs.
+
+use std::os::unix::fs::FileExt;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use ferry_control::requests::EnableReplication;
+use futures::StreamExt;
+use serde_json::Value;
+
+use super::qualified;
+use crate::args::*;
+use crate::client::Client;
+use crate::output::print;
+
+fn item_path(name: &str) -> Result<String> {
+    let q = qualified(name)?;
+    Ok(format!("/v1/groups/{}/vms/{}", q.group, q.name))
+}
+
+pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result<()> {
+    let cols = ["name", "state", "health", "rpo_seconds", "target.region", "last_recovery_point.time"];
+    match cmd {
+        ReplicationCmd::Enable(a) => {
+            let mut body = EnableReplication {
+                target_region: a.target_region,
+                target_group: a.target_group,
+                target_network: a.target_network,
+                target_subnet: a.target_subnet,
+                target_availability_set: a.target_availability_set,
+                cache_storage: a.cache_storage,
+                policy: a.policy,
+                ..Default::default()
+            };
+            for m in &a.target_storage {
+                let (s, t) = m
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("invalid --target-storage {m:?}: use SOURCE_ACCOUNT=TARGET_ACCOUNT"))?;
+                body.target_storage.insert(s.into(), t.into());
+            }
+            let job = c.post(&format!("{}/replication", item_path(&a.name)?), &body).await?;
+            if a.wait {
+                wait_job(c, out, job["id"].as_u64().unwrap_or(0)).await?;
+            } else {
+                print(out, &job, &[]);
+            }
+        }
+        ReplicationCmd::List => print(out, &c.get("/v1/replications").await?, &cols),
+        ReplicationCmd::Show { name } => print(out, &c.get(&format!("{}/replication", item_path(&name)?)).await?, &cols),
+        ReplicationCmd::Disable { name, wait } => {
+            let job = c.delete(&format!("{}/replication", item_path(&name)?)).await?;
+            if wait {
+                wait_job(c, out, job["id"].as_u64().unwrap_or(0)).await?;
+            } else {
+                print(out, &job, &[]);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn points(c: &Client, out: Output, cmd: PointCmd) -> Result<()> {
+    match cmd {
+        PointCmd::List { name } => print(out, &c.get(&format!("{}/recovery-points", item_path(&name)?)).await?, &["id", "time", "kind"]),
+    }
+    Ok(())
+}
+
+pub async fn disk(c: &Client, out: Output, cmd: DiskCmd) -> Result<()> {
+    let DiskCmd::Export { name, disk, recovery_point, out: path } = cmd;
+    let url = format!("{}/disks/{disk}/export?recovery_point={}", item_path(&name)?, encode(&recovery_point));
+    let resp = c.get_raw(&url).await?;
+    let header = |h: &str| resp.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let (point, time) = (header("x-ferry-recovery-point"), header("x-ferry-recovery-point-time"));
+    let size = resp.content_length().ok_or_else(|| anyhow!("the server did not say the disk's size"))?;
+    let file = std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    file.set_len(size).with_context(|| format!("size {}", path.display()))?;
+    let mut offset = 0u64;
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.context("read the disk from the server")?;
+        if chunk.iter().any(|&b| b != 0) {
+            file.write_all_at(&chunk, offset).with_context(|| format!("write {}", path.display()))?;
+        }
+        offset += chunk.len() as u64;
+    }
+    if offset != size {
+        bail!("the export stopped after {offset} of {size} bytes; {} is incomplete, run the export again", path.display());
+    }
+    file.sync_all().with_context(|| format!("sync {}", path.display()))?;
+    let summary = serde_json::json!({"vm": name, "disk": disk, "recovery_point": point, "time": time, "bytes": size, "out": path});
+    match out {
+        Output::Json => print(out, &summary, &[]),
+        Output::Table => println!("exported disk {disk} of {name} at recovery point {point} ({time}): {size} bytes to {}", path.display()),
+    }
+    Ok(())
+}
+
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+pub async fn job(c: &Client, out: Output, cmd: JobCmd) -> Result<()> {
+    match cmd {
+        JobCmd::List => print(out, &c.get("/v1/jobs").await?, &["id", "kind", "target", "state", "percent"]),
+        JobCmd::Show { id, wait: false } => print(out, &c.get(&format!("/v1/jobs/{id}")).await?, &[]),
+        JobCmd::Show { id, wait: true } => wait_job(c, out, id).await?,
+    }
+    Ok(())
+}
+
+/// Follow a job until it ends, printing each step change; fails when the job fails.
+pub async fn wait_job(c: &Client, out: Output, id: u64) -> Result<()> {
+    let mut seen: Vec<(String, String, Option<String>)> = Vec::new();
+    loop {
+        let job = c.get(&format!("/v1/jobs/{id}")).await?;
+        if out == Output::Table {
+            for s in job["steps"].as_array().into_iter().flatten() {
+                let key = (s["name"].as_str().unwrap_or("").to_string(), s["state"].as_str().unwrap_or("").to_string(), s["detail"].as_str().map(str::to_string));
+                if !seen.contains(&key) && key.1 != "pending" {
+                    let detail = key.2.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+                    println!("job {id}: {}: {}{detail}", key.0, key.1);
+                    seen.push(key);
+                }
+            }
+        }
+        match job["state"].as_str() {
+            Some("running") => tokio::time::sleep(Duration::from_millis(300)).await,
+            Some("succeeded") => {
+                finish(out, &job);
+                return Ok(());
+            }
+            _ => {
+                finish(out, &job);
+                bail!("job {id} ({}) failed: {}", job["kind"].as_str().unwrap_or("?"), job["error"].as_str().unwrap_or("no reason given"));
+            }
+        }
+    }
+}
+
+fn finish(out: Output, job: &Value) {
+    match out {
+        Output::Json => print(out, job, &[]),
+        Output::Table => println!("job {}: {}", job["id"], job["state"].as_str().unwrap_or("?")),
+    }
+}

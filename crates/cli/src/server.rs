@@ -1,0 +1,101 @@
+//! `ferry server`: the control plane, each region's agent and the processors in one process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use ferry_control::{Control, ControlConfig, api};
+use serde::Deserialize;
+
+use crate::args::ServerArgs;
+
+/// The optional configuration file (JSON).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    #[serde(default)]
+    regions: Option<Vec<String>>,
+}
+
+/// A running server.
+pub struct Running {
+    pub url: String,
+    pub token: String,
+    pub control: Arc<Control>,
+    pub task: tokio::task::JoinHandle<std::io::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.control.shutdown().await;
+    }
+}
+
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Start the control plane and the API on `listen`.
+pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<Running> {
+    std::fs::create_dir_all(data).with_context(|| format!("create data directory {}", data.display()))?;
+    let data = data.canonicalize().with_context(|| format!("resolve {}", data.display()))?;
+    let mut cfg = ControlConfig::embedded(data.clone());
+    if let Some(path) = config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
+        let file: ConfigFile = serde_json::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
+        if let Some(r) = file.regions {
+            if r.len() < 2 {
+                bail!("config {}: name at least two regions", path.display());
+            }
+            cfg.regions = r;
+        }
+    }
+    let addr: SocketAddr = listen.parse().with_context(|| format!("invalid --listen {listen:?}: use HOST:PORT such as 127.0.0.1:7480"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen on {addr} (is another server running? pick another with --listen)"))?;
+    let addr = listener.local_addr()?;
+    let control = Control::start(cfg).await.context("start the control plane")?;
+    let token = api::load_or_create_token(&data.join("admin-token")).context("write the admin token")?;
+    let app = api::router(control.clone(), token.clone());
+    let (stop, mut rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await
+    });
+    Ok(Running {
+        url: format!("http://{addr}"),
+        token,
+        control,
+        task,
+        stop,
+    })
+}
+
+pub async fn run(data: Option<PathBuf>, args: &ServerArgs) -> Result<()> {
+    init_logging();
+    let data = data.unwrap_or_else(|| PathBuf::from("ferry-data"));
+    let running = start(&data, &args.listen, args.config.as_deref()).await?;
+    println!(
+        "ferry server listening on {} (data {}, token in {})",
+        running.url,
+        running.control.data_dir().display(),
+        running.control.data_dir().join("admin-token").display()
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    running.stop().await;
+    Ok(())
+}

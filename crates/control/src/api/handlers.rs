@@ -1,0 +1,197 @@
+//! One small function per route: decode, call the control plane, encode.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::{ApiError, ApiState};
+use crate::requests::*;
+
+type R = Result<Response, ApiError>;
+
+fn ok<T: serde::Serialize>(v: T) -> R {
+    Ok(Json(v).into_response())
+}
+
+fn created<T: serde::Serialize>(v: T) -> R {
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+/// A JSON body whose decoding errors are 400s with the serde message (e.g. unknown fields).
+pub(crate) struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+{
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(e) => Err(ApiError::bad_request(format!("invalid request body: {}", e.body_text()))),
+        }
+    }
+}
+
+pub(crate) async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such API route; see the README for the API")
+}
+
+pub(crate) async fn regions(State(s): State<ApiState>) -> R {
+    ok(s.control.regions())
+}
+
+pub(crate) async fn groups(State(s): State<ApiState>) -> R {
+    ok(s.control.groups()?)
+}
+
+pub(crate) async fn create_group(State(s): State<ApiState>, JsonBody(b): JsonBody<CreateGroup>) -> R {
+    created(s.control.create_group(b)?)
+}
+
+pub(crate) async fn group(State(s): State<ApiState>, Path(g): Path<String>) -> R {
+    ok(s.control.group(&g)?)
+}
+
+pub(crate) async fn networks(State(s): State<ApiState>) -> R {
+    ok(s.control.networks()?)
+}
+
+pub(crate) async fn create_network(State(s): State<ApiState>, Path(g): Path<String>, JsonBody(b): JsonBody<CreateNetwork>) -> R {
+    created(s.control.create_network(&g, b)?)
+}
+
+pub(crate) async fn network(State(s): State<ApiState>, Path((g, n)): Path<(String, String)>) -> R {
+    ok(s.control.network(&g, &n)?)
+}
+
+pub(crate) async fn storage_accounts(State(s): State<ApiState>) -> R {
+    ok(s.control.storage_accounts()?)
+}
+
+pub(crate) async fn create_storage(State(s): State<ApiState>, Path(g): Path<String>, JsonBody(b): JsonBody<CreateStorage>) -> R {
+    created(s.control.create_storage(&g, b)?)
+}
+
+pub(crate) async fn storage(State(s): State<ApiState>, Path((g, a)): Path<(String, String)>) -> R {
+    ok(s.control.storage(&g, &a)?)
+}
+
+pub(crate) async fn availability_sets(State(s): State<ApiState>) -> R {
+    ok(s.control.availability_sets()?)
+}
+
+pub(crate) async fn create_availability_set(
+    State(s): State<ApiState>,
+    Path(g): Path<String>,
+    JsonBody(b): JsonBody<CreateAvailabilitySet>,
+) -> R {
+    created(s.control.create_availability_set(&g, b)?)
+}
+
+pub(crate) async fn policies(State(s): State<ApiState>) -> R {
+    ok(s.control.policies()?)
+}
+
+pub(crate) async fn create_policy(State(s): State<ApiState>, JsonBody(b): JsonBody<CreatePolicy>) -> R {
+    created(s.control.create_policy(b)?)
+}
+
+pub(crate) async fn policy(State(s): State<ApiState>, Path(p): Path<String>) -> R {
+    ok(s.control.policy(&p)?)
+}
+
+pub(crate) async fn vms(State(s): State<ApiState>) -> R {
+    ok(s.control.vms()?)
+}
+
+pub(crate) async fn create_vm(State(s): State<ApiState>, Path(g): Path<String>, JsonBody(b): JsonBody<CreateVm>) -> R {
+    created(s.control.create_vm(&g, b)?)
+}
+
+pub(crate) async fn vm(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
+    ok(s.control.vm(&g, &v)?)
+}
+
+pub(crate) async fn delete_vm(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
+    s.control.delete_vm(&g, &v).await?;
+    ok(json!({"deleted": format!("{g}/{v}")}))
+}
+
+pub(crate) async fn replications(State(s): State<ApiState>) -> R {
+    ok(s.control.replications()?)
+}
+
+pub(crate) async fn replication(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
+    ok(s.control.show_replication(&g, &v)?)
+}
+
+pub(crate) async fn enable_replication(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+    JsonBody(b): JsonBody<EnableReplication>,
+) -> R {
+    let job = s.control.enable_replication(&g, &v, b).await?;
+    Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+}
+
+pub(crate) async fn disable_replication(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
+    let job = s.control.disable_replication(&g, &v).await?;
+    Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+}
+
+pub(crate) async fn recovery_points(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
+    ok(s.control.recovery_points(&g, &v).await?)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ExportQuery {
+    recovery_point: String,
+}
+
+pub(crate) async fn export_disk(
+    State(s): State<ApiState>,
+    Path((g, v, n)): Path<(String, String, String)>,
+    query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
+) -> R {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let disk: usize = n
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid disk number {n:?}: disks are numbered from 0")))?;
+    let (layout, point) = s.control.resolve_point(&g, &v, &q.recovery_point).await?;
+    let size = point
+        .disks
+        .get(disk)
+        .map(|d| d.size)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("disk {disk} does not exist (the VM has {} disks)", point.disks.len())))?;
+    let stream = ferry_replica::export::disk_bytes(&layout, &point, disk)
+        .await
+        .map_err(crate::ControlError::from)?;
+    let info = ferry_replica::PointInfo::from_record(&point);
+    Ok(Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, size)
+        .header("x-ferry-recovery-point", info.id)
+        .header("x-ferry-recovery-point-time", info.time.to_string())
+        .body(Body::from_stream(stream))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?)
+}
+
+pub(crate) async fn jobs(State(s): State<ApiState>) -> R {
+    ok(s.control.jobs()?)
+}
+
+pub(crate) async fn job(State(s): State<ApiState>, Path(id): Path<String>) -> R {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request(format!("invalid job id {id:?}: job ids are numbers")))?;
+    ok(s.control.job(id)?)
+}
+

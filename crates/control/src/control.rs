@@ -1,0 +1,100 @@
+//! The control plane's state and its lifecycle.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_agent::AgentHost;
+use tokio::sync::watch;
+
+use crate::db::Db;
+use crate::error::{ControlError, Result};
+use crate::replication::runtime::ItemRuntime;
+use crate::stores::Stores;
+
+/// How the control plane is set up.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    /// Everything local lives under here: state database, default storage accounts, agents.
+    pub data: PathBuf,
+    pub regions: Vec<String>,
+}
+
+impl ControlConfig {
+    /// The embedded default: regions `east` and `west` under `data`.
+    pub fn embedded(data: PathBuf) -> Self {
+        ControlConfig {
+            data,
+            regions: vec!["east".into(), "west".into()],
+        }
+    }
+}
+
+/// The control plane.
+pub struct Control {
+    pub(crate) cfg: ControlConfig,
+    pub(crate) db: Db,
+    pub(crate) agents: HashMap<String, Arc<AgentHost>>,
+    pub(crate) stores: Stores,
+    pub(crate) items: Mutex<HashMap<String, ItemRuntime>>,
+    pub(crate) shutdown: watch::Sender<bool>,
+}
+
+impl Control {
+    /// Open the state, start each region's agent, and bring the world in line with the state.
+    pub async fn start(cfg: ControlConfig) -> Result<Arc<Control>> {
+        std::fs::create_dir_all(&cfg.data)
+            .map_err(|e| ControlError::Internal(format!("create data directory {}: {e}", cfg.data.display())))?;
+        let db = Db::open(&cfg.data.join("state.db"))?;
+        let mut agents = HashMap::new();
+        for r in &cfg.regions {
+            let root = cfg.data.join("regions").join(r).join("agent");
+            agents.insert(r.clone(), AgentHost::start(&root).await?);
+        }
+        let (shutdown, _) = watch::channel(false);
+        let control = Arc::new(Control {
+            cfg,
+            db,
+            agents,
+            stores: Stores::default(),
+            items: Mutex::new(HashMap::new()),
+            shutdown,
+        });
+        control.reconcile().await?;
+        tokio::spawn(crate::replication::monitor::run(control.clone(), control.shutdown.subscribe()));
+        Ok(control)
+    }
+
+    /// Make the running parts match the state: every VM served by its region's agent, every
+    /// replicated item's stream and processor running, every unfinished job resumed.
+    pub async fn reconcile(self: &Arc<Self>) -> Result<()> {
+        for vm in self.db.list::<crate::model::Vm>(crate::db::Kind::Vm)? {
+            self.attach_vm(&vm)?;
+        }
+        for rep in self.db.list::<crate::model::Replication>(crate::db::Kind::Replication)? {
+            self.ensure_running(&rep).await?;
+        }
+        crate::jobs::resume(self).await
+    }
+
+    /// Stop background work (processors, streams) so the process can exit.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let items: Vec<_> = self.items.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (_, item) in items {
+            item.stop().await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.cfg.data
+    }
+
+    pub(crate) fn agent(&self, region: &str) -> Result<&Arc<AgentHost>> {
+        self.agents
+            .get(region)
+            .ok_or_else(|| ControlError::not_found(format!("region {region} does not exist; see `ferry region list`")))
+    }
+}

@@ -1,0 +1,163 @@
+//! The state database (SQLite): resources as JSON documents keyed by kind and name, and jobs.
+//! Every change is one transaction, so a crash never leaves a half-written resource.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ControlError, Result};
+use crate::model::Job;
+
+pub(crate) struct Db {
+    conn: Mutex<Connection>,
+}
+
+/// Resource kinds as stored.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Kind {
+    Group,
+    Network,
+    Storage,
+    AvailabilitySet,
+    Vm,
+    Policy,
+    Replication,
+    NetworkMapping,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Group => "group",
+            Kind::Network => "network",
+            Kind::Storage => "storage",
+            Kind::AvailabilitySet => "availability-set",
+            Kind::Vm => "vm",
+            Kind::Policy => "policy",
+            Kind::Replication => "replication",
+            Kind::NetworkMapping => "network-mapping",
+        }
+    }
+}
+
+impl Db {
+    pub fn open(path: &Path) -> Result<Db> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS resources (
+                 kind TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,
+                 PRIMARY KEY (kind, key));
+             CREATE TABLE IF NOT EXISTS jobs (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);",
+        )?;
+        Ok(Db { conn: Mutex::new(conn) })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn get<T: DeserializeOwned>(&self, kind: Kind, key: &str) -> Result<Option<T>> {
+        let body: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT body FROM resources WHERE kind = ?1 AND key = ?2",
+                params![kind.as_str(), key],
+                |r| r.get(0),
+            )
+            .optional()?;
+        body.map(|b| decode(&b)).transpose()
+    }
+
+    pub fn list<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT body FROM resources WHERE kind = ?1 ORDER BY key")?;
+        let rows = stmt.query_map(params![kind.as_str()], |r| r.get::<_, String>(0))?;
+        rows.map(|b| decode(&b?)).collect()
+    }
+
+    /// Insert a new resource; `Conflict` when it exists.
+    pub fn insert<T: Serialize>(&self, kind: Kind, key: &str, value: &T, what: &str) -> Result<()> {
+        let body = encode(value);
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO resources (kind, key, body) VALUES (?1, ?2, ?3)",
+            params![kind.as_str(), key, body],
+        )?;
+        if n == 0 {
+            return Err(ControlError::conflict(format!("{what} {key} already exists")));
+        }
+        Ok(())
+    }
+
+    /// Insert several resources in one transaction, skipping those that exist.
+    pub fn insert_missing(&self, items: &[(Kind, String, String)]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for (kind, key, body) in items {
+            tx.execute(
+                "INSERT OR IGNORE INTO resources (kind, key, body) VALUES (?1, ?2, ?3)",
+                params![kind.as_str(), key, body],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn put<T: Serialize>(&self, kind: Kind, key: &str, value: &T) -> Result<()> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO resources (kind, key, body) VALUES (?1, ?2, ?3)",
+            params![kind.as_str(), key, encode(value)],
+        )?;
+        Ok(())
+    }
+
+    pub fn delete(&self, kind: Kind, key: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "DELETE FROM resources WHERE kind = ?1 AND key = ?2",
+            params![kind.as_str(), key],
+        )?;
+        Ok(n > 0)
+    }
+
+    pub fn new_job(&self, job: &mut Job) -> Result<()> {
+        let conn = self.conn();
+        conn.execute("INSERT INTO jobs (body) VALUES ('{}')", [])?;
+        job.id = conn.last_insert_rowid() as u64;
+        conn.execute("UPDATE jobs SET body = ?1 WHERE id = ?2", params![encode(job), job.id as i64])?;
+        Ok(())
+    }
+
+    pub fn put_job(&self, job: &Job) -> Result<()> {
+        self.conn()
+            .execute("UPDATE jobs SET body = ?1 WHERE id = ?2", params![encode(job), job.id as i64])?;
+        Ok(())
+    }
+
+    pub fn job(&self, id: u64) -> Result<Option<Job>> {
+        let body: Option<String> = self
+            .conn()
+            .query_row("SELECT body FROM jobs WHERE id = ?1", params![id as i64], |r| r.get(0))
+            .optional()?;
+        body.map(|b| decode(&b)).transpose()
+    }
+
+    pub fn jobs(&self) -> Result<Vec<Job>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT body FROM jobs ORDER BY id")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|b| decode(&b?)).collect()
+    }
+}
+
+pub(crate) fn encode<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("resources serialise")
+}
+
+fn decode<T: DeserializeOwned>(body: &str) -> Result<T> {
+    serde_json::from_str(body).map_err(|e| ControlError::Internal(format!("state database holds an unreadable document: {e}")))
+}

@@ -1,0 +1,62 @@
+//! Errors of the control plane, each of a kind the API maps to a status code.
+
+use ferry_replica::ReplicaError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The request is malformed or asks for something impossible (4xx: 400).
+    #[error("{0}")]
+    Invalid(String),
+    /// A named thing does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Something failed inside ferry (500); the message says what.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ControlError {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        ControlError::Invalid(msg.into())
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        ControlError::NotFound(msg.into())
+    }
+    pub fn conflict(msg: impl Into<String>) -> Self {
+        ControlError::Conflict(msg.into())
+    }
+}
+
+impl From<rusqlite::Error> for ControlError {
+    fn from(e: rusqlite::Error) -> Self {
+        ControlError::Internal(format!("state database: {e}"))
+    }
+}
+
+impl From<ReplicaError> for ControlError {
+    fn from(e: ReplicaError) -> Self {
+        match e {
+            ReplicaError::UnknownPoint(_) | ReplicaError::NoPoints | ReplicaError::UnknownDisk { .. } => {
+                ControlError::NotFound(e.to_string())
+            }
+            other => ControlError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<ferry_storage::StoreError> for ControlError {
+    fn from(e: ferry_storage::StoreError) -> Self {
+        ControlError::Internal(e.to_string())
+    }
+}
+
+impl From<ferry_agent::AgentError> for ControlError {
+    fn from(e: ferry_agent::AgentError) -> Self {
+        ControlError::Internal(e.to_string())
+    }
+}
+
+pub type Result<T, E = ControlError> = std::result::Result<T, E>;

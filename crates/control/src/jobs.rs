@@ -1,0 +1,182 @@
+//! Jobs: every long operation is a job with named steps, stored so that after a restart it is
+//! resumed (its steps are idempotent) rather than left half done.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_storage::Key;
+use ferry_types::Timestamp;
+
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::{ControlError, Result};
+use crate::model::{Job, JobStep, Replication, state};
+
+impl Control {
+    pub(crate) fn new_job(&self, kind: &str, target: &str, steps: &[&str]) -> Result<Job> {
+        let now = Timestamp::now();
+        let mut job = Job {
+            id: 0,
+            kind: kind.into(),
+            target: target.into(),
+            state: "running".into(),
+            steps: steps
+                .iter()
+                .map(|s| JobStep {
+                    name: s.to_string(),
+                    state: "pending".into(),
+                    detail: None,
+                })
+                .collect(),
+            error: None,
+            percent: Some(0.0),
+            created: now,
+            updated: now,
+        };
+        self.db.new_job(&mut job)?;
+        Ok(job)
+    }
+
+    pub(crate) fn job_step(&self, job: &mut Job, step: usize, st: &str, detail: Option<String>) -> Result<()> {
+        if let Some(s) = job.steps.get_mut(step) {
+            s.state = st.into();
+            if detail.is_some() {
+                s.detail = detail;
+            }
+        }
+        let done = job.steps.iter().filter(|s| s.state == "succeeded").count();
+        job.percent = Some((done as f64 / job.steps.len().max(1) as f64 * 100.0).round());
+        job.updated = Timestamp::now();
+        self.db.put_job(job)
+    }
+
+    pub(crate) fn job_fail(&self, job: &mut Job, step: usize, error: &str) -> Result<()> {
+        job.state = "failed".into();
+        job.error = Some(error.to_string());
+        self.job_step(job, step, "failed", None)
+    }
+
+    fn job_succeed(&self, job: &mut Job) -> Result<()> {
+        job.state = "succeeded".into();
+        job.percent = Some(100.0);
+        job.updated = Timestamp::now();
+        self.db.put_job(job)
+    }
+
+    pub fn job(&self, id: u64) -> Result<Job> {
+        self.db
+            .job(id)?
+            .ok_or_else(|| ControlError::not_found(format!("job {id} does not exist; see `ferry job list`")))
+    }
+
+    pub fn jobs(&self) -> Result<Vec<Job>> {
+        self.db.jobs()
+    }
+}
+
+/// Run a job in the background.
+pub(crate) fn spawn(control: Arc<Control>, job: Job) {
+    tokio::spawn(async move {
+        let mut job = job;
+        let result = match job.kind.as_str() {
+            "enable-replication" => run_enable(&control, &mut job).await,
+            "disable-replication" => run_disable(&control, &mut job).await,
+            other => Err(ControlError::Internal(format!("unknown job kind {other}"))),
+        };
+        if let Err(e) = result {
+            tracing::error!(job = job.id, error = %e, "job failed");
+            let step = job.steps.iter().position(|s| s.state != "succeeded").unwrap_or(0);
+            let _ = control.job_fail(&mut job, step, &e.to_string());
+        }
+    });
+}
+
+/// Resume every job a restart interrupted.
+pub(crate) async fn resume(control: &Arc<Control>) -> Result<()> {
+    for job in control.db.jobs()?.into_iter().filter(|j| j.state == "running") {
+        tracing::info!(job = job.id, kind = %job.kind, "resuming job after restart");
+        spawn(control.clone(), job);
+    }
+    Ok(())
+}
+
+fn split(target: &str) -> (&str, &str) {
+    target.split_once('/').unwrap_or((target, ""))
+}
+
+async fn run_enable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
+    let (group, vm) = split(&job.target);
+    let (group, vm) = (group.to_string(), vm.to_string());
+    let rep = control.replication(&group, &vm)?;
+    control.job_step(job, 2, "running", None)?;
+    control.ensure_running(&rep).await?;
+    control.job_step(job, 2, "succeeded", None)?;
+    control.job_step(job, 3, "running", None)?;
+    let mut last_percent = -1.0;
+    loop {
+        let view = control.show_replication(&group, &vm)?;
+        if view.state == state::PROTECTED {
+            break;
+        }
+        if view.state == state::DISABLING {
+            return Err(ControlError::conflict("replication was disabled before it was protected"));
+        }
+        if let Some(init) = &view.initial_replication {
+            if (init.percent - last_percent).abs() >= 1.0 {
+                last_percent = init.percent;
+                let detail = format!("{:.0}% ({} of {} bytes read, {} sent)", init.percent, init.scanned_bytes, init.total_bytes, init.sent_bytes);
+                control.job_step(job, 3, "running", Some(detail))?;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    control.job_step(job, 3, "succeeded", Some("100%".into()))?;
+    control.job_step(job, 4, "succeeded", None)?;
+    control.job_succeed(job)
+}
+
+async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
+    let (group, vm) = split(&job.target);
+    let (group, vm) = (group.to_string(), vm.to_string());
+    let rep: Replication = control.replication(&group, &vm)?;
+    control.job_step(job, 0, "running", None)?;
+    control.stop_item(&rep).await;
+    let vm_key = crate::resources::key(&group, &vm);
+    control.agent(&rep.source_region)?.forget_replication(&vm_key).await?;
+    control.job_step(job, 0, "succeeded", None)?;
+    let plan = control.deletion_plan(&rep).await?;
+    let count: usize = plan.iter().map(|(_, keys)| keys.len()).sum();
+    control.job_step(job, 1, "succeeded", Some(format!("{count} objects to delete")))?;
+    control.job_step(job, 2, "running", None)?;
+    for (store, keys) in plan {
+        for k in keys {
+            store.delete(&k).await?;
+        }
+    }
+    control.job_step(job, 2, "succeeded", None)?;
+    control.db.delete(Kind::Replication, &vm_key)?;
+    control.job_step(job, 3, "succeeded", None)?;
+    control.job_succeed(job)
+}
+
+impl Control {
+    /// Every object that disabling an item deletes: its cache segments and its replica.
+    pub(crate) async fn deletion_plan(&self, rep: &Replication) -> Result<Vec<(ferry_storage::DynStore, Vec<Key>)>> {
+        let mut plan = Vec::new();
+        let cache = self.item_cache(rep)?;
+        let keys = cache.list(None).await?.into_iter().map(|o| o.key).collect();
+        plan.push((cache, keys));
+        let layout = self.layout(rep)?;
+        let prefix = Key::from_segments(["replicas", &rep.stream.to_string()]).expect("stream ids are valid key segments");
+        let mut seen: Vec<String> = Vec::new();
+        for store in std::iter::once(&layout.meta).chain(layout.disks.iter()) {
+            if seen.contains(&store.url().to_string()) {
+                continue;
+            }
+            seen.push(store.url().to_string());
+            let keys = store.list(Some(&prefix)).await?.into_iter().map(|o| o.key).collect();
+            plan.push((store.clone(), keys));
+        }
+        Ok(plan)
+    }
+}

@@ -1,0 +1,23 @@
+//! The control plane: the resource model (regions, groups, networks, storage accounts,
+//! availability sets, VMs, policies, replicated items), its SQLite state, the jobs that change
+//! it, the reconciler that makes the world match it (agents serving disks, write streams,
+//! processors), and the REST API in front of it.
+//!
+//! Desired state lives in the database; observed state (stream and processor status) is read
+//! from the running parts; [`Control::reconcile`] closes the gap and is safe to re-run after
+//! any crash.
+
+pub mod api;
+mod control;
+mod db;
+mod error;
+mod ipam;
+mod jobs;
+pub mod model;
+mod replication;
+pub mod requests;
+mod resources;
+mod stores;
+
+pub use control::{Control, ControlConfig};
+pub use error::ControlError;

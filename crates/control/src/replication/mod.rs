@@ -1,0 +1,153 @@
+//! Replicated items: enabling (with the target resources it derives), showing with health
+//! and RPO, listing points, exporting a disk at a point, and disabling.
+
+pub(crate) mod monitor;
+pub(crate) mod runtime;
+mod targets;
+mod view;
+
+use std::sync::Arc;
+
+use ferry_replica::{PointSelector, ReplicaLayout, points};
+use ferry_types::{Generation, StreamId, Timestamp};
+
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::{ControlError, Result};
+use crate::model::{Job, Replication, state};
+use crate::requests::EnableReplication;
+use crate::resources::key;
+
+pub use view::{PointView, ReplicationView};
+
+impl Control {
+    pub(crate) fn replication(&self, group: &str, vm: &str) -> Result<Replication> {
+        self.db.get(Kind::Replication, &key(group, vm))?.ok_or_else(|| {
+            ControlError::not_found(format!(
+                "VM {group}/{vm} is not replicated; enable it with `ferry replication enable {group}/{vm} --target-region REGION`"
+            ))
+        })
+    }
+
+    /// Enable replication: derive and create the target resources, record the item, and start
+    /// a job that starts the stream and follows initial replication to `protected`.
+    pub async fn enable_replication(self: &Arc<Self>, group: &str, vm: &str, req: EnableReplication) -> Result<Job> {
+        let source = self.vm(group, vm)?;
+        let vm_key = key(group, vm);
+        if let Some(r) = self.db.get::<Replication>(Kind::Replication, &vm_key)? {
+            return Err(ControlError::conflict(format!("VM {vm_key} is already replicated (state {})", r.state)));
+        }
+        self.agent(&req.target_region)?;
+        if req.target_region == source.region {
+            return Err(ControlError::invalid(format!(
+                "the target region must differ from the VM's region {}",
+                source.region
+            )));
+        }
+        let policy = match &req.policy {
+            Some(p) => self.policy(p)?,
+            None => self.default_policy()?,
+        };
+        let mut job = self.new_job(
+            "enable-replication",
+            &vm_key,
+            &["Prerequisites check", "Create target resources", "Start replication", "Initial replication", "Protect"],
+        )?;
+        self.job_step(&mut job, 0, "succeeded", None)?;
+        let target = match self.create_targets(&source, &req) {
+            Ok(t) => t,
+            Err(e) => {
+                self.job_fail(&mut job, 1, &e.to_string())?;
+                return Err(e);
+            }
+        };
+        self.job_step(&mut job, 1, "succeeded", Some(format!("{}/{} in {}", target.group, target.network, target.region)))?;
+        let rep = Replication {
+            group: group.to_string(),
+            vm: vm.to_string(),
+            source_region: source.region.clone(),
+            stream: StreamId::random(),
+            generation: Generation(1),
+            state: state::ENABLING.into(),
+            policy: policy.name,
+            target,
+            job: Some(job.id),
+            created: Timestamp::now(),
+        };
+        self.db.insert(Kind::Replication, &vm_key, &rep, "replication of VM")?;
+        crate::jobs::spawn(self.clone(), job.clone());
+        Ok(job)
+    }
+
+    fn default_policy(&self) -> Result<crate::model::Policy> {
+        match self.db.get(Kind::Policy, "default")? {
+            Some(p) => Ok(p),
+            None => {
+                let p = crate::model::Policy::default_named("default");
+                self.db.put(Kind::Policy, "default", &p)?;
+                Ok(p)
+            }
+        }
+    }
+
+    pub fn replications(&self) -> Result<Vec<ReplicationView>> {
+        let reps: Vec<Replication> = self.db.list(Kind::Replication)?;
+        Ok(reps.iter().map(|r| self.view(r)).collect())
+    }
+
+    pub fn show_replication(&self, group: &str, vm: &str) -> Result<ReplicationView> {
+        let rep = self.replication(group, vm)?;
+        Ok(self.view(&rep))
+    }
+
+    /// The accounts of an item's replica.
+    pub(crate) fn layout(&self, rep: &Replication) -> Result<ReplicaLayout> {
+        let vm = self.vm(&rep.group, &rep.vm)?;
+        let mut disks = Vec::new();
+        for d in &vm.disks {
+            let target = rep.target.storage.get(&d.storage).ok_or_else(|| {
+                ControlError::Internal(format!("no target account is mapped for source account {}", d.storage))
+            })?;
+            let acct = self.storage(&rep.target.group, target)?;
+            disks.push(self.stores.get(&acct.url)?);
+        }
+        let meta = disks[0].clone();
+        Ok(ReplicaLayout::new(rep.stream, meta, disks))
+    }
+
+    pub async fn recovery_points(&self, group: &str, vm: &str) -> Result<Vec<PointView>> {
+        let rep = self.replication(group, vm)?;
+        let layout = self.layout(&rep)?;
+        Ok(points::list(&layout).await?.iter().map(PointView::from).collect())
+    }
+
+    /// Resolve a point selector for an item.
+    pub async fn resolve_point(&self, group: &str, vm: &str, sel: &str) -> Result<(ReplicaLayout, ferry_format::point::PointRecord)> {
+        let rep = self.replication(group, vm)?;
+        let selector = PointSelector::parse(sel).ok_or_else(|| {
+            ControlError::invalid(format!(
+                "invalid recovery point {sel:?}: use latest, latest-processed, latest-app-consistent, a point id or an RFC 3339 time"
+            ))
+        })?;
+        let layout = self.layout(&rep)?;
+        let rec = points::resolve(&layout, &selector).await?;
+        Ok((layout, rec))
+    }
+
+    /// Disable replication: a job that stops the stream and processor, then deletes the
+    /// cache segments, the replica and the item (the source VM is left untouched).
+    pub async fn disable_replication(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
+        let mut rep = self.replication(group, vm)?;
+        let vm_key = key(group, vm);
+        let job = self.new_job(
+            "disable-replication",
+            &vm_key,
+            &["Stop replication", "Plan deletion", "Delete cache and replica data", "Remove item"],
+        )?;
+        rep.state = state::DISABLING.into();
+        rep.job = Some(job.id);
+        self.db.put(Kind::Replication, &vm_key, &rep)?;
+        crate::jobs::spawn(self.clone(), job.clone());
+        Ok(job)
+    }
+}

@@ -1,0 +1,103 @@
+//! The running parts of a replicated item: its stream on the source agent and its processor.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferry_agent::ReplicationConfig;
+use ferry_agent::stream::StreamConfig;
+use ferry_replica::{Processor, ProcessorConfig, ProcessorStatus};
+use ferry_storage::{DynStore, Key};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::Result;
+use crate::model::{Replication, state};
+use crate::resources::key;
+
+pub(crate) struct ItemRuntime {
+    pub processor: Arc<Mutex<ProcessorStatus>>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl ItemRuntime {
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+impl Control {
+    /// The cache account of an item, confined to the item's own prefix.
+    pub(crate) fn item_cache(&self, rep: &Replication) -> Result<DynStore> {
+        let (group, account) = rep.target.cache_storage.split_once('/').unwrap_or((&rep.group, &rep.target.cache_storage));
+        let acct = self.storage(group, account)?;
+        let store = self.stores.get(&acct.url)?;
+        let prefix = Key::from_segments(["streams", &rep.stream.to_string()]).expect("stream ids are valid key segments");
+        Ok(ferry_storage::scoped(store, prefix))
+    }
+
+    /// Start the item's stream and processor unless they run (idempotent; used after restarts).
+    pub(crate) async fn ensure_running(self: &Arc<Self>, rep: &Replication) -> Result<()> {
+        if rep.state == state::DISABLING {
+            return Ok(());
+        }
+        let vm_key = key(&rep.group, &rep.vm);
+        let policy = self.policy(&rep.policy)?;
+        let cache = self.item_cache(rep)?;
+        let agent = self.agent(&rep.source_region)?;
+        agent.start_replication(
+            &vm_key,
+            ReplicationConfig {
+                stream: rep.stream,
+                generation: rep.generation,
+                cache: cache.clone(),
+                stream_config: StreamConfig::default(),
+                crash_consistent_every: Duration::from_secs_f64(policy.crash_consistent_every_seconds),
+            },
+        )?;
+        let running = self.items.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&vm_key);
+        if !running {
+            let layout = self.layout(rep)?;
+            let vm = self.vm(&rep.group, &rep.vm)?;
+            let sizes = vm.disks.iter().map(|d| d.size_bytes).collect();
+            let processor = Processor::new(layout, cache, sizes, ProcessorConfig::default());
+            let status = processor.status();
+            let (tx, rx) = watch::channel(false);
+            let task = tokio::spawn(processor.run(rx));
+            self.items.lock().unwrap_or_else(|p| p.into_inner()).insert(
+                vm_key.clone(),
+                ItemRuntime {
+                    processor: status,
+                    shutdown: tx,
+                    task,
+                },
+            );
+        }
+        if rep.state == state::ENABLING {
+            let mut r = rep.clone();
+            r.state = state::INITIAL_REPLICATION.into();
+            self.db.put(Kind::Replication, &vm_key, &r)?;
+        }
+        Ok(())
+    }
+
+    /// Stop an item's processor and stream (its data stays).
+    pub(crate) async fn stop_item(&self, rep: &Replication) {
+        let vm_key = key(&rep.group, &rep.vm);
+        let item = self.items.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm_key);
+        if let Some(item) = item {
+            item.stop().await;
+        }
+        if let Ok(agent) = self.agent(&rep.source_region) {
+            agent.stop_replication(&vm_key).await;
+        }
+    }
+
+    pub(crate) fn processor_status(&self, vm_key: &str) -> Option<ProcessorStatus> {
+        let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        items.get(vm_key).map(|i| i.processor.lock().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}

@@ -1,0 +1,166 @@
+//! What `replication show` returns: the item with its live state, health and RPO.
+
+use ferry_format::point::PointRecord;
+use ferry_replica::PointInfo;
+use ferry_types::Timestamp;
+use serde::Serialize;
+
+use crate::control::Control;
+use crate::model::{Replication, Target, state};
+use crate::resources::key;
+
+/// RPO above which an item is in warning, and in critical.
+const RPO_WARNING_SECONDS: f64 = 120.0;
+const RPO_CRITICAL_SECONDS: f64 = 600.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PointView {
+    pub id: String,
+    pub time: String,
+    pub kind: String,
+}
+
+impl From<&PointRecord> for PointView {
+    fn from(r: &PointRecord) -> Self {
+        let i = PointInfo::from_record(r);
+        PointView::from(&i)
+    }
+}
+
+impl From<&PointInfo> for PointView {
+    fn from(i: &PointInfo) -> Self {
+        PointView {
+            id: i.id.clone(),
+            time: i.time.to_string(),
+            kind: i.kind.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InitialReplicationView {
+    pub total_bytes: u64,
+    pub scanned_bytes: u64,
+    pub sent_bytes: u64,
+    pub percent: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StatsView {
+    pub bytes_written: u64,
+    pub bytes_shipped: u64,
+    pub segments_shipped: u64,
+    pub segments_applied: u64,
+    pub pending_local_logs: usize,
+    pub applied_seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicationView {
+    pub name: String,
+    pub group: String,
+    pub vm: String,
+    pub source_region: String,
+    pub state: String,
+    pub health: String,
+    pub health_reasons: Vec<String>,
+    pub rpo_seconds: Option<f64>,
+    pub last_recovery_point: Option<PointView>,
+    pub policy: String,
+    pub target: Target,
+    pub initial_replication: Option<InitialReplicationView>,
+    pub stats: StatsView,
+    pub job: Option<u64>,
+    pub created: String,
+}
+
+impl Control {
+    pub(crate) fn view(&self, rep: &Replication) -> ReplicationView {
+        let vm_key = key(&rep.group, &rep.vm);
+        let agent = self.agent(&rep.source_region).ok().and_then(|a| a.status(&vm_key));
+        let proc = self.processor_status(&vm_key);
+        let now = Timestamp::now();
+        let mut reasons = Vec::new();
+        let mut critical = false;
+        if let Some(e) = proc.as_ref().and_then(|p| p.error.clone()) {
+            reasons.push(format!("processing: {e}"));
+            critical = true;
+        }
+        if let Some(e) = agent.as_ref().and_then(|a| a.stream.last_error.clone()) {
+            reasons.push(format!("agent: {e}"));
+            critical = true;
+        }
+        let protected = rep.state == state::PROTECTED;
+        let rpo = protected.then(|| {
+            let shipped_through = agent
+                .as_ref()
+                .and_then(|a| a.stream.oldest_unshipped)
+                .unwrap_or(now);
+            let stuck = proc
+                .as_ref()
+                .filter(|p| p.refused_segment.is_some())
+                .and_then(|p| p.applied_time)
+                .unwrap_or(now);
+            shipped_through.min(stuck).seconds_until(now)
+        });
+        if let Some(r) = rpo {
+            if r > RPO_CRITICAL_SECONDS {
+                reasons.push(format!("RPO {r:.0} s is over the critical threshold of {RPO_CRITICAL_SECONDS:.0} s"));
+                critical = true;
+            } else if r > RPO_WARNING_SECONDS {
+                reasons.push(format!("RPO {r:.0} s is over the warning threshold of {RPO_WARNING_SECONDS:.0} s"));
+            }
+        }
+        if !self.items.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&vm_key) && rep.state != state::DISABLING {
+            reasons.push("the processor is not running".into());
+        }
+        let health = if critical {
+            "critical"
+        } else if reasons.is_empty() {
+            "healthy"
+        } else {
+            "warning"
+        };
+        let initial = agent.as_ref().map(|a| {
+            let p = &a.initial_sync;
+            let percent = if protected {
+                100.0
+            } else if p.total_bytes == 0 {
+                0.0
+            } else {
+                (p.scanned_bytes as f64 / p.total_bytes as f64 * 100.0).min(99.9)
+            };
+            InitialReplicationView {
+                total_bytes: p.total_bytes,
+                scanned_bytes: p.scanned_bytes,
+                sent_bytes: p.sent_bytes,
+                percent,
+            }
+        });
+        let stats = StatsView {
+            bytes_written: agent.as_ref().map_or(0, |a| a.stream.bytes_written),
+            bytes_shipped: agent.as_ref().map_or(0, |a| a.stream.bytes_shipped),
+            segments_shipped: agent.as_ref().map_or(0, |a| a.stream.segments_shipped),
+            segments_applied: proc.as_ref().map_or(0, |p| p.segments_applied),
+            pending_local_logs: agent.as_ref().map_or(0, |a| a.stream.pending_logs),
+            applied_seq: proc.as_ref().and_then(|p| p.applied_seq),
+        };
+        ReplicationView {
+            name: vm_key,
+            group: rep.group.clone(),
+            vm: rep.vm.clone(),
+            source_region: rep.source_region.clone(),
+            state: rep.state.clone(),
+            health: health.into(),
+            health_reasons: reasons,
+            rpo_seconds: rpo.map(|r| (r * 1000.0).round() / 1000.0),
+            last_recovery_point: proc.as_ref().and_then(|p| p.last_point.as_ref()).map(PointView::from),
+            policy: rep.policy.clone(),
+            target: rep.target.clone(),
+            initial_replication: initial,
+            stats,
+            job: rep.job,
+            created: rep.created.to_string(),
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Request bodies of the API. Unknown fields are refused, so a typo is an error, not a
+//! silently ignored setting.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroup {
+    pub name: String,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetSpec {
+    pub name: String,
+    pub cidr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateNetwork {
+    pub name: String,
+    pub address_space: String,
+    pub subnets: Vec<SubnetSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateStorage {
+    pub name: String,
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAvailabilitySet {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskRequest {
+    pub size_bytes: u64,
+    #[serde(default)]
+    pub storage: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVm {
+    pub name: String,
+    pub network: String,
+    pub subnet: String,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub availability_set: Option<String>,
+    pub disks: Vec<DiskRequest>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub compute: Option<String>,
+    #[serde(default)]
+    pub kernel: Option<String>,
+    #[serde(default)]
+    pub initrd: Option<String>,
+    #[serde(default)]
+    pub append: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePolicy {
+    pub name: String,
+    #[serde(default)]
+    pub retention_seconds: Option<u64>,
+    #[serde(default)]
+    pub crash_consistent_every_seconds: Option<f64>,
+    #[serde(default)]
+    pub app_consistent_every_seconds: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnableReplication {
+    pub target_region: String,
+    #[serde(default)]
+    pub target_group: Option<String>,
+    #[serde(default)]
+    pub target_network: Option<String>,
+    #[serde(default)]
+    pub target_subnet: Option<String>,
+    /// Source account → target account name (in the target group).
+    #[serde(default)]
+    pub target_storage: BTreeMap<String, String>,
+    #[serde(default)]
+    pub target_availability_set: Option<String>,
+    /// Cache account in the source region, `ACCOUNT` in the VM's group.
+    #[serde(default)]
+    pub cache_storage: Option<String>,
+    #[serde(default)]
+    pub policy: Option<String>,
+}

@@ -1,0 +1,364 @@
+//! Creating, listing and deleting the plain resources: groups, networks, storage accounts,
+//! availability sets, policies and VMs.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ferry_agent::{AgentHost, DiskSpec};
+use ferry_types::{ResourceName, Timestamp};
+
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::{ControlError, Result};
+use crate::ipam;
+use crate::model::*;
+use crate::requests::*;
+
+/// Disks are sized in whole MiB (as cloud disks are), so blocks of the replica fit exactly.
+const DISK_ALIGN: u64 = 1 << 20;
+
+pub(crate) fn valid_name(s: &str, what: &str) -> Result<String> {
+    ResourceName::new(s)
+        .map(|n| n.to_string())
+        .map_err(|e| ControlError::invalid(format!("{what}: {e}")))
+}
+
+pub(crate) fn key(group: &str, name: &str) -> String {
+    format!("{group}/{name}")
+}
+
+impl Control {
+    pub fn regions(&self) -> Vec<Region> {
+        self.cfg.regions.iter().map(|r| Region { name: r.clone() }).collect()
+    }
+
+    pub fn create_group(&self, req: CreateGroup) -> Result<Group> {
+        let name = valid_name(&req.name, "group name")?;
+        self.agent(&req.region)?;
+        let g = Group {
+            name: name.clone(),
+            region: req.region,
+        };
+        self.db.insert(Kind::Group, &name, &g, "group")?;
+        Ok(g)
+    }
+
+    pub fn group(&self, group: &str) -> Result<Group> {
+        self.db
+            .get(Kind::Group, group)?
+            .ok_or_else(|| ControlError::not_found(format!("group {group} does not exist; create it with `ferry group create {group} --region REGION`")))
+    }
+
+    pub fn groups(&self) -> Result<Vec<Group>> {
+        self.db.list(Kind::Group)
+    }
+
+    pub fn create_network(&self, group: &str, req: CreateNetwork) -> Result<Network> {
+        let g = self.group(group)?;
+        let name = valid_name(&req.name, "network name")?;
+        let space = ipam::parse_cidr(&req.address_space, "the address space")?;
+        if req.subnets.is_empty() {
+            return Err(ControlError::invalid("a network needs at least one subnet (--subnet NAME=CIDR)"));
+        }
+        let mut subnets: Vec<Subnet> = Vec::new();
+        let mut nets = Vec::new();
+        for s in req.subnets {
+            let sname = valid_name(&s.name, "subnet name")?;
+            let net = ipam::parse_cidr(&s.cidr, &format!("subnet {sname}"))?;
+            if !space.contains(&net) {
+                return Err(ControlError::invalid(format!(
+                    "subnet {sname} ({net}) is outside the address space {space}"
+                )));
+            }
+            if let Some((other, _)) = nets.iter().find(|(_, n): &&(String, ipnet::IpNet)| n.contains(&net.network()) || net.contains(&n.network())) {
+                return Err(ControlError::invalid(format!("subnet {sname} ({net}) overlaps subnet {other}")));
+            }
+            if subnets.iter().any(|x| x.name == sname) {
+                return Err(ControlError::invalid(format!("subnet {sname} is given twice")));
+            }
+            nets.push((sname.clone(), net));
+            subnets.push(Subnet { name: sname, cidr: net.to_string() });
+        }
+        let n = Network {
+            group: g.name.clone(),
+            name: name.clone(),
+            region: g.region,
+            address_space: space.to_string(),
+            subnets,
+        };
+        self.db.insert(Kind::Network, &key(group, &name), &n, "network")?;
+        Ok(n)
+    }
+
+    pub fn network(&self, group: &str, net: &str) -> Result<Network> {
+        self.db
+            .get(Kind::Network, &key(group, net))?
+            .ok_or_else(|| ControlError::not_found(format!("network {group}/{net} does not exist")))
+    }
+
+    pub fn networks(&self) -> Result<Vec<Network>> {
+        self.db.list(Kind::Network)
+    }
+
+    /// The default URL of an account: a directory under the data dir.
+    pub(crate) fn default_account_url(&self, region: &str, group: &str, account: &str) -> String {
+        let dir = self.cfg.data.join("regions").join(region).join("storage").join(group).join(account);
+        format!("file://{}", dir.display())
+    }
+
+    pub fn create_storage(&self, group: &str, req: CreateStorage) -> Result<StorageAccount> {
+        let g = self.group(group)?;
+        let name = valid_name(&req.name, "storage account name")?;
+        let url = match req.url {
+            Some(u) => u,
+            None => self.default_account_url(&g.region, group, &name),
+        };
+        self.stores.get(&url)?;
+        let a = StorageAccount {
+            group: g.name,
+            name: name.clone(),
+            region: g.region,
+            url,
+        };
+        self.db.insert(Kind::Storage, &key(group, &name), &a, "storage account")?;
+        Ok(a)
+    }
+
+    pub fn storage(&self, group: &str, account: &str) -> Result<StorageAccount> {
+        self.db.get(Kind::Storage, &key(group, account))?.ok_or_else(|| {
+            ControlError::not_found(format!(
+                "storage account {group}/{account} does not exist; create it with `ferry storage create {group}/{account}`"
+            ))
+        })
+    }
+
+    pub fn storage_accounts(&self) -> Result<Vec<StorageAccount>> {
+        self.db.list(Kind::Storage)
+    }
+
+    pub fn create_availability_set(&self, group: &str, req: CreateAvailabilitySet) -> Result<AvailabilitySet> {
+        let g = self.group(group)?;
+        let name = valid_name(&req.name, "availability set name")?;
+        let s = AvailabilitySet {
+            group: g.name,
+            name: name.clone(),
+            region: g.region,
+        };
+        self.db.insert(Kind::AvailabilitySet, &key(group, &name), &s, "availability set")?;
+        Ok(s)
+    }
+
+    pub fn availability_sets(&self) -> Result<Vec<AvailabilitySet>> {
+        self.db.list(Kind::AvailabilitySet)
+    }
+
+    pub fn create_policy(&self, req: CreatePolicy) -> Result<Policy> {
+        let name = valid_name(&req.name, "policy name")?;
+        let mut p = Policy::default_named(&name);
+        if let Some(r) = req.retention_seconds {
+            if r == 0 || r > 30 * 86_400 {
+                return Err(ControlError::invalid("retention must be between 1 s and 30 days"));
+            }
+            p.retention_seconds = r;
+        }
+        if let Some(c) = req.crash_consistent_every_seconds {
+            if !(1.0..=86_400.0).contains(&c) {
+                return Err(ControlError::invalid("the crash-consistent cadence must be between 1 s and 24 h"));
+            }
+            p.crash_consistent_every_seconds = c;
+        }
+        if let Some(a) = req.app_consistent_every_seconds {
+            if a == 0 {
+                return Err(ControlError::invalid("the app-consistent cadence must be at least 1 s"));
+            }
+            p.app_consistent_every_seconds = a;
+        }
+        self.db.insert(Kind::Policy, &name, &p, "policy")?;
+        Ok(p)
+    }
+
+    pub fn policy(&self, name: &str) -> Result<Policy> {
+        self.db
+            .get(Kind::Policy, name)?
+            .ok_or_else(|| ControlError::not_found(format!("policy {name} does not exist; create it with `ferry policy create {name}`")))
+    }
+
+    pub fn policies(&self) -> Result<Vec<Policy>> {
+        self.db.list(Kind::Policy)
+    }
+
+    pub fn vm(&self, group: &str, vm: &str) -> Result<Vm> {
+        let mut v: Vm = self
+            .db
+            .get(Kind::Vm, &key(group, vm))?
+            .ok_or_else(|| ControlError::not_found(format!("VM {group}/{vm} does not exist; see `ferry vm list`")))?;
+        self.fill_uris(&mut v);
+        Ok(v)
+    }
+
+    pub fn vms(&self) -> Result<Vec<Vm>> {
+        let mut vms: Vec<Vm> = self.db.list(Kind::Vm)?;
+        for v in &mut vms {
+            self.fill_uris(v);
+        }
+        Ok(vms)
+    }
+
+    fn fill_uris(&self, v: &mut Vm) {
+        if let Ok(agent) = self.agent(&v.region) {
+            let vm_key = key(&v.group, &v.name);
+            for d in &mut v.disks {
+                let export = AgentHost::export_name(&vm_key, d.index);
+                d.nbd_uri = format!("nbd+unix:///{export}?socket={}", agent.nbd_socket().display());
+                d.nbd_tcp_uri = format!("nbd://{}/{export}", agent.nbd_tcp());
+            }
+        }
+    }
+
+    pub fn create_vm(self: &Arc<Self>, group: &str, req: CreateVm) -> Result<Vm> {
+        let g = self.group(group)?;
+        let vm_name = valid_name(&req.name, "VM name")?;
+        let vm_key = key(group, &vm_name);
+        if self.db.get::<Vm>(Kind::Vm, &vm_key)?.is_some() {
+            return Err(ControlError::conflict(format!("VM {vm_key} already exists")));
+        }
+        let compute = req.compute.clone().unwrap_or_else(|| "external".into());
+        if compute != "external" {
+            return Err(ControlError::invalid(format!(
+                "compute {compute:?} is not available in this build; use --compute external and attach the disks' NBD exports to your hypervisor"
+            )));
+        }
+        if req.disks.is_empty() {
+            return Err(ControlError::invalid("a VM needs at least one disk (--disk SIZE[@ACCOUNT])"));
+        }
+        let net = self.network(group, &req.network)?;
+        let subnet = net
+            .subnets
+            .iter()
+            .find(|s| s.name == req.subnet)
+            .ok_or_else(|| ControlError::not_found(format!("subnet {} does not exist in network {group}/{}", req.subnet, req.network)))?;
+        if let Some(set) = &req.availability_set {
+            if self.db.get::<AvailabilitySet>(Kind::AvailabilitySet, &key(group, set))?.is_none() {
+                return Err(ControlError::not_found(format!("availability set {group}/{set} does not exist")));
+            }
+        }
+        let accounts: Vec<StorageAccount> = self.storage_accounts()?.into_iter().filter(|a| a.group == group).collect();
+        let mut disks = Vec::new();
+        for (i, d) in req.disks.iter().enumerate() {
+            if d.size_bytes == 0 {
+                return Err(ControlError::invalid(format!("disk {i}: size must be larger than zero")));
+            }
+            if d.size_bytes % DISK_ALIGN != 0 {
+                return Err(ControlError::invalid(format!("disk {i}: size must be a whole number of MiB")));
+            }
+            let storage = match &d.storage {
+                Some(a) => self.storage(group, a)?.name,
+                None => accounts.first().map(|a| a.name.clone()).ok_or_else(|| {
+                    ControlError::invalid(format!(
+                        "disk {i}: group {group} has no storage account; create one with `ferry storage create {group}/ACCOUNT`"
+                    ))
+                })?,
+            };
+            let image = self.cfg.data.join("regions").join(&g.region).join("disks").join(group).join(&vm_name).join(format!("disk{i}.raw"));
+            disks.push(VmDisk {
+                index: i,
+                size_bytes: d.size_bytes,
+                storage,
+                image: image.display().to_string(),
+                nbd_uri: String::new(),
+                nbd_tcp_uri: String::new(),
+            });
+        }
+        let cidr = ipam::parse_cidr(&subnet.cidr, "subnet")?;
+        let wanted = req
+            .ip
+            .as_deref()
+            .map(|s| s.parse::<IpAddr>().map_err(|_| ControlError::invalid(format!("invalid IP address {s:?}"))))
+            .transpose()?;
+        let used = self.used_ips(group, &req.network)?;
+        let ip = ipam::choose(&cidr, &used, wanted, false)?;
+        if let Some(img) = &req.image {
+            let len = std::fs::metadata(img).map_err(|e| ControlError::invalid(format!("image {img}: {e}")))?.len();
+            if len > disks[0].size_bytes {
+                return Err(ControlError::invalid(format!("image {img} ({len} bytes) is larger than disk 0")));
+            }
+        }
+        let vm = Vm {
+            group: group.to_string(),
+            name: vm_name.clone(),
+            region: g.region.clone(),
+            state: "running".into(),
+            compute,
+            availability_set: req.availability_set.clone(),
+            disks,
+            nics: vec![Nic {
+                network: req.network.clone(),
+                subnet: req.subnet.clone(),
+                private_ip: ip.to_string(),
+            }],
+            created: Timestamp::now(),
+        };
+        if let Some(img) = &req.image {
+            seed_image(img, &vm.disks[0].image, vm.disks[0].size_bytes)?;
+        }
+        self.db.insert(Kind::Vm, &vm_key, &vm, "VM")?;
+        if let Err(e) = self.attach_vm(&vm) {
+            self.db.delete(Kind::Vm, &vm_key)?;
+            return Err(e);
+        }
+        self.vm(group, &vm_name)
+    }
+
+    pub(crate) fn used_ips(&self, group: &str, network: &str) -> Result<Vec<IpAddr>> {
+        Ok(self
+            .db
+            .list::<Vm>(Kind::Vm)?
+            .iter()
+            .filter(|v| v.group == group)
+            .flat_map(|v| v.nics.iter())
+            .filter(|n| n.network == network)
+            .filter_map(|n| n.private_ip.parse().ok())
+            .collect())
+    }
+
+    pub(crate) fn attach_vm(&self, vm: &Vm) -> Result<()> {
+        let agent = self.agent(&vm.region)?;
+        let specs: Vec<DiskSpec> = vm
+            .disks
+            .iter()
+            .map(|d| DiskSpec {
+                image: d.image.clone().into(),
+                size: d.size_bytes,
+            })
+            .collect();
+        agent.attach_vm(&key(&vm.group, &vm.name), &specs)?;
+        Ok(())
+    }
+
+    pub async fn delete_vm(&self, group: &str, vm: &str) -> Result<()> {
+        let v = self.vm(group, vm)?;
+        let vm_key = key(group, vm);
+        if self.db.get::<Replication>(Kind::Replication, &vm_key)?.is_some() {
+            return Err(ControlError::conflict(format!(
+                "VM {vm_key} is replicated; disable replication first with `ferry replication disable {vm_key}`"
+            )));
+        }
+        self.agent(&v.region)?.detach_vm(&vm_key).await;
+        self.db.delete(Kind::Vm, &vm_key)?;
+        for d in &v.disks {
+            let _ = std::fs::remove_file(&d.image);
+        }
+        Ok(())
+    }
+}
+
+/// Copy a raw image into a new disk image.
+fn seed_image(src: &str, dst: &str, size: u64) -> Result<()> {
+    if let Some(dir) = std::path::Path::new(dst).parent() {
+        std::fs::create_dir_all(dir).map_err(|e| ControlError::Internal(format!("create {}: {e}", dir.display())))?;
+    }
+    std::fs::copy(src, dst).map_err(|e| ControlError::invalid(format!("copy image {src}: {e}")))?;
+    let f = std::fs::OpenOptions::new().write(true).open(dst).map_err(|e| ControlError::Internal(format!("open {dst}: {e}")))?;
+    f.set_len(size).map_err(|e| ControlError::Internal(format!("size {dst}: {e}")))?;
+    Ok(())
+}

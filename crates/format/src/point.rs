@@ -1,0 +1,148 @@
+//! Recovery-point records: the small object whose create-only write publishes a point.
+//!
+//! A record names, for each disk of the item, the pages of its block map at the point's
+//! instant. Checkpoints use the same record with kind [`PointKind::Checkpoint`]: they are the
+//! processor's own restart positions and are never shown to users.
+//! Spec: `docs/formats/recovery-point.md`.
+
+use ferry_types::{Generation, Seq, StreamId, Timestamp};
+
+use crate::codec::{Writer, open_frame};
+use crate::{Digest, FormatError};
+
+const FORMAT: &str = "recovery point";
+pub const MAGIC: &[u8; 8] = b"FERRYRPT";
+pub const VERSION: u16 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PointKind {
+    CrashConsistent = 1,
+    AppConsistent = 2,
+    Checkpoint = 3,
+}
+
+impl PointKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::CrashConsistent),
+            2 => Some(Self::AppConsistent),
+            3 => Some(Self::Checkpoint),
+            _ => None,
+        }
+    }
+
+    /// The name users see (`crash-consistent`, `app-consistent`, `checkpoint`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::CrashConsistent => "crash-consistent",
+            Self::AppConsistent => "app-consistent",
+            Self::Checkpoint => "checkpoint",
+        }
+    }
+}
+
+/// One disk's block map at the point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskMap {
+    pub size: u64,
+    pub pages: Vec<Digest>,
+}
+
+/// A recovery point (or a checkpoint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointRecord {
+    pub kind: PointKind,
+    pub stream: StreamId,
+    pub generation: Generation,
+    /// Every record up to and including this one is in the point; none after.
+    pub seq: Seq,
+    /// The instant the point represents.
+    pub time: Timestamp,
+    /// First sequence of the segment holding `seq`, and that segment's `prev_digest`:
+    /// where processing resumes from this point.
+    pub segment_first_seq: Seq,
+    pub segment_prev_digest: Digest,
+    /// Sequence of the record that ended the initial copy, once it has been applied.
+    pub initial_sync_seq: Option<Seq>,
+    pub disks: Vec<DiskMap>,
+}
+
+impl PointRecord {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_header(MAGIC, VERSION);
+        w.u8(self.kind as u8);
+        w.bytes(&self.stream.0);
+        w.u64(self.generation.0);
+        w.u64(self.seq.0);
+        w.i64(self.time.0);
+        w.u64(self.segment_first_seq.0);
+        w.bytes(&self.segment_prev_digest.0);
+        w.u64(self.initial_sync_seq.map_or(u64::MAX, |s| s.0));
+        w.u16(self.disks.len() as u16);
+        for d in &self.disks {
+            w.u64(d.size);
+            w.u32(d.pages.len() as u32);
+            for p in &d.pages {
+                w.bytes(&p.0);
+            }
+        }
+        w.finish()
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Self, FormatError> {
+        let mut r = open_frame(FORMAT, MAGIC, VERSION, data)?;
+        let kind = r.u8()?;
+        let kind = PointKind::from_u8(kind)
+            .ok_or_else(|| FormatError::invalid(FORMAT, format!("unknown kind {kind}")))?;
+        let mut stream = [0u8; 16];
+        stream.copy_from_slice(r.take(16)?);
+        let generation = Generation(r.u64()?);
+        let seq = Seq(r.u64()?);
+        let time = Timestamp(r.i64()?);
+        let segment_first_seq = Seq(r.u64()?);
+        let segment_prev_digest = r.digest()?;
+        let initial = r.u64()?;
+        let ndisks = r.u16()?;
+        let mut disks = Vec::with_capacity(ndisks as usize);
+        for _ in 0..ndisks {
+            let size = r.u64()?;
+            let npages = r.u32()? as usize;
+            if npages.saturating_mul(32) > r.remaining() {
+                return Err(FormatError::Truncated { format: FORMAT, len: data.len() });
+            }
+            let pages = (0..npages).map(|_| r.digest()).collect::<Result<_, _>>()?;
+            disks.push(DiskMap { size, pages });
+        }
+        if r.remaining() != 0 {
+            return Err(FormatError::invalid(FORMAT, "trailing bytes after the disks"));
+        }
+        Ok(PointRecord {
+            kind,
+            stream: StreamId(stream),
+            generation,
+            seq,
+            time,
+            segment_first_seq,
+            segment_prev_digest,
+            initial_sync_seq: (initial != u64::MAX).then_some(Seq(initial)),
+            disks,
+        })
+    }
+
+    /// The object name: points and checkpoints sort by sequence.
+    pub fn object_name(&self) -> String {
+        object_name(self.seq)
+    }
+}
+
+/// The object name of the point at `seq`.
+pub fn object_name(seq: Seq) -> String {
+    format!("{:016x}.point", seq.0)
+}
+
+/// Parse an object name made by [`object_name`].
+pub fn parse_object_name(name: &str) -> Option<Seq> {
+    let hex = name.strip_suffix(".point")?;
+    (hex.len() == 16).then_some(())?;
+    u64::from_str_radix(hex, 16).ok().map(Seq)
+}

@@ -1,0 +1,326 @@
+//! Segments: immutable slices of one protected item's ordered write stream.
+//!
+//! A segment holds consecutive records (`first_seq..=last_seq`, no gaps) of every disk of the
+//! item, in the order the writes were acknowledged, zstd-compressed, chained to the previous
+//! segment by its digest. Spec: `docs/formats/segment.md`.
+
+use ferry_types::{Generation, Seq, StreamId, Timestamp};
+
+use crate::codec::{Reader, Writer, open_frame};
+use crate::{Digest, FormatError};
+
+const FORMAT: &str = "segment";
+pub const MAGIC: &[u8; 8] = b"FERRYSEG";
+pub const VERSION: u16 = 1;
+/// Largest payload of one write record (the NBD limit).
+pub const MAX_RECORD_LEN: u64 = 32 << 20;
+const RECORD_HEADER: usize = 32;
+
+/// What a marker says about the instant it was cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MarkerKind {
+    /// Every write acknowledged before the marker is before it in the stream.
+    CrashConsistent = 1,
+    /// As crash-consistent, and the guest was quiesced.
+    AppConsistent = 2,
+    /// The initial copy of the disks ends here.
+    InitialSyncDone = 3,
+}
+
+impl MarkerKind {
+    fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            1 => Some(Self::CrashConsistent),
+            2 => Some(Self::AppConsistent),
+            3 => Some(Self::InitialSyncDone),
+            _ => None,
+        }
+    }
+}
+
+/// What one record does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Write { offset: u64, data: Vec<u8> },
+    Zero { offset: u64, len: u64 },
+    Trim { offset: u64, len: u64 },
+    Marker(MarkerKind),
+}
+
+/// One entry of the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub seq: Seq,
+    /// When the write was sequenced (just before it was acknowledged).
+    pub time: Timestamp,
+    /// Index of the disk within the item; 0 for markers.
+    pub disk: u16,
+    pub op: Op,
+}
+
+impl Record {
+    /// Payload bytes this record carries.
+    pub fn data_len(&self) -> usize {
+        match &self.op {
+            Op::Write { data, .. } => data.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// The fixed fields of a segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub stream: StreamId,
+    pub generation: Generation,
+    pub first_seq: Seq,
+    pub last_seq: Seq,
+    pub first_time: Timestamp,
+    pub last_time: Timestamp,
+    /// Digest of the previous segment of the stream; zero for the first.
+    pub prev_digest: Digest,
+    pub record_count: u32,
+    /// Size of the records before compression.
+    pub raw_len: u64,
+}
+
+/// A decoded segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub header: SegmentHeader,
+    pub records: Vec<Record>,
+    /// This segment's own digest (its trailer), which the next segment names.
+    pub digest: Digest,
+}
+
+/// The object name of the segment starting at `first_seq`: names sort by sequence.
+pub fn object_name(first_seq: Seq) -> String {
+    format!("{:016x}.seg", first_seq.0)
+}
+
+/// Parse an object name made by [`object_name`].
+pub fn parse_object_name(name: &str) -> Option<Seq> {
+    let hex = name.strip_suffix(".seg")?;
+    (hex.len() == 16).then_some(())?;
+    u64::from_str_radix(hex, 16).ok().map(Seq)
+}
+
+/// Encode records (which must be non-empty, consecutive and time-ordered) as a segment.
+/// Returns the object bytes and its digest.
+pub fn encode(
+    stream: StreamId,
+    generation: Generation,
+    prev_digest: Digest,
+    records: &[Record],
+    zstd_level: i32,
+) -> Result<(Vec<u8>, Digest), FormatError> {
+    let first = records
+        .first()
+        .ok_or_else(|| FormatError::invalid(FORMAT, "a segment needs at least one record"))?;
+    let last = records.last().unwrap_or(first);
+    check_order(records)?;
+    let mut raw = Vec::with_capacity(records.iter().map(|r| RECORD_HEADER + r.data_len()).sum());
+    for r in records {
+        encode_record(&mut raw, r);
+    }
+    let body = zstd::bulk::compress(&raw, zstd_level)
+        .map_err(|e| FormatError::invalid(FORMAT, format!("compress: {e}")))?;
+    let mut w = Writer::with_header(MAGIC, VERSION);
+    w.u16(0); // flags
+    w.bytes(&stream.0);
+    w.u64(generation.0);
+    w.u64(first.seq.0);
+    w.u64(last.seq.0);
+    w.i64(first.time.0);
+    w.i64(last.time.0);
+    w.bytes(&prev_digest.0);
+    w.u32(records.len() as u32);
+    w.u64(raw.len() as u64);
+    w.u64(body.len() as u64);
+    w.bytes(&body);
+    let bytes = w.finish();
+    let digest = crate::codec::trailer_digest(&bytes).unwrap_or_default();
+    Ok((bytes, digest))
+}
+
+/// Decode and verify a segment: frame checksum, header, and every record's sequence and order.
+pub fn decode(data: &[u8]) -> Result<Segment, FormatError> {
+    let mut r = open_frame(FORMAT, MAGIC, VERSION, data)?;
+    let header = decode_header(&mut r)?;
+    let body_len = r.u64()? as usize;
+    if body_len != r.remaining() {
+        return Err(FormatError::invalid(FORMAT, "body length does not match the object size"));
+    }
+    let body = r.take(body_len)?;
+    if header.raw_len > (header.record_count as u64 + 1) * (MAX_RECORD_LEN + RECORD_HEADER as u64) {
+        return Err(FormatError::invalid(FORMAT, "declared raw length is implausible"));
+    }
+    let raw = zstd::bulk::decompress(body, header.raw_len as usize)
+        .map_err(|e| FormatError::invalid(FORMAT, format!("decompress records: {e}")))?;
+    if raw.len() as u64 != header.raw_len {
+        return Err(FormatError::invalid(FORMAT, "records are shorter than declared"));
+    }
+    let mut rr = Reader {
+        format: FORMAT,
+        data: &raw,
+        pos: 0,
+    };
+    let mut records = Vec::with_capacity(header.record_count as usize);
+    while rr.remaining() > 0 {
+        records.push(decode_record(&mut rr)?);
+    }
+    if records.len() != header.record_count as usize {
+        return Err(FormatError::invalid(FORMAT, "record count does not match the header"));
+    }
+    check_order(&records)?;
+    let (first, last) = (&records[0], &records[records.len() - 1]);
+    if first.seq != header.first_seq || last.seq != header.last_seq {
+        return Err(FormatError::invalid(FORMAT, "sequence range does not match the records"));
+    }
+    if first.time != header.first_time || last.time != header.last_time {
+        return Err(FormatError::invalid(FORMAT, "time range does not match the records"));
+    }
+    let digest = crate::codec::trailer_digest(data).unwrap_or_default();
+    Ok(Segment {
+        header,
+        records,
+        digest,
+    })
+}
+
+fn decode_header(r: &mut Reader<'_>) -> Result<SegmentHeader, FormatError> {
+    let _flags = r.u16()?;
+    let mut stream = [0u8; 16];
+    stream.copy_from_slice(r.take(16)?);
+    Ok(SegmentHeader {
+        stream: StreamId(stream),
+        generation: Generation(r.u64()?),
+        first_seq: Seq(r.u64()?),
+        last_seq: Seq(r.u64()?),
+        first_time: Timestamp(r.i64()?),
+        last_time: Timestamp(r.i64()?),
+        prev_digest: r.digest()?,
+        record_count: r.u32()?,
+        raw_len: r.u64()?,
+    })
+}
+
+fn check_order(records: &[Record]) -> Result<(), FormatError> {
+    if records.is_empty() {
+        return Err(FormatError::invalid(FORMAT, "a segment needs at least one record"));
+    }
+    for pair in records.windows(2) {
+        if pair[1].seq.0 != pair[0].seq.0 + 1 {
+            return Err(FormatError::invalid(
+                FORMAT,
+                format!("sequence gap between {} and {}", pair[0].seq, pair[1].seq),
+            ));
+        }
+        if pair[1].time < pair[0].time {
+            return Err(FormatError::invalid(
+                FORMAT,
+                format!("time goes backwards at sequence {}", pair[1].seq),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A record's operation with borrowed data, for encoding without a copy.
+#[derive(Debug, Clone, Copy)]
+pub enum OpRef<'a> {
+    Write { offset: u64, data: &'a [u8] },
+    Zero { offset: u64, len: u64 },
+    Trim { offset: u64, len: u64 },
+    Marker(MarkerKind),
+}
+
+impl Op {
+    pub fn as_ref(&self) -> OpRef<'_> {
+        match self {
+            Op::Write { offset, data } => OpRef::Write { offset: *offset, data },
+            Op::Zero { offset, len } => OpRef::Zero { offset: *offset, len: *len },
+            Op::Trim { offset, len } => OpRef::Trim { offset: *offset, len: *len },
+            Op::Marker(m) => OpRef::Marker(*m),
+        }
+    }
+}
+
+/// Append one record in the segment body encoding (also used by the agent's local log).
+pub fn encode_record(out: &mut Vec<u8>, r: &Record) {
+    encode_record_ref(out, r.seq, r.time, r.disk, r.op.as_ref());
+}
+
+/// Append one record given as parts.
+pub fn encode_record_ref(out: &mut Vec<u8>, seq: Seq, time: Timestamp, disk: u16, op: OpRef<'_>) {
+    let (kind, sub, offset, len) = match op {
+        OpRef::Write { offset, data } => (1u8, 0u8, offset, data.len() as u64),
+        OpRef::Zero { offset, len } => (2, 0, offset, len),
+        OpRef::Trim { offset, len } => (3, 0, offset, len),
+        OpRef::Marker(m) => (4, m as u8, 0, 0),
+    };
+    out.push(kind);
+    out.push(sub);
+    out.extend_from_slice(&disk.to_le_bytes());
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&seq.0.to_le_bytes());
+    out.extend_from_slice(&time.0.to_le_bytes());
+    out.extend_from_slice(&offset.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    if let OpRef::Write { data, .. } = op {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Decode one record from the front of `data`; returns it and the bytes it took.
+pub fn decode_record_prefix(data: &[u8]) -> Result<(Record, usize), FormatError> {
+    let mut r = Reader {
+        format: FORMAT,
+        data,
+        pos: 0,
+    };
+    let rec = decode_record(&mut r)?;
+    Ok((rec, r.pos))
+}
+
+fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
+    let kind = r.u8()?;
+    let sub = r.u8()?;
+    let disk = r.u16()?;
+    let _reserved = r.u32()?;
+    let seq = Seq(r.u64()?);
+    let time = Timestamp(r.i64()?);
+    let offset = r.u64()?;
+    let len = r.u64()?;
+    if offset.checked_add(len).is_none() {
+        return Err(FormatError::invalid(FORMAT, format!("record {seq}: extent overflows")));
+    }
+    let op = match kind {
+        1 => {
+            if len > MAX_RECORD_LEN {
+                return Err(FormatError::invalid(FORMAT, format!("record {seq}: write too large")));
+            }
+            Op::Write {
+                offset,
+                data: r.take(len as usize)?.to_vec(),
+            }
+        }
+        2 => Op::Zero { offset, len },
+        3 => Op::Trim { offset, len },
+        4 => Op::Marker(MarkerKind::from_u8(sub).ok_or_else(|| {
+            FormatError::invalid(FORMAT, format!("record {seq}: unknown marker kind {sub}"))
+        })?),
+        k => {
+            return Err(FormatError::invalid(FORMAT, format!("record {seq}: unknown kind {k}")));
+        }
+    };
+    Ok(Record {
+        seq,
+        time,
+        disk,
+        op,
+    })
+}
+
+#[cfg(test)]
+mod tests;

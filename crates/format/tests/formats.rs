@@ -1,0 +1,82 @@
+//! Every format refuses corruption and survives round trips of arbitrary content.
+
+use ferry_format::map::{self, ChunkRef};
+use ferry_format::point::{DiskMap, PointKind, PointRecord};
+use ferry_format::{Digest, FormatError, pack};
+use ferry_types::{Generation, Seq, StreamId, Timestamp};
+use proptest::prelude::*;
+
+fn chunk_ref() -> impl Strategy<Value = ChunkRef> {
+    (any::<[u8; 32]>(), any::<u64>(), any::<u32>(), any::<u32>())
+        .prop_map(|(h, pack, offset, len)| ChunkRef { hash: Digest(h), pack, offset, len })
+}
+
+proptest! {
+    #[test]
+    fn map_pages_round_trip(entries in proptest::collection::vec(chunk_ref(), 0..map::ENTRIES_PER_PAGE)) {
+        let (bytes, digest) = map::encode(&entries).unwrap();
+        prop_assert_eq!(map::decode(&bytes, &digest).unwrap(), entries);
+    }
+
+    #[test]
+    fn points_round_trip(seq in any::<u64>(), t in any::<i64>(), pages in proptest::collection::vec(any::<[u8; 32]>(), 0..50)) {
+        let rec = PointRecord {
+            kind: PointKind::AppConsistent,
+            stream: StreamId([1; 16]),
+            generation: Generation(1),
+            seq: Seq(seq),
+            time: Timestamp(t),
+            segment_first_seq: Seq(seq / 2),
+            segment_prev_digest: Digest::ZERO,
+            initial_sync_seq: None,
+            disks: vec![DiskMap { size: 1 << 30, pages: pages.into_iter().map(Digest).collect() }],
+        };
+        prop_assert_eq!(PointRecord::decode(&rec.encode()).unwrap(), rec);
+    }
+
+    #[test]
+    fn packs_round_trip(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..5000), 1..8)) {
+        let mut b = pack::PackBuilder::new(7);
+        for c in &chunks {
+            let z = pack::compress_chunk(c, 1).unwrap();
+            b.push_compressed(Digest::of(c), &z, c.len() as u32);
+        }
+        let bytes = b.finish();
+        let (_, entries) = pack::decode_index(&bytes).unwrap();
+        for (c, e) in chunks.iter().zip(entries) {
+            let z = &bytes[e.offset as usize..(e.offset + e.len) as usize];
+            prop_assert_eq!(&pack::open_chunk(z, &e.hash, e.raw_len as usize).unwrap(), c);
+        }
+    }
+}
+
+#[test]
+fn corrupt_objects_are_refused_with_a_named_format() {
+    let rec = PointRecord {
+        kind: PointKind::CrashConsistent,
+        stream: StreamId([1; 16]),
+        generation: Generation(1),
+        seq: Seq(5),
+        time: Timestamp(5),
+        segment_first_seq: Seq(5),
+        segment_prev_digest: Digest::ZERO,
+        initial_sync_seq: None,
+        disks: vec![],
+    };
+    let mut bytes = rec.encode();
+    bytes[20] ^= 1;
+    let err = PointRecord::decode(&bytes).unwrap_err();
+    assert_eq!(err, FormatError::Checksum { format: "recovery point" });
+    assert!(err.to_string().contains("corrupt"));
+    let mut v2 = rec.encode();
+    v2[8] = 2;
+    assert!(matches!(PointRecord::decode(&v2), Err(FormatError::UnsupportedVersion { version: 2, .. })));
+}
+
+#[test]
+fn a_chunk_that_does_not_match_its_hash_is_refused() {
+    let raw = vec![1u8; 100];
+    let z = pack::compress_chunk(&raw, 1).unwrap();
+    assert!(pack::open_chunk(&z, &Digest::of(&raw), 100).is_ok());
+    assert!(pack::open_chunk(&z, &Digest([0; 32]), 100).is_err());
+}

@@ -1,0 +1,190 @@
+//! The fixed newstyle handshake: greeting and option haggling up to the transmission phase.
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::error::NbdError;
+use crate::exports::{Attachment, Exports};
+use crate::protocol::*;
+
+/// How option haggling ended.
+pub(crate) enum Outcome {
+    /// The client chose an export; transmission starts.
+    Transmission(Attachment),
+    /// The client aborted, or chose an unknown export with `NBD_OPT_EXPORT_NAME`.
+    Closed,
+}
+
+/// Runs the handshake on a fresh connection. `w` is flushed before every wait for input.
+pub(crate) async fn negotiate<R, W>(
+    r: &mut R,
+    w: &mut W,
+    exports: &Exports,
+) -> Result<Outcome, NbdError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    w.write_all(&NBDMAGIC.to_be_bytes()).await?;
+    w.write_all(&IHAVEOPT.to_be_bytes()).await?;
+    w.write_all(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes())
+        .await?;
+    w.flush().await?;
+    let client_flags = r.read_u32().await?;
+    if client_flags & !(FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES) != 0 {
+        return Err(NbdError::Protocol(format!(
+            "unknown client flags {client_flags:#x}"
+        )));
+    }
+    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    loop {
+        let magic = r.read_u64().await?;
+        if magic != IHAVEOPT {
+            return Err(NbdError::Protocol(format!("bad option magic {magic:#x}")));
+        }
+        let option = r.read_u32().await?;
+        let len = r.read_u32().await?;
+        if len > MAX_OPTION_LEN {
+            if option == OPT_EXPORT_NAME {
+                return Ok(Outcome::Closed);
+            }
+            // Skip the data without buffering it, then refuse.
+            let mut data = r.take(u64::from(len));
+            if tokio::io::copy(&mut data, &mut tokio::io::sink()).await? != u64::from(len) {
+                return Err(NbdError::Protocol("truncated option".into()));
+            }
+            error_reply(w, option, REP_ERR_TOO_BIG, "option data too long").await?;
+            continue;
+        }
+        let mut data = vec![0u8; len as usize];
+        r.read_exact(&mut data).await?;
+        match option {
+            OPT_EXPORT_NAME => {
+                let Some(att) = std::str::from_utf8(&data).ok().and_then(|n| exports.attach(n))
+                else {
+                    return Ok(Outcome::Closed);
+                };
+                w.write_all(&att.export.size().to_be_bytes()).await?;
+                w.write_all(&TRANSMISSION_FLAGS.to_be_bytes()).await?;
+                if !no_zeroes {
+                    w.write_all(&[0u8; 124]).await?;
+                }
+                w.flush().await?;
+                return Ok(Outcome::Transmission(att));
+            }
+            OPT_ABORT => {
+                // The client may already have gone; that is fine.
+                let _ = reply(w, option, REP_ACK, &[]).await;
+                return Ok(Outcome::Closed);
+            }
+            OPT_LIST if !data.is_empty() => {
+                error_reply(w, option, REP_ERR_INVALID, "NBD_OPT_LIST takes no data").await?;
+            }
+            OPT_LIST => {
+                for name in exports.names() {
+                    let mut d = Vec::with_capacity(4 + name.len());
+                    d.extend_from_slice(&(name.len() as u32).to_be_bytes());
+                    d.extend_from_slice(name.as_bytes());
+                    reply(w, option, REP_SERVER, &d).await?;
+                }
+                reply(w, option, REP_ACK, &[]).await?;
+            }
+            OPT_INFO | OPT_GO => {
+                if let Some(att) = info(w, option, &data, exports).await? {
+                    if option == OPT_GO {
+                        w.flush().await?;
+                        return Ok(Outcome::Transmission(att));
+                    }
+                }
+            }
+            _ => error_reply(w, option, REP_ERR_UNSUP, "option not supported").await?,
+        }
+        w.flush().await?;
+    }
+}
+
+/// Answers `NBD_OPT_INFO`/`NBD_OPT_GO`; returns the export when the answer was a success.
+async fn info<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    option: u32,
+    data: &[u8],
+    exports: &Exports,
+) -> Result<Option<Attachment>, NbdError> {
+    let Some((name, requests)) = parse_info(data) else {
+        error_reply(w, option, REP_ERR_INVALID, "malformed info request").await?;
+        return Ok(None);
+    };
+    let Some(att) = exports.attach(name) else {
+        let msg = format!("unknown export {name:?}");
+        error_reply(w, option, REP_ERR_UNKNOWN, &msg).await?;
+        return Ok(None);
+    };
+    let mut d = [0u8; 12];
+    d[0..2].copy_from_slice(&INFO_EXPORT.to_be_bytes());
+    d[2..10].copy_from_slice(&att.export.size().to_be_bytes());
+    d[10..12].copy_from_slice(&TRANSMISSION_FLAGS.to_be_bytes());
+    reply(w, option, REP_INFO, &d).await?;
+    if requests.contains(&INFO_BLOCK_SIZE) {
+        let mut d = [0u8; 14];
+        d[0..2].copy_from_slice(&INFO_BLOCK_SIZE.to_be_bytes());
+        d[2..6].copy_from_slice(&1u32.to_be_bytes());
+        d[6..10].copy_from_slice(&PREFERRED_BLOCK.to_be_bytes());
+        d[10..14].copy_from_slice(&MAX_PAYLOAD.to_be_bytes());
+        reply(w, option, REP_INFO, &d).await?;
+    }
+    reply(w, option, REP_ACK, &[]).await?;
+    Ok(Some(att))
+}
+
+/// Splits `NBD_OPT_INFO`/`GO` data into the export name and the requested info types.
+fn parse_info(data: &[u8]) -> Option<(&str, Vec<u16>)> {
+    let name_len = u32::from_be_bytes(data.get(0..4)?.try_into().ok()?) as usize;
+    let name = std::str::from_utf8(data.get(4..4usize.checked_add(name_len)?)?).ok()?;
+    let rest = &data[4 + name_len..];
+    let count = u16::from_be_bytes(rest.get(0..2)?.try_into().ok()?) as usize;
+    let list = &rest[2..];
+    if list.len() != count * 2 {
+        return None;
+    }
+    let requests = list
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    Some((name, requests))
+}
+
+async fn reply<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    option: u32,
+    reply_type: u32,
+    data: &[u8],
+) -> std::io::Result<()> {
+    let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
+    w.write_all(&option_reply_header(option, reply_type, len)).await?;
+    w.write_all(data).await
+}
+
+async fn error_reply<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    option: u32,
+    reply_type: u32,
+    message: &str,
+) -> std::io::Result<()> {
+    tracing::debug!(option, reply_type, message, "refusing NBD option");
+    reply(w, option, reply_type, message.as_bytes()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_info;
+
+    #[test]
+    fn parses_info_requests() {
+        let mut d = vec![0, 0, 0, 2, b'v', b'm', 0, 2, 0, 3, 0, 1];
+        assert_eq!(parse_info(&d), Some(("vm", vec![3, 1])));
+        d.push(0);
+        assert_eq!(parse_info(&d), None);
+        assert_eq!(parse_info(&[0, 0, 0, 9, b'x']), None);
+        assert_eq!(parse_info(&[0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(parse_info(&[0, 0, 0, 0, 0, 0]), Some(("", vec![])));
+    }
+}

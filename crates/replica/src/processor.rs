@@ -1,0 +1,455 @@
+//! The processing loop of one protected item.
+//!
+//! Position is rebuilt from the newest durable record (recovery point or checkpoint) whenever
+//! the processor starts or hits an error it cannot step over, so a `kill -9` at any moment
+//! loses nothing (segments are deleted from the cache only once a durable record covers them)
+//! and applies nothing twice (state is the record's maps plus the records after its sequence).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_format::point::{PointKind, PointRecord};
+use ferry_format::segment::{self, MarkerKind, Op, Segment};
+use ferry_format::{BLOCK_SIZE, Digest};
+use ferry_storage::{DynStore, Key, StoreError};
+use ferry_types::{Generation, Seq, Timestamp};
+use futures::{StreamExt, TryStreamExt};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::blocks::DiskState;
+use crate::chunks::{self, Packer};
+use crate::points::{self, PointInfo};
+use crate::{ReplicaError, ReplicaLayout};
+
+/// Tunables of the processor.
+#[derive(Debug, Clone)]
+pub struct ProcessorConfig {
+    pub zstd_level: i32,
+    /// Target size of a pack object.
+    pub pack_bytes: usize,
+    /// Write a checkpoint once this many bytes of changed blocks are held in memory...
+    pub checkpoint_bytes: u64,
+    /// ...or when this long has passed since the last durable record with segments pending.
+    pub checkpoint_interval: Duration,
+    /// How often to look for the next segment when it is not there yet.
+    pub poll_interval: Duration,
+    /// Pause before trying again after an error.
+    pub retry_delay: Duration,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        ProcessorConfig {
+            zstd_level: 1,
+            pack_bytes: 16 << 20,
+            checkpoint_bytes: 64 << 20,
+            checkpoint_interval: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(100),
+            retry_delay: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What the processor has done; read by the control plane for state, health and RPO.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcessorStatus {
+    /// Sequence and time of the last record applied.
+    pub applied_seq: Option<u64>,
+    pub applied_time: Option<Timestamp>,
+    /// Set once the initial copy is applied and the first point published.
+    pub initial_sync_seq: Option<u64>,
+    pub last_point: Option<PointInfo>,
+    pub segments_applied: u64,
+    pub segment_bytes_applied: u64,
+    pub points_published: u64,
+    /// The error that stops progress now, if any.
+    pub error: Option<String>,
+    /// When the error is a refused segment.
+    pub refused_segment: Option<u64>,
+}
+
+/// The processor of one item.
+pub struct Processor {
+    layout: ReplicaLayout,
+    cache: DynStore,
+    disk_sizes: Vec<u64>,
+    config: ProcessorConfig,
+    status: Arc<Mutex<ProcessorStatus>>,
+}
+
+struct Position {
+    disks: Vec<DiskState>,
+    applied: Seq,
+    applied_time: Timestamp,
+    next_segment: Seq,
+    prev_digest: Digest,
+    generation: Generation,
+    initial_sync_seq: Option<Seq>,
+    /// Segments fully applied but not yet covered by a durable record.
+    pending: Vec<Seq>,
+    last_durable: Instant,
+}
+
+impl Processor {
+    pub fn new(layout: ReplicaLayout, cache: DynStore, disk_sizes: Vec<u64>, config: ProcessorConfig) -> Self {
+        Processor {
+            layout,
+            cache,
+            disk_sizes,
+            config,
+            status: Arc::default(),
+        }
+    }
+
+    /// A handle to the live status.
+    pub fn status(&self) -> Arc<Mutex<ProcessorStatus>> {
+        self.status.clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ProcessorStatus)) {
+        f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// Run until `shutdown` turns true.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        while !*shutdown.borrow() {
+            let result = match self.recover().await {
+                Ok(pos) => self.process(pos, &mut shutdown).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(stream = %self.layout.stream, error = %e, "processing stopped; restarting from the last durable record");
+                self.update(|s| s.error = Some(e.to_string()));
+                wait(&mut shutdown, self.config.retry_delay).await;
+            }
+        }
+    }
+
+    /// Rebuild the position from the newest durable record, and delete cache segments it covers.
+    async fn recover(&self) -> Result<Position, ReplicaError> {
+        let latest = points::latest_record(&self.layout).await?;
+        let mut pos = match latest {
+            None => Position {
+                disks: self.disk_sizes.iter().enumerate().map(|(i, &s)| DiskState::empty(i, s)).collect(),
+                applied: Seq(0),
+                applied_time: Timestamp(0),
+                next_segment: Seq(1),
+                prev_digest: Digest::ZERO,
+                generation: Generation(0),
+                initial_sync_seq: None,
+                pending: Vec::new(),
+                last_durable: Instant::now(),
+            },
+            Some(rec) => {
+                let mut disks = Vec::with_capacity(rec.disks.len());
+                for (i, d) in rec.disks.iter().enumerate() {
+                    disks.push(DiskState::load(&self.layout, i, d).await?);
+                }
+                Position {
+                    disks,
+                    applied: rec.seq,
+                    applied_time: rec.time,
+                    next_segment: rec.segment_first_seq,
+                    prev_digest: rec.segment_prev_digest,
+                    generation: rec.generation,
+                    initial_sync_seq: rec.initial_sync_seq,
+                    pending: Vec::new(),
+                    last_durable: Instant::now(),
+                }
+            }
+        };
+        for seg in self.cache.list(None).await? {
+            if let Some(first) = segment::parse_object_name(seg.key.file_name()) {
+                if first < pos.next_segment {
+                    self.cache.delete(&seg.key).await?;
+                }
+            }
+        }
+        if pos.disks.len() != self.disk_sizes.len() {
+            return Err(ReplicaError::Internal(format!(
+                "the replica has {} disks but the item has {}",
+                pos.disks.len(),
+                self.disk_sizes.len()
+            )));
+        }
+        pos.pending.clear();
+        let last = points::latest_point(&self.layout).await?;
+        self.update(|s| {
+            s.applied_seq = (pos.applied.0 > 0).then_some(pos.applied.0);
+            s.applied_time = (pos.applied.0 > 0).then_some(pos.applied_time);
+            s.initial_sync_seq = pos.initial_sync_seq.map(|q| q.0);
+            s.last_point = last;
+        });
+        Ok(pos)
+    }
+
+    async fn process(&self, mut pos: Position, shutdown: &mut watch::Receiver<bool>) -> Result<(), ReplicaError> {
+        while !*shutdown.borrow() {
+            let key = Key::parse(&segment::object_name(pos.next_segment))?;
+            let bytes = match self.cache.get(&key).await {
+                Ok(b) => b,
+                Err(StoreError::NotFound { .. }) => {
+                    if !pos.pending.is_empty() && pos.last_durable.elapsed() >= self.config.checkpoint_interval {
+                        self.publish(&mut pos, PointKind::Checkpoint, None).await?;
+                    }
+                    wait(shutdown, self.config.poll_interval).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let seg = match self.verify(&bytes, &pos) {
+                Ok(seg) => seg,
+                Err(reason) => {
+                    let e = ReplicaError::SegmentRefused {
+                        first_seq: pos.next_segment.0,
+                        reason,
+                    };
+                    tracing::error!(stream = %self.layout.stream, error = %e, "refused a segment");
+                    self.update(|s| {
+                        s.error = Some(e.to_string());
+                        s.refused_segment = Some(pos.next_segment.0);
+                    });
+                    wait(shutdown, self.config.retry_delay).await;
+                    continue;
+                }
+            };
+            self.apply(&mut pos, &seg, bytes.len() as u64).await?;
+            let dirty: u64 = pos.disks.iter().map(|d| d.dirty.len() as u64 * BLOCK_SIZE).sum();
+            if dirty >= self.config.checkpoint_bytes
+                || (!pos.pending.is_empty() && pos.last_durable.elapsed() >= self.config.checkpoint_interval)
+            {
+                self.publish(&mut pos, PointKind::Checkpoint, None).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Everything that must hold before any record of a segment is applied.
+    fn verify(&self, bytes: &Bytes, pos: &Position) -> Result<Segment, String> {
+        let seg = segment::decode(bytes).map_err(|e| e.to_string())?;
+        let h = &seg.header;
+        if h.stream != self.layout.stream {
+            return Err(format!("it belongs to stream {}, not {}", h.stream, self.layout.stream));
+        }
+        if h.first_seq != pos.next_segment {
+            return Err(format!("it starts at sequence {}, expected {}", h.first_seq, pos.next_segment));
+        }
+        if h.prev_digest != pos.prev_digest {
+            return Err("its previous-segment digest does not match the segment applied before it".into());
+        }
+        if h.generation < pos.generation {
+            return Err(format!("it was written by stale generation {} (current {})", h.generation, pos.generation));
+        }
+        for r in &seg.records {
+            if matches!(r.op, Op::Marker(_)) {
+                continue;
+            }
+            let disk = pos.disks.get(r.disk as usize).ok_or_else(|| {
+                format!("record {} names disk {}, the item has {}", r.seq, r.disk, pos.disks.len())
+            })?;
+            disk.check(&r.op)?;
+        }
+        Ok(seg)
+    }
+
+    async fn apply(&self, pos: &mut Position, seg: &Segment, len: u64) -> Result<(), ReplicaError> {
+        self.prefetch(pos, seg).await?;
+        pos.generation = seg.header.generation;
+        let last = seg.header.last_seq;
+        let start = pos.applied;
+        for r in seg.records.iter().filter(|r| r.seq > start) {
+            pos.applied = r.seq;
+            pos.applied_time = r.time;
+            match &r.op {
+                Op::Marker(kind) => {
+                    let point_kind = match kind {
+                        MarkerKind::InitialSyncDone => {
+                            pos.initial_sync_seq.get_or_insert(r.seq);
+                            Some(PointKind::CrashConsistent)
+                        }
+                        MarkerKind::CrashConsistent => Some(PointKind::CrashConsistent),
+                        MarkerKind::AppConsistent => Some(PointKind::AppConsistent),
+                    };
+                    if let (Some(k), Some(_)) = (point_kind, pos.initial_sync_seq) {
+                        let at_end = r.seq == last;
+                        if at_end {
+                            pos.prev_digest = seg.digest;
+                            pos.next_segment = last.next();
+                            pos.pending.push(seg.header.first_seq);
+                        }
+                        let resume = (!at_end).then_some((seg.header.first_seq, seg.header.prev_digest));
+                        self.publish(pos, k, resume).await?;
+                    }
+                }
+                op => pos.disks[r.disk as usize].apply(op),
+            }
+        }
+        if pos.next_segment <= last {
+            pos.prev_digest = seg.digest;
+            pos.next_segment = last.next();
+            pos.pending.push(seg.header.first_seq);
+        }
+        self.update(|s| {
+            s.applied_seq = Some(pos.applied.0);
+            s.applied_time = Some(pos.applied_time);
+            s.segments_applied += 1;
+            s.segment_bytes_applied += len;
+            s.error = None;
+            s.refused_segment = None;
+        });
+        Ok(())
+    }
+
+    /// Read, in parallel, every stored block the segment changes only in part.
+    async fn prefetch(&self, pos: &mut Position, seg: &Segment) -> Result<(), ReplicaError> {
+        let mut need = BTreeSet::new();
+        for r in seg.records.iter().filter(|r| r.seq > pos.applied) {
+            if !matches!(r.op, Op::Marker(_)) {
+                for b in pos.disks[r.disk as usize].blocks_to_load(&r.op) {
+                    need.insert((r.disk as usize, b));
+                }
+            }
+        }
+        let loaded: Vec<(usize, u64, Vec<u8>)> = futures::stream::iter(need)
+            .map(|(d, b)| {
+                let r = pos.disks[d].map[b as usize];
+                let layout = &self.layout;
+                async move { chunks::read_chunk(layout, d, &r).await.map(|data| (d, b, data)) }
+            })
+            .buffer_unordered(32)
+            .try_collect()
+            .await?;
+        for (d, b, data) in loaded {
+            pos.disks[d].insert_loaded(b, data);
+        }
+        Ok(())
+    }
+
+    /// Make every change durable and publish a record at the current position. `resume` is
+    /// the segment to restart from when the position is inside a segment.
+    async fn publish(&self, pos: &mut Position, kind: PointKind, resume: Option<(Seq, Digest)>) -> Result<(), ReplicaError> {
+        self.flush(pos).await?;
+        let (segment_first_seq, segment_prev_digest) = resume.unwrap_or((pos.next_segment, pos.prev_digest));
+        let rec = PointRecord {
+            kind,
+            stream: self.layout.stream,
+            generation: pos.generation,
+            seq: pos.applied,
+            time: pos.applied_time,
+            segment_first_seq,
+            segment_prev_digest,
+            initial_sync_seq: pos.initial_sync_seq,
+            disks: pos.disks.iter().map(|d| d.disk_map()).collect(),
+        };
+        let prefix = match kind {
+            PointKind::Checkpoint => self.layout.checkpoints_prefix(),
+            _ => self.layout.points_prefix(),
+        };
+        let key = prefix.join(&rec.object_name());
+        match self.layout.meta.put_new(&key, Bytes::from(rec.encode())).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        pos.last_durable = Instant::now();
+        for first in std::mem::take(&mut pos.pending) {
+            let key = Key::parse(&segment::object_name(first))?;
+            if let Err(e) = self.cache.delete(&key).await {
+                tracing::warn!(%key, error = %e, "delete applied segment; it will be removed on restart");
+            }
+        }
+        if kind == PointKind::Checkpoint {
+            points::prune_checkpoints(&self.layout, rec.seq).await;
+        }
+        let info = PointInfo::from_record(&rec);
+        self.update(|s| {
+            if kind != PointKind::Checkpoint {
+                s.points_published += 1;
+                s.last_point = Some(info);
+            }
+            s.initial_sync_seq = pos.initial_sync_seq.map(|q| q.0);
+        });
+        Ok(())
+    }
+
+    /// Store every changed block as chunks in packs, then the changed map pages.
+    async fn flush(&self, pos: &mut Position) -> Result<(), ReplicaError> {
+        if !pos.disks.iter().any(|d| d.needs_flush()) {
+            return Ok(());
+        }
+        let disks = std::mem::take(&mut pos.disks);
+        let (level, pack_bytes) = (self.config.zstd_level, self.config.pack_bytes);
+        let (mut disks, packs) = tokio::task::spawn_blocking(move || pack_dirty(disks, level, pack_bytes))
+            .await
+            .map_err(|e| ReplicaError::Internal(format!("pack chunks: {e}")))??;
+        let uploads = packs.into_iter().map(|(d, id, bytes)| {
+            let key = self.layout.pack_key(d, id);
+            let store = self.layout.disks[d].clone();
+            async move { store.put_new(&key, bytes).await.map(|_| ()) }
+        });
+        futures::stream::iter(uploads).buffer_unordered(4).try_collect::<Vec<_>>().await?;
+        let mut pages = Vec::new();
+        for d in disks.iter_mut() {
+            for (digest, bytes) in d.encode_dirty_pages()? {
+                pages.push((d.index, digest, bytes));
+            }
+        }
+        let uploads = pages.into_iter().map(|(d, digest, bytes)| {
+            let key = self.layout.page_key(d, &digest);
+            let store = self.layout.disks[d].clone();
+            async move {
+                match store.put_new(&key, Bytes::from(bytes)).await {
+                    Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            }
+        });
+        futures::stream::iter(uploads).buffer_unordered(8).try_collect::<Vec<_>>().await?;
+        pos.disks = disks;
+        Ok(())
+    }
+}
+
+type Packs = Vec<(usize, u64, Bytes)>;
+
+/// Hash, dedup and compress every changed block (CPU work, on a blocking thread).
+fn pack_dirty(mut disks: Vec<DiskState>, level: i32, pack_bytes: usize) -> Result<(Vec<DiskState>, Packs), ReplicaError> {
+    let mut packs = Vec::new();
+    for d in disks.iter_mut() {
+        let mut packer = Packer::new(pack_bytes);
+        let mut refs = Vec::with_capacity(d.dirty.len());
+        let mut dirty: Vec<_> = d.dirty.drain().collect();
+        dirty.sort_by_key(|(b, _)| *b);
+        for (b, block) in dirty {
+            let r = match block {
+                crate::blocks::Block::Zero => ferry_format::map::ChunkRef::ZERO,
+                crate::blocks::Block::Data(data) if data.iter().all(|&b| b == 0) => ferry_format::map::ChunkRef::ZERO,
+                crate::blocks::Block::Data(data) => {
+                    let hash = Digest::of(&data);
+                    match d.known.get(&hash) {
+                        Some(r) => *r,
+                        None => {
+                            let r = packer.add(hash, &data, level)?;
+                            d.known.insert(hash, r);
+                            r
+                        }
+                    }
+                }
+            };
+            refs.push((b, r));
+        }
+        packer.seal();
+        packs.extend(packer.finished.into_iter().map(|(id, bytes)| (d.index, id, bytes)));
+        d.commit_refs(refs);
+    }
+    Ok((disks, packs))
+}
+
+async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => {}
+        _ = shutdown.changed() => {}
+    }
+}

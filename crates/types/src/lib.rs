@@ -1,0 +1,12 @@
+//! Plain values shared by every part of ferry: resource names, sequence numbers, generations,
+//! byte sizes, durations and instants. No I/O happens here.
+
+mod names;
+mod sizes;
+mod stream;
+mod time;
+
+pub use names::{NameError, QualifiedName, ResourceName};
+pub use sizes::{ByteSize, SizeError, parse_duration};
+pub use stream::{Generation, Seq, StreamId};
+pub use time::Timestamp;
