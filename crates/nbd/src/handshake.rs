@@ -53,6 +53,7 @@ where
                 return Err(NbdError::Protocol("truncated option".into()));
             }
             error_reply(w, option, REP_ERR_TOO_BIG, "option data too long").await?;
+            w.flush().await?;
             continue;
         }
         let mut data = vec![0u8; len as usize];
@@ -74,6 +75,7 @@ where
             OPT_ABORT => {
                 // The client may already have gone; that is fine.
                 let _ = reply(w, option, REP_ACK, &[]).await;
+                let _ = w.flush().await;
                 return Ok(Outcome::Closed);
             }
             OPT_LIST if !data.is_empty() => {

@@ -1,0 +1,242 @@
+//! Running the real `ferry` binary against real peers: a server on a temp dir, the CLI, qemu-io
+//! and qemu-img. Waits are on conditions with deadlines, never bare sleeps.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// Wait until `f` holds, polling, or panic naming `what` after `secs`.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// Seconds since the epoch of an RFC 3339 time as ferry prints it.
+pub fn epoch(rfc3339: &str) -> f64 {
+    let t = humantime::parse_rfc3339_weak(rfc3339.trim_end_matches('Z')).expect("RFC 3339 time");
+    t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// A `ferry server` process on its own data dir and port.
+pub struct Server {
+    pub child: Option<Child>,
+    pub data: PathBuf,
+    pub port: u16,
+    pub url: String,
+    pub token: String,
+    pub env: Vec<(String, String)>,
+}
+
+impl Server {
+    pub fn start(data: &Path) -> Server {
+        Self::start_with(data, free_port(), Vec::new())
+    }
+
+    pub fn start_with(data: &Path, port: u16, env: Vec<(String, String)>) -> Server {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(data.with_extension("log"))
+            .unwrap();
+        let child = Command::new(FERRY)
+            .args(["server", "--data"])
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("FERRY_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start ferry server");
+        let url = format!("http://127.0.0.1:{port}");
+        let token_path = data.join("admin-token");
+        wait_until(60, "the admin token", || token_path.exists());
+        let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();
+        let s = Server {
+            child: Some(child),
+            data: data.to_path_buf(),
+            port,
+            url,
+            token,
+            env,
+        };
+        wait_until(60, "the API to answer", || s.http("GET", "/healthz", None, true).0 == 200);
+        s
+    }
+
+    /// Kill the server with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Start again on the same data dir and port.
+    pub fn restart(&mut self) {
+        self.kill9();
+        let s = Server::start_with(&self.data, self.port, self.env.clone());
+        *self = s;
+    }
+
+    pub fn ferry(&self, args: &[&str]) -> Output {
+        Command::new(FERRY)
+            .args(args)
+            .env("FERRY_URL", &self.url)
+            .env("FERRY_TOKEN", &self.token)
+            .output()
+            .expect("run ferry")
+    }
+
+    /// Run a CLI command that must succeed; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.ferry(args);
+        assert!(
+            out.status.success(),
+            "ferry {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Run a CLI command that must fail; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.ferry(args);
+        assert!(!out.status.success(), "ferry {args:?} should have failed");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        serde_json::from_str(&self.ok(&a)).expect("JSON output")
+    }
+
+    /// A raw HTTP/1.1 request; returns status and body.
+    pub fn http(&self, method: &str, path: &str, body: Option<&str>, auth: bool) -> (u16, String) {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return (0, String::new());
+        };
+        let body = body.unwrap_or("");
+        let auth = if auth { format!("Authorization: Bearer {}\r\n", self.token) } else { String::new() };
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        if s.write_all(req.as_bytes()).is_err() {
+            return (0, String::new());
+        }
+        let mut resp = String::new();
+        let _ = s.read_to_string(&mut resp);
+        let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    pub fn replication(&self, item: &str) -> Value {
+        self.json(&["replication", "show", item])
+    }
+
+    pub fn points(&self, item: &str) -> Vec<Value> {
+        self.json(&["recovery-point", "list", item]).as_array().cloned().unwrap_or_default()
+    }
+
+    /// The first point whose time is after `t` (epoch seconds), waiting up to `secs`.
+    pub fn wait_point_after(&self, item: &str, t: f64, secs: u64) -> Value {
+        let mut found = None;
+        wait_until(secs, &format!("a recovery point of {item} after {t}"), || {
+            found = self.points(item).into_iter().find(|p| epoch(p["time"].as_str().unwrap()) > t);
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    pub fn disk_uri(&self, vm: &str, disk: usize) -> String {
+        self.json(&["vm", "show", vm])["disks"][disk]["nbd_uri"].as_str().unwrap().to_string()
+    }
+
+    pub fn export(&self, item: &str, disk: usize, point: &str, out: &Path) {
+        self.ok(&["disk", "export", item, "--disk", &disk.to_string(), "--recovery-point", point, "--out", out.to_str().unwrap()]);
+    }
+
+    /// The resources most tests start from: group rg1 in east, vnet1 with two subnets, accounts
+    /// sa1 and sa2 (at `urls` when given), availability set avset1, policy `fast` (every 2 s).
+    pub fn base_resources(&self, urls: Option<(&str, &str)>) {
+        self.ok(&["group", "create", "rg1", "--region", "east"]);
+        self.ok(&["network", "create", "rg1/vnet1", "--address-space", "10.1.0.0/16", "--subnet", "default=10.1.0.0/24", "--subnet", "db=10.1.1.0/24"]);
+        match urls {
+            Some((a, b)) => {
+                self.ok(&["storage", "create", "rg1/sa1", "--url", a]);
+                self.ok(&["storage", "create", "rg1/sa2", "--url", b]);
+            }
+            None => {
+                self.ok(&["storage", "create", "rg1/sa1"]);
+                self.ok(&["storage", "create", "rg1/sa2"]);
+            }
+        }
+        self.ok(&["availability-set", "create", "rg1/avset1"]);
+        self.ok(&["policy", "create", "fast", "--crash-consistent-every", "2s", "--retention", "1h"]);
+    }
+
+    pub fn wait_protected(&self, item: &str, secs: u64) {
+        wait_until(secs, &format!("{item} to be protected"), || self.replication(item)["state"] == "protected");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Run qemu-io on a target; true when it exits 0.
+pub fn qemu_io(target: &str, cmd: &str) -> bool {
+    Command::new("qemu-io")
+        .args(["-f", "raw", "-c", cmd, target])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run qemu-io (install qemu-utils)")
+        .success()
+}
+
+/// Copy a whole disk over NBD to a file.
+pub fn read_disk(uri: &str, out: &Path) {
+    let st = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw", uri]).arg(out).status().unwrap();
+    assert!(st.success(), "qemu-img convert {uri}");
+}
+
+/// `qemu-img compare`: true when the two raw images hold the same bytes.
+pub fn same_image(a: &Path, b: &Path) -> bool {
+    Command::new("qemu-img")
+        .args(["compare", "-q", "-f", "raw", "-F", "raw"])
+        .arg(a)
+        .arg(b)
+        .status()
+        .unwrap()
+        .success()
+}
+
+pub fn sha(path: &Path) -> String {
+    blake3::hash(&std::fs::read(path).unwrap()).to_hex().to_string()
+}
