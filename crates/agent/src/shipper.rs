@@ -19,7 +19,7 @@ pub async fn ship_pending(stream: &Arc<Stream>, cache: &DynStore) -> Result<(), 
         let len = bytes.len() as u64;
         let digest = match cache.put_new(&key, bytes).await {
             Ok(_) => digest,
-            Err(StoreError::AlreadyExists { .. }) => already_shipped(cache, &key, &closed).await?,
+            Err(StoreError::AlreadyExists { .. }) => already_shipped(cache, &key, &closed, prev).await?,
             Err(e) => return Err(e.into()),
         };
         stream.shipped(&closed, digest, len)?;
@@ -32,8 +32,17 @@ async fn seal(stream: &Arc<Stream>, closed: &ClosedLog, prev: Digest) -> Result<
     let id = stream.id();
     let generation = stream.generation();
     let level = stream.config.zstd_level;
+    let (first, last) = (closed.first_seq, closed.last_seq);
     tokio::task::spawn_blocking(move || {
         let (records, _) = log::read(&path)?;
+        let range = (records.first().map(|r| r.seq), records.last().map(|r| r.seq));
+        if range != (Some(first), Some(last)) {
+            return Err(AgentError::CorruptLog {
+                path: path.clone(),
+                offset: 0,
+                reason: format!("it no longer holds sequences {first}..={last}"),
+            });
+        }
         let (bytes, digest) = segment::encode(id, generation, prev, &records, level)?;
         Ok((Bytes::from(bytes), digest))
     })
@@ -47,10 +56,10 @@ async fn seal(stream: &Arc<Stream>, closed: &ClosedLog, prev: Digest) -> Result<
 
 /// A segment with this name exists: an earlier run stored it and stopped before retiring the
 /// log. Continue the chain from the stored object, after checking it is the same range.
-async fn already_shipped(cache: &DynStore, key: &Key, closed: &ClosedLog) -> Result<Digest, AgentError> {
+async fn already_shipped(cache: &DynStore, key: &Key, closed: &ClosedLog, prev: Digest) -> Result<Digest, AgentError> {
     let existing = cache.get(key).await?;
     let seg = segment::decode(&existing)?;
-    if seg.header.first_seq != closed.first_seq || seg.header.last_seq != closed.last_seq {
+    if seg.header.first_seq != closed.first_seq || seg.header.last_seq != closed.last_seq || seg.header.prev_digest != prev {
         return Err(AgentError::CorruptLog {
             path: closed.path.clone(),
             offset: 0,

@@ -24,6 +24,13 @@ impl StreamState {
     pub fn prev_digest(&self) -> Digest {
         Digest::from_hex(&self.prev_digest).unwrap_or(Digest::ZERO)
     }
+
+    fn check(&self) -> Result<(), String> {
+        if !self.prev_digest.is_empty() && Digest::from_hex(&self.prev_digest).is_none() {
+            return Err(format!("prev_digest {:?} is not a 64-digit hex digest", self.prev_digest));
+        }
+        Ok(())
+    }
 }
 
 pub(crate) fn path(dir: &Path) -> PathBuf {
@@ -33,13 +40,15 @@ pub(crate) fn path(dir: &Path) -> PathBuf {
 pub(crate) fn load(dir: &Path) -> Result<Option<StreamState>, AgentError> {
     let p = path(dir);
     match std::fs::read(&p) {
-        Ok(data) => serde_json::from_slice(&data)
-            .map(Some)
-            .map_err(|e| AgentError::CorruptLog {
-                path: p,
+        Ok(data) => {
+            let state: StreamState = serde_json::from_slice(&data).map_err(|e| AgentError::CorruptLog {
+                path: p.clone(),
                 offset: 0,
                 reason: e.to_string(),
-            }),
+            })?;
+            state.check().map_err(|reason| AgentError::CorruptLog { path: p, offset: 0, reason })?;
+            Ok(Some(state))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(AgentError::io("read stream state", p)(e)),
     }

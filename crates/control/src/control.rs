@@ -38,6 +38,8 @@ pub struct Control {
     pub(crate) agents: HashMap<String, Arc<AgentHost>>,
     pub(crate) stores: Stores,
     pub(crate) items: Mutex<HashMap<String, ItemRuntime>>,
+    /// Replica layouts by stream (they cache the immutable point records).
+    pub(crate) layouts: Mutex<HashMap<ferry_types::StreamId, ferry_replica::ReplicaLayout>>,
     pub(crate) shutdown: watch::Sender<bool>,
 }
 
@@ -59,6 +61,7 @@ impl Control {
             agents,
             stores: Stores::default(),
             items: Mutex::new(HashMap::new()),
+            layouts: Mutex::new(HashMap::new()),
             shutdown,
         });
         control.reconcile().await?;

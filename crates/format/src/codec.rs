@@ -132,7 +132,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Check the frame of an object: length, magic, BLAKE3 trailer and version. Returns a reader
+/// Check the frame of an object: length, magic, version, then the BLAKE3 trailer. Returns a reader
 /// positioned after the version, over the object without its trailer.
 pub(crate) fn open_frame<'a>(
     format: &'static str,

@@ -14,7 +14,10 @@ pub const MAGIC: &[u8; 8] = b"FERRYSEG";
 pub const VERSION: u16 = 1;
 /// Largest payload of one write record (the NBD limit).
 pub const MAX_RECORD_LEN: u64 = 32 << 20;
-const RECORD_HEADER: usize = 32;
+/// Bytes of a record before its payload.
+const RECORD_HEADER: usize = 40;
+/// Largest body a segment may declare (sealing cuts segments far smaller).
+pub const MAX_RAW_LEN: u64 = 1 << 30;
 
 /// What a marker says about the instant it was cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,7 +155,9 @@ pub fn decode(data: &[u8]) -> Result<Segment, FormatError> {
         return Err(FormatError::invalid(FORMAT, "body length does not match the object size"));
     }
     let body = r.take(body_len)?;
-    if header.raw_len > (header.record_count as u64 + 1) * (MAX_RECORD_LEN + RECORD_HEADER as u64) {
+    if header.raw_len > MAX_RAW_LEN
+        || header.raw_len > (header.record_count as u64 + 1) * (MAX_RECORD_LEN + RECORD_HEADER as u64)
+    {
         return Err(FormatError::invalid(FORMAT, "declared raw length is implausible"));
     }
     let raw = zstd::bulk::decompress(body, header.raw_len as usize)

@@ -73,7 +73,17 @@ pub async fn bench_against_qemu_nbd(dir: &Path) -> io::Result<Vec<BenchFigure>> 
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(listener.serve(exports, stopped));
     let mut qemu = Command::new("qemu-nbd")
-        .args(["-f", "raw", "-x", EXPORT, "-t", "-e", "8", "--cache=writeback", "-k"])
+        .args([
+            "-f",
+            "raw",
+            "-x",
+            EXPORT,
+            "-t",
+            "-e",
+            "8",
+            "--cache=writeback",
+            "-k",
+        ])
         .arg(&qemu_sock)
         .arg(&qemu_img)
         .stdin(Stdio::null())

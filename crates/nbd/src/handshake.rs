@@ -60,7 +60,9 @@ where
         r.read_exact(&mut data).await?;
         match option {
             OPT_EXPORT_NAME => {
-                let Some(att) = std::str::from_utf8(&data).ok().and_then(|n| exports.attach(n))
+                let Some(att) = std::str::from_utf8(&data)
+                    .ok()
+                    .and_then(|n| exports.attach(n))
                 else {
                     return Ok(Outcome::Closed);
                 };
@@ -91,11 +93,11 @@ where
                 reply(w, option, REP_ACK, &[]).await?;
             }
             OPT_INFO | OPT_GO => {
-                if let Some(att) = info(w, option, &data, exports).await? {
-                    if option == OPT_GO {
-                        w.flush().await?;
-                        return Ok(Outcome::Transmission(att));
-                    }
+                if let Some(att) = info(w, option, &data, exports).await?
+                    && option == OPT_GO
+                {
+                    w.flush().await?;
+                    return Ok(Outcome::Transmission(att));
                 }
             }
             _ => error_reply(w, option, REP_ERR_UNSUP, "option not supported").await?,
@@ -161,7 +163,8 @@ async fn reply<W: AsyncWrite + Unpin>(
     data: &[u8],
 ) -> std::io::Result<()> {
     let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
-    w.write_all(&option_reply_header(option, reply_type, len)).await?;
+    w.write_all(&option_reply_header(option, reply_type, len))
+        .await?;
     w.write_all(data).await
 }
 

@@ -145,9 +145,7 @@ pub async fn serve_unix(
     exports: Arc<Exports>,
     shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    NbdListener::bind_unix(path)?
-        .serve(exports, shutdown)
-        .await
+    NbdListener::bind_unix(path)?.serve(exports, shutdown).await
 }
 
 /// Serves `exports` on an already bound TCP listener until `shutdown` flips.
@@ -176,9 +174,7 @@ async fn serve_connection(
     };
     match outcome {
         Outcome::Closed => Ok(()),
-        Outcome::Transmission(attachment) => {
-            transmit(reader, writer, attachment, shutdown).await
-        }
+        Outcome::Transmission(attachment) => transmit(reader, writer, attachment, shutdown).await,
     }
 }
 

@@ -236,9 +236,7 @@ pub fn errno_of(e: &std::io::Error) -> u32 {
     match (e.kind(), e.raw_os_error()) {
         (std::io::ErrorKind::StorageFull, _) | (_, Some(OS_ENOSPC | OS_EDQUOT)) => ENOSPC,
         (std::io::ErrorKind::InvalidInput, _) => EINVAL,
-        (std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem, _) => {
-            EPERM
-        }
+        (std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem, _) => EPERM,
         (std::io::ErrorKind::OutOfMemory, _) => ENOMEM,
         _ => EIO,
     }

@@ -26,11 +26,26 @@ struct Reply {
 
 /// One request handed to a worker.
 enum Job {
-    Read { offset: u64, len: usize },
-    Write { offset: u64, data: Vec<u8>, fua: bool },
+    Read {
+        offset: u64,
+        len: usize,
+    },
+    Write {
+        offset: u64,
+        data: Vec<u8>,
+        fua: bool,
+    },
     Flush,
-    Trim { offset: u64, len: u64, fua: bool },
-    Zero { offset: u64, len: u64, fua: bool },
+    Trim {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
+    Zero {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
 }
 
 /// Serves requests until the client disconnects, the export is removed or `shutdown` flips;
@@ -85,13 +100,21 @@ where
                     if let Err(e) = skip(&mut reader, req.length).await {
                         break Err(e.into());
                     }
-                    let error = if req.length > MAX_PAYLOAD { EINVAL } else { ENOSPC };
+                    let error = if req.length > MAX_PAYLOAD {
+                        EINVAL
+                    } else {
+                        ENOSPC
+                    };
                     send(&tx, req.handle, error, None, None);
                     continue;
                 }
                 let permits = acquire(&count, &bytes, req.length).await;
                 let mut data = Vec::with_capacity(req.length as usize);
-                match (&mut reader).take(u64::from(req.length)).read_to_end(&mut data).await {
+                match (&mut reader)
+                    .take(u64::from(req.length))
+                    .read_to_end(&mut data)
+                    .await
+                {
                     Ok(n) if n == req.length as usize => {}
                     Ok(_) => break Ok(()),
                     Err(e) => break Err(e.into()),
@@ -116,7 +139,11 @@ where
             }
             CMD_FLUSH => (Job::Flush, acquire(&count, &bytes, 0).await),
             CMD_TRIM | CMD_WRITE_ZEROES if !in_range => {
-                let error = if req.command == CMD_TRIM { EINVAL } else { ENOSPC };
+                let error = if req.command == CMD_TRIM {
+                    EINVAL
+                } else {
+                    ENOSPC
+                };
                 send(&tx, req.handle, error, None, None);
                 continue;
             }

@@ -17,7 +17,11 @@ async fn qemu_io_writes_and_reads_back_patterns() -> Result {
     let image = server.file_export("disk", 4 * MIB)?;
     let url = server.url("disk");
     ok(qemu_io(&url, &["write -P 0xab 0 64k", "read -P 0xab 0 64k"]).await?)?;
-    ok(qemu_io(&url, &["write -P 0x17 1M 4k", "read -P 0x17 1M 4k", "flush"]).await?)?;
+    ok(qemu_io(
+        &url,
+        &["write -P 0x17 1M 4k", "read -P 0x17 1M 4k", "flush"],
+    )
+    .await?)?;
     assert!(file_bytes(&image, 0, 65536)?.iter().all(|b| *b == 0xab));
     assert!(file_bytes(&image, MIB, 4096)?.iter().all(|b| *b == 0x17));
     // The check can fail: a wrong pattern makes qemu-io exit non-zero.
@@ -34,7 +38,10 @@ async fn qemu_img_convert_copies_the_whole_export_over_unix_and_tcp() -> Result 
     std::fs::write(&image, &data)?;
     server.insert("src", FileExport::open(&image)?);
     let img = image.to_str().unwrap_or_default();
-    for (i, url) in [server.url("src"), server.tcp_url("src")].iter().enumerate() {
+    for (i, url) in [server.url("src"), server.tcp_url("src")]
+        .iter()
+        .enumerate()
+    {
         let out = server.dir.path().join(format!("copy{i}.raw"));
         let out = out.to_str().unwrap_or_default();
         ok(run("qemu-img", &["convert", "-f", "raw", "-O", "raw", url, out]).await?)?;
@@ -57,10 +64,16 @@ async fn nbdinfo_lists_every_export_and_shows_sizes() -> Result {
         assert!(stdout.contains(&format!("export=\"{name}\"")), "{stdout}");
     }
     let out = ok(run("nbdinfo", &["--size", &server.url("beta")]).await?)?;
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), (3 * MIB).to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (3 * MIB).to_string()
+    );
     let out = ok(run("nbdinfo", &[&server.url("alpha")]).await?)?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains(&format!("export-size: {}", MIB)), "{stdout}");
+    assert!(
+        stdout.contains(&format!("export-size: {}", MIB)),
+        "{stdout}"
+    );
     assert!(stdout.contains("can_multi_conn: true"), "{stdout}");
     server.shutdown().await
 }
@@ -71,12 +84,19 @@ async fn unknown_export_name_is_a_clear_client_error() -> Result {
     server.file_export("disk", MIB)?;
     let out = qemu_io(&server.url("nope"), &["read 0 4k"]).await?;
     assert!(!out.status.success());
-    assert!(text(&out).contains("unknown export \"nope\""), "{}", text(&out));
+    assert!(
+        text(&out).contains("unknown export \"nope\""),
+        "{}",
+        text(&out)
+    );
     let out = run("nbdinfo", &[&server.url("nope")]).await?;
     assert!(!out.status.success());
     // libnbd maps NBD_REP_ERR_UNKNOWN to ENOENT.
     let all = text(&out);
-    assert!(all.contains("No such file or directory for export: nope"), "{all}");
+    assert!(
+        all.contains("No such file or directory for export: nope"),
+        "{all}"
+    );
     // The server is still up.
     ok(qemu_io(&server.url("disk"), &["read -P 0 0 4k"]).await?)?;
     server.shutdown().await
@@ -139,9 +159,16 @@ async fn trim_and_write_zeroes_read_back_as_zeroes() -> Result {
     args.push(&url);
     ok(run("qemu-io", &args).await?)?;
     assert!(trims.load(Ordering::SeqCst) >= 1, "no NBD_CMD_TRIM arrived");
-    assert!(zeroes.load(Ordering::SeqCst) >= 1, "no NBD_CMD_WRITE_ZEROES arrived");
+    assert!(
+        zeroes.load(Ordering::SeqCst) >= 1,
+        "no NBD_CMD_WRITE_ZEROES arrived"
+    );
     assert!(file_bytes(&image, 0, 128 << 10)?.iter().all(|b| *b == 0));
-    assert!(file_bytes(&image, 128 << 10, 128 << 10)?.iter().all(|b| *b == 0xff));
+    assert!(
+        file_bytes(&image, 128 << 10, 128 << 10)?
+            .iter()
+            .all(|b| *b == 0xff)
+    );
     server.shutdown().await
 }
 
@@ -172,7 +199,10 @@ impl Export for Full {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_export_reports_enospc_and_keeps_the_connection() -> Result {
     let server = Server::start().await?;
-    server.insert("full", Full(FileExport::create(&server.dir.path().join("f"), MIB)?));
+    server.insert(
+        "full",
+        Full(FileExport::create(&server.dir.path().join("f"), MIB)?),
+    );
     let out = qemu_io(&server.url("full"), &["write 0 4k", "read -P 0 0 4k"]).await?;
     let all = text(&out);
     assert!(all.contains("No space left on device"), "{all}");
@@ -206,8 +236,22 @@ async fn concurrent_clients_and_deep_queues_write_the_right_bytes() -> Result {
     }
     // Many requests in flight on one connection.
     let bench = [
-        "bench", "-w", "-t", "none", "-f", "raw", "-d", "32", "-c", "4096", "-s", "4k", "-o",
-        "32M", "--pattern", "90",
+        "bench",
+        "-w",
+        "-t",
+        "none",
+        "-f",
+        "raw",
+        "-d",
+        "32",
+        "-c",
+        "4096",
+        "-s",
+        "4k",
+        "-o",
+        "32M",
+        "--pattern",
+        "90",
     ];
     let mut args: Vec<&str> = bench.to_vec();
     args.push(&url);
@@ -218,6 +262,10 @@ async fn concurrent_clients_and_deep_queues_write_the_right_bytes() -> Result {
         let read = format!("read -P {} {}M 4M", i + 1, i * 4);
         ok(qemu_io(&url, &[&read]).await?)?;
     }
-    assert!(file_bytes(&image, 32 * MIB, 16 * MIB as usize)?.iter().all(|b| *b == 90));
+    assert!(
+        file_bytes(&image, 32 * MIB, 16 * MIB as usize)?
+            .iter()
+            .all(|b| *b == 90)
+    );
     server.shutdown().await
 }

@@ -27,30 +27,84 @@ async fn out_of_range_and_bad_requests_get_errors_and_the_connection_survives() 
     let mut c = RawClient::greet(tcp, FLAG_C_FIXED_NEWSTYLE).await?;
     assert_eq!(c.go("d").await?, MIB);
     c.request(CMD_READ, 1, MIB - 512, 4096).await?;
-    assert_eq!(c.reply().await?, SimpleReply { error: EINVAL, handle: 1 });
+    assert_eq!(
+        c.reply().await?,
+        SimpleReply {
+            error: EINVAL,
+            handle: 1
+        }
+    );
     c.request(CMD_READ, 2, u64::MAX - 10, 4096).await?;
-    assert_eq!(c.reply().await?, SimpleReply { error: EINVAL, handle: 2 });
+    assert_eq!(
+        c.reply().await?,
+        SimpleReply {
+            error: EINVAL,
+            handle: 2
+        }
+    );
     c.request(CMD_READ, 3, 0, MAX_PAYLOAD + 1).await?;
-    assert_eq!(c.reply().await?, SimpleReply { error: EINVAL, handle: 3 });
+    assert_eq!(
+        c.reply().await?,
+        SimpleReply {
+            error: EINVAL,
+            handle: 3
+        }
+    );
     c.request(CMD_TRIM, 4, MIB, 1).await?;
-    assert_eq!(c.reply().await?, SimpleReply { error: EINVAL, handle: 4 });
+    assert_eq!(
+        c.reply().await?,
+        SimpleReply {
+            error: EINVAL,
+            handle: 4
+        }
+    );
     c.request(CMD_WRITE_ZEROES, 5, MIB, 1).await?;
-    assert_eq!(c.reply().await?, SimpleReply { error: ENOSPC, handle: 5 });
+    assert_eq!(
+        c.reply().await?,
+        SimpleReply {
+            error: ENOSPC,
+            handle: 5
+        }
+    );
     c.request(99, 6, 0, 0).await?;
-    assert_eq!(c.reply().await?, SimpleReply { error: EINVAL, handle: 6 });
+    assert_eq!(
+        c.reply().await?,
+        SimpleReply {
+            error: EINVAL,
+            handle: 6
+        }
+    );
     // A write past the end: the payload is consumed, the reply is ENOSPC.
     c.request(CMD_WRITE, 7, MIB - 100, 200).await?;
     c.s.write_all(&[0xee; 200]).await?;
-    assert_eq!(c.reply().await?, SimpleReply { error: ENOSPC, handle: 7 });
+    assert_eq!(
+        c.reply().await?,
+        SimpleReply {
+            error: ENOSPC,
+            handle: 7
+        }
+    );
     // An oversized write: the payload is consumed (not buffered), the reply is EINVAL.
     c.request(CMD_WRITE, 8, 0, MAX_PAYLOAD + 4096).await?;
     let payload = vec![0x11u8; (MAX_PAYLOAD + 4096) as usize];
     c.s.write_all(&payload).await?;
-    assert_eq!(c.reply().await?, SimpleReply { error: EINVAL, handle: 8 });
+    assert_eq!(
+        c.reply().await?,
+        SimpleReply {
+            error: EINVAL,
+            handle: 8
+        }
+    );
     // Still usable.
     c.request(CMD_WRITE, 9, 512, 3).await?;
     c.s.write_all(b"abc").await?;
-    assert_eq!(c.reply().await?, SimpleReply { error: 0, handle: 9 });
+    assert_eq!(
+        c.reply().await?,
+        SimpleReply {
+            error: 0,
+            handle: 9
+        }
+    );
     assert_eq!(c.read(10, 510, 6).await?, b"\0\0abc\0");
     c.request(CMD_DISC, 11, 0, 0).await?;
     assert!(c.closed().await);
@@ -80,7 +134,10 @@ async fn options_are_answered_or_politely_refused() -> Result {
     c.option(OPT_LIST, &[1]).await?;
     assert_eq!(c.option_reply().await?.1, REP_ERR_INVALID);
     c.option(OPT_LIST, &[]).await?;
-    assert_eq!(c.option_reply().await?, (OPT_LIST, REP_SERVER, b"\0\0\0\x01d".to_vec()));
+    assert_eq!(
+        c.option_reply().await?,
+        (OPT_LIST, REP_SERVER, b"\0\0\0\x01d".to_vec())
+    );
     assert_eq!(c.option_reply().await?, (OPT_LIST, REP_ACK, vec![]));
     // INFO with a block size request.
     let info = [0, 0, 0, 1, b'd', 0, 2, 0, INFO_BLOCK_SIZE as u8, 0, 1];
@@ -148,7 +205,10 @@ impl Export for Gate {
         s.1 = s.1.max(s.0);
         self.cv.notify_all();
         while s.1 < self.want && Instant::now() < deadline {
-            s = self.cv.wait_timeout(s, Duration::from_millis(100)).map_or_else(|p| p.into_inner().0, |r| r.0);
+            s = self
+                .cv
+                .wait_timeout(s, Duration::from_millis(100))
+                .map_or_else(|p| p.into_inner().0, |r| r.0);
         }
         s.0 -= 1;
         drop(s);
@@ -180,7 +240,13 @@ async fn requests_of_one_connection_run_concurrently_and_reply_by_handle() -> Re
     // 16 pipelined writes: they can only complete if all 16 are in progress together.
     let mut requests = Vec::new();
     for h in 0..16u64 {
-        let req = Request { flags: CMD_FLAG_FUA, command: CMD_WRITE, handle: 100 + h, offset: h * 4096, length: 4096 };
+        let req = Request {
+            flags: CMD_FLAG_FUA,
+            command: CMD_WRITE,
+            handle: 100 + h,
+            offset: h * 4096,
+            length: 4096,
+        };
         requests.extend_from_slice(&req.encode());
         requests.extend_from_slice(&[h as u8 + 1; 4096]);
     }
@@ -196,7 +262,12 @@ async fn requests_of_one_connection_run_concurrently_and_reply_by_handle() -> Re
     let peak = gate.state.lock().unwrap_or_else(|p| p.into_inner()).1;
     assert_eq!(peak, 16, "writes did not run concurrently");
     for h in 0..16u64 {
-        assert!(c.read(h, h * 4096, 4096).await?.iter().all(|b| u64::from(*b) == h + 1));
+        assert!(
+            c.read(h, h * 4096, 4096)
+                .await?
+                .iter()
+                .all(|b| u64::from(*b) == h + 1)
+        );
     }
     server.shutdown().await
 }
@@ -213,7 +284,10 @@ async fn removing_an_export_closes_only_its_connections() -> Result {
     assert_eq!(a.read(1, 0, 512).await?.len(), 512);
     assert_eq!(server.exports.connections("a"), 1);
     assert!(server.exports.remove("a").is_some());
-    assert!(a.closed().await, "connection to a removed export stays open");
+    assert!(
+        a.closed().await,
+        "connection to a removed export stays open"
+    );
     assert_eq!(b.read(2, 0, 512).await?.len(), 512);
     assert_eq!(server.exports.names(), ["b"]);
     // Closing ends with the server dropping its side.

@@ -158,6 +158,7 @@ pub async fn prune_points(layout: &ReplicaLayout, before: Timestamp) -> Result<u
     let mut removed = 0;
     for p in all.iter().take(all.len().saturating_sub(1)).filter(|p| p.time < before) {
         layout.meta.delete(&layout.points_prefix().join(&p.object_name())).await?;
+        layout.point_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.seq);
         removed += 1;
     }
     Ok(removed)

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_format::point::{PointKind, PointRecord};
-use ferry_format::segment::{self, MarkerKind, Op, Segment};
+use ferry_format::segment::{self, MarkerKind, Op, Record, Segment};
 use ferry_format::{BLOCK_SIZE, Digest};
 use ferry_storage::{DynStore, Key, StoreError};
 use ferry_types::{Generation, Seq, Timestamp};
@@ -256,35 +256,21 @@ impl Processor {
     }
 
     async fn apply(&self, pos: &mut Position, seg: &Segment, len: u64) -> Result<(), ReplicaError> {
-        self.prefetch(pos, seg).await?;
         pos.generation = seg.header.generation;
         let last = seg.header.last_seq;
         let start = pos.applied;
-        for r in seg.records.iter().filter(|r| r.seq > start) {
-            pos.applied = r.seq;
-            pos.applied_time = r.time;
-            match &r.op {
-                Op::Marker(kind) => {
-                    let point_kind = match kind {
-                        MarkerKind::InitialSyncDone => {
-                            pos.initial_sync_seq.get_or_insert(r.seq);
-                            Some(PointKind::CrashConsistent)
-                        }
-                        MarkerKind::CrashConsistent => Some(PointKind::CrashConsistent),
-                        MarkerKind::AppConsistent => Some(PointKind::AppConsistent),
-                    };
-                    if let (Some(k), Some(_)) = (point_kind, pos.initial_sync_seq) {
-                        let at_end = r.seq == last;
-                        if at_end {
-                            pos.prev_digest = seg.digest;
-                            pos.next_segment = last.next();
-                            pos.pending.push(seg.header.first_seq);
-                        }
-                        let resume = (!at_end).then_some((seg.header.first_seq, seg.header.prev_digest));
-                        self.publish(pos, k, resume).await?;
-                    }
+        let todo: Vec<&Record> = seg.records.iter().filter(|r| r.seq > start).collect();
+        // Runs of writes between markers: each run's partial blocks are read before it applies
+        // (a marker's flush in between changes which blocks are held in memory).
+        for run in todo.split_inclusive(|r| matches!(r.op, Op::Marker(_))) {
+            self.prefetch(pos, run).await?;
+            for r in run {
+                pos.applied = r.seq;
+                pos.applied_time = r.time;
+                match &r.op {
+                    Op::Marker(kind) => self.at_marker(pos, seg, r, *kind).await?,
+                    op => pos.disks[r.disk as usize].apply(op),
                 }
-                op => pos.disks[r.disk as usize].apply(op),
             }
         }
         if pos.next_segment <= last {
@@ -303,10 +289,34 @@ impl Processor {
         Ok(())
     }
 
-    /// Read, in parallel, every stored block the segment changes only in part.
-    async fn prefetch(&self, pos: &mut Position, seg: &Segment) -> Result<(), ReplicaError> {
+    /// A marker: publish a point of its kind once the initial copy is in.
+    async fn at_marker(&self, pos: &mut Position, seg: &Segment, r: &Record, kind: MarkerKind) -> Result<(), ReplicaError> {
+        let point_kind = match kind {
+            MarkerKind::InitialSyncDone => {
+                pos.initial_sync_seq.get_or_insert(r.seq);
+                PointKind::CrashConsistent
+            }
+            MarkerKind::CrashConsistent => PointKind::CrashConsistent,
+            MarkerKind::AppConsistent => PointKind::AppConsistent,
+        };
+        if pos.initial_sync_seq.is_none() {
+            return Ok(());
+        }
+        let last = seg.header.last_seq;
+        let at_end = r.seq == last;
+        if at_end {
+            pos.prev_digest = seg.digest;
+            pos.next_segment = last.next();
+            pos.pending.push(seg.header.first_seq);
+        }
+        let resume = (!at_end).then_some((seg.header.first_seq, seg.header.prev_digest));
+        self.publish(pos, point_kind, resume).await
+    }
+
+    /// Read, in parallel, every stored block the records change only in part.
+    async fn prefetch(&self, pos: &mut Position, records: &[&Record]) -> Result<(), ReplicaError> {
         let mut need = BTreeSet::new();
-        for r in seg.records.iter().filter(|r| r.seq > pos.applied) {
+        for r in records {
             if !matches!(r.op, Op::Marker(_)) {
                 for b in pos.disks[r.disk as usize].blocks_to_load(&r.op) {
                     need.insert((r.disk as usize, b));

@@ -102,6 +102,9 @@ impl Control {
 
     /// The accounts of an item's replica.
     pub(crate) fn layout(&self, rep: &Replication) -> Result<ReplicaLayout> {
+        if let Some(l) = self.layouts.lock().unwrap_or_else(|p| p.into_inner()).get(&rep.stream) {
+            return Ok(l.clone());
+        }
         let vm = self.vm(&rep.group, &rep.vm)?;
         let mut disks = Vec::new();
         for d in &vm.disks {
@@ -112,7 +115,9 @@ impl Control {
             disks.push(self.stores.get(&acct.url)?);
         }
         let meta = disks[0].clone();
-        Ok(ReplicaLayout::new(rep.stream, meta, disks))
+        let layout = ReplicaLayout::new(rep.stream, meta, disks);
+        self.layouts.lock().unwrap_or_else(|p| p.into_inner()).insert(rep.stream, layout.clone());
+        Ok(layout)
     }
 
     pub async fn recovery_points(&self, group: &str, vm: &str) -> Result<Vec<PointView>> {

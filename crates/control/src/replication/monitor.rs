@@ -10,7 +10,11 @@ use crate::db::Kind;
 use crate::model::{Replication, state};
 use crate::resources::key;
 
+/// How often points past their policy's retention are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+
 pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
+    let mut last_prune = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -19,7 +23,30 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
         if let Err(e) = tick(&control) {
             tracing::warn!(error = %e, "monitor replicated items");
         }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = std::time::Instant::now();
+            if let Err(e) = prune(&control).await {
+                tracing::warn!(error = %e, "prune recovery points past retention");
+            }
+        }
     }
+}
+
+/// Remove points older than each item's retention (the newest point is always kept).
+async fn prune(control: &Control) -> crate::error::Result<()> {
+    for rep in control.db.list::<Replication>(Kind::Replication)? {
+        if rep.state != state::PROTECTED {
+            continue;
+        }
+        let policy = control.policy(&rep.policy)?;
+        let layout = control.layout(&rep)?;
+        let horizon = ferry_types::Timestamp(ferry_types::Timestamp::now().0 - policy.retention_seconds as i64 * 1_000_000_000);
+        let removed = ferry_replica::points::prune_points(&layout, horizon).await?;
+        if removed > 0 {
+            tracing::info!(item = %key(&rep.group, &rep.vm), removed, "pruned recovery points past retention");
+        }
+    }
+    Ok(())
 }
 
 fn tick(control: &Control) -> crate::error::Result<()> {

@@ -55,7 +55,10 @@ impl Server {
 
     /// Creates a raw image of `size` bytes in the temp dir, serves it as `name`.
     pub fn file_export(&self, name: &str, size: u64) -> Result<PathBuf> {
-        let path = self.dir.path().join(format!("{}.img", name.replace('/', "_")));
+        let path = self
+            .dir
+            .path()
+            .join(format!("{}.img", name.replace('/', "_")));
         let export = FileExport::create(&path, size)?;
         self.exports.insert(name, Arc::new(export));
         Ok(path)
@@ -124,7 +127,10 @@ pub fn ok(out: Output) -> Result<Output> {
 pub async fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        anyhow::ensure!(Instant::now() < deadline, "condition not met in {timeout:?}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "condition not met in {timeout:?}"
+        );
         tokio::task::yield_now().await;
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -149,13 +155,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> RawClient<S> {
         anyhow::ensure!(s.read_u64().await? == NBDMAGIC);
         anyhow::ensure!(s.read_u64().await? == IHAVEOPT);
         let flags = s.read_u16().await?;
-        anyhow::ensure!(flags == FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, "flags {flags}");
+        anyhow::ensure!(
+            flags == FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES,
+            "flags {flags}"
+        );
         s.write_u32(client_flags).await?;
         Ok(Self { s })
     }
 
     pub async fn option(&mut self, option: u32, data: &[u8]) -> Result {
-        self.s.write_all(&option_header(option, data.len() as u32)).await?;
+        self.s
+            .write_all(&option_header(option, data.len() as u32))
+            .await?;
         self.s.write_all(data).await?;
         Ok(())
     }

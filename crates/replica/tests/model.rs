@@ -1,0 +1,232 @@
+//! The replica against a plain model: random writes, zeroes and trims across several disks,
+//! random cut points and segment boundaries, a processor killed at a random moment and
+//! restarted; every published point exports exactly what the model held at its cut.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_format::Digest;
+use ferry_format::segment::{self, MarkerKind, Op, Record};
+use ferry_replica::{Processor, ProcessorConfig, ReplicaLayout, export, points};
+use ferry_storage::{DynStore, Key};
+use ferry_types::{Generation, Seq, StreamId, Timestamp};
+use futures::StreamExt;
+use proptest::prelude::*;
+
+const SIZES: [u64; 3] = [1 << 20, 2 << 20, 1 << 20];
+
+#[derive(Debug, Clone)]
+enum Step {
+    Write { disk: u16, offset: u64, len: u64, seed: u8, zero_data: bool },
+    Zero { disk: u16, offset: u64, len: u64 },
+    Trim { disk: u16, offset: u64, len: u64 },
+    Cut(bool),
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    let extent = (0u16..3, 0u64..(1 << 20), 1u64..200_000);
+    prop_oneof![
+        6 => (extent.clone(), any::<u8>(), prop::bool::weighted(0.1)).prop_map(|((disk, offset, len), seed, zero_data)| Step::Write { disk, offset, len, seed, zero_data }),
+        1 => extent.clone().prop_map(|(disk, offset, len)| Step::Zero { disk, offset, len }),
+        1 => extent.prop_map(|(disk, offset, len)| Step::Trim { disk, offset, len }),
+        2 => any::<bool>().prop_map(Step::Cut),
+    ]
+}
+
+fn clamp(disk: u16, offset: u64, len: u64) -> (u64, u64) {
+    let size = SIZES[disk as usize];
+    let offset = offset % size;
+    (offset, len.min(size - offset))
+}
+
+/// Turn steps into records, and the model's disks at every marker.
+fn records(steps: &[Step]) -> (Vec<Record>, Vec<(Seq, Vec<Vec<u8>>)>) {
+    let mut model: Vec<Vec<u8>> = SIZES.iter().map(|&s| vec![0u8; s as usize]).collect();
+    let mut recs = vec![Record { seq: Seq(1), time: Timestamp(1_000), disk: 0, op: Op::Marker(MarkerKind::InitialSyncDone) }];
+    let mut snaps = vec![(Seq(1), model.clone())];
+    for (i, st) in steps.iter().enumerate() {
+        let seq = Seq(i as u64 + 2);
+        let time = Timestamp(1_000 + i as i64 + 1);
+        let (disk, op) = match *st {
+            Step::Write { disk, offset, len, seed, zero_data } => {
+                let (offset, len) = clamp(disk, offset, len);
+                let data: Vec<u8> = (0..len).map(|j| if zero_data { 0 } else { seed.wrapping_add((j * 7 % 251) as u8) }).collect();
+                model[disk as usize][offset as usize..(offset + len) as usize].copy_from_slice(&data);
+                (disk, Op::Write { offset, data })
+            }
+            Step::Zero { disk, offset, len } | Step::Trim { disk, offset, len } => {
+                let (offset, len) = clamp(disk, offset, len);
+                model[disk as usize][offset as usize..(offset + len) as usize].fill(0);
+                let op = if matches!(st, Step::Zero { .. }) { Op::Zero { offset, len } } else { Op::Trim { offset, len } };
+                (disk, op)
+            }
+            Step::Cut(app) => {
+                snaps.push((seq, model.clone()));
+                (0, Op::Marker(if app { MarkerKind::AppConsistent } else { MarkerKind::CrashConsistent }))
+            }
+        };
+        recs.push(Record { seq, time, disk, op });
+    }
+    (recs, snaps)
+}
+
+/// Encode records as a chain of segments cut at the given lengths.
+fn segments(stream: StreamId, recs: &[Record], cuts: &[usize]) -> Vec<(Seq, Bytes)> {
+    let mut out = Vec::new();
+    let mut prev = Digest::ZERO;
+    let mut i = 0;
+    let mut c = 0;
+    while i < recs.len() {
+        let n = cuts[c % cuts.len()].max(1).min(recs.len() - i);
+        c += 1;
+        let (bytes, digest) = segment::encode(stream, Generation(1), prev, &recs[i..i + n], 1).unwrap();
+        out.push((recs[i].seq, Bytes::from(bytes)));
+        prev = digest;
+        i += n;
+    }
+    out
+}
+
+fn mem() -> DynStore {
+    ferry_storage::open("memory://").unwrap()
+}
+
+async fn put_all(cache: &DynStore, segs: &[(Seq, Bytes)]) {
+    for (first, bytes) in segs {
+        cache.put_new(&Key::parse(&segment::object_name(*first)).unwrap(), bytes.clone()).await.unwrap();
+    }
+}
+
+fn config() -> ProcessorConfig {
+    ProcessorConfig {
+        pack_bytes: 200_000,
+        checkpoint_bytes: 256 * 1024,
+        checkpoint_interval: Duration::from_millis(50),
+        poll_interval: Duration::from_millis(5),
+        retry_delay: Duration::from_millis(20),
+        ..Default::default()
+    }
+}
+
+async fn run_until(layout: &ReplicaLayout, cache: &DynStore, last: Seq, abort_after: Option<Duration>) {
+    let p = Processor::new(layout.clone(), cache.clone(), SIZES.to_vec(), config());
+    let status = p.status();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(p.run(rx));
+    if let Some(d) = abort_after {
+        tokio::time::sleep(d).await;
+        task.abort();
+        let _ = task.await;
+        return;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = status.lock().unwrap().clone();
+        assert!(s.error.is_none(), "processor error: {:?}", s.error);
+        if s.applied_seq == Some(last.0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "processor did not reach {last:?}: {s:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tx.send(true).unwrap();
+    task.await.unwrap();
+}
+
+async fn check(steps: Vec<Step>, cuts: Vec<usize>, crash_at: usize, abort_ms: u64) {
+    let stream = StreamId([7; 16]);
+    let (recs, snaps) = records(&steps);
+    let segs = segments(stream, &recs, &cuts);
+    let layout = ReplicaLayout::new(stream, mem(), vec![mem(), mem(), mem()]);
+    let cache = mem();
+    let split = crash_at % segs.len();
+    put_all(&cache, &segs[..split]).await;
+    run_until(&layout, &cache, Seq(0), Some(Duration::from_millis(abort_ms))).await;
+    put_all(&cache, &segs[split..]).await;
+    run_until(&layout, &cache, recs.last().unwrap().seq, None).await;
+
+    let published = points::list(&layout).await.unwrap();
+    let expected: Vec<Seq> = snaps.iter().map(|(s, _)| *s).collect();
+    let got: Vec<Seq> = published.iter().map(|p| p.seq).collect();
+    assert_eq!(got, expected, "every marker must become exactly one point");
+    for (point, (seq, model)) in published.iter().zip(&snaps) {
+        assert_eq!(point.seq, *seq);
+        for (disk, want) in model.iter().enumerate() {
+            let mut got = Vec::new();
+            let mut s = Box::pin(export::disk_bytes(&layout, point, disk).await.unwrap());
+            while let Some(b) = s.next().await {
+                got.extend_from_slice(&b.unwrap());
+            }
+            assert!(got == *want, "point {seq:?} disk {disk} differs from the model");
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #[test]
+    fn every_point_equals_the_model(
+        steps in prop::collection::vec(step(), 1..60),
+        cuts in prop::collection::vec(1usize..8, 1..6),
+        crash_at in any::<usize>(),
+        abort_ms in 0u64..30,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(check(steps, cuts, crash_at, abort_ms));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_segment_is_refused_and_nothing_of_it_is_applied() {
+    let stream = StreamId([9; 16]);
+    let steps = vec![
+        Step::Write { disk: 0, offset: 0, len: 4096, seed: 1, zero_data: false },
+        Step::Cut(false),
+        Step::Write { disk: 0, offset: 0, len: 4096, seed: 2, zero_data: false },
+        Step::Cut(false),
+    ];
+    let (recs, _) = records(&steps);
+    // Segments: [initial marker, write 1, cut] and [write 2, cut].
+    let segs = segments(stream, &recs, &[3, 2]);
+    let layout = ReplicaLayout::new(stream, mem(), vec![mem(), mem(), mem()]);
+    let cache = mem();
+    put_all(&cache, &segs[..1]).await;
+    let mut bad = segs[1].1.to_vec();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x01;
+    let bad_key = Key::parse(&segment::object_name(segs[1].0)).unwrap();
+    cache.put_new(&bad_key, Bytes::from(bad)).await.unwrap();
+
+    let p = Processor::new(layout.clone(), cache.clone(), SIZES.to_vec(), config());
+    let status = p.status();
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(p.run(rx));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        if let Some(e) = status.lock().unwrap().error.clone() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the corrupt segment was not refused");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(err.contains("checksum") && err.contains("nothing of it was applied"), "{err}");
+    assert_eq!(status.lock().unwrap().refused_segment, Some(segs[1].0 .0));
+    assert_eq!(status.lock().unwrap().applied_seq, Some(3), "nothing after the good segment is applied");
+    let pts = points::list(&layout).await.unwrap();
+    assert_eq!(pts.iter().map(|p| p.seq.0).collect::<Vec<_>>(), vec![1, 3]);
+
+    // The good segment replaces the bad one: processing continues and the error clears.
+    cache.put(&bad_key, segs[1].1.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status.lock().unwrap().applied_seq != Some(5) {
+        assert!(Instant::now() < deadline, "processing did not resume");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(status.lock().unwrap().error.is_none());
+    tx.send(true).unwrap();
+    task.await.unwrap();
+    // Applied segments are gone from the cache.
+    let left = cache.list(None).await.unwrap();
+    assert!(left.is_empty(), "segments left in the cache: {left:?}");
+}
+
