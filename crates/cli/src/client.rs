@@ -9,11 +9,17 @@ use crate::args::Cli;
 pub struct Client {
     http: reqwest::Client,
     base: String,
+    token: String,
 }
 
 impl Client {
     pub fn new(cli: &Cli) -> Result<Client> {
-        let token = match &cli.token {
+        let token = Self::cli_token(cli)?;
+        Self::with(&cli.api, &token)
+    }
+
+    fn cli_token(cli: &Cli) -> Result<String> {
+        Ok(match &cli.token {
             Some(t) => t.clone(),
             None => {
                 let dir = cli.data.clone().unwrap_or_else(|| "ferry-data".into());
@@ -22,7 +28,11 @@ impl Client {
                     .map(|t| t.trim().to_string())
                     .map_err(|_| anyhow!("no API token: set FERRY_TOKEN or pass --data DIR of the server ({} is not readable)", path.display()))?
             }
-        };
+        })
+    }
+
+    /// A client of the API at `url` with `token`.
+    pub fn with(url: &str, token: &str) -> Result<Client> {
         let mut headers = reqwest::header::HeaderMap::new();
         let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).context("the API token has characters a header cannot carry")?;
         auth.set_sensitive(true);
@@ -30,8 +40,17 @@ impl Client {
         let http = reqwest::Client::builder().default_headers(headers).build().context("build HTTP client")?;
         Ok(Client {
             http,
-            base: cli.api.trim_end_matches('/').to_string(),
+            base: url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
         })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub fn token(&self) -> &str {
+        &self.token
     }
 
     fn url(&self, path: &str) -> String {

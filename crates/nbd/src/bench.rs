@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
 use crate::{Exports, FileExport, NbdListener};
@@ -26,15 +26,35 @@ pub struct BenchFigure {
     pub baseline_value: f64,
 }
 
-/// One `qemu-img bench` workload.
+/// One `qemu-img bench` write workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Workload {
+    /// Requests issued.
+    pub count: u64,
+    /// Bytes per request.
+    pub size: u64,
+    /// Offset step between requests (wrapping at the image size).
+    pub step: u64,
+    /// Requests in flight.
+    pub depth: u32,
+}
+
+impl Workload {
+    /// Requests per second for a run of `seconds`.
+    pub fn iops(&self, seconds: f64) -> f64 {
+        self.count as f64 / seconds.max(1e-9)
+    }
+
+    /// Bytes per second for a run of `seconds`.
+    pub fn bytes_per_second(&self, seconds: f64) -> f64 {
+        self.iops(seconds) * self.size as f64
+    }
+}
+
 struct Case {
     name: &'static str,
     unit: &'static str,
-    /// Requests issued, request size, offset step, queue depth.
-    count: u64,
-    size: u64,
-    step: u64,
-    depth: u32,
+    work: Workload,
 }
 
 const IMAGE_SIZE: u64 = 2 << 30;
@@ -43,18 +63,22 @@ const CASES: [Case; 2] = [
     Case {
         name: "nbd write 1MiB sequential qd16",
         unit: "MiB/s",
-        count: 2000,
-        size: 1 << 20,
-        step: 1 << 20,
-        depth: 16,
+        work: Workload {
+            count: 2000,
+            size: 1 << 20,
+            step: 1 << 20,
+            depth: 16,
+        },
     },
     Case {
         name: "nbd write 4KiB strided qd32",
         unit: "IOPS",
-        count: 100_000,
-        size: 4096,
-        step: (1 << 20) + 4096,
-        depth: 32,
+        work: Workload {
+            count: 100_000,
+            size: 4096,
+            step: (1 << 20) + 4096,
+            depth: 32,
+        },
     },
 ];
 
@@ -72,23 +96,7 @@ pub async fn bench_against_qemu_nbd(dir: &Path) -> io::Result<Vec<BenchFigure>> 
     let listener = NbdListener::bind_unix(&ours_sock)?;
     let (stop, stopped) = watch::channel(false);
     let server = tokio::spawn(listener.serve(exports, stopped));
-    let mut qemu = Command::new("qemu-nbd")
-        .args([
-            "-f",
-            "raw",
-            "-x",
-            EXPORT,
-            "-t",
-            "-e",
-            "8",
-            "--cache=writeback",
-            "-k",
-        ])
-        .arg(&qemu_sock)
-        .arg(&qemu_img)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut qemu = spawn_qemu_nbd(&qemu_sock, &qemu_img, EXPORT)?;
     let result = async {
         wait_for_socket(&qemu_sock).await?;
         let mut figures = Vec::new();
@@ -96,8 +104,8 @@ pub async fn bench_against_qemu_nbd(dir: &Path) -> io::Result<Vec<BenchFigure>> 
             let mut base = f64::MAX;
             let mut ours = f64::MAX;
             for _ in 0..2 {
-                base = base.min(run_bench(&qemu_sock, case).await?);
-                ours = ours.min(run_bench(&ours_sock, case).await?);
+                base = base.min(qemu_img_bench(&unix_url(&qemu_sock, EXPORT), &case.work).await?);
+                ours = ours.min(qemu_img_bench(&unix_url(&ours_sock, EXPORT), &case.work).await?);
             }
             figures.push(BenchFigure {
                 name: case.name.into(),
@@ -118,21 +126,48 @@ pub async fn bench_against_qemu_nbd(dir: &Path) -> io::Result<Vec<BenchFigure>> 
 
 /// Requests per second (IOPS) or MiB per second from a run's duration in seconds.
 fn rate(case: &Case, seconds: f64) -> f64 {
-    let per_second = case.count as f64 / seconds.max(1e-9);
     if case.unit == "IOPS" {
-        per_second
+        case.work.iops(seconds)
     } else {
-        per_second * case.size as f64 / f64::from(1 << 20)
+        case.work.bytes_per_second(seconds) / f64::from(1 << 20)
     }
 }
 
-/// Runs `qemu-img bench` against `nbd+unix:///bench?socket=...`; returns its duration.
-async fn run_bench(socket: &Path, case: &Case) -> io::Result<f64> {
-    let url = format!("nbd+unix:///{EXPORT}?socket={}", socket.display());
+/// `nbd+unix:///EXPORT?socket=SOCKET`.
+pub fn unix_url(socket: &Path, export: &str) -> String {
+    format!("nbd+unix:///{export}?socket={}", socket.display())
+}
+
+/// Starts `qemu-nbd` serving the raw `image` as `export` on the unix socket `socket`
+/// (writeback cache, persistent, up to 8 clients); killed when the child is dropped.
+/// Wait for it with [`wait_for_socket`].
+pub fn spawn_qemu_nbd(socket: &Path, image: &Path, export: &str) -> io::Result<Child> {
+    Command::new("qemu-nbd")
+        .args([
+            "-f",
+            "raw",
+            "-x",
+            export,
+            "-t",
+            "-e",
+            "8",
+            "--cache=writeback",
+            "-k",
+        ])
+        .arg(socket)
+        .arg(image)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+}
+
+/// Runs `qemu-img bench -w -t none -f raw` with `work` against the NBD `url`; returns the
+/// run's duration in seconds as `qemu-img` reports it.
+pub async fn qemu_img_bench(url: &str, work: &Workload) -> io::Result<f64> {
     let out = Command::new("qemu-img")
         .args(["bench", "-w", "-t", "none", "-f", "raw"])
-        .args(["-c", &case.count.to_string(), "-d", &case.depth.to_string()])
-        .args(["-s", &case.size.to_string(), "-S", &case.step.to_string()])
+        .args(["-c", &work.count.to_string(), "-d", &work.depth.to_string()])
+        .args(["-s", &work.size.to_string(), "-S", &work.step.to_string()])
         .arg(url)
         .stdin(Stdio::null())
         .output()
@@ -152,7 +187,8 @@ fn parse_duration(output: &str) -> Option<f64> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-async fn wait_for_socket(path: &Path) -> io::Result<()> {
+/// Waits (up to 10 s) until a unix socket accepts connections.
+pub async fn wait_for_socket(path: &Path) -> io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         match tokio::net::UnixStream::connect(path).await {

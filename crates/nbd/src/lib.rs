@@ -11,6 +11,7 @@ use std::io;
 use std::sync::Arc;
 
 pub mod bench;
+pub mod client;
 mod error;
 mod exports;
 mod file_export;
@@ -19,6 +20,7 @@ mod listener;
 pub mod protocol;
 mod transmission;
 
+pub use client::NbdClient;
 pub use error::NbdError;
 pub use exports::Exports;
 pub use file_export::FileExport;
