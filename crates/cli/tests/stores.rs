@@ -1,0 +1,75 @@
+//! The replication story with the cache and target accounts on Azure Blob Storage (Azurite)
+//! and on S3 (a local S3 server). `scripts/test` starts both and exports
+//! FERRY_TEST_AZURE_URL / FERRY_TEST_S3_URL; without them these tests say they are skipped,
+//! except in CI, where they fail.
+
+mod support;
+
+use support::*;
+
+fn remote(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ if std::env::var_os("CI").is_some() => panic!("{var} is not set; CI must run this test (source .ci/object-stores.sh)"),
+        _ => {
+            eprintln!("skipped: set {var} (source .ci/object-stores.sh)");
+            None
+        }
+    }
+}
+
+fn scenario(base: &str) {
+    let unique = format!("e2e-{}-{}", std::process::id(), (now() * 1000.0) as u64);
+    let url = |n: &str| format!("{base}/{unique}/{n}");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let s = Server::start(&d.join("data"));
+    s.base_resources(Some((&url("sa1"), &url("sa2"))));
+    // Target and cache accounts on the remote store; `replication enable` reuses them.
+    s.ok(&["group", "create", "rg1-asr", "--region", "west"]);
+    s.ok(&["storage", "create", "rg1-asr/sa1-asr", "--url", &url("sa1-asr")]);
+    s.ok(&["storage", "create", "rg1-asr/sa2-asr", "--url", &url("sa2-asr")]);
+    s.ok(&["storage", "create", "rg1/cache-east", "--url", &url("cache")]);
+    s.ok(&["vm", "create", "rg1/web1", "--network", "vnet1", "--subnet", "default", "--disk", "16MiB@sa1", "--disk", "8MiB@sa2"]);
+    let (u0, u1) = (s.disk_uri("rg1/web1", 0), s.disk_uri("rg1/web1", 1));
+    assert!(qemu_io(&u0, "write -P 0x11 0 1M"));
+    assert!(qemu_io(&u1, "write -P 0x22 1M 1M"));
+    s.ok(&["replication", "enable", "rg1/web1", "--target-region", "west", "--policy", "fast"]);
+    s.wait_protected("rg1/web1", 120);
+    let rep = s.replication("rg1/web1");
+    assert_eq!(rep["target"]["cache_storage"], "rg1/cache-east");
+    assert_eq!(rep["target"]["storage"]["sa2"], "sa2-asr");
+
+    assert!(qemu_io(&u0, "write -P 0x33 0 512k"));
+    let pa = s.wait_point_after("rg1/web1", now(), 60);
+    assert!(qemu_io(&u0, "write -P 0x44 0 512k"));
+    assert!(qemu_io(&u1, "write -P 0x55 4M 64k"));
+    let pb = s.wait_point_after("rg1/web1", now(), 60);
+    s.export("rg1/web1", 0, pa["id"].as_str().unwrap(), &d.join("a0.raw"));
+    assert!(qemu_io(d.join("a0.raw").to_str().unwrap(), "read -P 0x33 0 512k"));
+    assert!(qemu_io(d.join("a0.raw").to_str().unwrap(), "read -P 0x11 512k 512k"));
+    for disk in 0..2 {
+        let (src, out) = (d.join(format!("src{disk}.raw")), d.join(format!("b{disk}.raw")));
+        s.export("rg1/web1", disk, pb["id"].as_str().unwrap(), &out);
+        read_disk(&s.disk_uri("rg1/web1", disk), &src);
+        assert!(same_image(&src, &out), "disk {disk} at point B differs from the source");
+    }
+    assert_eq!(s.replication("rg1/web1")["health"], "healthy");
+    // Disabling deletes the cache and replica data from the remote store.
+    s.ok(&["replication", "disable", "rg1/web1", "--wait"]);
+    assert_eq!(s.json(&["replication", "list"]).as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn replicates_with_accounts_on_azurite() {
+    if let Some(base) = remote("FERRY_TEST_AZURE_URL") {
+        scenario(&base);
+    }
+}
+
+#[test]
+fn replicates_with_accounts_on_s3() {
+    if let Some(base) = remote("FERRY_TEST_S3_URL") {
+        scenario(&base);
+    }
+}
