@@ -39,9 +39,13 @@ impl Disk {
             .truncate(false)
             .open(path)
             .map_err(AgentError::io("open disk image", path))?;
-        let actual = file.metadata().map_err(AgentError::io("stat disk image", path))?.len();
+        let actual = file
+            .metadata()
+            .map_err(AgentError::io("stat disk image", path))?
+            .len();
         if actual == 0 {
-            file.set_len(size).map_err(AgentError::io("size disk image", path))?;
+            file.set_len(size)
+                .map_err(AgentError::io("size disk image", path))?;
         } else if actual != size {
             return Err(AgentError::SizeMismatch {
                 path: path.to_path_buf(),
@@ -73,7 +77,10 @@ impl Disk {
     }
 
     fn stream(&self) -> Option<Arc<Stream>> {
-        self.stream.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.stream
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Apply a change to the image and the stream, in order with every other change.
@@ -101,7 +108,12 @@ impl Disk {
     /// zero, append them to the stream as a write — under the order lock, so a live write to
     /// the same blocks is either already in what was read or comes after it in the stream.
     /// Returns whether the block was sent.
-    pub(crate) fn copy_to_stream(&self, stream: &Stream, offset: u64, buf: &mut [u8]) -> Result<bool, AgentError> {
+    pub(crate) fn copy_to_stream(
+        &self,
+        stream: &Stream,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<bool, AgentError> {
         let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
         self.file
             .read_exact_at(buf, offset)
@@ -124,7 +136,11 @@ impl Export for Disk {
     }
 
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> io::Result<()> {
-        self.change(fua, |f| f.write_all_at(data, offset), OpRef::Write { offset, data })
+        self.change(
+            fua,
+            |f| f.write_all_at(data, offset),
+            OpRef::Write { offset, data },
+        )
     }
 
     fn flush(&self) -> io::Result<()> {
@@ -136,18 +152,27 @@ impl Export for Disk {
     }
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.change(fua, |f| zero_range(f, offset, len), OpRef::Trim { offset, len })
+        self.change(
+            fua,
+            |f| zero_range(f, offset, len),
+            OpRef::Trim { offset, len },
+        )
     }
 
     fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.change(fua, |f| zero_range(f, offset, len), OpRef::Zero { offset, len })
+        self.change(
+            fua,
+            |f| zero_range(f, offset, len),
+            OpRef::Zero { offset, len },
+        )
     }
 }
 
 /// True when every byte is zero.
 pub fn is_zero(buf: &[u8]) -> bool {
     let mut words = buf.chunks_exact(16);
-    words.all(|w| w.iter().fold(0u8, |acc, b| acc | b) == 0) && words.remainder().iter().all(|&b| b == 0)
+    words.all(|w| w.iter().fold(0u8, |acc, b| acc | b) == 0)
+        && words.remainder().iter().all(|&b| b == 0)
 }
 
 /// Make a range read as zeroes: punch a hole, or write zeroes where holes are unsupported.
@@ -177,7 +202,11 @@ fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
             len as libc::off_t,
         )
     };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 fn to_io(e: AgentError) -> io::Error {

@@ -79,7 +79,9 @@ impl AgentHost {
         let tcp = NbdListener::bind_tcp(([127, 0, 0, 1], 0).into())
             .await
             .map_err(|e| AgentError::Nbd(e.to_string()))?;
-        let tcp_addr = tcp.local_addr().unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+        let tcp_addr = tcp
+            .local_addr()
+            .unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
         tokio::spawn(unix.serve(exports.clone(), rx.clone()));
         tokio::spawn(tcp.serve(exports.clone(), rx));
         Ok(Arc::new(AgentHost {
@@ -121,9 +123,18 @@ impl AgentHost {
             .map(|(i, d)| Disk::open_or_create(&d.image, d.size, i as u16).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         for d in &disks {
-            self.exports.insert(Self::export_name(vm, d.index() as usize), d.clone() as DynExport);
+            self.exports.insert(
+                Self::export_name(vm, d.index() as usize),
+                d.clone() as DynExport,
+            );
         }
-        vms.insert(vm.to_string(), Vm { disks, replication: None });
+        vms.insert(
+            vm.to_string(),
+            Vm {
+                disks,
+                replication: None,
+            },
+        );
         Ok(())
     }
 
@@ -132,7 +143,8 @@ impl AgentHost {
         self.stop_replication(vm).await;
         if let Some(v) = self.vms().remove(vm) {
             for d in &v.disks {
-                self.exports.remove(&Self::export_name(vm, d.index() as usize));
+                self.exports
+                    .remove(&Self::export_name(vm, d.index() as usize));
             }
         }
     }
@@ -141,8 +153,14 @@ impl AgentHost {
     /// sealer and the marker cadence, and run the initial copy unless it already finished.
     pub fn start_replication(&self, vm: &str, cfg: ReplicationConfig) -> Result<(), AgentError> {
         let mut vms = self.vms();
-        let entry = vms.get_mut(vm).ok_or_else(|| AgentError::UnknownVm(vm.to_string()))?;
-        if entry.replication.as_ref().is_some_and(|r| r.stream.id() == cfg.stream) {
+        let entry = vms
+            .get_mut(vm)
+            .ok_or_else(|| AgentError::UnknownVm(vm.to_string()))?;
+        if entry
+            .replication
+            .as_ref()
+            .is_some_and(|r| r.stream.id() == cfg.stream)
+        {
             return Ok(());
         }
         let dir = self.root.join("streams").join(vm.replace('/', "."));
@@ -152,8 +170,16 @@ impl AgentHost {
         }
         let (tx, rx) = watch::channel(false);
         let progress = Arc::new(Progress::default());
-        let mut tasks = vec![tokio::spawn(sealer::run(stream.clone(), cfg.cache.clone(), rx.clone()))];
-        tasks.push(tokio::spawn(mark_every(stream.clone(), cfg.crash_consistent_every, rx)));
+        let mut tasks = vec![tokio::spawn(sealer::run(
+            stream.clone(),
+            cfg.cache.clone(),
+            rx.clone(),
+        ))];
+        tasks.push(tokio::spawn(mark_every(
+            stream.clone(),
+            cfg.crash_consistent_every,
+            rx,
+        )));
         if !stream.initial_sync_done() {
             let (disks, s, p) = (entry.disks.clone(), stream.clone(), progress.clone());
             tasks.push(tokio::task::spawn_blocking(move || {
@@ -163,9 +189,17 @@ impl AgentHost {
                 }
             }));
         } else {
-            let total = entry.disks.iter().map(|d| ferry_nbd::Export::size(d.as_ref())).sum();
-            progress.total_bytes.store(total, std::sync::atomic::Ordering::Relaxed);
-            progress.scanned_bytes.store(total, std::sync::atomic::Ordering::Relaxed);
+            let total = entry
+                .disks
+                .iter()
+                .map(|d| ferry_nbd::Export::size(d.as_ref()))
+                .sum();
+            progress
+                .total_bytes
+                .store(total, std::sync::atomic::Ordering::Relaxed);
+            progress
+                .scanned_bytes
+                .store(total, std::sync::atomic::Ordering::Relaxed);
         }
         entry.replication = Some(Replication {
             stream,
@@ -187,7 +221,9 @@ impl AgentHost {
             entry.replication.take()
         };
         if let Some(r) = rep {
-            r.progress.cancelled.store(true, std::sync::atomic::Ordering::Relaxed);
+            r.progress
+                .cancelled
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = r.shutdown.send(true);
             for t in r.tasks {
                 let _ = t.await;
@@ -200,7 +236,9 @@ impl AgentHost {
         self.stop_replication(vm).await;
         let dir = self.root.join("streams").join(vm.replace('/', "."));
         match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(AgentError::io("remove stream logs", &dir)(e)),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(AgentError::io("remove stream logs", &dir)(e))
+            }
             _ => Ok(()),
         }
     }

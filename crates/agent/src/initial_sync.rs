@@ -48,8 +48,15 @@ impl Progress {
 
 /// Copy every disk into the stream; blocking, run it on a blocking thread. Returns the
 /// sequence of the end marker, or `None` when cancelled.
-pub fn run(disks: &[Arc<Disk>], stream: &Stream, progress: &Progress) -> Result<Option<Seq>, AgentError> {
-    let total: u64 = disks.iter().map(|d| ferry_nbd::Export::size(d.as_ref())).sum();
+pub fn run(
+    disks: &[Arc<Disk>],
+    stream: &Stream,
+    progress: &Progress,
+) -> Result<Option<Seq>, AgentError> {
+    let total: u64 = disks
+        .iter()
+        .map(|d| ferry_nbd::Export::size(d.as_ref()))
+        .sum();
     progress.total_bytes.store(total, Ordering::Relaxed);
     let mut buf = vec![0u8; STEP];
     for disk in disks {
@@ -69,7 +76,9 @@ pub fn run(disks: &[Arc<Disk>], stream: &Stream, progress: &Progress) -> Result<
             if disk.copy_to_stream(stream, offset, &mut buf[..n])? {
                 progress.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
             }
-            progress.scanned_bytes.fetch_add(n as u64, Ordering::Relaxed);
+            progress
+                .scanned_bytes
+                .fetch_add(n as u64, Ordering::Relaxed);
             offset += n as u64;
         }
     }

@@ -59,7 +59,13 @@ impl LogWriter {
     }
 
     /// Append one record with a single `write` call.
-    pub fn append(&mut self, seq: Seq, time: Timestamp, disk: u16, op: OpRef<'_>) -> Result<(), AgentError> {
+    pub fn append(
+        &mut self,
+        seq: Seq,
+        time: Timestamp,
+        disk: u16,
+        op: OpRef<'_>,
+    ) -> Result<(), AgentError> {
         self.buf.clear();
         self.buf.extend_from_slice(&[0u8; FRAME]);
         segment::encode_record_ref(&mut self.buf, seq, time, disk, op);
@@ -137,8 +143,16 @@ mod tests {
         let mut w = LogWriter::create(dir, Seq(5), Timestamp(1)).unwrap();
         for i in 0..n {
             let data = vec![i as u8; 100];
-            w.append(Seq(5 + i), Timestamp(1 + i as i64), 0, OpRef::Write { offset: i * 512, data: &data })
-                .unwrap();
+            w.append(
+                Seq(5 + i),
+                Timestamp(1 + i as i64),
+                0,
+                OpRef::Write {
+                    offset: i * 512,
+                    data: &data,
+                },
+            )
+            .unwrap();
         }
         w.path.clone()
     }
@@ -151,7 +165,13 @@ mod tests {
         assert_eq!(dropped, 0);
         assert_eq!(recs.len(), 3);
         assert_eq!(recs[2].seq, Seq(7));
-        assert_eq!(recs[2].op, Op::Write { offset: 1024, data: vec![2; 100] });
+        assert_eq!(
+            recs[2].op,
+            Op::Write {
+                offset: 1024,
+                data: vec![2; 100]
+            }
+        );
     }
 
     #[test]

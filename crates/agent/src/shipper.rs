@@ -19,7 +19,9 @@ pub async fn ship_pending(stream: &Arc<Stream>, cache: &DynStore) -> Result<(), 
         let len = bytes.len() as u64;
         let digest = match cache.put_new(&key, bytes).await {
             Ok(_) => digest,
-            Err(StoreError::AlreadyExists { .. }) => already_shipped(cache, &key, &closed, prev).await?,
+            Err(StoreError::AlreadyExists { .. }) => {
+                already_shipped(cache, &key, &closed, prev).await?
+            }
             Err(e) => return Err(e.into()),
         };
         stream.shipped(&closed, digest, len)?;
@@ -27,7 +29,11 @@ pub async fn ship_pending(stream: &Arc<Stream>, cache: &DynStore) -> Result<(), 
     Ok(())
 }
 
-async fn seal(stream: &Arc<Stream>, closed: &ClosedLog, prev: Digest) -> Result<(Bytes, Digest), AgentError> {
+async fn seal(
+    stream: &Arc<Stream>,
+    closed: &ClosedLog,
+    prev: Digest,
+) -> Result<(Bytes, Digest), AgentError> {
     let path = closed.path.clone();
     let id = stream.id();
     let generation = stream.generation();
@@ -35,7 +41,10 @@ async fn seal(stream: &Arc<Stream>, closed: &ClosedLog, prev: Digest) -> Result<
     let (first, last) = (closed.first_seq, closed.last_seq);
     tokio::task::spawn_blocking(move || {
         let (records, _) = log::read(&path)?;
-        let range = (records.first().map(|r| r.seq), records.last().map(|r| r.seq));
+        let range = (
+            records.first().map(|r| r.seq),
+            records.last().map(|r| r.seq),
+        );
         if range != (Some(first), Some(last)) {
             return Err(AgentError::CorruptLog {
                 path: path.clone(),
@@ -56,10 +65,18 @@ async fn seal(stream: &Arc<Stream>, closed: &ClosedLog, prev: Digest) -> Result<
 
 /// A segment with this name exists: an earlier run stored it and stopped before retiring the
 /// log. Continue the chain from the stored object, after checking it is the same range.
-async fn already_shipped(cache: &DynStore, key: &Key, closed: &ClosedLog, prev: Digest) -> Result<Digest, AgentError> {
+async fn already_shipped(
+    cache: &DynStore,
+    key: &Key,
+    closed: &ClosedLog,
+    prev: Digest,
+) -> Result<Digest, AgentError> {
     let existing = cache.get(key).await?;
     let seg = segment::decode(&existing)?;
-    if seg.header.first_seq != closed.first_seq || seg.header.last_seq != closed.last_seq || seg.header.prev_digest != prev {
+    if seg.header.first_seq != closed.first_seq
+        || seg.header.last_seq != closed.last_seq
+        || seg.header.prev_digest != prev
+    {
         return Err(AgentError::CorruptLog {
             path: closed.path.clone(),
             offset: 0,

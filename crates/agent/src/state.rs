@@ -27,7 +27,10 @@ impl StreamState {
 
     fn check(&self) -> Result<(), String> {
         if !self.prev_digest.is_empty() && Digest::from_hex(&self.prev_digest).is_none() {
-            return Err(format!("prev_digest {:?} is not a 64-digit hex digest", self.prev_digest));
+            return Err(format!(
+                "prev_digest {:?} is not a 64-digit hex digest",
+                self.prev_digest
+            ));
         }
         Ok(())
     }
@@ -41,12 +44,17 @@ pub(crate) fn load(dir: &Path) -> Result<Option<StreamState>, AgentError> {
     let p = path(dir);
     match std::fs::read(&p) {
         Ok(data) => {
-            let state: StreamState = serde_json::from_slice(&data).map_err(|e| AgentError::CorruptLog {
-                path: p.clone(),
+            let state: StreamState =
+                serde_json::from_slice(&data).map_err(|e| AgentError::CorruptLog {
+                    path: p.clone(),
+                    offset: 0,
+                    reason: e.to_string(),
+                })?;
+            state.check().map_err(|reason| AgentError::CorruptLog {
+                path: p,
                 offset: 0,
-                reason: e.to_string(),
+                reason,
             })?;
-            state.check().map_err(|reason| AgentError::CorruptLog { path: p, offset: 0, reason })?;
             Ok(Some(state))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -178,7 +178,8 @@ impl Stream {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         if let Some(f) = file {
-            f.sync_data().map_err(AgentError::io("sync stream log", &self.dir))?;
+            f.sync_data()
+                .map_err(AgentError::io("sync stream log", &self.dir))?;
         }
         if full {
             self.seal_now.notify_one();
@@ -202,7 +203,8 @@ impl Stream {
     pub fn sync(&self) -> Result<(), AgentError> {
         let file = self.lock().open.as_ref().map(|(_, f)| f.clone());
         if let Some(f) = file {
-            f.sync_data().map_err(AgentError::io("sync stream log", &self.dir))?;
+            f.sync_data()
+                .map_err(AgentError::io("sync stream log", &self.dir))?;
         }
         Ok(())
     }
@@ -212,7 +214,9 @@ impl Stream {
         let mut g = self.lock();
         if let Some((w, _)) = g.open.take() {
             w.sync()?;
-            self.counters.bytes_logged.fetch_add(w.bytes, Ordering::Relaxed);
+            self.counters
+                .bytes_logged
+                .fetch_add(w.bytes, Ordering::Relaxed);
             g.closed.push_back(ClosedLog {
                 path: w.path.clone(),
                 first_seq: w.first_seq,
@@ -230,7 +234,12 @@ impl Stream {
     }
 
     /// Record that `log`'s segment (with `digest`, `bytes` long) is durable in the cache.
-    pub(crate) fn shipped(&self, log: &ClosedLog, digest: Digest, bytes: u64) -> Result<(), AgentError> {
+    pub(crate) fn shipped(
+        &self,
+        log: &ClosedLog,
+        digest: Digest,
+        bytes: u64,
+    ) -> Result<(), AgentError> {
         let mut g = self.lock();
         g.state.prev_digest = digest.to_hex();
         g.state.shipped_next = log.last_seq.next();
@@ -238,8 +247,12 @@ impl Stream {
         g.closed.pop_front();
         drop(g);
         std::fs::remove_file(&log.path).map_err(AgentError::io("remove shipped log", &log.path))?;
-        self.counters.bytes_shipped.fetch_add(bytes, Ordering::Relaxed);
-        self.counters.segments_shipped.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_shipped
+            .fetch_add(bytes, Ordering::Relaxed);
+        self.counters
+            .segments_shipped
+            .fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
     }
@@ -266,7 +279,11 @@ impl Stream {
             bytes_shipped: self.counters.bytes_shipped.load(Ordering::Relaxed),
             segments_shipped: self.counters.segments_shipped.load(Ordering::Relaxed),
             initial_sync_done_seq: g.state.initial_sync_done_seq.map(|s| s.0),
-            last_error: self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 
@@ -297,7 +314,10 @@ fn list_logs(dir: &Path) -> Result<Vec<Seq>, AgentError> {
 
 /// Queue every log left by an earlier run: logs already shipped are removed, a torn tail is
 /// cut, and the rest wait to be shipped in order.
-fn recover_logs(dir: &Path, state: &StreamState) -> Result<(VecDeque<ClosedLog>, Seq, Timestamp), AgentError> {
+fn recover_logs(
+    dir: &Path,
+    state: &StreamState,
+) -> Result<(VecDeque<ClosedLog>, Seq, Timestamp), AgentError> {
     let mut closed = VecDeque::new();
     let mut next = state.shipped_next;
     let mut last_time = Timestamp(0);
@@ -306,16 +326,25 @@ fn recover_logs(dir: &Path, state: &StreamState) -> Result<(VecDeque<ClosedLog>,
         let (records, dropped) = log::read(&path)?;
         if dropped > 0 {
             tracing::warn!(path = %path.display(), dropped, "cut a torn tail off the stream log");
-            let keep = std::fs::metadata(&path).map_err(AgentError::io("stat stream log", &path))?.len() - dropped;
-            let f = std::fs::OpenOptions::new().write(true).open(&path).map_err(AgentError::io("open stream log", &path))?;
-            f.set_len(keep).map_err(AgentError::io("truncate stream log", &path))?;
+            let keep = std::fs::metadata(&path)
+                .map_err(AgentError::io("stat stream log", &path))?
+                .len()
+                - dropped;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(AgentError::io("open stream log", &path))?;
+            f.set_len(keep)
+                .map_err(AgentError::io("truncate stream log", &path))?;
         }
         let (Some(first_rec), Some(last_rec)) = (records.first(), records.last()) else {
-            std::fs::remove_file(&path).map_err(AgentError::io("remove empty stream log", &path))?;
+            std::fs::remove_file(&path)
+                .map_err(AgentError::io("remove empty stream log", &path))?;
             continue;
         };
         if last_rec.seq < state.shipped_next {
-            std::fs::remove_file(&path).map_err(AgentError::io("remove shipped stream log", &path))?;
+            std::fs::remove_file(&path)
+                .map_err(AgentError::io("remove shipped stream log", &path))?;
             continue;
         }
         next = last_rec.seq.next();

@@ -5,13 +5,22 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
-#[command(name = "ferry", version, about = "Continuous replication and failover of virtual machines between regions")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Continuous replication and failover of virtual machines between regions"
+)]
 pub struct Cli {
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
     pub output: Output,
     /// The API to talk to.
-    #[arg(long = "api", global = true, env = "FERRY_URL", default_value = "http://127.0.0.1:7480")]
+    #[arg(
+        long = "api",
+        global = true,
+        env = "FERRY_URL",
+        default_value = "http://127.0.0.1:7480"
+    )]
     pub api: String,
     /// API token (default: read DATA/admin-token).
     #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
@@ -90,7 +99,9 @@ pub enum GroupCmd {
         region: String,
     },
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -106,7 +117,9 @@ pub enum NetworkCmd {
         subnets: Vec<String>,
     },
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,23 +132,31 @@ pub enum StorageCmd {
         url: Option<String>,
     },
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum AvSetCmd {
     /// Create an availability set: GROUP/SET.
-    Create { name: String },
+    Create {
+        name: String,
+    },
     List,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum VmCmd {
     /// Create a VM whose disks ferry serves over NBD.
-    Create(VmCreate),
+    Create(Box<VmCreate>),
     List,
-    Show { name: String },
-    Delete { name: String },
+    Show {
+        name: String,
+    },
+    Delete {
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -182,7 +203,9 @@ pub enum PolicyCmd {
         app_consistent_every: Option<String>,
     },
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,7 +213,9 @@ pub enum ReplicationCmd {
     /// Protect a VM: replicate its disks continuously to another region.
     Enable(EnableArgs),
     List,
-    Show { name: String },
+    Show {
+        name: String,
+    },
     /// Stop protecting a VM and delete its cache and replica data (the VM is untouched).
     Disable {
         name: String,

@@ -34,10 +34,14 @@ impl Client {
     /// A client of the API at `url` with `token`.
     pub fn with(url: &str, token: &str) -> Result<Client> {
         let mut headers = reqwest::header::HeaderMap::new();
-        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).context("the API token has characters a header cannot carry")?;
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("the API token has characters a header cannot carry")?;
         auth.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, auth);
-        let http = reqwest::Client::builder().default_headers(headers).build().context("build HTTP client")?;
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .context("build HTTP client")?;
         Ok(Client {
             http,
             base: url.trim_end_matches('/').to_string(),
@@ -60,7 +64,10 @@ impl Client {
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response> {
         let resp = req.send().await.map_err(|e| {
             if e.is_connect() {
-                anyhow!("cannot reach the ferry API at {}: is `ferry server` running? (set FERRY_URL)", self.base)
+                anyhow!(
+                    "cannot reach the ferry API at {}: is `ferry server` running? (set FERRY_URL)",
+                    self.base
+                )
             } else {
                 anyhow!("request to {} failed: {e}", self.base)
             }
@@ -78,15 +85,27 @@ impl Client {
     }
 
     pub async fn get(&self, path: &str) -> Result<Value> {
-        Ok(self.send(self.http.get(self.url(path))).await?.json().await?)
+        Ok(self
+            .send(self.http.get(self.url(path)))
+            .await?
+            .json()
+            .await?)
     }
 
     pub async fn post(&self, path: &str, body: &impl Serialize) -> Result<Value> {
-        Ok(self.send(self.http.post(self.url(path)).json(body)).await?.json().await?)
+        Ok(self
+            .send(self.http.post(self.url(path)).json(body))
+            .await?
+            .json()
+            .await?)
     }
 
     pub async fn delete(&self, path: &str) -> Result<Value> {
-        Ok(self.send(self.http.delete(self.url(path))).await?.json().await?)
+        Ok(self
+            .send(self.http.delete(self.url(path)))
+            .await?
+            .json()
+            .await?)
     }
 
     pub async fn get_raw(&self, path: &str) -> Result<reqwest::Response> {

@@ -35,7 +35,10 @@ pub async fn run(data: Option<PathBuf>) -> Result<()> {
         Some(d) => d,
         None => tempdir()?,
     };
-    say(format!("starting ferry in {} (regions east and west, local storage accounts, SQLite)", dir.display()));
+    say(format!(
+        "starting ferry in {} (regions east and west, local storage accounts, SQLite)",
+        dir.display()
+    ));
     let running = server::start(&dir, "127.0.0.1:0", None).await?;
     let result = story(&Client::with(&running.url, &running.token)?).await;
     running.stop().await;
@@ -60,17 +63,30 @@ fn tempdir() -> Result<PathBuf> {
 }
 
 async fn story(c: &Client) -> Result<()> {
-    say("creating group demo-rg in east, network vnet1, accounts sa1 and sa2, availability set avset1, policy every 2 s");
-    c.post("/v1/groups", &json!({"name": "demo-rg", "region": "east"})).await?;
+    say(
+        "creating group demo-rg in east, network vnet1, accounts sa1 and sa2, availability set avset1, policy every 2 s",
+    );
+    c.post("/v1/groups", &json!({"name": "demo-rg", "region": "east"}))
+        .await?;
     c.post(
         "/v1/groups/demo-rg/networks",
         &json!({"name": "vnet1", "address_space": "10.20.0.0/16", "subnets": [{"name": "web", "cidr": "10.20.1.0/24"}]}),
     )
     .await?;
-    c.post("/v1/groups/demo-rg/storage", &json!({"name": "sa1"})).await?;
-    c.post("/v1/groups/demo-rg/storage", &json!({"name": "sa2"})).await?;
-    c.post("/v1/groups/demo-rg/availability-sets", &json!({"name": "avset1"})).await?;
-    c.post("/v1/policies", &json!({"name": "demo", "crash_consistent_every_seconds": 2.0, "retention_seconds": 3600})).await?;
+    c.post("/v1/groups/demo-rg/storage", &json!({"name": "sa1"}))
+        .await?;
+    c.post("/v1/groups/demo-rg/storage", &json!({"name": "sa2"}))
+        .await?;
+    c.post(
+        "/v1/groups/demo-rg/availability-sets",
+        &json!({"name": "avset1"}),
+    )
+    .await?;
+    c.post(
+        "/v1/policies",
+        &json!({"name": "demo", "crash_consistent_every_seconds": 2.0, "retention_seconds": 3600}),
+    )
+    .await?;
     let vm = c
         .post(
             "/v1/groups/demo-rg/vms",
@@ -78,7 +94,10 @@ async fn story(c: &Client) -> Result<()> {
                     "disks": [{"size_bytes": 64u64 << 20, "storage": "sa1"}, {"size_bytes": 32u64 << 20, "storage": "sa2"}]}),
         )
         .await?;
-    say(format!("VM demo-rg/web1 created with disks {} and {}", vm["disks"][0]["nbd_uri"], vm["disks"][1]["nbd_uri"]));
+    say(format!(
+        "VM demo-rg/web1 created with disks {} and {}",
+        vm["disks"][0]["nbd_uri"], vm["disks"][1]["nbd_uri"]
+    ));
     let mut nbd = Vec::new();
     for d in vm["disks"].as_array().into_iter().flatten() {
         nbd.push(NbdClient::connect_uri(d["nbd_uri"].as_str().unwrap_or_default()).await?);
@@ -89,17 +108,32 @@ async fn story(c: &Client) -> Result<()> {
     load.seed_data(&mut nbd, &mut disks).await?;
 
     say("enabling replication of demo-rg/web1 to west");
-    let job = c.post(&format!("{ITEM}/replication"), &json!({"target_region": "west", "policy": "demo"})).await?;
+    let job = c
+        .post(
+            &format!("{ITEM}/replication"),
+            &json!({"target_region": "west", "policy": "demo"}),
+        )
+        .await?;
     let started = Instant::now();
     wait_protected(c, job["id"].as_u64().unwrap_or(0)).await?;
-    say(format!("protected after {:.1} s", started.elapsed().as_secs_f64()));
+    say(format!(
+        "protected after {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
     let rep = c.get(&format!("{ITEM}/replication")).await?;
     let t = &rep["target"];
-    say(format!("target: group {} network {} subnet {} availability set {} accounts {}", t["group"], t["network"], t["subnet"], t["availability_set"], t["storage"]));
+    say(format!(
+        "target: group {} network {} subnet {} availability set {} accounts {}",
+        t["group"], t["network"], t["subnet"], t["availability_set"], t["storage"]
+    ));
 
     let worst = Arc::new(std::sync::Mutex::new(0.0f64));
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = tokio::spawn(sample_rpo(Client::with(c.base(), c.token())?, worst.clone(), stop.clone()));
+    let sampler = tokio::spawn(sample_rpo(
+        Client::with(c.base(), c.token())?,
+        worst.clone(),
+        stop.clone(),
+    ));
     let mut checks: Vec<(String, Vec<String>)> = Vec::new();
     for round in 1..=ROUNDS {
         let written = load.round(&mut nbd, &mut disks).await?;
@@ -111,7 +145,10 @@ async fn story(c: &Client) -> Result<()> {
             point["id"].as_str().unwrap_or("?"),
             point["time"].as_str().unwrap_or("?")
         ));
-        checks.push((point["id"].as_str().unwrap_or_default().to_string(), disks.digests()));
+        checks.push((
+            point["id"].as_str().unwrap_or_default().to_string(),
+            disks.digests(),
+        ));
     }
     stop.store(true, Ordering::Relaxed);
     let _ = sampler.await;
@@ -122,11 +159,17 @@ async fn story(c: &Client) -> Result<()> {
     for (id, digests) in &checks {
         for (disk, want) in digests.iter().enumerate() {
             let got = export_digest(c, disk, id).await?;
-            ensure!(&got == want, "point {id} disk {disk} differs from what the disk held at that instant");
+            ensure!(
+                &got == want,
+                "point {id} disk {disk} differs from what the disk held at that instant"
+            );
         }
-        say(format!("point {id}: both disks exported and equal, byte for byte, to the disks at that instant"));
+        say(format!(
+            "point {id}: both disks exported and equal, byte for byte, to the disks at that instant"
+        ));
     }
-    summary(c, &load, *worst.lock().unwrap_or_else(|p| p.into_inner())).await
+    let worst = *worst.lock().unwrap_or_else(|p| p.into_inner());
+    summary(c, &load, worst).await
 }
 
 async fn wait_protected(c: &Client, job: u64) -> Result<()> {
@@ -139,8 +182,18 @@ async fn wait_protected(c: &Client, job: u64) -> Result<()> {
             .into_iter()
             .flatten()
             .filter(|s| s["state"] != "pending")
-            .map(|s| format!("{}: {}{}", s["name"].as_str().unwrap_or(""), s["state"].as_str().unwrap_or(""), s["detail"].as_str().map(|d| format!(" ({d})")).unwrap_or_default()))
-            .last()
+            .map(|s| {
+                format!(
+                    "{}: {}{}",
+                    s["name"].as_str().unwrap_or(""),
+                    s["state"].as_str().unwrap_or(""),
+                    s["detail"]
+                        .as_str()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default()
+                )
+            })
+            .next_back()
             .unwrap_or_default();
         if line != last {
             say(format!("  job {job}: {line}"));
@@ -151,7 +204,10 @@ async fn wait_protected(c: &Client, job: u64) -> Result<()> {
             Some("running") => {}
             _ => bail!("job {job} failed: {}", j["error"]),
         }
-        ensure!(Instant::now() < deadline, "replication was not protected within 5 minutes");
+        ensure!(
+            Instant::now() < deadline,
+            "replication was not protected within 5 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
@@ -161,18 +217,28 @@ async fn wait_point_after(c: &Client, t: ferry_types::Timestamp) -> Result<Value
     loop {
         let points = c.get(&format!("{ITEM}/recovery-points")).await?;
         let found = points.as_array().into_iter().flatten().find(|p| {
-            p["time"].as_str().and_then(ferry_types::Timestamp::parse_rfc3339).is_some_and(|pt| pt > t)
+            p["time"]
+                .as_str()
+                .and_then(ferry_types::Timestamp::parse_rfc3339)
+                .is_some_and(|pt| pt > t)
         });
         if let Some(p) = found {
             return Ok(p.clone());
         }
-        ensure!(Instant::now() < deadline, "no recovery point within 60 s of the writes");
+        ensure!(
+            Instant::now() < deadline,
+            "no recovery point within 60 s of the writes"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 async fn export_digest(c: &Client, disk: usize, point: &str) -> Result<String> {
-    let resp = c.get_raw(&format!("{ITEM}/disks/{disk}/export?recovery_point={point}")).await?;
+    let resp = c
+        .get_raw(&format!(
+            "{ITEM}/disks/{disk}/export?recovery_point={point}"
+        ))
+        .await?;
     let mut h = blake3::Hasher::new();
     let mut s = resp.bytes_stream();
     while let Some(b) = s.next().await {
@@ -183,11 +249,11 @@ async fn export_digest(c: &Client, disk: usize, point: &str) -> Result<String> {
 
 async fn sample_rpo(c: Client, worst: Arc<std::sync::Mutex<f64>>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
-        if let Ok(r) = c.get(&format!("{ITEM}/replication")).await {
-            if let Some(rpo) = r["rpo_seconds"].as_f64() {
-                let mut w = worst.lock().unwrap_or_else(|p| p.into_inner());
-                *w = w.max(rpo);
-            }
+        if let Ok(r) = c.get(&format!("{ITEM}/replication")).await
+            && let Some(rpo) = r["rpo_seconds"].as_f64()
+        {
+            let mut w = worst.lock().unwrap_or_else(|p| p.into_inner());
+            *w = w.max(rpo);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -199,12 +265,28 @@ async fn summary(c: &Client, load: &Workload, worst_rpo: f64) -> Result<()> {
     let shipped = rep["stats"]["bytes_shipped"].as_u64().unwrap_or(0);
     let streamed = rep["stats"]["bytes_written"].as_u64().unwrap_or(0);
     say("summary:");
-    say(format!("  bytes written by the VM     {:>12}", load.bytes_written));
+    say(format!(
+        "  bytes written by the VM     {:>12}",
+        load.bytes_written
+    ));
     say(format!("  bytes streamed (with copy)  {streamed:>12}"));
-    say(format!("  bytes shipped to the cache  {shipped:>12}  (compression {:.2}x)", streamed as f64 / shipped.max(1) as f64));
-    say(format!("  recovery points             {:>12}", points.as_array().map_or(0, |p| p.len())));
+    say(format!(
+        "  bytes shipped to the cache  {shipped:>12}  (compression {:.2}x)",
+        streamed as f64 / shipped.max(1) as f64
+    ));
+    say(format!(
+        "  recovery points             {:>12}",
+        points.as_array().map_or(0, |p| p.len())
+    ));
     say(format!("  worst RPO seen              {worst_rpo:>11.2}s"));
-    say(format!("  health                      {:>12}", rep["health"].as_str().unwrap_or("?")));
-    ensure!(rep["health"] == "healthy", "the item is not healthy: {}", rep["health_reasons"]);
+    say(format!(
+        "  health                      {:>12}",
+        rep["health"].as_str().unwrap_or("?")
+    ));
+    ensure!(
+        rep["health"] == "healthy",
+        "the item is not healthy: {}",
+        rep["health_reasons"]
+    );
     Ok(())
 }

@@ -26,17 +26,39 @@ fn cell(v: &Value, path: &str) -> String {
     match cur {
         Value::String(s) => s.clone(),
         Value::Null => "-".into(),
-        Value::Array(a) => a.iter().map(|x| x.as_str().map(str::to_string).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(","),
+        Value::Array(a) => a
+            .iter()
+            .map(|x| {
+                x.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| x.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(","),
         other => other.to_string(),
     }
 }
 
 fn table(rows: &[Value], columns: &[&str]) {
-    let mut grid: Vec<Vec<String>> = vec![columns.iter().map(|c| c.rsplit('.').next().unwrap_or(c).to_uppercase()).collect()];
-    grid.extend(rows.iter().map(|r| columns.iter().map(|c| cell(r, c)).collect()));
-    let widths: Vec<usize> = (0..columns.len()).map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut grid: Vec<Vec<String>> = vec![
+        columns
+            .iter()
+            .map(|c| c.rsplit('.').next().unwrap_or(c).to_uppercase())
+            .collect(),
+    ];
+    grid.extend(
+        rows.iter()
+            .map(|r| columns.iter().map(|c| cell(r, c)).collect()),
+    );
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     for row in grid {
-        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", line.join("  ").trim_end());
     }
 }
@@ -46,7 +68,11 @@ fn fields(v: &Value) {
         match v {
             Value::Object(m) => {
                 for (k, x) in m {
-                    let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                    let p = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
                     walk(&p, x);
                 }
             }
@@ -55,7 +81,10 @@ fn fields(v: &Value) {
                     walk(&format!("{prefix}[{i}]"), x);
                 }
             }
-            other => println!("{prefix}: {}", cell(&serde_json::json!({ "x": other }), "x")),
+            other => println!(
+                "{prefix}: {}",
+                cell(&serde_json::json!({ "x": other }), "x")
+            ),
         }
     }
     walk("", v);

@@ -36,18 +36,27 @@ impl Running {
 }
 
 pub fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Start the control plane and the API on `listen`.
 pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<Running> {
-    std::fs::create_dir_all(data).with_context(|| format!("create data directory {}", data.display()))?;
-    let data = data.canonicalize().with_context(|| format!("resolve {}", data.display()))?;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("create data directory {}", data.display()))?;
+    let data = data
+        .canonicalize()
+        .with_context(|| format!("resolve {}", data.display()))?;
     let mut cfg = ControlConfig::embedded(data.clone());
     if let Some(path) = config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
-        let file: ConfigFile = serde_json::from_str(&text).with_context(|| format!("config {} is not valid", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("read config {}", path.display()))?;
+        let file: ConfigFile = serde_json::from_str(&text)
+            .with_context(|| format!("config {} is not valid", path.display()))?;
         if let Some(r) = file.regions {
             if r.len() < 2 {
                 bail!("config {}: name at least two regions", path.display());
@@ -55,13 +64,18 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
             cfg.regions = r;
         }
     }
-    let addr: SocketAddr = listen.parse().with_context(|| format!("invalid --listen {listen:?}: use HOST:PORT such as 127.0.0.1:7480"))?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listen on {addr} (is another server running? pick another with --listen)"))?;
+    let addr: SocketAddr = listen.parse().with_context(|| {
+        format!("invalid --listen {listen:?}: use HOST:PORT such as 127.0.0.1:7480")
+    })?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("listen on {addr} (is another server running? pick another with --listen)")
+    })?;
     let addr = listener.local_addr()?;
-    let control = Control::start(cfg).await.context("start the control plane")?;
-    let token = api::load_or_create_token(&data.join("admin-token")).context("write the admin token")?;
+    let control = Control::start(cfg)
+        .await
+        .context("start the control plane")?;
+    let token =
+        api::load_or_create_token(&data.join("admin-token")).context("write the admin token")?;
     let app = api::router(control.clone(), token.clone());
     let (stop, mut rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {

@@ -13,9 +13,29 @@ fn kill_9_while_writing_loses_no_acknowledged_write() {
     let d = dir.path();
     let mut s = Server::start(&d.join("data"));
     s.base_resources(None);
-    s.ok(&["vm", "create", "rg1/db1", "--network", "vnet1", "--subnet", "db", "--disk", "16MiB@sa1", "--disk", "16MiB@sa2"]);
+    s.ok(&[
+        "vm",
+        "create",
+        "rg1/db1",
+        "--network",
+        "vnet1",
+        "--subnet",
+        "db",
+        "--disk",
+        "16MiB@sa1",
+        "--disk",
+        "16MiB@sa2",
+    ]);
     let uris = [s.disk_uri("rg1/db1", 0), s.disk_uri("rg1/db1", 1)];
-    s.ok(&["replication", "enable", "rg1/db1", "--target-region", "west", "--policy", "fast"]);
+    s.ok(&[
+        "replication",
+        "enable",
+        "rg1/db1",
+        "--target-region",
+        "west",
+        "--policy",
+        "fast",
+    ]);
     s.wait_protected("rg1/db1", 120);
     assert!(qemu_io(&uris[0], "write -P 0x01 0 64k"));
     let before = s.wait_point_after("rg1/db1", now(), 60);
@@ -31,7 +51,13 @@ fn kill_9_while_writing_loses_no_acknowledged_write() {
             // Kill while a write is in flight.
             let disk = (i % 2) as usize;
             let mut inflight = Command::new("qemu-io")
-                .args(["-f", "raw", "-c", &format!("write -P {} {} 64k", (i % 250) + 2, 1 + i * 64), &uris[disk]])
+                .args([
+                    "-f",
+                    "raw",
+                    "-c",
+                    &format!("write -P {} {} 64k", (i % 250) + 2, 1 + i * 64),
+                    &uris[disk],
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -48,22 +74,32 @@ fn kill_9_while_writing_loses_no_acknowledged_write() {
             acked.push((disk, pattern, offset));
         }
     }
-    assert!(acked.len() >= 110, "most writes must be acknowledged, got {}", acked.len());
+    assert!(
+        acked.len() >= 110,
+        "most writes must be acknowledged, got {}",
+        acked.len()
+    );
 
     // Replication resumes: a point after the last write holds every acknowledged write.
     let t = now();
     let after = s.wait_point_after("rg1/db1", t, 90);
-    for disk in 0..2 {
+    for (disk, uri) in uris.iter().enumerate() {
         let out = d.join(format!("after{disk}.raw"));
         s.export("rg1/db1", disk, after["id"].as_str().unwrap(), &out);
         for (_, pattern, offset) in acked.iter().filter(|(dd, _, _)| *dd == disk) {
             assert!(
-                qemu_io(out.to_str().unwrap(), &format!("read -P {pattern} {offset} 64k")),
+                qemu_io(
+                    out.to_str().unwrap(),
+                    &format!("read -P {pattern} {offset} 64k")
+                ),
                 "acknowledged write at disk {disk} offset {offset} is missing after the crash"
             );
         }
-        read_disk(&uris[disk], &d.join(format!("src{disk}.raw")));
-        assert!(same_image(&out, &d.join(format!("src{disk}.raw"))), "disk {disk} differs from the source");
+        read_disk(uri, &d.join(format!("src{disk}.raw")));
+        assert!(
+            same_image(&out, &d.join(format!("src{disk}.raw"))),
+            "disk {disk} differs from the source"
+        );
     }
     // The point published before the crash still exports the same bytes.
     s.export("rg1/db1", 0, &before_id, &d.join("before-again.raw"));

@@ -40,9 +40,27 @@ fn segments_wait_in_the_cache_and_a_corrupt_one_is_refused() {
     let d = dir.path();
     let s = Server::start(&d.join("data"));
     s.base_resources(None);
-    s.ok(&["vm", "create", "rg1/app1", "--network", "vnet1", "--subnet", "default", "--disk", "8MiB@sa1"]);
+    s.ok(&[
+        "vm",
+        "create",
+        "rg1/app1",
+        "--network",
+        "vnet1",
+        "--subnet",
+        "default",
+        "--disk",
+        "8MiB@sa1",
+    ]);
     let uri = s.disk_uri("rg1/app1", 0);
-    s.ok(&["replication", "enable", "rg1/app1", "--target-region", "west", "--policy", "fast"]);
+    s.ok(&[
+        "replication",
+        "enable",
+        "rg1/app1",
+        "--target-region",
+        "west",
+        "--policy",
+        "fast",
+    ]);
     s.wait_protected("rg1/app1", 120);
     let cache = s.data.join("regions/east/storage/rg1/cache-east");
     let target = s.data.join("regions/west/storage/rg1-asr/sa1-asr");
@@ -54,8 +72,12 @@ fn segments_wait_in_the_cache_and_a_corrupt_one_is_refused() {
     std::fs::write(&target, b"not a directory").unwrap();
     assert!(qemu_io(&uri, "write -P 0x61 0 64k"));
     assert!(qemu_io(&uri, "write -P 0x62 1M 64k"));
-    wait_until(60, "segments to wait in the cache account", || segments(&cache).len() >= 3);
-    wait_until(60, "health to report the unreachable target", || s.replication("rg1/app1")["health"] == "critical");
+    wait_until(60, "segments to wait in the cache account", || {
+        segments(&cache).len() >= 3
+    });
+    wait_until(60, "health to report the unreachable target", || {
+        s.replication("rg1/app1")["health"] == "critical"
+    });
 
     // Corrupt the oldest waiting segment (a byte in its middle).
     let segs = segments(&cache);
@@ -64,34 +86,68 @@ fn segments_wait_in_the_cache_and_a_corrupt_one_is_refused() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x10;
     std::fs::write(&victim, &bytes).unwrap();
-    let victim_seq = u64::from_str_radix(victim.file_stem().unwrap().to_str().unwrap(), 16).unwrap();
+    let victim_seq =
+        u64::from_str_radix(victim.file_stem().unwrap().to_str().unwrap(), 16).unwrap();
 
     // The target comes back: the corrupt segment is refused with a clear reason.
     std::fs::remove_file(&target).unwrap();
     std::fs::rename(&aside, &target).unwrap();
     wait_until(60, "the corrupt segment to be refused", || {
         let r = s.replication("rg1/app1");
-        r["health"] == "critical" && r["health_reasons"].to_string().contains("checksum mismatch")
+        r["health"] == "critical"
+            && r["health_reasons"]
+                .to_string()
+                .contains("checksum mismatch")
     });
     let rep = s.replication("rg1/app1");
     let reasons = rep["health_reasons"].to_string();
-    assert!(reasons.contains(&format!("{victim_seq:016x}")) && reasons.contains("nothing of it was applied"), "{reasons}");
+    assert!(
+        reasons.contains(&format!("{victim_seq:016x}"))
+            && reasons.contains("nothing of it was applied"),
+        "{reasons}"
+    );
     // Nothing of it, nor anything after it, was applied: no point beyond the last good one.
     for p in s.points("rg1/app1") {
         let seq = u64::from_str_radix(p["id"].as_str().unwrap(), 16).unwrap();
-        assert!(seq < victim_seq, "point {seq:x} is past the refused segment {victim_seq:x}");
+        assert!(
+            seq < victim_seq,
+            "point {seq:x} is past the refused segment {victim_seq:x}"
+        );
     }
     s.export("rg1/app1", 0, "latest", &d.join("latest.raw"));
-    s.export("rg1/app1", 0, good["id"].as_str().unwrap(), &d.join("good.raw"));
-    assert!(!qemu_io(d.join("latest.raw").to_str().unwrap(), "read -P 0x61 0 64k"));
+    s.export(
+        "rg1/app1",
+        0,
+        good["id"].as_str().unwrap(),
+        &d.join("good.raw"),
+    );
+    assert!(!qemu_io(
+        d.join("latest.raw").to_str().unwrap(),
+        "read -P 0x61 0 64k"
+    ));
 
     // Restoring the byte lets processing go on; the cache empties and health recovers.
     bytes[mid] ^= 0x10;
     std::fs::write(&victim, &bytes).unwrap();
-    wait_until(60, "processing to resume", || s.replication("rg1/app1")["health"] == "healthy");
-    wait_until(60, "the cache account to empty", || segments(&cache).is_empty());
+    wait_until(60, "processing to resume", || {
+        s.replication("rg1/app1")["health"] == "healthy"
+    });
+    wait_until(60, "the cache account to empty", || {
+        segments(&cache).is_empty()
+    });
     let p = s.wait_point_after("rg1/app1", now(), 60);
-    s.export("rg1/app1", 0, p["id"].as_str().unwrap(), &d.join("after.raw"));
-    assert!(qemu_io(d.join("after.raw").to_str().unwrap(), "read -P 0x61 0 64k"));
-    assert!(qemu_io(d.join("after.raw").to_str().unwrap(), "read -P 0x62 1M 64k"));
+    s.export(
+        "rg1/app1",
+        0,
+        p["id"].as_str().unwrap(),
+        &d.join("after.raw"),
+    );
+    assert!(qemu_io(
+        d.join("after.raw").to_str().unwrap(),
+        "read -P 0x61 0 64k"
+    ));
+    assert!(qemu_io(
+        d.join("after.raw").to_str().unwrap(),
+        "read -P 0x62 1M 64k"
+    ));
 }

@@ -9,8 +9,23 @@ use support::*;
 fn setup(dir: &std::path::Path) -> Server {
     let s = Server::start(&dir.join("data"));
     s.base_resources(None);
-    s.ok(&["vm", "create", "rg1/web1", "--network", "vnet1", "--subnet", "default", "--availability-set", "avset1",
-        "--disk", "64MiB@sa1", "--disk", "32MiB@sa2", "--compute", "external"]);
+    s.ok(&[
+        "vm",
+        "create",
+        "rg1/web1",
+        "--network",
+        "vnet1",
+        "--subnet",
+        "default",
+        "--availability-set",
+        "avset1",
+        "--disk",
+        "64MiB@sa1",
+        "--disk",
+        "32MiB@sa2",
+        "--compute",
+        "external",
+    ]);
     s
 }
 
@@ -22,7 +37,15 @@ fn replicates_two_disks_to_west_with_exact_points() {
     // Data present before replication is enabled: initial replication must carry it.
     assert!(qemu_io(&u0, "write -P 0x11 0 1M"));
     assert!(qemu_io(&u1, "write -P 0x22 1M 1M"));
-    s.ok(&["replication", "enable", "rg1/web1", "--target-region", "west", "--policy", "fast"]);
+    s.ok(&[
+        "replication",
+        "enable",
+        "rg1/web1",
+        "--target-region",
+        "west",
+        "--policy",
+        "fast",
+    ]);
     s.wait_protected("rg1/web1", 120);
 
     let rep = s.replication("rg1/web1");
@@ -50,15 +73,30 @@ fn replicates_two_disks_to_west_with_exact_points() {
 
     let d = dir.path();
     s.export("rg1/web1", 0, pa["id"].as_str().unwrap(), &d.join("a0.raw"));
-    assert!(qemu_io(d.join("a0.raw").to_str().unwrap(), "read -P 0x33 0 512k"), "point A lacks write A");
-    assert!(qemu_io(d.join("a0.raw").to_str().unwrap(), "read -P 0x11 512k 512k"), "point A lost the initial data");
-    assert!(!qemu_io(d.join("a0.raw").to_str().unwrap(), "read -P 0x44 0 512k"), "point A holds write B");
+    assert!(
+        qemu_io(d.join("a0.raw").to_str().unwrap(), "read -P 0x33 0 512k"),
+        "point A lacks write A"
+    );
+    assert!(
+        qemu_io(d.join("a0.raw").to_str().unwrap(), "read -P 0x11 512k 512k"),
+        "point A lost the initial data"
+    );
+    assert!(
+        !qemu_io(d.join("a0.raw").to_str().unwrap(), "read -P 0x44 0 512k"),
+        "point A holds write B"
+    );
     s.export("rg1/web1", 0, pb["id"].as_str().unwrap(), &d.join("b0.raw"));
     s.export("rg1/web1", 1, pb["id"].as_str().unwrap(), &d.join("b1.raw"));
     read_disk(&u0, &d.join("src0.raw"));
     read_disk(&u1, &d.join("src1.raw"));
-    assert!(same_image(&d.join("src0.raw"), &d.join("b0.raw")), "disk 0 at point B differs from the source");
-    assert!(same_image(&d.join("src1.raw"), &d.join("b1.raw")), "disk 1 at point B differs from the source");
+    assert!(
+        same_image(&d.join("src0.raw"), &d.join("b0.raw")),
+        "disk 0 at point B differs from the source"
+    );
+    assert!(
+        same_image(&d.join("src1.raw"), &d.join("b1.raw")),
+        "disk 1 at point B differs from the source"
+    );
     assert!(!same_image(&d.join("a0.raw"), &d.join("b0.raw")));
 
     // `latest` exports the newest point; both disks equal the source (no writes since B).
@@ -67,9 +105,14 @@ fn replicates_two_disks_to_west_with_exact_points() {
 
     // Segments went through the cache account and none is left once applied.
     let rep = s.replication("rg1/web1");
-    assert!(rep["stats"]["segments_shipped"].as_u64().unwrap() > 0, "{rep}");
+    assert!(
+        rep["stats"]["segments_shipped"].as_u64().unwrap() > 0,
+        "{rep}"
+    );
     let cache = s.data.join("regions/east/storage/rg1/cache-east");
-    wait_until(30, "the cache account to be empty", || count_files(&cache) == 0);
+    wait_until(30, "the cache account to be empty", || {
+        count_files(&cache) == 0
+    });
     assert_eq!(rep["health"], "healthy", "{rep}");
 }
 
@@ -77,7 +120,13 @@ fn count_files(dir: &std::path::Path) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()
-                .map(|e| if e.path().is_dir() { count_files(&e.path()) } else { 1 })
+                .map(|e| {
+                    if e.path().is_dir() {
+                        count_files(&e.path())
+                    } else {
+                        1
+                    }
+                })
                 .sum()
         })
         .unwrap_or(0)

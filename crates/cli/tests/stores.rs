@@ -10,7 +10,9 @@ use support::*;
 fn remote(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var_os("CI").is_some() => panic!("{var} is not set; CI must run this test (source .ci/object-stores.sh)"),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{var} is not set; CI must run this test (source .ci/object-stores.sh)")
+        }
         _ => {
             eprintln!("skipped: set {var} (source .ci/object-stores.sh)");
             None
@@ -27,14 +29,52 @@ fn scenario(base: &str) {
     s.base_resources(Some((&url("sa1"), &url("sa2"))));
     // Target and cache accounts on the remote store; `replication enable` reuses them.
     s.ok(&["group", "create", "rg1-asr", "--region", "west"]);
-    s.ok(&["storage", "create", "rg1-asr/sa1-asr", "--url", &url("sa1-asr")]);
-    s.ok(&["storage", "create", "rg1-asr/sa2-asr", "--url", &url("sa2-asr")]);
-    s.ok(&["storage", "create", "rg1/cache-east", "--url", &url("cache")]);
-    s.ok(&["vm", "create", "rg1/web1", "--network", "vnet1", "--subnet", "default", "--disk", "16MiB@sa1", "--disk", "8MiB@sa2"]);
+    s.ok(&[
+        "storage",
+        "create",
+        "rg1-asr/sa1-asr",
+        "--url",
+        &url("sa1-asr"),
+    ]);
+    s.ok(&[
+        "storage",
+        "create",
+        "rg1-asr/sa2-asr",
+        "--url",
+        &url("sa2-asr"),
+    ]);
+    s.ok(&[
+        "storage",
+        "create",
+        "rg1/cache-east",
+        "--url",
+        &url("cache"),
+    ]);
+    s.ok(&[
+        "vm",
+        "create",
+        "rg1/web1",
+        "--network",
+        "vnet1",
+        "--subnet",
+        "default",
+        "--disk",
+        "16MiB@sa1",
+        "--disk",
+        "8MiB@sa2",
+    ]);
     let (u0, u1) = (s.disk_uri("rg1/web1", 0), s.disk_uri("rg1/web1", 1));
     assert!(qemu_io(&u0, "write -P 0x11 0 1M"));
     assert!(qemu_io(&u1, "write -P 0x22 1M 1M"));
-    s.ok(&["replication", "enable", "rg1/web1", "--target-region", "west", "--policy", "fast"]);
+    s.ok(&[
+        "replication",
+        "enable",
+        "rg1/web1",
+        "--target-region",
+        "west",
+        "--policy",
+        "fast",
+    ]);
     s.wait_protected("rg1/web1", 120);
     let rep = s.replication("rg1/web1");
     assert_eq!(rep["target"]["cache_storage"], "rg1/cache-east");
@@ -46,18 +86,33 @@ fn scenario(base: &str) {
     assert!(qemu_io(&u1, "write -P 0x55 4M 64k"));
     let pb = s.wait_point_after("rg1/web1", now(), 60);
     s.export("rg1/web1", 0, pa["id"].as_str().unwrap(), &d.join("a0.raw"));
-    assert!(qemu_io(d.join("a0.raw").to_str().unwrap(), "read -P 0x33 0 512k"));
-    assert!(qemu_io(d.join("a0.raw").to_str().unwrap(), "read -P 0x11 512k 512k"));
+    assert!(qemu_io(
+        d.join("a0.raw").to_str().unwrap(),
+        "read -P 0x33 0 512k"
+    ));
+    assert!(qemu_io(
+        d.join("a0.raw").to_str().unwrap(),
+        "read -P 0x11 512k 512k"
+    ));
     for disk in 0..2 {
-        let (src, out) = (d.join(format!("src{disk}.raw")), d.join(format!("b{disk}.raw")));
+        let (src, out) = (
+            d.join(format!("src{disk}.raw")),
+            d.join(format!("b{disk}.raw")),
+        );
         s.export("rg1/web1", disk, pb["id"].as_str().unwrap(), &out);
         read_disk(&s.disk_uri("rg1/web1", disk), &src);
-        assert!(same_image(&src, &out), "disk {disk} at point B differs from the source");
+        assert!(
+            same_image(&src, &out),
+            "disk {disk} at point B differs from the source"
+        );
     }
     assert_eq!(s.replication("rg1/web1")["health"], "healthy");
     // Disabling deletes the cache and replica data from the remote store.
     s.ok(&["replication", "disable", "rg1/web1", "--wait"]);
-    assert_eq!(s.json(&["replication", "list"]).as_array().unwrap().len(), 0);
+    assert_eq!(
+        s.json(&["replication", "list"]).as_array().unwrap().len(),
+        0
+    );
 }
 
 #[test]

@@ -46,8 +46,9 @@ pub struct Control {
 impl Control {
     /// Open the state, start each region's agent, and bring the world in line with the state.
     pub async fn start(cfg: ControlConfig) -> Result<Arc<Control>> {
-        std::fs::create_dir_all(&cfg.data)
-            .map_err(|e| ControlError::Internal(format!("create data directory {}: {e}", cfg.data.display())))?;
+        std::fs::create_dir_all(&cfg.data).map_err(|e| {
+            ControlError::Internal(format!("create data directory {}: {e}", cfg.data.display()))
+        })?;
         let db = Db::open(&cfg.data.join("state.db"))?;
         let mut agents = HashMap::new();
         for r in &cfg.regions {
@@ -65,7 +66,10 @@ impl Control {
             shutdown,
         });
         control.reconcile().await?;
-        tokio::spawn(crate::replication::monitor::run(control.clone(), control.shutdown.subscribe()));
+        tokio::spawn(crate::replication::monitor::run(
+            control.clone(),
+            control.shutdown.subscribe(),
+        ));
         Ok(control)
     }
 
@@ -75,7 +79,10 @@ impl Control {
         for vm in self.db.list::<crate::model::Vm>(crate::db::Kind::Vm)? {
             self.attach_vm(&vm)?;
         }
-        for rep in self.db.list::<crate::model::Replication>(crate::db::Kind::Replication)? {
+        for rep in self
+            .db
+            .list::<crate::model::Replication>(crate::db::Kind::Replication)?
+        {
             self.ensure_running(&rep).await?;
         }
         crate::jobs::resume(self).await
@@ -84,7 +91,12 @@ impl Control {
     /// Stop background work (processors, streams) so the process can exit.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        let items: Vec<_> = self.items.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let items: Vec<_> = self
+            .items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
         for (_, item) in items {
             item.stop().await;
         }
@@ -96,8 +108,10 @@ impl Control {
     }
 
     pub(crate) fn agent(&self, region: &str) -> Result<&Arc<AgentHost>> {
-        self.agents
-            .get(region)
-            .ok_or_else(|| ControlError::not_found(format!("region {region} does not exist; see `ferry region list`")))
+        self.agents.get(region).ok_or_else(|| {
+            ControlError::not_found(format!(
+                "region {region} does not exist; see `ferry region list`"
+            ))
+        })
     }
 }

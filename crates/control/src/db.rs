@@ -55,7 +55,9 @@ impl Db {
              CREATE TABLE IF NOT EXISTS jobs (
                  id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);",
         )?;
-        Ok(Db { conn: Mutex::new(conn) })
+        Ok(Db {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
@@ -89,7 +91,9 @@ impl Db {
             params![kind.as_str(), key, body],
         )?;
         if n == 0 {
-            return Err(ControlError::conflict(format!("{what} {key} already exists")));
+            return Err(ControlError::conflict(format!(
+                "{what} {key} already exists"
+            )));
         }
         Ok(())
     }
@@ -128,20 +132,29 @@ impl Db {
         let conn = self.conn();
         conn.execute("INSERT INTO jobs (body) VALUES ('{}')", [])?;
         job.id = conn.last_insert_rowid() as u64;
-        conn.execute("UPDATE jobs SET body = ?1 WHERE id = ?2", params![encode(job), job.id as i64])?;
+        conn.execute(
+            "UPDATE jobs SET body = ?1 WHERE id = ?2",
+            params![encode(job), job.id as i64],
+        )?;
         Ok(())
     }
 
     pub fn put_job(&self, job: &Job) -> Result<()> {
-        self.conn()
-            .execute("UPDATE jobs SET body = ?1 WHERE id = ?2", params![encode(job), job.id as i64])?;
+        self.conn().execute(
+            "UPDATE jobs SET body = ?1 WHERE id = ?2",
+            params![encode(job), job.id as i64],
+        )?;
         Ok(())
     }
 
     pub fn job(&self, id: u64) -> Result<Option<Job>> {
         let body: Option<String> = self
             .conn()
-            .query_row("SELECT body FROM jobs WHERE id = ?1", params![id as i64], |r| r.get(0))
+            .query_row(
+                "SELECT body FROM jobs WHERE id = ?1",
+                params![id as i64],
+                |r| r.get(0),
+            )
             .optional()?;
         body.map(|b| decode(&b)).transpose()
     }
@@ -159,5 +172,7 @@ pub(crate) fn encode<T: Serialize>(v: &T) -> String {
 }
 
 fn decode<T: DeserializeOwned>(body: &str) -> Result<T> {
-    serde_json::from_str(body).map_err(|e| ControlError::Internal(format!("state database holds an unreadable document: {e}")))
+    serde_json::from_str(body).map_err(|e| {
+        ControlError::Internal(format!("state database holds an unreadable document: {e}"))
+    })
 }

@@ -39,9 +39,9 @@ impl From<rusqlite::Error> for ControlError {
 impl From<ReplicaError> for ControlError {
     fn from(e: ReplicaError) -> Self {
         match e {
-            ReplicaError::UnknownPoint(_) | ReplicaError::NoPoints | ReplicaError::UnknownDisk { .. } => {
-                ControlError::NotFound(e.to_string())
-            }
+            ReplicaError::UnknownPoint(_)
+            | ReplicaError::NoPoints
+            | ReplicaError::UnknownDisk { .. } => ControlError::NotFound(e.to_string()),
             other => ControlError::Internal(other.to_string()),
         }
     }

@@ -7,9 +7,11 @@ use ipnet::IpNet;
 use crate::error::{ControlError, Result};
 
 pub(crate) fn parse_cidr(s: &str, what: &str) -> Result<IpNet> {
-    let net: IpNet = s
-        .parse()
-        .map_err(|_| ControlError::invalid(format!("invalid CIDR {s:?} for {what}: use an address/prefix such as 10.1.0.0/16")))?;
+    let net: IpNet = s.parse().map_err(|_| {
+        ControlError::invalid(format!(
+            "invalid CIDR {s:?} for {what}: use an address/prefix such as 10.1.0.0/16"
+        ))
+    })?;
     if net.trunc() != net {
         return Err(ControlError::invalid(format!(
             "invalid CIDR {s:?} for {what}: host bits are set; did you mean {}?",
@@ -21,16 +23,25 @@ pub(crate) fn parse_cidr(s: &str, what: &str) -> Result<IpNet> {
 
 /// Choose an address in `subnet`: `wanted` if it is in the subnet and free, else (when
 /// `fallback`) the next free one after the first four (reserved, as in Azure).
-pub(crate) fn choose(subnet: &IpNet, used: &[IpAddr], wanted: Option<IpAddr>, fallback: bool) -> Result<IpAddr> {
+pub(crate) fn choose(
+    subnet: &IpNet,
+    used: &[IpAddr],
+    wanted: Option<IpAddr>,
+    fallback: bool,
+) -> Result<IpAddr> {
     if let Some(ip) = wanted {
         if !subnet.contains(&ip) {
             if !fallback {
-                return Err(ControlError::invalid(format!("IP {ip} is not in subnet {subnet}")));
+                return Err(ControlError::invalid(format!(
+                    "IP {ip} is not in subnet {subnet}"
+                )));
             }
         } else if !used.contains(&ip) {
             return Ok(ip);
         } else if !fallback {
-            return Err(ControlError::conflict(format!("IP {ip} is already in use in subnet {subnet}")));
+            return Err(ControlError::conflict(format!(
+                "IP {ip} is already in use in subnet {subnet}"
+            )));
         }
     }
     subnet
@@ -48,7 +59,12 @@ mod tests {
     fn cidrs_are_checked() {
         assert!(parse_cidr("10.1.0.0/16", "x").is_ok());
         assert!(parse_cidr("10.1.0.0/33", "x").is_err());
-        assert!(parse_cidr("10.1.0.1/16", "x").unwrap_err().to_string().contains("10.1.0.0/16"));
+        assert!(
+            parse_cidr("10.1.0.1/16", "x")
+                .unwrap_err()
+                .to_string()
+                .contains("10.1.0.0/16")
+        );
         assert!(parse_cidr("banana", "x").is_err());
     }
 

@@ -37,7 +37,13 @@ impl Control {
         Ok(job)
     }
 
-    pub(crate) fn job_step(&self, job: &mut Job, step: usize, st: &str, detail: Option<String>) -> Result<()> {
+    pub(crate) fn job_step(
+        &self,
+        job: &mut Job,
+        step: usize,
+        st: &str,
+        detail: Option<String>,
+    ) -> Result<()> {
         if let Some(s) = job.steps.get_mut(step) {
             s.state = st.into();
             if detail.is_some() {
@@ -64,9 +70,9 @@ impl Control {
     }
 
     pub fn job(&self, id: u64) -> Result<Job> {
-        self.db
-            .job(id)?
-            .ok_or_else(|| ControlError::not_found(format!("job {id} does not exist; see `ferry job list`")))
+        self.db.job(id)?.ok_or_else(|| {
+            ControlError::not_found(format!("job {id} does not exist; see `ferry job list`"))
+        })
     }
 
     pub fn jobs(&self) -> Result<Vec<Job>> {
@@ -85,7 +91,11 @@ pub(crate) fn spawn(control: Arc<Control>, job: Job) {
         };
         if let Err(e) = result {
             tracing::error!(job = job.id, error = %e, "job failed");
-            let step = job.steps.iter().position(|s| s.state != "succeeded").unwrap_or(0);
+            let step = job
+                .steps
+                .iter()
+                .position(|s| s.state != "succeeded")
+                .unwrap_or(0);
             let _ = control.job_fail(&mut job, step, &e.to_string());
         }
     });
@@ -93,7 +103,12 @@ pub(crate) fn spawn(control: Arc<Control>, job: Job) {
 
 /// Resume every job a restart interrupted.
 pub(crate) async fn resume(control: &Arc<Control>) -> Result<()> {
-    for job in control.db.jobs()?.into_iter().filter(|j| j.state == "running") {
+    for job in control
+        .db
+        .jobs()?
+        .into_iter()
+        .filter(|j| j.state == "running")
+    {
         tracing::info!(job = job.id, kind = %job.kind, "resuming job after restart");
         spawn(control.clone(), job);
     }
@@ -119,14 +134,19 @@ async fn run_enable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
             break;
         }
         if view.state == state::DISABLING {
-            return Err(ControlError::conflict("replication was disabled before it was protected"));
+            return Err(ControlError::conflict(
+                "replication was disabled before it was protected",
+            ));
         }
-        if let Some(init) = &view.initial_replication {
-            if (init.percent - last_percent).abs() >= 1.0 {
-                last_percent = init.percent;
-                let detail = format!("{:.0}% ({} of {} bytes read, {} sent)", init.percent, init.scanned_bytes, init.total_bytes, init.sent_bytes);
-                control.job_step(job, 3, "running", Some(detail))?;
-            }
+        if let Some(init) = &view.initial_replication
+            && (init.percent - last_percent).abs() >= 1.0
+        {
+            last_percent = init.percent;
+            let detail = format!(
+                "{:.0}% ({} of {} bytes read, {} sent)",
+                init.percent, init.scanned_bytes, init.total_bytes, init.sent_bytes
+            );
+            control.job_step(job, 3, "running", Some(detail))?;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
@@ -142,11 +162,19 @@ async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     control.job_step(job, 0, "running", None)?;
     control.stop_item(&rep).await;
     let vm_key = crate::resources::key(&group, &vm);
-    control.agent(&rep.source_region)?.forget_replication(&vm_key).await?;
+    control
+        .agent(&rep.source_region)?
+        .forget_replication(&vm_key)
+        .await?;
     control.job_step(job, 0, "succeeded", None)?;
     let plan = control.deletion_plan(&rep).await?;
     let count: usize = plan.iter().map(|(_, keys)| keys.len()).sum();
-    control.job_step(job, 1, "succeeded", Some(format!("{count} objects to delete")))?;
+    control.job_step(
+        job,
+        1,
+        "succeeded",
+        Some(format!("{count} objects to delete")),
+    )?;
     control.job_step(job, 2, "running", None)?;
     for (store, keys) in plan {
         for k in keys {
@@ -161,20 +189,29 @@ async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
 
 impl Control {
     /// Every object that disabling an item deletes: its cache segments and its replica.
-    pub(crate) async fn deletion_plan(&self, rep: &Replication) -> Result<Vec<(ferry_storage::DynStore, Vec<Key>)>> {
+    pub(crate) async fn deletion_plan(
+        &self,
+        rep: &Replication,
+    ) -> Result<Vec<(ferry_storage::DynStore, Vec<Key>)>> {
         let mut plan = Vec::new();
         let cache = self.item_cache(rep)?;
         let keys = cache.list(None).await?.into_iter().map(|o| o.key).collect();
         plan.push((cache, keys));
         let layout = self.layout(rep)?;
-        let prefix = Key::from_segments(["replicas", &rep.stream.to_string()]).expect("stream ids are valid key segments");
+        let prefix = Key::from_segments(["replicas", &rep.stream.to_string()])
+            .expect("stream ids are valid key segments");
         let mut seen: Vec<String> = Vec::new();
         for store in std::iter::once(&layout.meta).chain(layout.disks.iter()) {
             if seen.contains(&store.url().to_string()) {
                 continue;
             }
             seen.push(store.url().to_string());
-            let keys = store.list(Some(&prefix)).await?.into_iter().map(|o| o.key).collect();
+            let keys = store
+                .list(Some(&prefix))
+                .await?
+                .into_iter()
+                .map(|o| o.key)
+                .collect();
             plan.push((store.clone(), keys));
         }
         Ok(plan)

@@ -29,7 +29,11 @@ pub(crate) fn key(group: &str, name: &str) -> String {
 
 impl Control {
     pub fn regions(&self) -> Vec<Region> {
-        self.cfg.regions.iter().map(|r| Region { name: r.clone() }).collect()
+        self.cfg
+            .regions
+            .iter()
+            .map(|r| Region { name: r.clone() })
+            .collect()
     }
 
     pub fn create_group(&self, req: CreateGroup) -> Result<Group> {
@@ -58,7 +62,9 @@ impl Control {
         let name = valid_name(&req.name, "network name")?;
         let space = ipam::parse_cidr(&req.address_space, "the address space")?;
         if req.subnets.is_empty() {
-            return Err(ControlError::invalid("a network needs at least one subnet (--subnet NAME=CIDR)"));
+            return Err(ControlError::invalid(
+                "a network needs at least one subnet (--subnet NAME=CIDR)",
+            ));
         }
         let mut subnets: Vec<Subnet> = Vec::new();
         let mut nets = Vec::new();
@@ -70,14 +76,23 @@ impl Control {
                     "subnet {sname} ({net}) is outside the address space {space}"
                 )));
             }
-            if let Some((other, _)) = nets.iter().find(|(_, n): &&(String, ipnet::IpNet)| n.contains(&net.network()) || net.contains(&n.network())) {
-                return Err(ControlError::invalid(format!("subnet {sname} ({net}) overlaps subnet {other}")));
+            if let Some((other, _)) = nets.iter().find(|(_, n): &&(String, ipnet::IpNet)| {
+                n.contains(&net.network()) || net.contains(&n.network())
+            }) {
+                return Err(ControlError::invalid(format!(
+                    "subnet {sname} ({net}) overlaps subnet {other}"
+                )));
             }
             if subnets.iter().any(|x| x.name == sname) {
-                return Err(ControlError::invalid(format!("subnet {sname} is given twice")));
+                return Err(ControlError::invalid(format!(
+                    "subnet {sname} is given twice"
+                )));
             }
             nets.push((sname.clone(), net));
-            subnets.push(Subnet { name: sname, cidr: net.to_string() });
+            subnets.push(Subnet {
+                name: sname,
+                cidr: net.to_string(),
+            });
         }
         let n = Network {
             group: g.name.clone(),
@@ -86,7 +101,8 @@ impl Control {
             address_space: space.to_string(),
             subnets,
         };
-        self.db.insert(Kind::Network, &key(group, &name), &n, "network")?;
+        self.db
+            .insert(Kind::Network, &key(group, &name), &n, "network")?;
         Ok(n)
     }
 
@@ -102,7 +118,14 @@ impl Control {
 
     /// The default URL of an account: a directory under the data dir.
     pub(crate) fn default_account_url(&self, region: &str, group: &str, account: &str) -> String {
-        let dir = self.cfg.data.join("regions").join(region).join("storage").join(group).join(account);
+        let dir = self
+            .cfg
+            .data
+            .join("regions")
+            .join(region)
+            .join("storage")
+            .join(group)
+            .join(account);
         format!("file://{}", dir.display())
     }
 
@@ -120,7 +143,8 @@ impl Control {
             region: g.region,
             url,
         };
-        self.db.insert(Kind::Storage, &key(group, &name), &a, "storage account")?;
+        self.db
+            .insert(Kind::Storage, &key(group, &name), &a, "storage account")?;
         Ok(a)
     }
 
@@ -136,7 +160,11 @@ impl Control {
         self.db.list(Kind::Storage)
     }
 
-    pub fn create_availability_set(&self, group: &str, req: CreateAvailabilitySet) -> Result<AvailabilitySet> {
+    pub fn create_availability_set(
+        &self,
+        group: &str,
+        req: CreateAvailabilitySet,
+    ) -> Result<AvailabilitySet> {
         let g = self.group(group)?;
         let name = valid_name(&req.name, "availability set name")?;
         let s = AvailabilitySet {
@@ -144,7 +172,12 @@ impl Control {
             name: name.clone(),
             region: g.region,
         };
-        self.db.insert(Kind::AvailabilitySet, &key(group, &name), &s, "availability set")?;
+        self.db.insert(
+            Kind::AvailabilitySet,
+            &key(group, &name),
+            &s,
+            "availability set",
+        )?;
         Ok(s)
     }
 
@@ -157,19 +190,25 @@ impl Control {
         let mut p = Policy::default_named(&name);
         if let Some(r) = req.retention_seconds {
             if r == 0 || r > 30 * 86_400 {
-                return Err(ControlError::invalid("retention must be between 1 s and 30 days"));
+                return Err(ControlError::invalid(
+                    "retention must be between 1 s and 30 days",
+                ));
             }
             p.retention_seconds = r;
         }
         if let Some(c) = req.crash_consistent_every_seconds {
             if !(1.0..=86_400.0).contains(&c) {
-                return Err(ControlError::invalid("the crash-consistent cadence must be between 1 s and 24 h"));
+                return Err(ControlError::invalid(
+                    "the crash-consistent cadence must be between 1 s and 24 h",
+                ));
             }
             p.crash_consistent_every_seconds = c;
         }
         if let Some(a) = req.app_consistent_every_seconds {
             if a == 0 {
-                return Err(ControlError::invalid("the app-consistent cadence must be at least 1 s"));
+                return Err(ControlError::invalid(
+                    "the app-consistent cadence must be at least 1 s",
+                ));
             }
             p.app_consistent_every_seconds = a;
         }
@@ -178,9 +217,11 @@ impl Control {
     }
 
     pub fn policy(&self, name: &str) -> Result<Policy> {
-        self.db
-            .get(Kind::Policy, name)?
-            .ok_or_else(|| ControlError::not_found(format!("policy {name} does not exist; create it with `ferry policy create {name}`")))
+        self.db.get(Kind::Policy, name)?.ok_or_else(|| {
+            ControlError::not_found(format!(
+                "policy {name} does not exist; create it with `ferry policy create {name}`"
+            ))
+        })
     }
 
     pub fn policies(&self) -> Result<Vec<Policy>> {
@@ -188,10 +229,11 @@ impl Control {
     }
 
     pub fn vm(&self, group: &str, vm: &str) -> Result<Vm> {
-        let mut v: Vm = self
-            .db
-            .get(Kind::Vm, &key(group, vm))?
-            .ok_or_else(|| ControlError::not_found(format!("VM {group}/{vm} does not exist; see `ferry vm list`")))?;
+        let mut v: Vm = self.db.get(Kind::Vm, &key(group, vm))?.ok_or_else(|| {
+            ControlError::not_found(format!(
+                "VM {group}/{vm} does not exist; see `ferry vm list`"
+            ))
+        })?;
         self.fill_uris(&mut v);
         Ok(v)
     }
@@ -209,7 +251,10 @@ impl Control {
             let vm_key = key(&v.group, &v.name);
             for d in &mut v.disks {
                 let export = AgentHost::export_name(&vm_key, d.index);
-                d.nbd_uri = format!("nbd+unix:///{export}?socket={}", agent.nbd_socket().display());
+                d.nbd_uri = format!(
+                    "nbd+unix:///{export}?socket={}",
+                    agent.nbd_socket().display()
+                );
                 d.nbd_tcp_uri = format!("nbd://{}/{export}", agent.nbd_tcp());
             }
         }
@@ -220,7 +265,9 @@ impl Control {
         let vm_name = valid_name(&req.name, "VM name")?;
         let vm_key = key(group, &vm_name);
         if self.db.get::<Vm>(Kind::Vm, &vm_key)?.is_some() {
-            return Err(ControlError::conflict(format!("VM {vm_key} already exists")));
+            return Err(ControlError::conflict(format!(
+                "VM {vm_key} already exists"
+            )));
         }
         let compute = req.compute.clone().unwrap_or_else(|| "external".into());
         if compute != "external" {
@@ -229,27 +276,47 @@ impl Control {
             )));
         }
         if req.disks.is_empty() {
-            return Err(ControlError::invalid("a VM needs at least one disk (--disk SIZE[@ACCOUNT])"));
+            return Err(ControlError::invalid(
+                "a VM needs at least one disk (--disk SIZE[@ACCOUNT])",
+            ));
         }
         let net = self.network(group, &req.network)?;
         let subnet = net
             .subnets
             .iter()
             .find(|s| s.name == req.subnet)
-            .ok_or_else(|| ControlError::not_found(format!("subnet {} does not exist in network {group}/{}", req.subnet, req.network)))?;
-        if let Some(set) = &req.availability_set {
-            if self.db.get::<AvailabilitySet>(Kind::AvailabilitySet, &key(group, set))?.is_none() {
-                return Err(ControlError::not_found(format!("availability set {group}/{set} does not exist")));
-            }
+            .ok_or_else(|| {
+                ControlError::not_found(format!(
+                    "subnet {} does not exist in network {group}/{}",
+                    req.subnet, req.network
+                ))
+            })?;
+        if let Some(set) = &req.availability_set
+            && self
+                .db
+                .get::<AvailabilitySet>(Kind::AvailabilitySet, &key(group, set))?
+                .is_none()
+        {
+            return Err(ControlError::not_found(format!(
+                "availability set {group}/{set} does not exist"
+            )));
         }
-        let accounts: Vec<StorageAccount> = self.storage_accounts()?.into_iter().filter(|a| a.group == group).collect();
+        let accounts: Vec<StorageAccount> = self
+            .storage_accounts()?
+            .into_iter()
+            .filter(|a| a.group == group)
+            .collect();
         let mut disks = Vec::new();
         for (i, d) in req.disks.iter().enumerate() {
             if d.size_bytes == 0 {
-                return Err(ControlError::invalid(format!("disk {i}: size must be larger than zero")));
+                return Err(ControlError::invalid(format!(
+                    "disk {i}: size must be larger than zero"
+                )));
             }
             if d.size_bytes % DISK_ALIGN != 0 {
-                return Err(ControlError::invalid(format!("disk {i}: size must be a whole number of MiB")));
+                return Err(ControlError::invalid(format!(
+                    "disk {i}: size must be a whole number of MiB"
+                )));
             }
             let storage = match &d.storage {
                 Some(a) => self.storage(group, a)?.name,
@@ -259,7 +326,15 @@ impl Control {
                     ))
                 })?,
             };
-            let image = self.cfg.data.join("regions").join(&g.region).join("disks").join(group).join(&vm_name).join(format!("disk{i}.raw"));
+            let image = self
+                .cfg
+                .data
+                .join("regions")
+                .join(&g.region)
+                .join("disks")
+                .join(group)
+                .join(&vm_name)
+                .join(format!("disk{i}.raw"));
             disks.push(VmDisk {
                 index: i,
                 size_bytes: d.size_bytes,
@@ -273,14 +348,21 @@ impl Control {
         let wanted = req
             .ip
             .as_deref()
-            .map(|s| s.parse::<IpAddr>().map_err(|_| ControlError::invalid(format!("invalid IP address {s:?}"))))
+            .map(|s| {
+                s.parse::<IpAddr>()
+                    .map_err(|_| ControlError::invalid(format!("invalid IP address {s:?}")))
+            })
             .transpose()?;
         let used = self.used_ips(group, &req.network)?;
         let ip = ipam::choose(&cidr, &used, wanted, false)?;
         if let Some(img) = &req.image {
-            let len = std::fs::metadata(img).map_err(|e| ControlError::invalid(format!("image {img}: {e}")))?.len();
+            let len = std::fs::metadata(img)
+                .map_err(|e| ControlError::invalid(format!("image {img}: {e}")))?
+                .len();
             if len > disks[0].size_bytes {
-                return Err(ControlError::invalid(format!("image {img} ({len} bytes) is larger than disk 0")));
+                return Err(ControlError::invalid(format!(
+                    "image {img} ({len} bytes) is larger than disk 0"
+                )));
             }
         }
         let vm = Vm {
@@ -338,7 +420,11 @@ impl Control {
     pub async fn delete_vm(&self, group: &str, vm: &str) -> Result<()> {
         let v = self.vm(group, vm)?;
         let vm_key = key(group, vm);
-        if self.db.get::<Replication>(Kind::Replication, &vm_key)?.is_some() {
+        if self
+            .db
+            .get::<Replication>(Kind::Replication, &vm_key)?
+            .is_some()
+        {
             return Err(ControlError::conflict(format!(
                 "VM {vm_key} is replicated; disable replication first with `ferry replication disable {vm_key}`"
             )));
@@ -355,10 +441,15 @@ impl Control {
 /// Copy a raw image into a new disk image.
 fn seed_image(src: &str, dst: &str, size: u64) -> Result<()> {
     if let Some(dir) = std::path::Path::new(dst).parent() {
-        std::fs::create_dir_all(dir).map_err(|e| ControlError::Internal(format!("create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ControlError::Internal(format!("create {}: {e}", dir.display())))?;
     }
     std::fs::copy(src, dst).map_err(|e| ControlError::invalid(format!("copy image {src}: {e}")))?;
-    let f = std::fs::OpenOptions::new().write(true).open(dst).map_err(|e| ControlError::Internal(format!("open {dst}: {e}")))?;
-    f.set_len(size).map_err(|e| ControlError::Internal(format!("size {dst}: {e}")))?;
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dst)
+        .map_err(|e| ControlError::Internal(format!("open {dst}: {e}")))?;
+    f.set_len(size)
+        .map_err(|e| ControlError::Internal(format!("size {dst}: {e}")))?;
     Ok(())
 }

@@ -67,7 +67,10 @@ pub fn encode(entries: &[ChunkRef]) -> Result<(Vec<u8>, Digest), FormatError> {
 pub fn decode(data: &[u8], expected: &Digest) -> Result<Vec<ChunkRef>, FormatError> {
     let mut r = open_frame(FORMAT, MAGIC, VERSION, data)?;
     if Digest::of(data) != *expected {
-        return Err(FormatError::invalid(FORMAT, "content does not match its name"));
+        return Err(FormatError::invalid(
+            FORMAT,
+            "content does not match its name",
+        ));
     }
     let count = r.u32()? as usize;
     if count > ENTRIES_PER_PAGE {
@@ -77,7 +80,10 @@ pub fn decode(data: &[u8], expected: &Digest) -> Result<Vec<ChunkRef>, FormatErr
     let raw = zstd::bulk::decompress(body, count * ENTRY_LEN)
         .map_err(|e| FormatError::invalid(FORMAT, format!("decompress: {e}")))?;
     if raw.len() != count * ENTRY_LEN {
-        return Err(FormatError::invalid(FORMAT, "entry bytes do not match the count"));
+        return Err(FormatError::invalid(
+            FORMAT,
+            "entry bytes do not match the count",
+        ));
     }
     let mut rr = Reader {
         format: FORMAT,

@@ -83,15 +83,23 @@ impl PackBuilder {
 
 /// Compress one chunk for a pack.
 pub fn compress_chunk(raw: &[u8], level: i32) -> Result<Vec<u8>, FormatError> {
-    zstd::bulk::compress(raw, level).map_err(|e| FormatError::invalid(FORMAT, format!("compress: {e}")))
+    zstd::bulk::compress(raw, level)
+        .map_err(|e| FormatError::invalid(FORMAT, format!("compress: {e}")))
 }
 
 /// Decompress one chunk fetched by a ranged read and check it against its hash.
-pub fn open_chunk(compressed: &[u8], hash: &Digest, raw_len: usize) -> Result<Vec<u8>, FormatError> {
+pub fn open_chunk(
+    compressed: &[u8],
+    hash: &Digest,
+    raw_len: usize,
+) -> Result<Vec<u8>, FormatError> {
     let raw = zstd::bulk::decompress(compressed, raw_len)
         .map_err(|e| FormatError::invalid(FORMAT, format!("decompress chunk {hash:?}: {e}")))?;
     if Digest::of(&raw) != *hash {
-        return Err(FormatError::invalid(FORMAT, format!("chunk {hash:?} does not match its hash")));
+        return Err(FormatError::invalid(
+            FORMAT,
+            format!("chunk {hash:?} does not match its hash"),
+        ));
     }
     Ok(raw)
 }
@@ -102,7 +110,10 @@ pub fn decode_index(data: &[u8]) -> Result<(u64, Vec<PackEntry>), FormatError> {
     let id = r.u64()?;
     let body = r.data;
     if body.len() < HEADER_LEN + 4 {
-        return Err(FormatError::Truncated { format: FORMAT, len: data.len() });
+        return Err(FormatError::Truncated {
+            format: FORMAT,
+            len: data.len(),
+        });
     }
     let count = u32::from_le_bytes(body[body.len() - 4..].try_into().unwrap_or_default()) as usize;
     let index_len = count
@@ -123,7 +134,10 @@ pub fn decode_index(data: &[u8]) -> Result<(u64, Vec<PackEntry>), FormatError> {
             raw_len: ir.u32()?,
         };
         if e.offset as usize + e.len as usize > body.len() - 4 - index_len {
-            return Err(FormatError::invalid(FORMAT, "an entry points outside the chunk area"));
+            return Err(FormatError::invalid(
+                FORMAT,
+                "an entry points outside the chunk area",
+            ));
         }
         entries.push(e);
     }

@@ -108,13 +108,19 @@ impl PointRecord {
             let size = r.u64()?;
             let npages = r.u32()? as usize;
             if npages.saturating_mul(32) > r.remaining() {
-                return Err(FormatError::Truncated { format: FORMAT, len: data.len() });
+                return Err(FormatError::Truncated {
+                    format: FORMAT,
+                    len: data.len(),
+                });
             }
             let pages = (0..npages).map(|_| r.digest()).collect::<Result<_, _>>()?;
             disks.push(DiskMap { size, pages });
         }
         if r.remaining() != 0 {
-            return Err(FormatError::invalid(FORMAT, "trailing bytes after the disks"));
+            return Err(FormatError::invalid(
+                FORMAT,
+                "trailing bytes after the disks",
+            ));
         }
         Ok(PointRecord {
             kind,

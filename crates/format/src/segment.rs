@@ -152,18 +152,28 @@ pub fn decode(data: &[u8]) -> Result<Segment, FormatError> {
     let header = decode_header(&mut r)?;
     let body_len = r.u64()? as usize;
     if body_len != r.remaining() {
-        return Err(FormatError::invalid(FORMAT, "body length does not match the object size"));
+        return Err(FormatError::invalid(
+            FORMAT,
+            "body length does not match the object size",
+        ));
     }
     let body = r.take(body_len)?;
     if header.raw_len > MAX_RAW_LEN
-        || header.raw_len > (header.record_count as u64 + 1) * (MAX_RECORD_LEN + RECORD_HEADER as u64)
+        || header.raw_len
+            > (header.record_count as u64 + 1) * (MAX_RECORD_LEN + RECORD_HEADER as u64)
     {
-        return Err(FormatError::invalid(FORMAT, "declared raw length is implausible"));
+        return Err(FormatError::invalid(
+            FORMAT,
+            "declared raw length is implausible",
+        ));
     }
     let raw = zstd::bulk::decompress(body, header.raw_len as usize)
         .map_err(|e| FormatError::invalid(FORMAT, format!("decompress records: {e}")))?;
     if raw.len() as u64 != header.raw_len {
-        return Err(FormatError::invalid(FORMAT, "records are shorter than declared"));
+        return Err(FormatError::invalid(
+            FORMAT,
+            "records are shorter than declared",
+        ));
     }
     let mut rr = Reader {
         format: FORMAT,
@@ -175,15 +185,24 @@ pub fn decode(data: &[u8]) -> Result<Segment, FormatError> {
         records.push(decode_record(&mut rr)?);
     }
     if records.len() != header.record_count as usize {
-        return Err(FormatError::invalid(FORMAT, "record count does not match the header"));
+        return Err(FormatError::invalid(
+            FORMAT,
+            "record count does not match the header",
+        ));
     }
     check_order(&records)?;
     let (first, last) = (&records[0], &records[records.len() - 1]);
     if first.seq != header.first_seq || last.seq != header.last_seq {
-        return Err(FormatError::invalid(FORMAT, "sequence range does not match the records"));
+        return Err(FormatError::invalid(
+            FORMAT,
+            "sequence range does not match the records",
+        ));
     }
     if first.time != header.first_time || last.time != header.last_time {
-        return Err(FormatError::invalid(FORMAT, "time range does not match the records"));
+        return Err(FormatError::invalid(
+            FORMAT,
+            "time range does not match the records",
+        ));
     }
     let digest = crate::codec::trailer_digest(data).unwrap_or_default();
     Ok(Segment {
@@ -212,7 +231,10 @@ fn decode_header(r: &mut Reader<'_>) -> Result<SegmentHeader, FormatError> {
 
 fn check_order(records: &[Record]) -> Result<(), FormatError> {
     if records.is_empty() {
-        return Err(FormatError::invalid(FORMAT, "a segment needs at least one record"));
+        return Err(FormatError::invalid(
+            FORMAT,
+            "a segment needs at least one record",
+        ));
     }
     for pair in records.windows(2) {
         if pair[1].seq.0 != pair[0].seq.0 + 1 {
@@ -243,9 +265,18 @@ pub enum OpRef<'a> {
 impl Op {
     pub fn as_ref(&self) -> OpRef<'_> {
         match self {
-            Op::Write { offset, data } => OpRef::Write { offset: *offset, data },
-            Op::Zero { offset, len } => OpRef::Zero { offset: *offset, len: *len },
-            Op::Trim { offset, len } => OpRef::Trim { offset: *offset, len: *len },
+            Op::Write { offset, data } => OpRef::Write {
+                offset: *offset,
+                data,
+            },
+            Op::Zero { offset, len } => OpRef::Zero {
+                offset: *offset,
+                len: *len,
+            },
+            Op::Trim { offset, len } => OpRef::Trim {
+                offset: *offset,
+                len: *len,
+            },
             Op::Marker(m) => OpRef::Marker(*m),
         }
     }
@@ -298,12 +329,18 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
     let offset = r.u64()?;
     let len = r.u64()?;
     if offset.checked_add(len).is_none() {
-        return Err(FormatError::invalid(FORMAT, format!("record {seq}: extent overflows")));
+        return Err(FormatError::invalid(
+            FORMAT,
+            format!("record {seq}: extent overflows"),
+        ));
     }
     let op = match kind {
         1 => {
             if len > MAX_RECORD_LEN {
-                return Err(FormatError::invalid(FORMAT, format!("record {seq}: write too large")));
+                return Err(FormatError::invalid(
+                    FORMAT,
+                    format!("record {seq}: write too large"),
+                ));
             }
             Op::Write {
                 offset,
@@ -316,7 +353,10 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
             FormatError::invalid(FORMAT, format!("record {seq}: unknown marker kind {sub}"))
         })?),
         k => {
-            return Err(FormatError::invalid(FORMAT, format!("record {seq}: unknown kind {k}")));
+            return Err(FormatError::invalid(
+                FORMAT,
+                format!("record {seq}: unknown kind {k}"),
+            ));
         }
     };
     Ok(Record {

@@ -7,8 +7,14 @@ use ferry_types::{Generation, Seq, StreamId, Timestamp};
 use proptest::prelude::*;
 
 fn chunk_ref() -> impl Strategy<Value = ChunkRef> {
-    (any::<[u8; 32]>(), any::<u64>(), any::<u32>(), any::<u32>())
-        .prop_map(|(h, pack, offset, len)| ChunkRef { hash: Digest(h), pack, offset, len })
+    (any::<[u8; 32]>(), any::<u64>(), any::<u32>(), any::<u32>()).prop_map(
+        |(h, pack, offset, len)| ChunkRef {
+            hash: Digest(h),
+            pack,
+            offset,
+            len,
+        },
+    )
 }
 
 proptest! {
@@ -66,11 +72,19 @@ fn corrupt_objects_are_refused_with_a_named_format() {
     let mut bytes = rec.encode();
     bytes[20] ^= 1;
     let err = PointRecord::decode(&bytes).unwrap_err();
-    assert_eq!(err, FormatError::Checksum { format: "recovery point" });
+    assert_eq!(
+        err,
+        FormatError::Checksum {
+            format: "recovery point"
+        }
+    );
     assert!(err.to_string().contains("corrupt"));
     let mut v2 = rec.encode();
     v2[8] = 2;
-    assert!(matches!(PointRecord::decode(&v2), Err(FormatError::UnsupportedVersion { version: 2, .. })));
+    assert!(matches!(
+        PointRecord::decode(&v2),
+        Err(FormatError::UnsupportedVersion { version: 2, .. })
+    ));
 }
 
 #[test]

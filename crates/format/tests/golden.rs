@@ -20,22 +20,62 @@ fn fixture(name: &str, make: impl FnOnce() -> Vec<u8>) -> Vec<u8> {
 fn segment_records() -> Vec<Record> {
     let t = 1_795_000_000_000_000_000;
     vec![
-        Record { seq: Seq(1), time: Timestamp(t), disk: 0, op: Op::Write { offset: 0, data: b"ferry segment v1".repeat(4) } },
-        Record { seq: Seq(2), time: Timestamp(t + 1), disk: 1, op: Op::Zero { offset: 65536, len: 65536 } },
-        Record { seq: Seq(3), time: Timestamp(t + 2), disk: 0, op: Op::Trim { offset: 4096, len: 4096 } },
-        Record { seq: Seq(4), time: Timestamp(t + 3), disk: 0, op: Op::Marker(MarkerKind::CrashConsistent) },
+        Record {
+            seq: Seq(1),
+            time: Timestamp(t),
+            disk: 0,
+            op: Op::Write {
+                offset: 0,
+                data: b"ferry segment v1".repeat(4),
+            },
+        },
+        Record {
+            seq: Seq(2),
+            time: Timestamp(t + 1),
+            disk: 1,
+            op: Op::Zero {
+                offset: 65536,
+                len: 65536,
+            },
+        },
+        Record {
+            seq: Seq(3),
+            time: Timestamp(t + 2),
+            disk: 0,
+            op: Op::Trim {
+                offset: 4096,
+                len: 4096,
+            },
+        },
+        Record {
+            seq: Seq(4),
+            time: Timestamp(t + 3),
+            disk: 0,
+            op: Op::Marker(MarkerKind::CrashConsistent),
+        },
     ]
 }
 
 #[test]
 fn segment_v1_decodes() {
     let bytes = fixture("segment-v1.seg", || {
-        segment::encode(StreamId([0xab; 16]), Generation(1), Digest::ZERO, &segment_records(), 3).unwrap().0
+        segment::encode(
+            StreamId([0xab; 16]),
+            Generation(1),
+            Digest::ZERO,
+            &segment_records(),
+            3,
+        )
+        .unwrap()
+        .0
     });
     let seg = segment::decode(&bytes).expect("golden segment decodes");
     assert_eq!(seg.header.stream, StreamId([0xab; 16]));
     assert_eq!(seg.header.generation, Generation(1));
-    assert_eq!((seg.header.first_seq, seg.header.last_seq), (Seq(1), Seq(4)));
+    assert_eq!(
+        (seg.header.first_seq, seg.header.last_seq),
+        (Seq(1), Seq(4))
+    );
     assert_eq!(seg.header.prev_digest, Digest::ZERO);
     assert_eq!(seg.records, segment_records());
 }
@@ -44,11 +84,19 @@ fn segment_v1_decodes() {
 fn map_page_v1_decodes() {
     let entries = vec![
         ChunkRef::ZERO,
-        ChunkRef { hash: Digest([1; 32]), pack: 0x1234, offset: 18, len: 700 },
+        ChunkRef {
+            hash: Digest([1; 32]),
+            pack: 0x1234,
+            offset: 18,
+            len: 700,
+        },
     ];
     let bytes = fixture("map-page-v1.page", || map::encode(&entries).unwrap().0);
     assert_eq!(map::decode(&bytes, &Digest::of(&bytes)).unwrap(), entries);
-    assert!(map::decode(&bytes, &Digest::ZERO).is_err(), "a page must match its name");
+    assert!(
+        map::decode(&bytes, &Digest::ZERO).is_err(),
+        "a page must match its name"
+    );
 }
 
 #[test]
@@ -65,7 +113,10 @@ fn pack_v1_decodes() {
     assert_eq!(entries.len(), 1);
     let e = entries[0];
     let chunk = &bytes[e.offset as usize..(e.offset + e.len) as usize];
-    assert_eq!(pack::open_chunk(chunk, &e.hash, e.raw_len as usize).unwrap(), raw);
+    assert_eq!(
+        pack::open_chunk(chunk, &e.hash, e.raw_len as usize).unwrap(),
+        raw
+    );
 }
 
 #[test]
@@ -79,7 +130,16 @@ fn recovery_point_v1_decodes() {
         segment_first_seq: Seq(90),
         segment_prev_digest: Digest([2; 32]),
         initial_sync_seq: Some(Seq(50)),
-        disks: vec![DiskMap { size: 64 << 20, pages: vec![Digest([4; 32])] }, DiskMap { size: 1 << 20, pages: vec![] }],
+        disks: vec![
+            DiskMap {
+                size: 64 << 20,
+                pages: vec![Digest([4; 32])],
+            },
+            DiskMap {
+                size: 1 << 20,
+                pages: vec![],
+            },
+        ],
     };
     let bytes = fixture("recovery-point-v1.point", || rec.encode());
     assert_eq!(PointRecord::decode(&bytes).unwrap(), rec);

@@ -46,7 +46,11 @@ impl DiskState {
     }
 
     /// Load a disk's map as a record names it.
-    pub async fn load(layout: &ReplicaLayout, index: usize, disk: &DiskMap) -> Result<Self, ReplicaError> {
+    pub async fn load(
+        layout: &ReplicaLayout,
+        index: usize,
+        disk: &DiskMap,
+    ) -> Result<Self, ReplicaError> {
         let mut s = DiskState::empty(index, disk.size);
         if s.pages.len() != disk.pages.len() {
             return Err(ReplicaError::Internal(format!(
@@ -168,7 +172,8 @@ impl DiskState {
         for p in std::mem::take(&mut self.dirty_pages) {
             let base = p * ENTRIES_PER_PAGE;
             let end = (base + ENTRIES_PER_PAGE).min(self.map.len());
-            let (bytes, digest) = map::encode(&self.map[base..end]).map_err(ReplicaError::format("encode map page"))?;
+            let (bytes, digest) = map::encode(&self.map[base..end])
+                .map_err(ReplicaError::format("encode map page"))?;
             if self.pages[p] != digest {
                 self.pages[p] = digest;
                 out.push((digest, bytes));
@@ -185,14 +190,22 @@ impl DiskState {
     }
 }
 
-async fn load_page(layout: &ReplicaLayout, disk: usize, digest: Digest) -> Result<Vec<ChunkRef>, ReplicaError> {
+async fn load_page(
+    layout: &ReplicaLayout,
+    disk: usize,
+    digest: Digest,
+) -> Result<Vec<ChunkRef>, ReplicaError> {
     let key = layout.page_key(disk, &digest);
     let bytes = layout.disks[disk].get(&key).await?;
     map::decode(&bytes, &digest).map_err(ReplicaError::format(format!("map page {key}")))
 }
 
 /// Load every page of a disk map into one flat list of block references.
-pub(crate) async fn load_map(layout: &ReplicaLayout, disk: usize, dm: &DiskMap) -> Result<Vec<ChunkRef>, ReplicaError> {
+pub(crate) async fn load_map(
+    layout: &ReplicaLayout,
+    disk: usize,
+    dm: &DiskMap,
+) -> Result<Vec<ChunkRef>, ReplicaError> {
     Ok(DiskState::load(layout, disk, dm).await?.map)
 }
 

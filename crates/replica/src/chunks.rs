@@ -8,13 +8,19 @@ use ferry_format::{BLOCK_SIZE, Digest};
 use crate::{ReplicaError, ReplicaLayout};
 
 /// Fetch and check one chunk (a ranged read of its pack).
-pub(crate) async fn read_chunk(layout: &ReplicaLayout, disk: usize, r: &ChunkRef) -> Result<Vec<u8>, ReplicaError> {
+pub(crate) async fn read_chunk(
+    layout: &ReplicaLayout,
+    disk: usize,
+    r: &ChunkRef,
+) -> Result<Vec<u8>, ReplicaError> {
     if r.is_zero() {
         return Ok(vec![0; BLOCK_SIZE as usize]);
     }
     let key = layout.pack_key(disk, r.pack);
     let start = r.offset as u64;
-    let z = layout.disks[disk].get_range(&key, start..start + r.len as u64).await?;
+    let z = layout.disks[disk]
+        .get_range(&key, start..start + r.len as u64)
+        .await?;
     let hash = r.hash;
     tokio::task::spawn_blocking(move || pack::open_chunk(&z, &hash, BLOCK_SIZE as usize))
         .await
@@ -41,7 +47,9 @@ impl Packer {
     /// Compress `raw` (hash `hash`) into the current pack; returns its reference.
     pub fn add(&mut self, hash: Digest, raw: &[u8], level: i32) -> Result<ChunkRef, ReplicaError> {
         let z = pack::compress_chunk(raw, level).map_err(ReplicaError::format("compress chunk"))?;
-        let b = self.current.get_or_insert_with(|| PackBuilder::new(rand_id()));
+        let b = self
+            .current
+            .get_or_insert_with(|| PackBuilder::new(rand_id()));
         let e = b.push_compressed(hash, &z, raw.len() as u32);
         let r = ChunkRef {
             hash,

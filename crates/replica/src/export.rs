@@ -41,8 +41,10 @@ pub async fn to_file(
 ) -> Result<u64, ReplicaError> {
     use std::os::unix::fs::FileExt;
     let size = point.disks.get(disk).map(|d| d.size).unwrap_or(0);
-    let file = std::fs::File::create(path).map_err(|e| ReplicaError::Internal(format!("create {}: {e}", path.display())))?;
-    file.set_len(size).map_err(|e| ReplicaError::Internal(format!("size {}: {e}", path.display())))?;
+    let file = std::fs::File::create(path)
+        .map_err(|e| ReplicaError::Internal(format!("create {}: {e}", path.display())))?;
+    file.set_len(size)
+        .map_err(|e| ReplicaError::Internal(format!("size {}: {e}", path.display())))?;
     let mut stream = Box::pin(disk_bytes(layout, point, disk).await?);
     let mut offset = 0u64;
     while let Some(block) = stream.next().await {

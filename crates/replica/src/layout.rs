@@ -36,7 +36,8 @@ impl ReplicaLayout {
     }
 
     fn root(&self) -> Key {
-        Key::from_segments(["replicas", &self.stream.to_string()]).expect("stream ids are valid key segments")
+        Key::from_segments(["replicas", &self.stream.to_string()])
+            .expect("stream ids are valid key segments")
     }
 
     pub fn points_prefix(&self) -> Key {
@@ -52,10 +53,14 @@ impl ReplicaLayout {
     }
 
     pub fn pack_key(&self, disk: usize, id: u64) -> Key {
-        self.disk_prefix(disk).join("packs").join(&ferry_format::pack::object_name(id))
+        self.disk_prefix(disk)
+            .join("packs")
+            .join(&ferry_format::pack::object_name(id))
     }
 
     pub fn page_key(&self, disk: usize, digest: &ferry_format::Digest) -> Key {
-        self.disk_prefix(disk).join("pages").join(&ferry_format::map::object_name(digest))
+        self.disk_prefix(disk)
+            .join("pages")
+            .join(&ferry_format::map::object_name(digest))
     }
 }

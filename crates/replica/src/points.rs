@@ -79,12 +79,21 @@ pub async fn list(layout: &ReplicaLayout) -> Result<Vec<PointRecord>, ReplicaErr
     let prefix = layout.points_prefix();
     let mut out = Vec::new();
     for seq in list_seqs(layout, &prefix).await? {
-        let cached = layout.point_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&seq).cloned();
+        let cached = layout
+            .point_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&seq)
+            .cloned();
         let rec = match cached {
             Some(r) => r,
             None => {
                 let r = read_record(layout, &prefix.join(&point::object_name(seq))).await?;
-                layout.point_cache.lock().unwrap_or_else(|p| p.into_inner()).insert(seq, r.clone());
+                layout
+                    .point_cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(seq, r.clone());
                 r
             }
         };
@@ -108,24 +117,38 @@ pub async fn latest_point(layout: &ReplicaLayout) -> Result<Option<PointInfo>, R
 pub async fn latest_record(layout: &ReplicaLayout) -> Result<Option<PointRecord>, ReplicaError> {
     let points = layout.points_prefix();
     let checkpoints = layout.checkpoints_prefix();
-    let p = list_seqs(layout, &points).await?.last().map(|s| (*s, points.clone()));
-    let c = list_seqs(layout, &checkpoints).await?.last().map(|s| (*s, checkpoints.clone()));
+    let p = list_seqs(layout, &points)
+        .await?
+        .last()
+        .map(|s| (*s, points.clone()));
+    let c = list_seqs(layout, &checkpoints)
+        .await?
+        .last()
+        .map(|s| (*s, checkpoints.clone()));
     let newest = match (p, c) {
         (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
         (a, b) => a.or(b),
     };
     match newest {
-        Some((seq, prefix)) => Ok(Some(read_record(layout, &prefix.join(&point::object_name(seq))).await?)),
+        Some((seq, prefix)) => Ok(Some(
+            read_record(layout, &prefix.join(&point::object_name(seq))).await?,
+        )),
         None => Ok(None),
     }
 }
 
 /// Find the point a selector names.
-pub async fn resolve(layout: &ReplicaLayout, sel: &PointSelector) -> Result<PointRecord, ReplicaError> {
+pub async fn resolve(
+    layout: &ReplicaLayout,
+    sel: &PointSelector,
+) -> Result<PointRecord, ReplicaError> {
     let all = list(layout).await?;
     let found = match sel {
         PointSelector::Latest => all.last(),
-        PointSelector::LatestAppConsistent => all.iter().rev().find(|p| p.kind == PointKind::AppConsistent),
+        PointSelector::LatestAppConsistent => all
+            .iter()
+            .rev()
+            .find(|p| p.kind == PointKind::AppConsistent),
         PointSelector::Id(seq) => all.iter().find(|p| p.seq == *seq),
         PointSelector::At(t) => all.iter().rev().find(|p| p.time <= *t),
     };
@@ -133,15 +156,21 @@ pub async fn resolve(layout: &ReplicaLayout, sel: &PointSelector) -> Result<Poin
         (Some(p), _) => Ok(p.clone()),
         (None, PointSelector::Latest) => Err(ReplicaError::NoPoints),
         (None, PointSelector::Id(seq)) => Err(ReplicaError::UnknownPoint(point_id(*seq))),
-        (None, PointSelector::LatestAppConsistent) => Err(ReplicaError::UnknownPoint("latest-app-consistent".into())),
-        (None, PointSelector::At(t)) => Err(ReplicaError::UnknownPoint(format!("at or before {t}"))),
+        (None, PointSelector::LatestAppConsistent) => {
+            Err(ReplicaError::UnknownPoint("latest-app-consistent".into()))
+        }
+        (None, PointSelector::At(t)) => {
+            Err(ReplicaError::UnknownPoint(format!("at or before {t}")))
+        }
     }
 }
 
 /// Delete checkpoints older than `keep` (best effort; they are only restart positions).
 pub(crate) async fn prune_checkpoints(layout: &ReplicaLayout, keep: Seq) {
     let prefix = layout.checkpoints_prefix();
-    let Ok(seqs) = list_seqs(layout, &prefix).await else { return };
+    let Ok(seqs) = list_seqs(layout, &prefix).await else {
+        return;
+    };
     for seq in seqs.into_iter().filter(|s| *s < keep) {
         let key = prefix.join(&point::object_name(seq));
         match layout.meta.delete(&key).await {
@@ -153,12 +182,26 @@ pub(crate) async fn prune_checkpoints(layout: &ReplicaLayout, keep: Seq) {
 
 /// Delete recovery points older than `before`, keeping the newest one whatever its age.
 /// Returns how many were removed. (Their chunks and pages are left for garbage collection.)
-pub async fn prune_points(layout: &ReplicaLayout, before: Timestamp) -> Result<usize, ReplicaError> {
+pub async fn prune_points(
+    layout: &ReplicaLayout,
+    before: Timestamp,
+) -> Result<usize, ReplicaError> {
     let all = list(layout).await?;
     let mut removed = 0;
-    for p in all.iter().take(all.len().saturating_sub(1)).filter(|p| p.time < before) {
-        layout.meta.delete(&layout.points_prefix().join(&p.object_name())).await?;
-        layout.point_cache.lock().unwrap_or_else(|e| e.into_inner()).remove(&p.seq);
+    for p in all
+        .iter()
+        .take(all.len().saturating_sub(1))
+        .filter(|p| p.time < before)
+    {
+        layout
+            .meta
+            .delete(&layout.points_prefix().join(&p.object_name()))
+            .await?;
+        layout
+            .point_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&p.seq);
         removed += 1;
     }
     Ok(removed)

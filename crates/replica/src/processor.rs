@@ -94,7 +94,12 @@ struct Position {
 }
 
 impl Processor {
-    pub fn new(layout: ReplicaLayout, cache: DynStore, disk_sizes: Vec<u64>, config: ProcessorConfig) -> Self {
+    pub fn new(
+        layout: ReplicaLayout,
+        cache: DynStore,
+        disk_sizes: Vec<u64>,
+        config: ProcessorConfig,
+    ) -> Self {
         Processor {
             layout,
             cache,
@@ -133,7 +138,12 @@ impl Processor {
         let latest = points::latest_record(&self.layout).await?;
         let mut pos = match latest {
             None => Position {
-                disks: self.disk_sizes.iter().enumerate().map(|(i, &s)| DiskState::empty(i, s)).collect(),
+                disks: self
+                    .disk_sizes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &s)| DiskState::empty(i, s))
+                    .collect(),
                 applied: Seq(0),
                 applied_time: Timestamp(0),
                 next_segment: Seq(1),
@@ -162,10 +172,10 @@ impl Processor {
             }
         };
         for seg in self.cache.list(None).await? {
-            if let Some(first) = segment::parse_object_name(seg.key.file_name()) {
-                if first < pos.next_segment {
-                    self.cache.delete(&seg.key).await?;
-                }
+            if let Some(first) = segment::parse_object_name(seg.key.file_name())
+                && first < pos.next_segment
+            {
+                self.cache.delete(&seg.key).await?;
             }
         }
         if pos.disks.len() != self.disk_sizes.len() {
@@ -186,13 +196,19 @@ impl Processor {
         Ok(pos)
     }
 
-    async fn process(&self, mut pos: Position, shutdown: &mut watch::Receiver<bool>) -> Result<(), ReplicaError> {
+    async fn process(
+        &self,
+        mut pos: Position,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<(), ReplicaError> {
         while !*shutdown.borrow() {
             let key = Key::parse(&segment::object_name(pos.next_segment))?;
             let bytes = match self.cache.get(&key).await {
                 Ok(b) => b,
                 Err(StoreError::NotFound { .. }) => {
-                    if !pos.pending.is_empty() && pos.last_durable.elapsed() >= self.config.checkpoint_interval {
+                    if !pos.pending.is_empty()
+                        && pos.last_durable.elapsed() >= self.config.checkpoint_interval
+                    {
                         self.publish(&mut pos, PointKind::Checkpoint, None).await?;
                     }
                     wait(shutdown, self.config.poll_interval).await;
@@ -217,9 +233,14 @@ impl Processor {
                 }
             };
             self.apply(&mut pos, &seg, bytes.len() as u64).await?;
-            let dirty: u64 = pos.disks.iter().map(|d| d.dirty.len() as u64 * BLOCK_SIZE).sum();
+            let dirty: u64 = pos
+                .disks
+                .iter()
+                .map(|d| d.dirty.len() as u64 * BLOCK_SIZE)
+                .sum();
             if dirty >= self.config.checkpoint_bytes
-                || (!pos.pending.is_empty() && pos.last_durable.elapsed() >= self.config.checkpoint_interval)
+                || (!pos.pending.is_empty()
+                    && pos.last_durable.elapsed() >= self.config.checkpoint_interval)
             {
                 self.publish(&mut pos, PointKind::Checkpoint, None).await?;
             }
@@ -232,23 +253,39 @@ impl Processor {
         let seg = segment::decode(bytes).map_err(|e| e.to_string())?;
         let h = &seg.header;
         if h.stream != self.layout.stream {
-            return Err(format!("it belongs to stream {}, not {}", h.stream, self.layout.stream));
+            return Err(format!(
+                "it belongs to stream {}, not {}",
+                h.stream, self.layout.stream
+            ));
         }
         if h.first_seq != pos.next_segment {
-            return Err(format!("it starts at sequence {}, expected {}", h.first_seq, pos.next_segment));
+            return Err(format!(
+                "it starts at sequence {}, expected {}",
+                h.first_seq, pos.next_segment
+            ));
         }
         if h.prev_digest != pos.prev_digest {
-            return Err("its previous-segment digest does not match the segment applied before it".into());
+            return Err(
+                "its previous-segment digest does not match the segment applied before it".into(),
+            );
         }
         if h.generation < pos.generation {
-            return Err(format!("it was written by stale generation {} (current {})", h.generation, pos.generation));
+            return Err(format!(
+                "it was written by stale generation {} (current {})",
+                h.generation, pos.generation
+            ));
         }
         for r in &seg.records {
             if matches!(r.op, Op::Marker(_)) {
                 continue;
             }
             let disk = pos.disks.get(r.disk as usize).ok_or_else(|| {
-                format!("record {} names disk {}, the item has {}", r.seq, r.disk, pos.disks.len())
+                format!(
+                    "record {} names disk {}, the item has {}",
+                    r.seq,
+                    r.disk,
+                    pos.disks.len()
+                )
             })?;
             disk.check(&r.op)?;
         }
@@ -290,7 +327,13 @@ impl Processor {
     }
 
     /// A marker: publish a point of its kind once the initial copy is in.
-    async fn at_marker(&self, pos: &mut Position, seg: &Segment, r: &Record, kind: MarkerKind) -> Result<(), ReplicaError> {
+    async fn at_marker(
+        &self,
+        pos: &mut Position,
+        seg: &Segment,
+        r: &Record,
+        kind: MarkerKind,
+    ) -> Result<(), ReplicaError> {
         let point_kind = match kind {
             MarkerKind::InitialSyncDone => {
                 pos.initial_sync_seq.get_or_insert(r.seq);
@@ -327,7 +370,11 @@ impl Processor {
             .map(|(d, b)| {
                 let r = pos.disks[d].map[b as usize];
                 let layout = &self.layout;
-                async move { chunks::read_chunk(layout, d, &r).await.map(|data| (d, b, data)) }
+                async move {
+                    chunks::read_chunk(layout, d, &r)
+                        .await
+                        .map(|data| (d, b, data))
+                }
             })
             .buffer_unordered(32)
             .try_collect()
@@ -340,9 +387,15 @@ impl Processor {
 
     /// Make every change durable and publish a record at the current position. `resume` is
     /// the segment to restart from when the position is inside a segment.
-    async fn publish(&self, pos: &mut Position, kind: PointKind, resume: Option<(Seq, Digest)>) -> Result<(), ReplicaError> {
+    async fn publish(
+        &self,
+        pos: &mut Position,
+        kind: PointKind,
+        resume: Option<(Seq, Digest)>,
+    ) -> Result<(), ReplicaError> {
         self.flush(pos).await?;
-        let (segment_first_seq, segment_prev_digest) = resume.unwrap_or((pos.next_segment, pos.prev_digest));
+        let (segment_first_seq, segment_prev_digest) =
+            resume.unwrap_or((pos.next_segment, pos.prev_digest));
         let rec = PointRecord {
             kind,
             stream: self.layout.stream,
@@ -359,7 +412,12 @@ impl Processor {
             _ => self.layout.points_prefix(),
         };
         let key = prefix.join(&rec.object_name());
-        match self.layout.meta.put_new(&key, Bytes::from(rec.encode())).await {
+        match self
+            .layout
+            .meta
+            .put_new(&key, Bytes::from(rec.encode()))
+            .await
+        {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
@@ -391,15 +449,19 @@ impl Processor {
         }
         let disks = std::mem::take(&mut pos.disks);
         let (level, pack_bytes) = (self.config.zstd_level, self.config.pack_bytes);
-        let (mut disks, packs) = tokio::task::spawn_blocking(move || pack_dirty(disks, level, pack_bytes))
-            .await
-            .map_err(|e| ReplicaError::Internal(format!("pack chunks: {e}")))??;
+        let (mut disks, packs) =
+            tokio::task::spawn_blocking(move || pack_dirty(disks, level, pack_bytes))
+                .await
+                .map_err(|e| ReplicaError::Internal(format!("pack chunks: {e}")))??;
         let uploads = packs.into_iter().map(|(d, id, bytes)| {
             let key = self.layout.pack_key(d, id);
             let store = self.layout.disks[d].clone();
             async move { store.put_new(&key, bytes).await.map(|_| ()) }
         });
-        futures::stream::iter(uploads).buffer_unordered(4).try_collect::<Vec<_>>().await?;
+        futures::stream::iter(uploads)
+            .buffer_unordered(4)
+            .try_collect::<Vec<_>>()
+            .await?;
         let mut pages = Vec::new();
         for d in disks.iter_mut() {
             for (digest, bytes) in d.encode_dirty_pages()? {
@@ -416,7 +478,10 @@ impl Processor {
                 }
             }
         });
-        futures::stream::iter(uploads).buffer_unordered(8).try_collect::<Vec<_>>().await?;
+        futures::stream::iter(uploads)
+            .buffer_unordered(8)
+            .try_collect::<Vec<_>>()
+            .await?;
         pos.disks = disks;
         Ok(())
     }
@@ -425,7 +490,11 @@ impl Processor {
 type Packs = Vec<(usize, u64, Bytes)>;
 
 /// Hash, dedup and compress every changed block (CPU work, on a blocking thread).
-fn pack_dirty(mut disks: Vec<DiskState>, level: i32, pack_bytes: usize) -> Result<(Vec<DiskState>, Packs), ReplicaError> {
+fn pack_dirty(
+    mut disks: Vec<DiskState>,
+    level: i32,
+    pack_bytes: usize,
+) -> Result<(Vec<DiskState>, Packs), ReplicaError> {
     let mut packs = Vec::new();
     for d in disks.iter_mut() {
         let mut packer = Packer::new(pack_bytes);
@@ -435,7 +504,9 @@ fn pack_dirty(mut disks: Vec<DiskState>, level: i32, pack_bytes: usize) -> Resul
         for (b, block) in dirty {
             let r = match block {
                 crate::blocks::Block::Zero => ferry_format::map::ChunkRef::ZERO,
-                crate::blocks::Block::Data(data) if data.iter().all(|&b| b == 0) => ferry_format::map::ChunkRef::ZERO,
+                crate::blocks::Block::Data(data) if data.iter().all(|&b| b == 0) => {
+                    ferry_format::map::ChunkRef::ZERO
+                }
                 crate::blocks::Block::Data(data) => {
                     let hash = Digest::of(&data);
                     match d.known.get(&hash) {
@@ -451,7 +522,12 @@ fn pack_dirty(mut disks: Vec<DiskState>, level: i32, pack_bytes: usize) -> Resul
             refs.push((b, r));
         }
         packer.seal();
-        packs.extend(packer.finished.into_iter().map(|(id, bytes)| (d.index, id, bytes)));
+        packs.extend(
+            packer
+                .finished
+                .into_iter()
+                .map(|(id, bytes)| (d.index, id, bytes)),
+        );
         d.commit_refs(refs);
     }
     Ok((disks, packs))

@@ -17,9 +17,23 @@ const SIZES: [u64; 3] = [1 << 20, 2 << 20, 1 << 20];
 
 #[derive(Debug, Clone)]
 enum Step {
-    Write { disk: u16, offset: u64, len: u64, seed: u8, zero_data: bool },
-    Zero { disk: u16, offset: u64, len: u64 },
-    Trim { disk: u16, offset: u64, len: u64 },
+    Write {
+        disk: u16,
+        offset: u64,
+        len: u64,
+        seed: u8,
+        zero_data: bool,
+    },
+    Zero {
+        disk: u16,
+        offset: u64,
+        len: u64,
+    },
+    Trim {
+        disk: u16,
+        offset: u64,
+        len: u64,
+    },
     Cut(bool),
 }
 
@@ -40,32 +54,71 @@ fn clamp(disk: u16, offset: u64, len: u64) -> (u64, u64) {
 }
 
 /// Turn steps into records, and the model's disks at every marker.
-fn records(steps: &[Step]) -> (Vec<Record>, Vec<(Seq, Vec<Vec<u8>>)>) {
+/// The disks' contents at the point cut at a sequence.
+type Snapshots = Vec<(Seq, Vec<Vec<u8>>)>;
+
+fn records(steps: &[Step]) -> (Vec<Record>, Snapshots) {
     let mut model: Vec<Vec<u8>> = SIZES.iter().map(|&s| vec![0u8; s as usize]).collect();
-    let mut recs = vec![Record { seq: Seq(1), time: Timestamp(1_000), disk: 0, op: Op::Marker(MarkerKind::InitialSyncDone) }];
+    let mut recs = vec![Record {
+        seq: Seq(1),
+        time: Timestamp(1_000),
+        disk: 0,
+        op: Op::Marker(MarkerKind::InitialSyncDone),
+    }];
     let mut snaps = vec![(Seq(1), model.clone())];
     for (i, st) in steps.iter().enumerate() {
         let seq = Seq(i as u64 + 2);
         let time = Timestamp(1_000 + i as i64 + 1);
         let (disk, op) = match *st {
-            Step::Write { disk, offset, len, seed, zero_data } => {
+            Step::Write {
+                disk,
+                offset,
+                len,
+                seed,
+                zero_data,
+            } => {
                 let (offset, len) = clamp(disk, offset, len);
-                let data: Vec<u8> = (0..len).map(|j| if zero_data { 0 } else { seed.wrapping_add((j * 7 % 251) as u8) }).collect();
-                model[disk as usize][offset as usize..(offset + len) as usize].copy_from_slice(&data);
+                let data: Vec<u8> = (0..len)
+                    .map(|j| {
+                        if zero_data {
+                            0
+                        } else {
+                            seed.wrapping_add((j * 7 % 251) as u8)
+                        }
+                    })
+                    .collect();
+                model[disk as usize][offset as usize..(offset + len) as usize]
+                    .copy_from_slice(&data);
                 (disk, Op::Write { offset, data })
             }
             Step::Zero { disk, offset, len } | Step::Trim { disk, offset, len } => {
                 let (offset, len) = clamp(disk, offset, len);
                 model[disk as usize][offset as usize..(offset + len) as usize].fill(0);
-                let op = if matches!(st, Step::Zero { .. }) { Op::Zero { offset, len } } else { Op::Trim { offset, len } };
+                let op = if matches!(st, Step::Zero { .. }) {
+                    Op::Zero { offset, len }
+                } else {
+                    Op::Trim { offset, len }
+                };
                 (disk, op)
             }
             Step::Cut(app) => {
                 snaps.push((seq, model.clone()));
-                (0, Op::Marker(if app { MarkerKind::AppConsistent } else { MarkerKind::CrashConsistent }))
+                (
+                    0,
+                    Op::Marker(if app {
+                        MarkerKind::AppConsistent
+                    } else {
+                        MarkerKind::CrashConsistent
+                    }),
+                )
             }
         };
-        recs.push(Record { seq, time, disk, op });
+        recs.push(Record {
+            seq,
+            time,
+            disk,
+            op,
+        });
     }
     (recs, snaps)
 }
@@ -79,7 +132,8 @@ fn segments(stream: StreamId, recs: &[Record], cuts: &[usize]) -> Vec<(Seq, Byte
     while i < recs.len() {
         let n = cuts[c % cuts.len()].max(1).min(recs.len() - i);
         c += 1;
-        let (bytes, digest) = segment::encode(stream, Generation(1), prev, &recs[i..i + n], 1).unwrap();
+        let (bytes, digest) =
+            segment::encode(stream, Generation(1), prev, &recs[i..i + n], 1).unwrap();
         out.push((recs[i].seq, Bytes::from(bytes)));
         prev = digest;
         i += n;
@@ -93,7 +147,13 @@ fn mem() -> DynStore {
 
 async fn put_all(cache: &DynStore, segs: &[(Seq, Bytes)]) {
     for (first, bytes) in segs {
-        cache.put_new(&Key::parse(&segment::object_name(*first)).unwrap(), bytes.clone()).await.unwrap();
+        cache
+            .put_new(
+                &Key::parse(&segment::object_name(*first)).unwrap(),
+                bytes.clone(),
+            )
+            .await
+            .unwrap();
     }
 }
 
@@ -108,7 +168,12 @@ fn config() -> ProcessorConfig {
     }
 }
 
-async fn run_until(layout: &ReplicaLayout, cache: &DynStore, last: Seq, abort_after: Option<Duration>) {
+async fn run_until(
+    layout: &ReplicaLayout,
+    cache: &DynStore,
+    last: Seq,
+    abort_after: Option<Duration>,
+) {
     let p = Processor::new(layout.clone(), cache.clone(), SIZES.to_vec(), config());
     let status = p.status();
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -126,7 +191,10 @@ async fn run_until(layout: &ReplicaLayout, cache: &DynStore, last: Seq, abort_af
         if s.applied_seq == Some(last.0) {
             break;
         }
-        assert!(Instant::now() < deadline, "processor did not reach {last:?}: {s:?}");
+        assert!(
+            Instant::now() < deadline,
+            "processor did not reach {last:?}: {s:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     tx.send(true).unwrap();
@@ -141,7 +209,13 @@ async fn check(steps: Vec<Step>, cuts: Vec<usize>, crash_at: usize, abort_ms: u6
     let cache = mem();
     let split = crash_at % segs.len();
     put_all(&cache, &segs[..split]).await;
-    run_until(&layout, &cache, Seq(0), Some(Duration::from_millis(abort_ms))).await;
+    run_until(
+        &layout,
+        &cache,
+        Seq(0),
+        Some(Duration::from_millis(abort_ms)),
+    )
+    .await;
     put_all(&cache, &segs[split..]).await;
     run_until(&layout, &cache, recs.last().unwrap().seq, None).await;
 
@@ -157,7 +231,10 @@ async fn check(steps: Vec<Step>, cuts: Vec<usize>, crash_at: usize, abort_ms: u6
             while let Some(b) = s.next().await {
                 got.extend_from_slice(&b.unwrap());
             }
-            assert!(got == *want, "point {seq:?} disk {disk} differs from the model");
+            assert!(
+                got == *want,
+                "point {seq:?} disk {disk} differs from the model"
+            );
         }
     }
 }
@@ -180,9 +257,21 @@ proptest! {
 async fn a_corrupt_segment_is_refused_and_nothing_of_it_is_applied() {
     let stream = StreamId([9; 16]);
     let steps = vec![
-        Step::Write { disk: 0, offset: 0, len: 4096, seed: 1, zero_data: false },
+        Step::Write {
+            disk: 0,
+            offset: 0,
+            len: 4096,
+            seed: 1,
+            zero_data: false,
+        },
         Step::Cut(false),
-        Step::Write { disk: 0, offset: 0, len: 4096, seed: 2, zero_data: false },
+        Step::Write {
+            disk: 0,
+            offset: 0,
+            len: 4096,
+            seed: 2,
+            zero_data: false,
+        },
         Step::Cut(false),
     ];
     let (recs, _) = records(&steps);
@@ -206,12 +295,22 @@ async fn a_corrupt_segment_is_refused_and_nothing_of_it_is_applied() {
         if let Some(e) = status.lock().unwrap().error.clone() {
             break e;
         }
-        assert!(Instant::now() < deadline, "the corrupt segment was not refused");
+        assert!(
+            Instant::now() < deadline,
+            "the corrupt segment was not refused"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    assert!(err.contains("checksum") && err.contains("nothing of it was applied"), "{err}");
-    assert_eq!(status.lock().unwrap().refused_segment, Some(segs[1].0 .0));
-    assert_eq!(status.lock().unwrap().applied_seq, Some(3), "nothing after the good segment is applied");
+    assert!(
+        err.contains("checksum") && err.contains("nothing of it was applied"),
+        "{err}"
+    );
+    assert_eq!(status.lock().unwrap().refused_segment, Some(segs[1].0.0));
+    assert_eq!(
+        status.lock().unwrap().applied_seq,
+        Some(3),
+        "nothing after the good segment is applied"
+    );
     let pts = points::list(&layout).await.unwrap();
     assert_eq!(pts.iter().map(|p| p.seq.0).collect::<Vec<_>>(), vec![1, 3]);
 
@@ -229,4 +328,3 @@ async fn a_corrupt_segment_is_refused_and_nothing_of_it_is_applied() {
     let left = cache.list(None).await.unwrap();
     assert!(left.is_empty(), "segments left in the cache: {left:?}");
 }
-

@@ -146,6 +146,12 @@ mod tests {
     fn suffix_keeps_names_valid() {
         let long = ResourceName::new("x".repeat(63)).unwrap();
         assert_eq!(long.with_suffix("-asr").as_str().len(), 63);
-        assert_eq!(ResourceName::new("rg1").unwrap().with_suffix("-asr").as_str(), "rg1-asr");
+        assert_eq!(
+            ResourceName::new("rg1")
+                .unwrap()
+                .with_suffix("-asr")
+                .as_str(),
+            "rg1-asr"
+        );
     }
 }

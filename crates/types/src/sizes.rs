@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SizeError {
-    #[error("invalid size {0:?}: use a number with an optional unit, for example 64MiB, 1GiB or 4096")]
+    #[error(
+        "invalid size {0:?}: use a number with an optional unit, for example 64MiB, 1GiB or 4096"
+    )]
     Invalid(String),
     #[error("invalid size {0:?}: a disk must be larger than zero")]
     Zero(String),
@@ -58,9 +60,14 @@ impl FromStr for ByteSize {
 
 impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+        const UNITS: [(&str, u64); 4] = [
+            ("TiB", 1 << 40),
+            ("GiB", 1 << 30),
+            ("MiB", 1 << 20),
+            ("KiB", 1 << 10),
+        ];
         for (name, size) in UNITS {
-            if self.0 >= size && self.0 % size == 0 {
+            if self.0 >= size && self.0.is_multiple_of(size) {
                 return write!(f, "{}{}", self.0 / size, name);
             }
         }
@@ -86,7 +93,10 @@ mod tests {
         assert!("x".parse::<ByteSize>().is_err());
         assert!("12XB".parse::<ByteSize>().is_err());
         assert!("99999999999999T".parse::<ByteSize>().is_err());
-        assert_eq!(ByteSize::parse_nonzero("0"), Err(SizeError::Zero("0".into())));
+        assert_eq!(
+            ByteSize::parse_nonzero("0"),
+            Err(SizeError::Zero("0".into()))
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Timestamp::parse_rfc3339(&s).ok_or_else(|| serde::de::Error::custom(format!("invalid RFC 3339 time {s:?}")))
+        Timestamp::parse_rfc3339(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("invalid RFC 3339 time {s:?}")))
     }
 }
 
@@ -91,8 +92,20 @@ mod tests {
         assert_eq!(Timestamp::parse_rfc3339(&s), Some(t));
         assert!(Timestamp::parse_rfc3339("yesterday").is_none());
         let z = Timestamp::parse_rfc3339("2026-11-27T10:15:03Z").unwrap();
-        assert_eq!(Timestamp::parse_rfc3339("2026-11-27T11:15:03+01:00"), Some(z));
-        assert_eq!(Timestamp::parse_rfc3339("2026-11-27T10:15:03.5Z").unwrap().0 - z.0, 500_000_000);
-        assert_eq!(serde_json::to_string(&z).unwrap(), "\"2026-11-27T10:15:03.000000Z\"");
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-27T11:15:03+01:00"),
+            Some(z)
+        );
+        assert_eq!(
+            Timestamp::parse_rfc3339("2026-11-27T10:15:03.5Z")
+                .unwrap()
+                .0
+                - z.0,
+            500_000_000
+        );
+        assert_eq!(
+            serde_json::to_string(&z).unwrap(),
+            "\"2026-11-27T10:15:03.000000Z\""
+        );
     }
 }

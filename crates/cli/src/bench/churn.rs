@@ -28,17 +28,32 @@ struct Step {
 
 impl Step {
     fn passed(&self) -> bool {
-        self.drained && self.rpo_max < LIMIT_SECS && self.lag_max < LIMIT_SECS && self.achieved >= 0.9 * self.offered
+        self.drained
+            && self.rpo_max < LIMIT_SECS
+            && self.lag_max < LIMIT_SECS
+            && self.achieved >= 0.9 * self.offered
     }
 }
 
 pub async fn run(rig: &Rig, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>> {
-    let (rates, secs): (&[f64], u64) = if plan.quick { (&[50.0, 100.0, 200.0], 4) } else { (&[25.0, 50.0, 100.0, 150.0, 200.0, 300.0], 10) };
+    let (rates, secs): (&[f64], u64) = if plan.quick {
+        (&[50.0, 100.0, 200.0], 4)
+    } else {
+        (&[25.0, 50.0, 100.0, 150.0, 200.0, 300.0], 10)
+    };
     let disk = if plan.quick { 512 * MIB } else { 2048 * MIB };
     let dir = rig.dir.join("churn");
-    rig.attach(VM, &[(dir.join("disk0.img"), disk), (dir.join("disk1.img"), disk)])?;
+    rig.attach(
+        VM,
+        &[(dir.join("disk0.img"), disk), (dir.join("disk1.img"), disk)],
+    )?;
     let p = rig.protect(VM, Some(vec![disk, disk]))?;
-    wait_for("initial replication of the empty disks", Duration::from_secs(60), || Ok(p.processor()?.initial_sync_seq)).await?;
+    wait_for(
+        "initial replication of the empty disks",
+        Duration::from_secs(60),
+        || Ok(p.processor()?.initial_sync_seq),
+    )
+    .await?;
     let stamp = Arc::new(AtomicU64::new(1));
     let mut best: Option<Step> = None;
     let mut rpo_all = 0f64;
@@ -63,20 +78,58 @@ pub async fn run(rig: &Rig, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>>
     let _ = std::fs::remove_dir_all(&dir);
     let p2 = pool.clone();
     let total = if plan.quick { 256 } else { 1024 } * MIB as usize;
-    let baseline = tokio::task::spawn_blocking(move || data::zstd_blake3_single_core(&p2, total)).await??;
-    progress(format!("baseline zstd-1 + BLAKE3 on one core: {baseline:.0} MB/s"));
-    let b = best.unwrap_or(Step { offered: 0.0, achieved: 0.0, rpo_max: rpo_all, lag_max: 0.0, drained: false });
+    let baseline =
+        tokio::task::spawn_blocking(move || data::zstd_blake3_single_core(&p2, total)).await??;
+    progress(format!(
+        "baseline zstd-1 + BLAKE3 on one core: {baseline:.0} MB/s"
+    ));
+    let b = best.unwrap_or(Step {
+        offered: 0.0,
+        achieved: 0.0,
+        rpo_max: rpo_all,
+        lag_max: 0.0,
+        drained: false,
+    });
     let base = "zstd+blake3 single-core MB/s";
     Ok(vec![
-        Figure::new("replication_sustained_churn", b.achieved, "MB/s", base, baseline, Target::AtLeast(100.0)),
-        Figure::new("replication_sustained_churn_max_rpo", b.rpo_max, "s", "RPO limit", LIMIT_SECS, Target::AtMost(LIMIT_SECS)),
-        Figure::new("replication_sustained_churn_max_processor_lag", b.lag_max, "s", "lag limit", LIMIT_SECS, Target::AtMost(LIMIT_SECS)),
+        Figure::new(
+            "replication_sustained_churn",
+            b.achieved,
+            "MB/s",
+            base,
+            baseline,
+            Target::AtLeast(100.0),
+        ),
+        Figure::new(
+            "replication_sustained_churn_max_rpo",
+            b.rpo_max,
+            "s",
+            "RPO limit",
+            LIMIT_SECS,
+            Target::AtMost(LIMIT_SECS),
+        ),
+        Figure::new(
+            "replication_sustained_churn_max_processor_lag",
+            b.lag_max,
+            "s",
+            "lag limit",
+            LIMIT_SECS,
+            Target::AtMost(LIMIT_SECS),
+        ),
     ])
 }
 
 /// Offers `rate` MB/s for `dur` through four NBD clients (two per disk), then waits for the
 /// stream to ship everything and the processor to apply it, sampling RPO and lag throughout.
-async fn step(rig: &Rig, p: &Protected, pool: &Arc<Pool>, stamp: &Arc<AtomicU64>, rate: f64, dur: Duration, disk: u64) -> Result<Step> {
+async fn step(
+    rig: &Rig,
+    p: &Protected,
+    pool: &Arc<Pool>,
+    stamp: &Arc<AtomicU64>,
+    rate: f64,
+    dur: Duration,
+    disk: u64,
+) -> Result<Step> {
     let start = Instant::now();
     let interval = Duration::from_secs_f64(MIB as f64 * WRITERS as f64 / (rate * MB));
     let mut writers = Vec::new();
@@ -114,9 +167,16 @@ async fn step(rig: &Rig, p: &Protected, pool: &Arc<Pool>, stamp: &Arc<AtomicU64>
         if let Some(e) = &proc.error {
             bail!("processor error: {e}");
         }
-        let rpo = s.stream.oldest_unshipped.map_or(0.0, |t| t.seconds_until(now));
+        let rpo = s
+            .stream
+            .oldest_unshipped
+            .map_or(0.0, |t| t.seconds_until(now));
         let caught_up = proc.applied_seq.is_some_and(|a| a + 1 >= s.stream.next_seq);
-        let lag = if caught_up { 0.0 } else { proc.applied_time.map_or(0.0, |t| t.seconds_until(now)) };
+        let lag = if caught_up {
+            0.0
+        } else {
+            proc.applied_time.map_or(0.0, |t| t.seconds_until(now))
+        };
         rpo_max = rpo_max.max(rpo);
         lag_max = lag_max.max(lag);
         if writing && writers.iter().all(|w| w.is_finished()) {
@@ -136,9 +196,21 @@ async fn step(rig: &Rig, p: &Protected, pool: &Arc<Pool>, stamp: &Arc<AtomicU64>
             for w in &writers {
                 w.abort();
             }
-            return Ok(Step { offered: rate, achieved: written as f64 / MB / write_secs, rpo_max, lag_max, drained: false });
+            return Ok(Step {
+                offered: rate,
+                achieved: written as f64 / MB / write_secs,
+                rpo_max,
+                lag_max,
+                drained: false,
+            });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(Step { offered: rate, achieved: written as f64 / MB / write_secs, rpo_max, lag_max, drained: true })
+    Ok(Step {
+        offered: rate,
+        achieved: written as f64 / MB / write_secs,
+        rpo_max,
+        lag_max,
+        drained: true,
+    })
 }

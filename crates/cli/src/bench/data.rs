@@ -105,7 +105,8 @@ mod tests {
         let (mut a, mut b) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
         pool.fill(1, &mut a);
         pool.fill(2, &mut b);
-        let pages_a: std::collections::HashSet<&[u8]> = a.chunks(PAGE).chain(b.chunks(PAGE)).collect();
+        let pages_a: std::collections::HashSet<&[u8]> =
+            a.chunks(PAGE).chain(b.chunks(PAGE)).collect();
         assert_eq!(pages_a.len(), 2 * (1 << 20) / PAGE);
         let z = zstd::bulk::compress(&a, 1).unwrap();
         assert!(z.len() > a.len() * 99 / 100);

@@ -15,7 +15,14 @@ use super::{Figure, MB, MIB, Plan, Target, progress};
 const BASELINE: &str = "raw sequential read of the same file (page cache)";
 
 pub async fn run(rig: &Rig, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>> {
-    let cases = [("initial_replication_random", 1, Target::None), ("initial_replication_mostly_zero", 50, Target::AtLeast(1000.0))];
+    let cases = [
+        ("initial_replication_random", 1, Target::None),
+        (
+            "initial_replication_mostly_zero",
+            50,
+            Target::AtLeast(1000.0),
+        ),
+    ];
     let mut figures = Vec::new();
     for (name, every, target) in cases {
         let dir = rig.dir.join(name);
@@ -30,9 +37,15 @@ pub async fn run(rig: &Rig, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>>
         rig.attach(&vm, &[(image, size)])?;
         let t = Instant::now();
         let p = rig.protect(&vm, Some(vec![size]))?;
-        let waited = wait_for("the first recovery point", Duration::from_secs(600), || Ok(p.processor()?.initial_sync_seq)).await;
+        let waited = wait_for("the first recovery point", Duration::from_secs(600), || {
+            Ok(p.processor()?.initial_sync_seq)
+        })
+        .await;
         let secs = t.elapsed().as_secs_f64();
-        let sent = rig.status(&vm).map(|s| s.initial_sync.sent_bytes).unwrap_or(0);
+        let sent = rig
+            .status(&vm)
+            .map(|s| s.initial_sync.sent_bytes)
+            .unwrap_or(0);
         rig.release(p).await;
         let _ = std::fs::remove_dir_all(&dir);
         waited?;

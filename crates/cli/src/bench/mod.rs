@@ -44,8 +44,19 @@ pub enum Target {
 }
 
 impl Figure {
-    pub fn new(name: &str, value: f64, unit: &str, baseline: &str, baseline_value: f64, target: Target) -> Figure {
-        let ratio = if baseline_value > 0.0 { value / baseline_value } else { 0.0 };
+    pub fn new(
+        name: &str,
+        value: f64,
+        unit: &str,
+        baseline: &str,
+        baseline_value: f64,
+        target: Target,
+    ) -> Figure {
+        let ratio = if baseline_value > 0.0 {
+            value / baseline_value
+        } else {
+            0.0
+        };
         Figure {
             name: name.into(),
             value: round(value),
@@ -65,12 +76,19 @@ impl Figure {
             Target::RatioAtLeast(r) => (format!(">= {r} x {}", self.baseline), self.ratio >= r),
         };
         let v = if met { "MET" } else { "MISSED" };
-        format!("{}: target {text}: {v} ({} {})", self.name, self.value, self.unit)
+        format!(
+            "{}: target {text}: {v} ({} {})",
+            self.name, self.value, self.unit
+        )
     }
 }
 
 fn round(x: f64) -> f64 {
-    if x.abs() >= 100.0 { x.round() } else { (x * 100.0).round() / 100.0 }
+    if x.abs() >= 100.0 {
+        x.round()
+    } else {
+        (x * 100.0).round() / 100.0
+    }
 }
 
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
@@ -86,7 +104,11 @@ pub struct WorkDir(PathBuf);
 
 impl WorkDir {
     fn create() -> Result<WorkDir> {
-        let name = format!("ferry-bench-{}-{:08x}", std::process::id(), rand::random::<u32>());
+        let name = format!(
+            "ferry-bench-{}-{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        );
         let path = std::env::temp_dir().join(name);
         std::fs::create_dir_all(&path).with_context(|| format!("create {}", path.display()))?;
         let path = path.canonicalize()?;
@@ -115,7 +137,11 @@ pub struct Plan {
 pub async fn run(quick: bool, out: Output) -> Result<()> {
     let started = *STARTED.get_or_init(Instant::now);
     let work = WorkDir::create()?;
-    progress(format!("working in {} ({})", work.path().display(), if quick { "quick" } else { "full" }));
+    progress(format!(
+        "working in {} ({})",
+        work.path().display(),
+        if quick { "quick" } else { "full" }
+    ));
     let plan = Plan {
         quick,
         disk: if quick { 256 * MIB } else { 1024 * MIB },
@@ -133,15 +159,32 @@ pub async fn run(quick: bool, out: Output) -> Result<()> {
 
 async fn measure(dir: &Path, plan: Plan) -> Result<Vec<Figure>> {
     let rig = rig::Rig::start(dir).await?;
-    let mut figures = nbd_write::run(&rig, plan).await.context("agent NBD write figures")?;
+    let mut figures = nbd_write::run(&rig, plan)
+        .await
+        .context("agent NBD write figures")?;
     let pool = std::sync::Arc::new(data::Pool::new(64 * MIB as usize));
-    figures.extend(churn::run(&rig, plan, &pool).await.context("sustained churn figure")?);
-    figures.extend(initial::run(&rig, plan, &pool).await.context("initial replication figures")?);
+    figures.extend(
+        churn::run(&rig, plan, &pool)
+            .await
+            .context("sustained churn figure")?,
+    );
+    figures.extend(
+        initial::run(&rig, plan, &pool)
+            .await
+            .context("initial replication figures")?,
+    );
     Ok(figures)
 }
 
 fn print_table(figures: &[Figure]) {
-    let head = ["NAME", "VALUE", "UNIT", "BASELINE", "BASELINE VALUE", "RATIO"];
+    let head = [
+        "NAME",
+        "VALUE",
+        "UNIT",
+        "BASELINE",
+        "BASELINE VALUE",
+        "RATIO",
+    ];
     let mut rows = vec![head.map(String::from).to_vec()];
     for f in figures {
         rows.push(vec![
@@ -153,9 +196,15 @@ fn print_table(figures: &[Figure]) {
             format!("{:.2}", f.ratio),
         ]);
     }
-    let widths: Vec<usize> = (0..head.len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..head.len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     for r in &rows {
-        let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("{}", line.join("  ").trim_end());
     }
     println!();

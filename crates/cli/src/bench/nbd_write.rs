@@ -32,12 +32,22 @@ pub async fn run(rig: &Rig, plan: Plan) -> Result<Vec<Figure>> {
         Case {
             name: "agent_nbd_seq_write",
             unit: "MB/s",
-            work: Workload { count: 2 * size / MIB, size: MIB, step: MIB, depth: 16 },
+            work: Workload {
+                count: 2 * size / MIB,
+                size: MIB,
+                step: MIB,
+                depth: 16,
+            },
         },
         Case {
             name: "agent_nbd_randwrite_4k",
             unit: "IOPS",
-            work: Workload { count: if plan.quick { 20_000 } else { 100_000 }, size: 4096, step: MIB + 4096, depth: 32 },
+            work: Workload {
+                count: if plan.quick { 20_000 } else { 100_000 },
+                size: 4096,
+                step: MIB + 4096,
+                depth: 32,
+            },
         },
     ];
     let dir = rig.dir.join("nbd-write");
@@ -45,16 +55,24 @@ pub async fn run(rig: &Rig, plan: Plan) -> Result<Vec<Figure>> {
     rig.attach(plain, &[(dir.join("plain.img"), size)])?;
     rig.attach(repl, &[(dir.join("replicated.img"), size)])?;
     let protected = rig.protect(repl, None)?;
-    wait_for("initial replication of the empty disk", Duration::from_secs(60), || {
-        Ok(rig.status(repl)?.stream.initial_sync_done_seq)
-    })
+    wait_for(
+        "initial replication of the empty disk",
+        Duration::from_secs(60),
+        || Ok(rig.status(repl)?.stream.initial_sync_done_seq),
+    )
     .await?;
     let qemu_img = dir.join("qemu.img");
     std::fs::File::create(&qemu_img)?.set_len(size)?;
     let qemu_sock = dir.join("qemu-nbd.sock");
     let mut qemu = spawn_qemu_nbd(&qemu_sock, &qemu_img, "bench").context("start qemu-nbd")?;
-    wait_for_socket(&qemu_sock).await.context("qemu-nbd did not start")?;
-    let urls = [unix_url(&qemu_sock, "bench"), rig.url(repl, 0), rig.url(plain, 0)];
+    wait_for_socket(&qemu_sock)
+        .await
+        .context("qemu-nbd did not start")?;
+    let urls = [
+        unix_url(&qemu_sock, "bench"),
+        rig.url(repl, 0),
+        rig.url(plain, 0),
+    ];
     let result = async {
         let mut figures = Vec::new();
         for case in &cases {
@@ -65,13 +83,33 @@ pub async fn run(rig: &Rig, plan: Plan) -> Result<Vec<Figure>> {
                     let secs = qemu_img_bench(url, &case.work).await?;
                     best[i] = best[i].min(secs);
                     let who = ["qemu-nbd", "agent+replication", "agent"][i];
-                    progress(format!("{} run {}: {who}: {:.0} {}", case.name, round + 1, case.rate(secs), case.unit));
+                    progress(format!(
+                        "{} run {}: {who}: {:.0} {}",
+                        case.name,
+                        round + 1,
+                        case.rate(secs),
+                        case.unit
+                    ));
                 }
             }
             let base = case.rate(best[0]);
-            figures.push(Figure::new(case.name, case.rate(best[1]), case.unit, BASELINE, base, Target::RatioAtLeast(0.5)));
+            figures.push(Figure::new(
+                case.name,
+                case.rate(best[1]),
+                case.unit,
+                BASELINE,
+                base,
+                Target::RatioAtLeast(0.5),
+            ));
             let name = format!("{}_no_replication", case.name);
-            figures.push(Figure::new(&name, case.rate(best[2]), case.unit, BASELINE, base, Target::RatioAtLeast(0.8)));
+            figures.push(Figure::new(
+                &name,
+                case.rate(best[2]),
+                case.unit,
+                BASELINE,
+                base,
+                Target::RatioAtLeast(0.8),
+            ));
         }
         anyhow::Ok(figures)
     }

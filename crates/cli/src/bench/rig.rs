@@ -30,14 +30,27 @@ pub struct Protected {
 
 impl Rig {
     pub async fn start(dir: &Path) -> Result<Rig> {
-        let host = AgentHost::start(&dir.join("agent")).await.context("start the agent")?;
-        Ok(Rig { dir: dir.to_path_buf(), host })
+        let host = AgentHost::start(&dir.join("agent"))
+            .await
+            .context("start the agent")?;
+        Ok(Rig {
+            dir: dir.to_path_buf(),
+            host,
+        })
     }
 
     /// Serves a VM's disks (images created sparse when missing).
     pub fn attach(&self, vm: &str, disks: &[(PathBuf, u64)]) -> Result<()> {
-        let specs: Vec<DiskSpec> = disks.iter().map(|(image, size)| DiskSpec { image: image.clone(), size: *size }).collect();
-        self.host.attach_vm(vm, &specs).with_context(|| format!("attach {vm}"))?;
+        let specs: Vec<DiskSpec> = disks
+            .iter()
+            .map(|(image, size)| DiskSpec {
+                image: image.clone(),
+                size: *size,
+            })
+            .collect();
+        self.host
+            .attach_vm(vm, &specs)
+            .with_context(|| format!("attach {vm}"))?;
         Ok(())
     }
 
@@ -51,7 +64,10 @@ impl Rig {
     pub fn protect(&self, vm: &str, disk_sizes: Option<Vec<u64>>) -> Result<Protected> {
         let stream = StreamId::random();
         let cache_root = open_store(&self.dir.join("cache"))?;
-        let cache = ferry_storage::scoped(cache_root, Key::from_segments(["streams", &stream.to_string()])?);
+        let cache = ferry_storage::scoped(
+            cache_root,
+            Key::from_segments(["streams", &stream.to_string()])?,
+        );
         self.host
             .start_replication(
                 vm,
@@ -73,11 +89,19 @@ impl Rig {
             processor = Some(p.status());
             task = Some(tokio::spawn(p.run(stopped)));
         }
-        Ok(Protected { vm: vm.into(), processor, stop, task })
+        Ok(Protected {
+            vm: vm.into(),
+            processor,
+            stop,
+            task,
+        })
     }
 
     pub fn status(&self, vm: &str) -> Result<VmStatus> {
-        let s = self.host.status(vm).with_context(|| format!("{vm} is not replicating"))?;
+        let s = self
+            .host
+            .status(vm)
+            .with_context(|| format!("{vm} is not replicating"))?;
         if let Some(e) = &s.stream.last_error {
             bail!("{vm}: stream error: {e}");
         }
@@ -96,7 +120,9 @@ impl Rig {
 
 impl Protected {
     pub fn processor(&self) -> Result<ProcessorStatus> {
-        let Some(s) = &self.processor else { bail!("{} has no processor", self.vm) };
+        let Some(s) = &self.processor else {
+            bail!("{} has no processor", self.vm)
+        };
         Ok(s.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 }
@@ -107,7 +133,11 @@ fn open_store(dir: &Path) -> Result<DynStore> {
 }
 
 /// Polls `cond` every 20 ms until it returns `Some`, or fails after `timeout`.
-pub async fn wait_for<T>(what: &str, timeout: Duration, mut cond: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+pub async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = cond()? {

@@ -42,6 +42,10 @@ pub(crate) fn qualified(s: &str) -> Result<QualifiedName> {
 /// Parse a duration flag into seconds.
 pub(crate) fn seconds(flag: &str, v: &Option<String>) -> Result<Option<f64>> {
     v.as_deref()
-        .map(|s| ferry_types::parse_duration(s).map(|d| d.as_secs_f64()).with_context(|| format!("--{flag}")))
+        .map(|s| {
+            ferry_types::parse_duration(s)
+                .map(|d| d.as_secs_f64())
+                .with_context(|| format!("--{flag}"))
+        })
         .transpose()
 }

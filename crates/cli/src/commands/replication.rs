@@ -19,7 +19,14 @@ fn item_path(name: &str) -> Result<String> {
 }
 
 pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result<()> {
-    let cols = ["name", "state", "health", "rpo_seconds", "target.region", "last_recovery_point.time"];
+    let cols = [
+        "name",
+        "state",
+        "health",
+        "rpo_seconds",
+        "target.region",
+        "last_recovery_point.time",
+    ];
     match cmd {
         ReplicationCmd::Enable(a) => {
             let mut body = EnableReplication {
@@ -33,12 +40,14 @@ pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result
                 ..Default::default()
             };
             for m in &a.target_storage {
-                let (s, t) = m
-                    .split_once('=')
-                    .ok_or_else(|| anyhow!("invalid --target-storage {m:?}: use SOURCE_ACCOUNT=TARGET_ACCOUNT"))?;
+                let (s, t) = m.split_once('=').ok_or_else(|| {
+                    anyhow!("invalid --target-storage {m:?}: use SOURCE_ACCOUNT=TARGET_ACCOUNT")
+                })?;
                 body.target_storage.insert(s.into(), t.into());
             }
-            let job = c.post(&format!("{}/replication", item_path(&a.name)?), &body).await?;
+            let job = c
+                .post(&format!("{}/replication", item_path(&a.name)?), &body)
+                .await?;
             if a.wait {
                 wait_job(c, out, job["id"].as_u64().unwrap_or(0)).await?;
             } else {
@@ -46,9 +55,15 @@ pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result
             }
         }
         ReplicationCmd::List => print(out, &c.get("/v1/replications").await?, &cols),
-        ReplicationCmd::Show { name } => print(out, &c.get(&format!("{}/replication", item_path(&name)?)).await?, &cols),
+        ReplicationCmd::Show { name } => print(
+            out,
+            &c.get(&format!("{}/replication", item_path(&name)?)).await?,
+            &cols,
+        ),
         ReplicationCmd::Disable { name, wait } => {
-            let job = c.delete(&format!("{}/replication", item_path(&name)?)).await?;
+            let job = c
+                .delete(&format!("{}/replication", item_path(&name)?))
+                .await?;
             if wait {
                 wait_job(c, out, job["id"].as_u64().unwrap_or(0)).await?;
             } else {
@@ -61,37 +76,72 @@ pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result
 
 pub async fn points(c: &Client, out: Output, cmd: PointCmd) -> Result<()> {
     match cmd {
-        PointCmd::List { name } => print(out, &c.get(&format!("{}/recovery-points", item_path(&name)?)).await?, &["id", "time", "kind"]),
+        PointCmd::List { name } => print(
+            out,
+            &c.get(&format!("{}/recovery-points", item_path(&name)?))
+                .await?,
+            &["id", "time", "kind"],
+        ),
     }
     Ok(())
 }
 
 pub async fn disk(c: &Client, out: Output, cmd: DiskCmd) -> Result<()> {
-    let DiskCmd::Export { name, disk, recovery_point, out: path } = cmd;
-    let url = format!("{}/disks/{disk}/export?recovery_point={}", item_path(&name)?, encode(&recovery_point));
+    let DiskCmd::Export {
+        name,
+        disk,
+        recovery_point,
+        out: path,
+    } = cmd;
+    let url = format!(
+        "{}/disks/{disk}/export?recovery_point={}",
+        item_path(&name)?,
+        encode(&recovery_point)
+    );
     let resp = c.get_raw(&url).await?;
-    let header = |h: &str| resp.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let (point, time) = (header("x-ferry-recovery-point"), header("x-ferry-recovery-point-time"));
-    let size = resp.content_length().ok_or_else(|| anyhow!("the server did not say the disk's size"))?;
-    let file = std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
-    file.set_len(size).with_context(|| format!("size {}", path.display()))?;
+    let header = |h: &str| {
+        resp.headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string()
+    };
+    let (point, time) = (
+        header("x-ferry-recovery-point"),
+        header("x-ferry-recovery-point-time"),
+    );
+    let size = resp
+        .content_length()
+        .ok_or_else(|| anyhow!("the server did not say the disk's size"))?;
+    let file =
+        std::fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    file.set_len(size)
+        .with_context(|| format!("size {}", path.display()))?;
     let mut offset = 0u64;
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.context("read the disk from the server")?;
         if chunk.iter().any(|&b| b != 0) {
-            file.write_all_at(&chunk, offset).with_context(|| format!("write {}", path.display()))?;
+            file.write_all_at(&chunk, offset)
+                .with_context(|| format!("write {}", path.display()))?;
         }
         offset += chunk.len() as u64;
     }
     if offset != size {
-        bail!("the export stopped after {offset} of {size} bytes; {} is incomplete, run the export again", path.display());
+        bail!(
+            "the export stopped after {offset} of {size} bytes; {} is incomplete, run the export again",
+            path.display()
+        );
     }
-    file.sync_all().with_context(|| format!("sync {}", path.display()))?;
+    file.sync_all()
+        .with_context(|| format!("sync {}", path.display()))?;
     let summary = serde_json::json!({"vm": name, "disk": disk, "recovery_point": point, "time": time, "bytes": size, "out": path});
     match out {
         Output::Json => print(out, &summary, &[]),
-        Output::Table => println!("exported disk {disk} of {name} at recovery point {point} ({time}): {size} bytes to {}", path.display()),
+        Output::Table => println!(
+            "exported disk {disk} of {name} at recovery point {point} ({time}): {size} bytes to {}",
+            path.display()
+        ),
     }
     Ok(())
 }
@@ -99,7 +149,9 @@ pub async fn disk(c: &Client, out: Output, cmd: DiskCmd) -> Result<()> {
 fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -107,8 +159,14 @@ fn encode(s: &str) -> String {
 
 pub async fn job(c: &Client, out: Output, cmd: JobCmd) -> Result<()> {
     match cmd {
-        JobCmd::List => print(out, &c.get("/v1/jobs").await?, &["id", "kind", "target", "state", "percent"]),
-        JobCmd::Show { id, wait: false } => print(out, &c.get(&format!("/v1/jobs/{id}")).await?, &[]),
+        JobCmd::List => print(
+            out,
+            &c.get("/v1/jobs").await?,
+            &["id", "kind", "target", "state", "percent"],
+        ),
+        JobCmd::Show { id, wait: false } => {
+            print(out, &c.get(&format!("/v1/jobs/{id}")).await?, &[])
+        }
         JobCmd::Show { id, wait: true } => wait_job(c, out, id).await?,
     }
     Ok(())
@@ -121,9 +179,17 @@ pub async fn wait_job(c: &Client, out: Output, id: u64) -> Result<()> {
         let job = c.get(&format!("/v1/jobs/{id}")).await?;
         if out == Output::Table {
             for s in job["steps"].as_array().into_iter().flatten() {
-                let key = (s["name"].as_str().unwrap_or("").to_string(), s["state"].as_str().unwrap_or("").to_string(), s["detail"].as_str().map(str::to_string));
+                let key = (
+                    s["name"].as_str().unwrap_or("").to_string(),
+                    s["state"].as_str().unwrap_or("").to_string(),
+                    s["detail"].as_str().map(str::to_string),
+                );
                 if !seen.contains(&key) && key.1 != "pending" {
-                    let detail = key.2.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+                    let detail = key
+                        .2
+                        .as_deref()
+                        .map(|d| format!(" ({d})"))
+                        .unwrap_or_default();
                     println!("job {id}: {}: {}{detail}", key.0, key.1);
                     seen.push(key);
                 }
@@ -137,7 +203,11 @@ pub async fn wait_job(c: &Client, out: Output, id: u64) -> Result<()> {
             }
             _ => {
                 finish(out, &job);
-                bail!("job {id} ({}) failed: {}", job["kind"].as_str().unwrap_or("?"), job["error"].as_str().unwrap_or("no reason given"));
+                bail!(
+                    "job {id} ({}) failed: {}",
+                    job["kind"].as_str().unwrap_or("?"),
+                    job["error"].as_str().unwrap_or("no reason given")
+                );
             }
         }
     }
@@ -146,6 +216,10 @@ pub async fn wait_job(c: &Client, out: Output, id: u64) -> Result<()> {
 fn finish(out: Output, job: &Value) {
     match out {
         Output::Json => print(out, job, &[]),
-        Output::Table => println!("job {}: {}", job["id"], job["state"].as_str().unwrap_or("?")),
+        Output::Table => println!(
+            "job {}: {}",
+            job["id"],
+            job["state"].as_str().unwrap_or("?")
+        ),
     }
 }

@@ -19,7 +19,11 @@ pub async fn region(c: &Client, out: Output, cmd: RegionCmd) -> Result<()> {
 pub async fn group(c: &Client, out: Output, cmd: GroupCmd) -> Result<()> {
     let cols = ["name", "region"];
     match cmd {
-        GroupCmd::Create { name, region } => print(out, &c.post("/v1/groups", &CreateGroup { name, region }).await?, &cols),
+        GroupCmd::Create { name, region } => print(
+            out,
+            &c.post("/v1/groups", &CreateGroup { name, region }).await?,
+            &cols,
+        ),
         GroupCmd::List => print(out, &c.get("/v1/groups").await?, &cols),
         GroupCmd::Show { name } => print(out, &c.get(&format!("/v1/groups/{name}")).await?, &cols),
     }
@@ -29,23 +33,48 @@ pub async fn group(c: &Client, out: Output, cmd: GroupCmd) -> Result<()> {
 pub async fn network(c: &Client, out: Output, cmd: NetworkCmd) -> Result<()> {
     let cols = ["group", "name", "region", "address_space"];
     match cmd {
-        NetworkCmd::Create { name, address_space, subnets } => {
+        NetworkCmd::Create {
+            name,
+            address_space,
+            subnets,
+        } => {
             let q = qualified(&name)?;
             let subnets = subnets
                 .iter()
                 .map(|s| {
                     s.split_once('=')
-                        .map(|(n, c)| SubnetSpec { name: n.into(), cidr: c.into() })
-                        .ok_or_else(|| anyhow!("invalid --subnet {s:?}: use NAME=CIDR, e.g. default=10.1.0.0/24"))
+                        .map(|(n, c)| SubnetSpec {
+                            name: n.into(),
+                            cidr: c.into(),
+                        })
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "invalid --subnet {s:?}: use NAME=CIDR, e.g. default=10.1.0.0/24"
+                            )
+                        })
                 })
                 .collect::<Result<_>>()?;
-            let body = CreateNetwork { name: q.name.to_string(), address_space, subnets };
-            print(out, &c.post(&format!("/v1/groups/{}/networks", q.group), &body).await?, &cols);
+            let body = CreateNetwork {
+                name: q.name.to_string(),
+                address_space,
+                subnets,
+            };
+            print(
+                out,
+                &c.post(&format!("/v1/groups/{}/networks", q.group), &body)
+                    .await?,
+                &cols,
+            );
         }
         NetworkCmd::List => print(out, &c.get("/v1/networks").await?, &cols),
         NetworkCmd::Show { name } => {
             let q = qualified(&name)?;
-            print(out, &c.get(&format!("/v1/groups/{}/networks/{}", q.group, q.name)).await?, &cols);
+            print(
+                out,
+                &c.get(&format!("/v1/groups/{}/networks/{}", q.group, q.name))
+                    .await?,
+                &cols,
+            );
         }
     }
     Ok(())
@@ -56,13 +85,26 @@ pub async fn storage(c: &Client, out: Output, cmd: StorageCmd) -> Result<()> {
     match cmd {
         StorageCmd::Create { name, url } => {
             let q = qualified(&name)?;
-            let body = CreateStorage { name: q.name.to_string(), url };
-            print(out, &c.post(&format!("/v1/groups/{}/storage", q.group), &body).await?, &cols);
+            let body = CreateStorage {
+                name: q.name.to_string(),
+                url,
+            };
+            print(
+                out,
+                &c.post(&format!("/v1/groups/{}/storage", q.group), &body)
+                    .await?,
+                &cols,
+            );
         }
         StorageCmd::List => print(out, &c.get("/v1/storage").await?, &cols),
         StorageCmd::Show { name } => {
             let q = qualified(&name)?;
-            print(out, &c.get(&format!("/v1/groups/{}/storage/{}", q.group, q.name)).await?, &cols);
+            print(
+                out,
+                &c.get(&format!("/v1/groups/{}/storage/{}", q.group, q.name))
+                    .await?,
+                &cols,
+            );
         }
     }
     Ok(())
@@ -73,8 +115,15 @@ pub async fn availability_set(c: &Client, out: Output, cmd: AvSetCmd) -> Result<
     match cmd {
         AvSetCmd::Create { name } => {
             let q = qualified(&name)?;
-            let body = CreateAvailabilitySet { name: q.name.to_string() };
-            print(out, &c.post(&format!("/v1/groups/{}/availability-sets", q.group), &body).await?, &cols);
+            let body = CreateAvailabilitySet {
+                name: q.name.to_string(),
+            };
+            print(
+                out,
+                &c.post(&format!("/v1/groups/{}/availability-sets", q.group), &body)
+                    .await?,
+                &cols,
+            );
         }
         AvSetCmd::List => print(out, &c.get("/v1/availability-sets").await?, &cols),
     }
@@ -82,19 +131,38 @@ pub async fn availability_set(c: &Client, out: Output, cmd: AvSetCmd) -> Result<
 }
 
 pub async fn policy(c: &Client, out: Output, cmd: PolicyCmd) -> Result<()> {
-    let cols = ["name", "retention_seconds", "crash_consistent_every_seconds", "app_consistent_every_seconds"];
+    let cols = [
+        "name",
+        "retention_seconds",
+        "crash_consistent_every_seconds",
+        "app_consistent_every_seconds",
+    ];
     match cmd {
-        PolicyCmd::Create { name, retention, crash_consistent_every, app_consistent_every } => {
+        PolicyCmd::Create {
+            name,
+            retention,
+            crash_consistent_every,
+            app_consistent_every,
+        } => {
             let body = CreatePolicy {
                 name,
                 retention_seconds: seconds("retention", &retention)?.map(|s| s.round() as u64),
-                crash_consistent_every_seconds: seconds("crash-consistent-every", &crash_consistent_every)?,
-                app_consistent_every_seconds: seconds("app-consistent-every", &app_consistent_every)?.map(|s| s.round() as u64),
+                crash_consistent_every_seconds: seconds(
+                    "crash-consistent-every",
+                    &crash_consistent_every,
+                )?,
+                app_consistent_every_seconds: seconds(
+                    "app-consistent-every",
+                    &app_consistent_every,
+                )?
+                .map(|s| s.round() as u64),
             };
             print(out, &c.post("/v1/policies", &body).await?, &cols);
         }
         PolicyCmd::List => print(out, &c.get("/v1/policies").await?, &cols),
-        PolicyCmd::Show { name } => print(out, &c.get(&format!("/v1/policies/{name}")).await?, &cols),
+        PolicyCmd::Show { name } => {
+            print(out, &c.get(&format!("/v1/policies/{name}")).await?, &cols)
+        }
     }
     Ok(())
 }
@@ -104,7 +172,11 @@ pub async fn vm(c: &Client, out: Output, cmd: VmCmd) -> Result<()> {
     match cmd {
         VmCmd::Create(a) => {
             let q = qualified(&a.name)?;
-            let disks = a.disks.iter().map(|d| parse_disk(d)).collect::<Result<_>>()?;
+            let disks = a
+                .disks
+                .iter()
+                .map(|d| parse_disk(d))
+                .collect::<Result<_>>()?;
             let body = CreateVm {
                 name: q.name.to_string(),
                 network: a.network,
@@ -118,7 +190,12 @@ pub async fn vm(c: &Client, out: Output, cmd: VmCmd) -> Result<()> {
                 initrd: a.initrd,
                 append: a.append,
             };
-            print(out, &c.post(&format!("/v1/groups/{}/vms", q.group), &body).await?, &cols);
+            print(
+                out,
+                &c.post(&format!("/v1/groups/{}/vms", q.group), &body)
+                    .await?,
+                &cols,
+            );
         }
         VmCmd::List => {
             let v = c.get("/v1/vms").await?;
@@ -132,11 +209,21 @@ pub async fn vm(c: &Client, out: Output, cmd: VmCmd) -> Result<()> {
         }
         VmCmd::Show { name } => {
             let q = qualified(&name)?;
-            print(out, &c.get(&format!("/v1/groups/{}/vms/{}", q.group, q.name)).await?, &cols);
+            print(
+                out,
+                &c.get(&format!("/v1/groups/{}/vms/{}", q.group, q.name))
+                    .await?,
+                &cols,
+            );
         }
         VmCmd::Delete { name } => {
             let q = qualified(&name)?;
-            print(out, &c.delete(&format!("/v1/groups/{}/vms/{}", q.group, q.name)).await?, &["deleted"]);
+            print(
+                out,
+                &c.delete(&format!("/v1/groups/{}/vms/{}", q.group, q.name))
+                    .await?,
+                &["deleted"],
+            );
         }
     }
     Ok(())
@@ -149,5 +236,8 @@ fn parse_disk(s: &str) -> Result<DiskRequest> {
         None => (s, None),
     };
     let size: ByteSize = size.parse().with_context(|| format!("--disk {s}"))?;
-    Ok(DiskRequest { size_bytes: size.0, storage })
+    Ok(DiskRequest {
+        size_bytes: size.0,
+        storage,
+    })
 }

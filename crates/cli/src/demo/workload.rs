@@ -29,7 +29,10 @@ impl Disks {
 
     /// BLAKE3 of each disk, hex.
     pub fn digests(&self) -> Vec<String> {
-        self.data.iter().map(|d| blake3::hash(d).to_hex().to_string()).collect()
+        self.data
+            .iter()
+            .map(|d| blake3::hash(d).to_hex().to_string())
+            .collect()
     }
 }
 
@@ -63,7 +66,7 @@ impl Workload {
     fn data(&mut self, len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len);
         while out.len() < len {
-            if self.next() % 2 == 0 {
+            if self.next().is_multiple_of(2) {
                 let r = self.next().to_le_bytes();
                 for _ in 0..64 {
                     out.extend_from_slice(&r);
@@ -71,14 +74,23 @@ impl Workload {
                     out.extend_from_slice(&n.to_le_bytes());
                 }
             } else {
-                out.extend_from_slice(&b"ferry keeps every acknowledged write; ".repeat(27)[..1024]);
+                out.extend_from_slice(
+                    &b"ferry keeps every acknowledged write; ".repeat(27)[..1024],
+                );
             }
         }
         out.truncate(len);
         out
     }
 
-    async fn write(&mut self, nbd: &mut [NbdClient], disks: &mut Disks, disk: usize, offset: u64, len: usize) -> Result<()> {
+    async fn write(
+        &mut self,
+        nbd: &mut [NbdClient],
+        disks: &mut Disks,
+        disk: usize,
+        offset: u64,
+        len: usize,
+    ) -> Result<()> {
         let bytes = self.data(len);
         nbd[disk].write(offset, &bytes, false).await?;
         disks.write(disk, offset, &bytes);
@@ -108,7 +120,8 @@ impl Workload {
         let disk = self.below(2) as usize;
         let start = self.below((disks.size(disk) >> 20) - 4) << 20;
         for i in 0..16u64 {
-            self.write(nbd, disks, disk, start + i * (256 << 10), 256 << 10).await?;
+            self.write(nbd, disks, disk, start + i * (256 << 10), 256 << 10)
+                .await?;
         }
         // Random 4 KiB writes on both disks.
         for _ in 0..200 {

@@ -17,17 +17,27 @@ pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while !f() {
-        assert!(Instant::now() < deadline, "timed out after {secs} s waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
 }
 
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 pub fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
 }
 
 /// Seconds since the epoch of an RFC 3339 time as ferry prints it.
@@ -70,7 +80,10 @@ impl Server {
         let url = format!("http://127.0.0.1:{port}");
         let token_path = data.join("admin-token");
         wait_until(60, "the admin token", || token_path.exists());
-        let token = std::fs::read_to_string(&token_path).unwrap().trim().to_string();
+        let token = std::fs::read_to_string(&token_path)
+            .unwrap()
+            .trim()
+            .to_string();
         let s = Server {
             child: Some(child),
             data: data.to_path_buf(),
@@ -79,7 +92,9 @@ impl Server {
             token,
             env,
         };
-        wait_until(60, "the API to answer", || s.http("GET", "/healthz", None, true).0 == 200);
+        wait_until(60, "the API to answer", || {
+            s.http("GET", "/healthz", None, true).0 == 200
+        });
         s
     }
 
@@ -138,7 +153,11 @@ impl Server {
             return (0, String::new());
         };
         let body = body.unwrap_or("");
-        let auth = if auth { format!("Authorization: Bearer {}\r\n", self.token) } else { String::new() };
+        let auth = if auth {
+            format!("Authorization: Bearer {}\r\n", self.token)
+        } else {
+            String::new()
+        };
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
@@ -148,8 +167,15 @@ impl Server {
         }
         let mut resp = String::new();
         let _ = s.read_to_string(&mut resp);
-        let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let status = resp
+            .split(' ')
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         (status, body)
     }
 
@@ -158,32 +184,65 @@ impl Server {
     }
 
     pub fn points(&self, item: &str) -> Vec<Value> {
-        self.json(&["recovery-point", "list", item]).as_array().cloned().unwrap_or_default()
+        self.json(&["recovery-point", "list", item])
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The first point whose time is after `t` (epoch seconds), waiting up to `secs`.
     pub fn wait_point_after(&self, item: &str, t: f64, secs: u64) -> Value {
         let mut found = None;
-        wait_until(secs, &format!("a recovery point of {item} after {t}"), || {
-            found = self.points(item).into_iter().find(|p| epoch(p["time"].as_str().unwrap()) > t);
-            found.is_some()
-        });
+        wait_until(
+            secs,
+            &format!("a recovery point of {item} after {t}"),
+            || {
+                found = self
+                    .points(item)
+                    .into_iter()
+                    .find(|p| epoch(p["time"].as_str().unwrap()) > t);
+                found.is_some()
+            },
+        );
         found.unwrap()
     }
 
     pub fn disk_uri(&self, vm: &str, disk: usize) -> String {
-        self.json(&["vm", "show", vm])["disks"][disk]["nbd_uri"].as_str().unwrap().to_string()
+        self.json(&["vm", "show", vm])["disks"][disk]["nbd_uri"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub fn export(&self, item: &str, disk: usize, point: &str, out: &Path) {
-        self.ok(&["disk", "export", item, "--disk", &disk.to_string(), "--recovery-point", point, "--out", out.to_str().unwrap()]);
+        self.ok(&[
+            "disk",
+            "export",
+            item,
+            "--disk",
+            &disk.to_string(),
+            "--recovery-point",
+            point,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
     }
 
     /// The resources most tests start from: group rg1 in east, vnet1 with two subnets, accounts
     /// sa1 and sa2 (at `urls` when given), availability set avset1, policy `fast` (every 2 s).
     pub fn base_resources(&self, urls: Option<(&str, &str)>) {
         self.ok(&["group", "create", "rg1", "--region", "east"]);
-        self.ok(&["network", "create", "rg1/vnet1", "--address-space", "10.1.0.0/16", "--subnet", "default=10.1.0.0/24", "--subnet", "db=10.1.1.0/24"]);
+        self.ok(&[
+            "network",
+            "create",
+            "rg1/vnet1",
+            "--address-space",
+            "10.1.0.0/16",
+            "--subnet",
+            "default=10.1.0.0/24",
+            "--subnet",
+            "db=10.1.1.0/24",
+        ]);
         match urls {
             Some((a, b)) => {
                 self.ok(&["storage", "create", "rg1/sa1", "--url", a]);
@@ -195,11 +254,21 @@ impl Server {
             }
         }
         self.ok(&["availability-set", "create", "rg1/avset1"]);
-        self.ok(&["policy", "create", "fast", "--crash-consistent-every", "2s", "--retention", "1h"]);
+        self.ok(&[
+            "policy",
+            "create",
+            "fast",
+            "--crash-consistent-every",
+            "2s",
+            "--retention",
+            "1h",
+        ]);
     }
 
     pub fn wait_protected(&self, item: &str, secs: u64) {
-        wait_until(secs, &format!("{item} to be protected"), || self.replication(item)["state"] == "protected");
+        wait_until(secs, &format!("{item} to be protected"), || {
+            self.replication(item)["state"] == "protected"
+        });
     }
 }
 
@@ -222,7 +291,11 @@ pub fn qemu_io(target: &str, cmd: &str) -> bool {
 
 /// Copy a whole disk over NBD to a file.
 pub fn read_disk(uri: &str, out: &Path) {
-    let st = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw", uri]).arg(out).status().unwrap();
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw", uri])
+        .arg(out)
+        .status()
+        .unwrap();
     assert!(st.success(), "qemu-img convert {uri}");
 }
 
@@ -238,5 +311,7 @@ pub fn same_image(a: &Path, b: &Path) -> bool {
 }
 
 pub fn sha(path: &Path) -> String {
-    blake3::hash(&std::fs::read(path).unwrap()).to_hex().to_string()
+    blake3::hash(&std::fs::read(path).unwrap())
+        .to_hex()
+        .to_string()
 }

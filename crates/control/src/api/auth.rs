@@ -11,7 +11,11 @@ use axum::response::Response;
 use super::{ApiError, ApiState};
 
 /// Refuse every request without the right `Authorization: Bearer TOKEN` header.
-pub(crate) async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Result<Response, ApiError> {
+pub(crate) async fn require_token(
+    State(state): State<ApiState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let given = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
@@ -19,8 +23,12 @@ pub(crate) async fn require_token(State(state): State<ApiState>, req: Request, n
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(t) if token_matches(t, &state.token) => Ok(next.run(req).await),
-        Some(_) => Err(ApiError::unauthorized("the API token is wrong; use the token in DATA/admin-token (FERRY_TOKEN)")),
-        None => Err(ApiError::unauthorized("an API token is required: send `Authorization: Bearer TOKEN` (FERRY_TOKEN)")),
+        Some(_) => Err(ApiError::unauthorized(
+            "the API token is wrong; use the token in DATA/admin-token (FERRY_TOKEN)",
+        )),
+        None => Err(ApiError::unauthorized(
+            "an API token is required: send `Authorization: Bearer TOKEN` (FERRY_TOKEN)",
+        )),
     }
 }
 
@@ -38,7 +46,11 @@ pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
             return Ok(t);
         }
     }
-    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let token = format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    );
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)

@@ -50,6 +50,12 @@ impl From<ControlError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(Body { error: &self.message })).into_response()
+        (
+            self.status,
+            Json(Body {
+                error: &self.message,
+            }),
+        )
+            .into_response()
     }
 }

@@ -34,13 +34,19 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(e) => Err(ApiError::bad_request(format!("invalid request body: {}", e.body_text()))),
+            Err(e) => Err(ApiError::bad_request(format!(
+                "invalid request body: {}",
+                e.body_text()
+            ))),
         }
     }
 }
 
 pub(crate) async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such API route; see the README for the API")
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such API route; see the README for the API",
+    )
 }
 
 pub(crate) async fn regions(State(s): State<ApiState>) -> R {
@@ -51,7 +57,10 @@ pub(crate) async fn groups(State(s): State<ApiState>) -> R {
     ok(s.control.groups()?)
 }
 
-pub(crate) async fn create_group(State(s): State<ApiState>, JsonBody(b): JsonBody<CreateGroup>) -> R {
+pub(crate) async fn create_group(
+    State(s): State<ApiState>,
+    JsonBody(b): JsonBody<CreateGroup>,
+) -> R {
     created(s.control.create_group(b)?)
 }
 
@@ -63,7 +72,11 @@ pub(crate) async fn networks(State(s): State<ApiState>) -> R {
     ok(s.control.networks()?)
 }
 
-pub(crate) async fn create_network(State(s): State<ApiState>, Path(g): Path<String>, JsonBody(b): JsonBody<CreateNetwork>) -> R {
+pub(crate) async fn create_network(
+    State(s): State<ApiState>,
+    Path(g): Path<String>,
+    JsonBody(b): JsonBody<CreateNetwork>,
+) -> R {
     created(s.control.create_network(&g, b)?)
 }
 
@@ -75,7 +88,11 @@ pub(crate) async fn storage_accounts(State(s): State<ApiState>) -> R {
     ok(s.control.storage_accounts()?)
 }
 
-pub(crate) async fn create_storage(State(s): State<ApiState>, Path(g): Path<String>, JsonBody(b): JsonBody<CreateStorage>) -> R {
+pub(crate) async fn create_storage(
+    State(s): State<ApiState>,
+    Path(g): Path<String>,
+    JsonBody(b): JsonBody<CreateStorage>,
+) -> R {
     created(s.control.create_storage(&g, b)?)
 }
 
@@ -99,7 +116,10 @@ pub(crate) async fn policies(State(s): State<ApiState>) -> R {
     ok(s.control.policies()?)
 }
 
-pub(crate) async fn create_policy(State(s): State<ApiState>, JsonBody(b): JsonBody<CreatePolicy>) -> R {
+pub(crate) async fn create_policy(
+    State(s): State<ApiState>,
+    JsonBody(b): JsonBody<CreatePolicy>,
+) -> R {
     created(s.control.create_policy(b)?)
 }
 
@@ -111,7 +131,11 @@ pub(crate) async fn vms(State(s): State<ApiState>) -> R {
     ok(s.control.vms()?)
 }
 
-pub(crate) async fn create_vm(State(s): State<ApiState>, Path(g): Path<String>, JsonBody(b): JsonBody<CreateVm>) -> R {
+pub(crate) async fn create_vm(
+    State(s): State<ApiState>,
+    Path(g): Path<String>,
+    JsonBody(b): JsonBody<CreateVm>,
+) -> R {
     created(s.control.create_vm(&g, b)?)
 }
 
@@ -119,7 +143,10 @@ pub(crate) async fn vm(State(s): State<ApiState>, Path((g, v)): Path<(String, St
     ok(s.control.vm(&g, &v)?)
 }
 
-pub(crate) async fn delete_vm(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
+pub(crate) async fn delete_vm(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+) -> R {
     s.control.delete_vm(&g, &v).await?;
     ok(json!({"deleted": format!("{g}/{v}")}))
 }
@@ -128,7 +155,10 @@ pub(crate) async fn replications(State(s): State<ApiState>) -> R {
     ok(s.control.replications()?)
 }
 
-pub(crate) async fn replication(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
+pub(crate) async fn replication(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+) -> R {
     ok(s.control.show_replication(&g, &v)?)
 }
 
@@ -141,12 +171,18 @@ pub(crate) async fn enable_replication(
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
 }
 
-pub(crate) async fn disable_replication(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
+pub(crate) async fn disable_replication(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+) -> R {
     let job = s.control.disable_replication(&g, &v).await?;
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
 }
 
-pub(crate) async fn recovery_points(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
+pub(crate) async fn recovery_points(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+) -> R {
     ok(s.control.recovery_points(&g, &v).await?)
 }
 
@@ -161,27 +197,34 @@ pub(crate) async fn export_disk(
     Path((g, v, n)): Path<(String, String, String)>,
     query: Result<Query<ExportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> R {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
-    let disk: usize = n
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid disk number {n:?}: disks are numbered from 0")))?;
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let disk: usize = n.parse().map_err(|_| {
+        ApiError::bad_request(format!(
+            "invalid disk number {n:?}: disks are numbered from 0"
+        ))
+    })?;
     let (layout, point) = s.control.resolve_point(&g, &v, &q.recovery_point).await?;
-    let size = point
-        .disks
-        .get(disk)
-        .map(|d| d.size)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("disk {disk} does not exist (the VM has {} disks)", point.disks.len())))?;
+    let size = point.disks.get(disk).map(|d| d.size).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "disk {disk} does not exist (the VM has {} disks)",
+                point.disks.len()
+            ),
+        )
+    })?;
     let stream = ferry_replica::export::disk_bytes(&layout, &point, disk)
         .await
         .map_err(crate::ControlError::from)?;
     let info = ferry_replica::PointInfo::from_record(&point);
-    Ok(Response::builder()
+    Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, size)
         .header("x-ferry-recovery-point", info.id)
         .header("x-ferry-recovery-point-time", info.time.to_string())
         .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 pub(crate) async fn jobs(State(s): State<ApiState>) -> R {
@@ -189,9 +232,8 @@ pub(crate) async fn jobs(State(s): State<ApiState>) -> R {
 }
 
 pub(crate) async fn job(State(s): State<ApiState>, Path(id): Path<String>) -> R {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request(format!("invalid job id {id:?}: job ids are numbers")))?;
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::bad_request(format!("invalid job id {id:?}: job ids are numbers"))
+    })?;
     ok(s.control.job(id)?)
 }
-

@@ -33,13 +33,22 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route("/v1/groups", get(groups).post(create_group))
         .route("/v1/groups/{g}", get(group))
         .route("/v1/networks", get(networks))
-        .route("/v1/groups/{g}/networks", axum::routing::post(create_network))
+        .route(
+            "/v1/groups/{g}/networks",
+            axum::routing::post(create_network),
+        )
         .route("/v1/groups/{g}/networks/{n}", get(network))
         .route("/v1/storage", get(storage_accounts))
-        .route("/v1/groups/{g}/storage", axum::routing::post(create_storage))
+        .route(
+            "/v1/groups/{g}/storage",
+            axum::routing::post(create_storage),
+        )
         .route("/v1/groups/{g}/storage/{a}", get(storage))
         .route("/v1/availability-sets", get(availability_sets))
-        .route("/v1/groups/{g}/availability-sets", axum::routing::post(create_availability_set))
+        .route(
+            "/v1/groups/{g}/availability-sets",
+            axum::routing::post(create_availability_set),
+        )
         .route("/v1/policies", get(policies).post(create_policy))
         .route("/v1/policies/{p}", get(policy))
         .route("/v1/vms", get(vms))
@@ -48,14 +57,22 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route("/v1/replications", get(replications))
         .route(
             "/v1/groups/{g}/vms/{vm}/replication",
-            get(replication).post(enable_replication).delete(disable_replication),
+            get(replication)
+                .post(enable_replication)
+                .delete(disable_replication),
         )
-        .route("/v1/groups/{g}/vms/{vm}/recovery-points", get(recovery_points))
+        .route(
+            "/v1/groups/{g}/vms/{vm}/recovery-points",
+            get(recovery_points),
+        )
         .route("/v1/groups/{g}/vms/{vm}/disks/{n}/export", get(export_disk))
         .route("/v1/jobs", get(jobs))
         .route("/v1/jobs/{id}", get(job))
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_token));
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(api)

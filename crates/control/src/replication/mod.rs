@@ -31,11 +31,19 @@ impl Control {
 
     /// Enable replication: derive and create the target resources, record the item, and start
     /// a job that starts the stream and follows initial replication to `protected`.
-    pub async fn enable_replication(self: &Arc<Self>, group: &str, vm: &str, req: EnableReplication) -> Result<Job> {
+    pub async fn enable_replication(
+        self: &Arc<Self>,
+        group: &str,
+        vm: &str,
+        req: EnableReplication,
+    ) -> Result<Job> {
         let source = self.vm(group, vm)?;
         let vm_key = key(group, vm);
         if let Some(r) = self.db.get::<Replication>(Kind::Replication, &vm_key)? {
-            return Err(ControlError::conflict(format!("VM {vm_key} is already replicated (state {})", r.state)));
+            return Err(ControlError::conflict(format!(
+                "VM {vm_key} is already replicated (state {})",
+                r.state
+            )));
         }
         self.agent(&req.target_region)?;
         if req.target_region == source.region {
@@ -51,7 +59,13 @@ impl Control {
         let mut job = self.new_job(
             "enable-replication",
             &vm_key,
-            &["Prerequisites check", "Create target resources", "Start replication", "Initial replication", "Protect"],
+            &[
+                "Prerequisites check",
+                "Create target resources",
+                "Start replication",
+                "Initial replication",
+                "Protect",
+            ],
         )?;
         self.job_step(&mut job, 0, "succeeded", None)?;
         let target = match self.create_targets(&source, &req) {
@@ -61,7 +75,15 @@ impl Control {
                 return Err(e);
             }
         };
-        self.job_step(&mut job, 1, "succeeded", Some(format!("{}/{} in {}", target.group, target.network, target.region)))?;
+        self.job_step(
+            &mut job,
+            1,
+            "succeeded",
+            Some(format!(
+                "{}/{} in {}",
+                target.group, target.network, target.region
+            )),
+        )?;
         let rep = Replication {
             group: group.to_string(),
             vm: vm.to_string(),
@@ -74,7 +96,8 @@ impl Control {
             job: Some(job.id),
             created: Timestamp::now(),
         };
-        self.db.insert(Kind::Replication, &vm_key, &rep, "replication of VM")?;
+        self.db
+            .insert(Kind::Replication, &vm_key, &rep, "replication of VM")?;
         crate::jobs::spawn(self.clone(), job.clone());
         Ok(job)
     }
@@ -102,32 +125,52 @@ impl Control {
 
     /// The accounts of an item's replica.
     pub(crate) fn layout(&self, rep: &Replication) -> Result<ReplicaLayout> {
-        if let Some(l) = self.layouts.lock().unwrap_or_else(|p| p.into_inner()).get(&rep.stream) {
+        if let Some(l) = self
+            .layouts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&rep.stream)
+        {
             return Ok(l.clone());
         }
         let vm = self.vm(&rep.group, &rep.vm)?;
         let mut disks = Vec::new();
         for d in &vm.disks {
             let target = rep.target.storage.get(&d.storage).ok_or_else(|| {
-                ControlError::Internal(format!("no target account is mapped for source account {}", d.storage))
+                ControlError::Internal(format!(
+                    "no target account is mapped for source account {}",
+                    d.storage
+                ))
             })?;
             let acct = self.storage(&rep.target.group, target)?;
             disks.push(self.stores.get(&acct.url)?);
         }
         let meta = disks[0].clone();
         let layout = ReplicaLayout::new(rep.stream, meta, disks);
-        self.layouts.lock().unwrap_or_else(|p| p.into_inner()).insert(rep.stream, layout.clone());
+        self.layouts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rep.stream, layout.clone());
         Ok(layout)
     }
 
     pub async fn recovery_points(&self, group: &str, vm: &str) -> Result<Vec<PointView>> {
         let rep = self.replication(group, vm)?;
         let layout = self.layout(&rep)?;
-        Ok(points::list(&layout).await?.iter().map(PointView::from).collect())
+        Ok(points::list(&layout)
+            .await?
+            .iter()
+            .map(PointView::from)
+            .collect())
     }
 
     /// Resolve a point selector for an item.
-    pub async fn resolve_point(&self, group: &str, vm: &str, sel: &str) -> Result<(ReplicaLayout, ferry_format::point::PointRecord)> {
+    pub async fn resolve_point(
+        &self,
+        group: &str,
+        vm: &str,
+        sel: &str,
+    ) -> Result<(ReplicaLayout, ferry_format::point::PointRecord)> {
         let rep = self.replication(group, vm)?;
         let selector = PointSelector::parse(sel).ok_or_else(|| {
             ControlError::invalid(format!(
@@ -147,7 +190,12 @@ impl Control {
         let job = self.new_job(
             "disable-replication",
             &vm_key,
-            &["Stop replication", "Plan deletion", "Delete cache and replica data", "Remove item"],
+            &[
+                "Stop replication",
+                "Plan deletion",
+                "Delete cache and replica data",
+                "Remove item",
+            ],
         )?;
         rep.state = state::DISABLING.into();
         rep.job = Some(job.id);

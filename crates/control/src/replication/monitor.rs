@@ -40,7 +40,9 @@ async fn prune(control: &Control) -> crate::error::Result<()> {
         }
         let policy = control.policy(&rep.policy)?;
         let layout = control.layout(&rep)?;
-        let horizon = ferry_types::Timestamp(ferry_types::Timestamp::now().0 - policy.retention_seconds as i64 * 1_000_000_000);
+        let horizon = ferry_types::Timestamp(
+            ferry_types::Timestamp::now().0 - policy.retention_seconds as i64 * 1_000_000_000,
+        );
         let removed = ferry_replica::points::prune_points(&layout, horizon).await?;
         if removed > 0 {
             tracing::info!(item = %key(&rep.group, &rep.vm), removed, "pruned recovery points past retention");

@@ -32,10 +32,15 @@ impl ItemRuntime {
 impl Control {
     /// The cache account of an item, confined to the item's own prefix.
     pub(crate) fn item_cache(&self, rep: &Replication) -> Result<DynStore> {
-        let (group, account) = rep.target.cache_storage.split_once('/').unwrap_or((&rep.group, &rep.target.cache_storage));
+        let (group, account) = rep
+            .target
+            .cache_storage
+            .split_once('/')
+            .unwrap_or((&rep.group, &rep.target.cache_storage));
         let acct = self.storage(group, account)?;
         let store = self.stores.get(&acct.url)?;
-        let prefix = Key::from_segments(["streams", &rep.stream.to_string()]).expect("stream ids are valid key segments");
+        let prefix = Key::from_segments(["streams", &rep.stream.to_string()])
+            .expect("stream ids are valid key segments");
         Ok(ferry_storage::scoped(store, prefix))
     }
 
@@ -55,10 +60,16 @@ impl Control {
                 generation: rep.generation,
                 cache: cache.clone(),
                 stream_config: StreamConfig::default(),
-                crash_consistent_every: Duration::from_secs_f64(policy.crash_consistent_every_seconds),
+                crash_consistent_every: Duration::from_secs_f64(
+                    policy.crash_consistent_every_seconds,
+                ),
             },
         )?;
-        let running = self.items.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&vm_key);
+        let running = self
+            .items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&vm_key);
         if !running {
             let layout = self.layout(rep)?;
             let vm = self.vm(&rep.group, &rep.vm)?;
@@ -87,7 +98,11 @@ impl Control {
     /// Stop an item's processor and stream (its data stays).
     pub(crate) async fn stop_item(&self, rep: &Replication) {
         let vm_key = key(&rep.group, &rep.vm);
-        let item = self.items.lock().unwrap_or_else(|p| p.into_inner()).remove(&vm_key);
+        let item = self
+            .items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&vm_key);
         if let Some(item) = item {
             item.stop().await;
         }
@@ -98,6 +113,11 @@ impl Control {
 
     pub(crate) fn processor_status(&self, vm_key: &str) -> Option<ProcessorStatus> {
         let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
-        items.get(vm_key).map(|i| i.processor.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        items.get(vm_key).map(|i| {
+            i.processor
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        })
     }
 }

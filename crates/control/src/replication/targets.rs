@@ -36,14 +36,30 @@ impl Control {
                 )));
             }
             Some(_) => {}
-            None => new.push((Kind::Group, group.clone(), encode(&Group { name: group.clone(), region: region.clone() }))),
+            None => new.push((
+                Kind::Group,
+                group.clone(),
+                encode(&Group {
+                    name: group.clone(),
+                    region: region.clone(),
+                }),
+            )),
         }
 
-        let nic = vm.nics.first().ok_or_else(|| ControlError::invalid("the VM has no NIC"))?;
+        let nic = vm
+            .nics
+            .first()
+            .ok_or_else(|| ControlError::invalid("the VM has no NIC"))?;
         let src_net = self.network(&vm.group, &nic.network)?;
         let network = derived(&req.target_network, &src_net.name, "target network")?;
-        let subnet = req.target_subnet.clone().unwrap_or_else(|| nic.subnet.clone());
-        match self.db.get::<Network>(Kind::Network, &key(&group, &network))? {
+        let subnet = req
+            .target_subnet
+            .clone()
+            .unwrap_or_else(|| nic.subnet.clone());
+        match self
+            .db
+            .get::<Network>(Kind::Network, &key(&group, &network))?
+        {
             Some(n) => {
                 if !n.subnets.iter().any(|s| s.name == subnet) {
                     return Err(ControlError::invalid(format!(
@@ -72,14 +88,21 @@ impl Control {
             (key(&vm.group, &src_net.name), key(&group, &network)),
             (key(&group, &network), key(&vm.group, &src_net.name)),
         ] {
-            let m = NetworkMapping { source: from.clone(), target: to.clone() };
+            let m = NetworkMapping {
+                source: from.clone(),
+                target: to.clone(),
+            };
             new.push((Kind::NetworkMapping, format!("{from}->{to}"), encode(&m)));
         }
 
         let availability_set = match &vm.availability_set {
             Some(set) => {
                 let t = derived(&req.target_availability_set, set, "target availability set")?;
-                let s = AvailabilitySet { group: group.clone(), name: t.clone(), region: region.clone() };
+                let s = AvailabilitySet {
+                    group: group.clone(),
+                    name: t.clone(),
+                    region: region.clone(),
+                };
                 new.push((Kind::AvailabilitySet, key(&group, &t), encode(&s)));
                 Some(t)
             }
@@ -91,32 +114,62 @@ impl Control {
             if storage.contains_key(&d.storage) {
                 continue;
             }
-            let t = derived(&req.target_storage.get(&d.storage).cloned(), &d.storage, "target storage account")?;
-            if self.db.get::<StorageAccount>(Kind::Storage, &key(&group, &t))?.is_none() {
+            let t = derived(
+                &req.target_storage.get(&d.storage).cloned(),
+                &d.storage,
+                "target storage account",
+            )?;
+            if self
+                .db
+                .get::<StorageAccount>(Kind::Storage, &key(&group, &t))?
+                .is_none()
+            {
                 let url = self.default_account_url(&region, &group, &t);
                 self.stores.get(&url)?;
-                let a = StorageAccount { group: group.clone(), name: t.clone(), region: region.clone(), url };
+                let a = StorageAccount {
+                    group: group.clone(),
+                    name: t.clone(),
+                    region: region.clone(),
+                    url,
+                };
                 new.push((Kind::Storage, key(&group, &t), encode(&a)));
             }
             storage.insert(d.storage.clone(), t);
         }
-        if let Some(unknown) = req.target_storage.keys().find(|k| !storage.contains_key(*k)) {
-            return Err(ControlError::invalid(format!("--target-storage names {unknown}, which holds none of the VM's disks")));
+        if let Some(unknown) = req
+            .target_storage
+            .keys()
+            .find(|k| !storage.contains_key(*k))
+        {
+            return Err(ControlError::invalid(format!(
+                "--target-storage names {unknown}, which holds none of the VM's disks"
+            )));
         }
 
         let cache = match &req.cache_storage {
             Some(c) => name(c, "cache storage account")?,
             None => format!("cache-{}", vm.region),
         };
-        match self.db.get::<StorageAccount>(Kind::Storage, &key(&vm.group, &cache))? {
+        match self
+            .db
+            .get::<StorageAccount>(Kind::Storage, &key(&vm.group, &cache))?
+        {
             Some(a) if a.region != vm.region => {
-                return Err(ControlError::invalid(format!("cache account {}/{cache} must be in the VM's region {}", vm.group, vm.region)));
+                return Err(ControlError::invalid(format!(
+                    "cache account {}/{cache} must be in the VM's region {}",
+                    vm.group, vm.region
+                )));
             }
             Some(_) => {}
             None => {
                 let url = self.default_account_url(&vm.region, &vm.group, &cache);
                 self.stores.get(&url)?;
-                let a = StorageAccount { group: vm.group.clone(), name: cache.clone(), region: vm.region.clone(), url };
+                let a = StorageAccount {
+                    group: vm.group.clone(),
+                    name: cache.clone(),
+                    region: vm.region.clone(),
+                    url,
+                };
                 new.push((Kind::Storage, key(&vm.group, &cache), encode(&a)));
             }
         }

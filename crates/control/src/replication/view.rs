@@ -77,7 +77,10 @@ pub struct ReplicationView {
 impl Control {
     pub(crate) fn view(&self, rep: &Replication) -> ReplicationView {
         let vm_key = key(&rep.group, &rep.vm);
-        let agent = self.agent(&rep.source_region).ok().and_then(|a| a.status(&vm_key));
+        let agent = self
+            .agent(&rep.source_region)
+            .ok()
+            .and_then(|a| a.status(&vm_key));
         let proc = self.processor_status(&vm_key);
         let now = Timestamp::now();
         let mut reasons = Vec::new();
@@ -105,13 +108,23 @@ impl Control {
         });
         if let Some(r) = rpo {
             if r > RPO_CRITICAL_SECONDS {
-                reasons.push(format!("RPO {r:.0} s is over the critical threshold of {RPO_CRITICAL_SECONDS:.0} s"));
+                reasons.push(format!(
+                    "RPO {r:.0} s is over the critical threshold of {RPO_CRITICAL_SECONDS:.0} s"
+                ));
                 critical = true;
             } else if r > RPO_WARNING_SECONDS {
-                reasons.push(format!("RPO {r:.0} s is over the warning threshold of {RPO_WARNING_SECONDS:.0} s"));
+                reasons.push(format!(
+                    "RPO {r:.0} s is over the warning threshold of {RPO_WARNING_SECONDS:.0} s"
+                ));
             }
         }
-        if !self.items.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&vm_key) && rep.state != state::DISABLING {
+        if !self
+            .items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&vm_key)
+            && rep.state != state::DISABLING
+        {
             reasons.push("the processor is not running".into());
         }
         let health = if critical {
@@ -154,7 +167,10 @@ impl Control {
             health: health.into(),
             health_reasons: reasons,
             rpo_seconds: rpo.map(|r| (r * 1000.0).round() / 1000.0),
-            last_recovery_point: proc.as_ref().and_then(|p| p.last_point.as_ref()).map(PointView::from),
+            last_recovery_point: proc
+                .as_ref()
+                .and_then(|p| p.last_point.as_ref())
+                .map(PointView::from),
             policy: rep.policy.clone(),
             target: rep.target.clone(),
             initial_replication: initial,

@@ -11,9 +11,33 @@ fn rec(seq: u64, time: i64, disk: u16, op: Op) -> Record {
 
 fn sample() -> Vec<Record> {
     vec![
-        rec(10, 100, 0, Op::Write { offset: 4096, data: vec![7; 4096] }),
-        rec(11, 100, 1, Op::Zero { offset: 0, len: 65536 }),
-        rec(12, 105, 0, Op::Trim { offset: 8192, len: 4096 }),
+        rec(
+            10,
+            100,
+            0,
+            Op::Write {
+                offset: 4096,
+                data: vec![7; 4096],
+            },
+        ),
+        rec(
+            11,
+            100,
+            1,
+            Op::Zero {
+                offset: 0,
+                len: 65536,
+            },
+        ),
+        rec(
+            12,
+            105,
+            0,
+            Op::Trim {
+                offset: 8192,
+                len: 4096,
+            },
+        ),
         rec(13, 110, 0, Op::Marker(MarkerKind::CrashConsistent)),
     ]
 }
@@ -48,7 +72,10 @@ fn every_flipped_byte_is_detected() {
 fn truncation_is_detected() {
     let (bytes, _) = encode(StreamId([1; 16]), Generation(1), Digest::ZERO, &sample(), 3).unwrap();
     for len in [0, 5, 41, bytes.len() / 2, bytes.len() - 1] {
-        assert!(decode(&bytes[..len]).is_err(), "truncation to {len} went unnoticed");
+        assert!(
+            decode(&bytes[..len]).is_err(),
+            "truncation to {len} went unnoticed"
+        );
     }
 }
 
@@ -76,10 +103,16 @@ mod prop {
 
     fn op() -> impl Strategy<Value = (u16, Op)> {
         prop_oneof![
-            (0u16..4, 0u64..1 << 40, proptest::collection::vec(any::<u8>(), 0..3000))
+            (
+                0u16..4,
+                0u64..1 << 40,
+                proptest::collection::vec(any::<u8>(), 0..3000)
+            )
                 .prop_map(|(d, offset, data)| (d, Op::Write { offset, data })),
-            (0u16..4, 0u64..1 << 40, 0u64..1 << 30).prop_map(|(d, offset, len)| (d, Op::Zero { offset, len })),
-            (0u16..4, 0u64..1 << 40, 0u64..1 << 30).prop_map(|(d, offset, len)| (d, Op::Trim { offset, len })),
+            (0u16..4, 0u64..1 << 40, 0u64..1 << 30)
+                .prop_map(|(d, offset, len)| (d, Op::Zero { offset, len })),
+            (0u16..4, 0u64..1 << 40, 0u64..1 << 30)
+                .prop_map(|(d, offset, len)| (d, Op::Trim { offset, len })),
             Just((0u16, Op::Marker(MarkerKind::AppConsistent))),
         ]
     }
