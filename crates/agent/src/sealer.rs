@@ -9,6 +9,15 @@ use tokio::sync::watch;
 use crate::shipper;
 use crate::stream::Stream;
 
+/// Seal the open log now and ship everything pending (used by tests and by a drain).
+pub async fn seal_and_ship(
+    stream: &Arc<Stream>,
+    cache: &DynStore,
+) -> Result<(), crate::AgentError> {
+    stream.rotate()?;
+    shipper::ship_pending(stream, cache).await
+}
+
 /// Run until `shutdown` turns true. Failures are kept in the stream's status and retried on
 /// the next tick; nothing is dropped.
 pub async fn run(stream: Arc<Stream>, cache: DynStore, mut shutdown: watch::Receiver<bool>) {
