@@ -76,7 +76,8 @@ pub enum Cmd {
 
 #[derive(Debug, Args)]
 pub struct ServerArgs {
-    /// Configuration file (not needed for the embedded default).
+    /// Configuration file, JSON (not needed for the embedded default):
+    /// `{"regions": ["east", "west"], "seal_interval_seconds": 1, "seal_bytes": 8388608}`.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address to listen on.
@@ -144,6 +145,9 @@ pub enum AvSetCmd {
         name: String,
     },
     List,
+    Show {
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

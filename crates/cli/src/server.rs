@@ -16,6 +16,12 @@ use crate::args::ServerArgs;
 struct ConfigFile {
     #[serde(default)]
     regions: Option<Vec<String>>,
+    /// Seal a segment at least this often while writes are pending (default 1).
+    #[serde(default)]
+    seal_interval_seconds: Option<f64>,
+    /// Seal a segment once this many bytes are pending (default 8 MiB).
+    #[serde(default)]
+    seal_bytes: Option<u64>,
 }
 
 /// A running server.
@@ -62,6 +68,24 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
                 bail!("config {}: name at least two regions", path.display());
             }
             cfg.regions = r;
+        }
+        if let Some(secs) = file.seal_interval_seconds {
+            if !(0.01..=60.0).contains(&secs) {
+                bail!(
+                    "config {}: seal_interval_seconds must be between 0.01 and 60",
+                    path.display()
+                );
+            }
+            cfg.stream.seal_interval = std::time::Duration::from_secs_f64(secs);
+        }
+        if let Some(bytes) = file.seal_bytes {
+            if !(64 << 10..=256 << 20).contains(&bytes) {
+                bail!(
+                    "config {}: seal_bytes must be between 64 KiB and 256 MiB",
+                    path.display()
+                );
+            }
+            cfg.stream.seal_bytes = bytes;
         }
     }
     let addr: SocketAddr = listen.parse().with_context(|| {

@@ -19,6 +19,8 @@ pub struct ControlConfig {
     /// Everything local lives under here: state database, default storage accounts, agents.
     pub data: PathBuf,
     pub regions: Vec<String>,
+    /// How agents cut write streams into segments (~1 s or ~8 MiB by default).
+    pub stream: ferry_agent::stream::StreamConfig,
 }
 
 impl ControlConfig {
@@ -27,6 +29,7 @@ impl ControlConfig {
         ControlConfig {
             data,
             regions: vec!["east".into(), "west".into()],
+            stream: ferry_agent::stream::StreamConfig::default(),
         }
     }
 }

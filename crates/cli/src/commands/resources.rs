@@ -126,6 +126,18 @@ pub async fn availability_set(c: &Client, out: Output, cmd: AvSetCmd) -> Result<
             );
         }
         AvSetCmd::List => print(out, &c.get("/v1/availability-sets").await?, &cols),
+        AvSetCmd::Show { name } => {
+            let q = qualified(&name)?;
+            print(
+                out,
+                &c.get(&format!(
+                    "/v1/groups/{}/availability-sets/{}",
+                    q.group, q.name
+                ))
+                .await?,
+                &cols,
+            );
+        }
     }
     Ok(())
 }

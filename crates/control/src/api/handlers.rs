@@ -112,6 +112,13 @@ pub(crate) async fn create_availability_set(
     created(s.control.create_availability_set(&g, b)?)
 }
 
+pub(crate) async fn availability_set(
+    State(s): State<ApiState>,
+    Path((g, n)): Path<(String, String)>,
+) -> R {
+    ok(s.control.availability_set(&g, &n)?)
+}
+
 pub(crate) async fn policies(State(s): State<ApiState>) -> R {
     ok(s.control.policies()?)
 }

@@ -49,6 +49,10 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
             "/v1/groups/{g}/availability-sets",
             axum::routing::post(create_availability_set),
         )
+        .route(
+            "/v1/groups/{g}/availability-sets/{s}",
+            get(availability_set),
+        )
         .route("/v1/policies", get(policies).post(create_policy))
         .route("/v1/policies/{p}", get(policy))
         .route("/v1/vms", get(vms))

@@ -4,7 +4,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_agent::ReplicationConfig;
-use ferry_agent::stream::StreamConfig;
 use ferry_replica::{Processor, ProcessorConfig, ProcessorStatus};
 use ferry_storage::{DynStore, Key};
 use tokio::sync::watch;
@@ -59,7 +58,7 @@ impl Control {
                 stream: rep.stream,
                 generation: rep.generation,
                 cache: cache.clone(),
-                stream_config: StreamConfig::default(),
+                stream_config: self.cfg.stream.clone(),
                 crash_consistent_every: Duration::from_secs_f64(
                     policy.crash_consistent_every_seconds,
                 ),
