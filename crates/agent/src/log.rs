@@ -91,10 +91,20 @@ impl LogWriter {
     }
 }
 
-/// Read every whole record of a log file. A torn or corrupt tail is cut off (and reported in
-/// the second value as the number of bytes dropped); corruption before the last record is an
-/// error, since records after it would be lost.
-pub(crate) fn read(path: &Path) -> Result<(Vec<Record>, u64), AgentError> {
+/// How to treat a bad frame when reading a log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tail {
+    /// The log was being appended to when the agent stopped: a bad frame starts a torn tail
+    /// (records after it were never synced, so no acknowledged FUA write is among them).
+    MayBeTorn,
+    /// The log was closed and synced: any bad frame is corruption.
+    Sealed,
+}
+
+/// Read every whole record of a log file. With [`Tail::MayBeTorn`], everything from the first
+/// bad frame on is cut off (the second value is the number of bytes dropped); with
+/// [`Tail::Sealed`], a bad frame is an error.
+pub(crate) fn read(path: &Path, tail: Tail) -> Result<(Vec<Record>, u64), AgentError> {
     let data = std::fs::read(path).map_err(AgentError::io("read stream log", path))?;
     let mut records = Vec::new();
     let mut pos = 0usize;
@@ -104,12 +114,12 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Record>, u64), AgentError> {
                 records.push(rec);
                 pos = next;
             }
-            None if tail_is_torn(&data, pos) => return Ok((records, (data.len() - pos) as u64)),
+            None if tail == Tail::MayBeTorn => return Ok((records, (data.len() - pos) as u64)),
             None => {
                 return Err(AgentError::CorruptLog {
                     path: path.to_path_buf(),
                     offset: pos as u64,
-                    reason: "a record fails its checksum and more records follow it".into(),
+                    reason: "a record of a sealed log fails its checksum".into(),
                 });
             }
         }
@@ -127,11 +137,6 @@ fn frame_at(data: &[u8], pos: usize) -> Option<(Record, usize)> {
     }
     let (rec, used) = segment::decode_record_prefix(body).ok()?;
     (used == len).then_some((rec, pos + FRAME + len))
-}
-
-/// A bad frame is a torn tail when no valid frame can be found after it.
-fn tail_is_torn(data: &[u8], pos: usize) -> bool {
-    !(pos + 1..data.len()).any(|p| frame_at(data, p).is_some())
 }
 
 #[cfg(test)]
@@ -161,7 +166,7 @@ mod tests {
     fn records_read_back_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_log(dir.path(), 3);
-        let (recs, dropped) = read(&path).unwrap();
+        let (recs, dropped) = read(&path, Tail::Sealed).unwrap();
         assert_eq!(dropped, 0);
         assert_eq!(recs.len(), 3);
         assert_eq!(recs[2].seq, Seq(7));
@@ -175,17 +180,25 @@ mod tests {
     }
 
     #[test]
-    fn a_torn_tail_is_cut_and_earlier_corruption_is_an_error() {
+    fn a_torn_tail_is_cut_and_a_bad_sealed_log_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = write_log(dir.path(), 3);
         let full = std::fs::read(&path).unwrap();
         std::fs::write(&path, &full[..full.len() - 10]).unwrap();
-        let (recs, dropped) = read(&path).unwrap();
+        let (recs, dropped) = read(&path, Tail::MayBeTorn).unwrap();
         assert_eq!(recs.len(), 2);
         assert!(dropped > 0);
+        assert!(matches!(
+            read(&path, Tail::Sealed),
+            Err(AgentError::CorruptLog { .. })
+        ));
         let mut bad = full.clone();
         bad[20] ^= 0xff;
         std::fs::write(&path, &bad).unwrap();
-        assert!(matches!(read(&path), Err(AgentError::CorruptLog { .. })));
+        assert!(matches!(
+            read(&path, Tail::Sealed),
+            Err(AgentError::CorruptLog { .. })
+        ));
+        assert_eq!(read(&path, Tail::MayBeTorn).unwrap().0.len(), 0);
     }
 }

@@ -40,7 +40,7 @@ async fn seal(
     let level = stream.config.zstd_level;
     let (first, last) = (closed.first_seq, closed.last_seq);
     tokio::task::spawn_blocking(move || {
-        let (records, _) = log::read(&path)?;
+        let (records, _) = log::read(&path, log::Tail::Sealed)?;
         let range = (
             records.first().map(|r| r.seq),
             records.last().map(|r| r.seq),

@@ -321,9 +321,15 @@ fn recover_logs(
     let mut closed = VecDeque::new();
     let mut next = state.shipped_next;
     let mut last_time = Timestamp(0);
-    for first in list_logs(dir)? {
+    let logs = list_logs(dir)?;
+    for (i, first) in logs.iter().copied().enumerate() {
         let path = dir.join(log::file_name(first));
-        let (records, dropped) = log::read(&path)?;
+        let tail = if i + 1 == logs.len() {
+            log::Tail::MayBeTorn
+        } else {
+            log::Tail::Sealed
+        };
+        let (records, dropped) = log::read(&path, tail)?;
         if dropped > 0 {
             tracing::warn!(path = %path.display(), dropped, "cut a torn tail off the stream log");
             let keep = std::fs::metadata(&path)
