@@ -80,13 +80,18 @@ impl Control {
     /// replicated item's stream and processor running, every unfinished job resumed.
     pub async fn reconcile(self: &Arc<Self>) -> Result<()> {
         for vm in self.db.list::<crate::model::Vm>(crate::db::Kind::Vm)? {
-            self.attach_vm(&vm)?;
+            if let Err(e) = self.attach_vm(&vm) {
+                tracing::error!(vm = %format!("{}/{}", vm.group, vm.name), error = %e, "serve the disks of a VM");
+            }
         }
         for rep in self
             .db
             .list::<crate::model::Replication>(crate::db::Kind::Replication)?
         {
-            self.ensure_running(&rep).await?;
+            if let Err(e) = self.ensure_running(&rep).await {
+                let item = format!("{}/{}", rep.group, rep.vm);
+                tracing::error!(%item, error = %e, "start replication of an item; the monitor retries");
+            }
         }
         crate::jobs::resume(self).await
     }

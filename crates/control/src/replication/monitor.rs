@@ -10,11 +10,37 @@ use crate::db::Kind;
 use crate::model::{Replication, state};
 use crate::resources::key;
 
+/// How often items whose stream or processor could not start are tried again.
+const RESTART_EVERY: Duration = Duration::from_secs(5);
+
+/// Start the parts of items that are not running (a start that failed, e.g. a store that was
+/// unreachable when the server started).
+async fn restart_missing(control: &Arc<Control>) {
+    let Ok(reps) = control.db.list::<Replication>(Kind::Replication) else {
+        return;
+    };
+    for rep in reps {
+        let vm_key = key(&rep.group, &rep.vm);
+        let running = control
+            .items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&vm_key);
+        if running || rep.state == state::DISABLING {
+            continue;
+        }
+        if let Err(e) = control.ensure_running(&rep).await {
+            tracing::warn!(item = %vm_key, error = %e, "start replication of an item; will retry");
+        }
+    }
+}
+
 /// How often points past their policy's retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     let mut last_prune = std::time::Instant::now();
+    let mut last_restart = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {}
@@ -22,6 +48,10 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
         }
         if let Err(e) = tick(&control) {
             tracing::warn!(error = %e, "monitor replicated items");
+        }
+        if last_restart.elapsed() >= RESTART_EVERY {
+            last_restart = std::time::Instant::now();
+            restart_missing(&control).await;
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = std::time::Instant::now();

@@ -64,28 +64,23 @@ impl Control {
                 ),
             },
         )?;
-        let running = self
-            .items
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&vm_key);
-        if !running {
-            let layout = self.layout(rep)?;
-            let vm = self.vm(&rep.group, &rep.vm)?;
+        let layout = self.layout(rep)?;
+        let vm = self.vm(&rep.group, &rep.vm)?;
+        let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        if !items.contains_key(&vm_key) {
             let sizes = vm.disks.iter().map(|d| d.size_bytes).collect();
             let processor = Processor::new(layout, cache, sizes, ProcessorConfig::default());
             let status = processor.status();
             let (tx, rx) = watch::channel(false);
             let task = tokio::spawn(processor.run(rx));
-            self.items.lock().unwrap_or_else(|p| p.into_inner()).insert(
-                vm_key.clone(),
-                ItemRuntime {
-                    processor: status,
-                    shutdown: tx,
-                    task,
-                },
-            );
+            let runtime = ItemRuntime {
+                processor: status,
+                shutdown: tx,
+                task,
+            };
+            items.insert(vm_key.clone(), runtime);
         }
+        drop(items);
         if rep.state == state::ENABLING {
             let mut r = rep.clone();
             r.state = state::INITIAL_REPLICATION.into();
