@@ -1,14 +1,15 @@
 //! A protected disk's front-end: the NBD export the VM's hypervisor attaches.
 //!
 //! Every change is applied to the raw source image and then, when the VM is replicated,
-//! appended to its write stream, both under the disk's order lock so the stream's order of
-//! overlapping writes is the image's order. The reply to the client is sent only after both.
+//! appended to its write stream, both under the order locks of the regions it touches, so the
+//! stream's order of overlapping writes is the image's order (writes to other regions proceed
+//! in parallel). The reply to the client is sent only after both.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ferry_format::segment::OpRef;
 use ferry_nbd::Export;
@@ -16,13 +17,19 @@ use ferry_nbd::Export;
 use crate::AgentError;
 use crate::stream::Stream;
 
+/// Order-lock stripes per disk.
+const STRIPES: usize = 64;
+/// Order locks cover regions of 1 MiB.
+const REGION_SHIFT: u32 = 20;
+
 /// One disk of a VM, served from a raw image file on the source host.
 pub struct Disk {
     index: u16,
     path: PathBuf,
     file: File,
     size: u64,
-    order: Mutex<()>,
+    /// Order locks, one per stripe of 1 MiB regions (region `r` uses stripe `r % STRIPES`).
+    order: Vec<Mutex<()>>,
     stream: RwLock<Option<Arc<Stream>>>,
 }
 
@@ -58,7 +65,7 @@ impl Disk {
             path: path.to_path_buf(),
             file,
             size,
-            order: Mutex::new(()),
+            order: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             stream: RwLock::new(None),
         })
     }
@@ -83,14 +90,35 @@ impl Disk {
             .clone()
     }
 
-    /// Apply a change to the image and the stream, in order with every other change.
+    /// Lock the order stripes of every 1 MiB region of `offset..offset + len`, in ascending
+    /// stripe order (so two writes never wait on each other in a cycle).
+    fn lock_range(&self, offset: u64, len: u64) -> Vec<MutexGuard<'_, ()>> {
+        let first = offset >> REGION_SHIFT;
+        let last = (offset + len.max(1) - 1) >> REGION_SHIFT;
+        let mut stripes: Vec<usize> = (first..=last.min(first + STRIPES as u64 - 1))
+            .map(|r| (r % STRIPES as u64) as usize)
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|i| self.order[i].lock().unwrap_or_else(|p| p.into_inner()))
+            .collect()
+    }
+
+    /// Apply a change to the image and the stream, in order with every overlapping change.
     fn change(
         &self,
         fua: bool,
         apply: impl FnOnce(&File) -> io::Result<()>,
         record: OpRef<'_>,
     ) -> io::Result<()> {
-        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let (offset, len) = match record {
+            OpRef::Write { offset, data } => (offset, data.len() as u64),
+            OpRef::Zero { offset, len } | OpRef::Trim { offset, len } => (offset, len),
+            OpRef::Marker(_) => (0, 0),
+        };
+        let _order = self.lock_range(offset, len);
         apply(&self.file)?;
         if fua {
             self.file.sync_data()?;
@@ -114,7 +142,7 @@ impl Disk {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<bool, AgentError> {
-        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let _order = self.lock_range(offset, buf.len() as u64);
         self.file
             .read_exact_at(buf, offset)
             .map_err(AgentError::io("read disk image", &self.path))?;

@@ -182,6 +182,9 @@ impl Stream {
                 .map_err(AgentError::io("sync stream log", &self.dir))?;
         }
         if full {
+            // Close the log here, not in the sealer: while the sealer ships, the open log would
+            // otherwise grow without bound and become one huge segment.
+            self.rotate()?;
             self.seal_now.notify_one();
         }
         Ok(seq)
