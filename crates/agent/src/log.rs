@@ -7,7 +7,7 @@
 //! detected by the frame checksum and cut off on recovery.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{IoSlice, Write};
 use std::path::{Path, PathBuf};
 
 use ferry_format::segment::{self, OpRef, Record};
@@ -58,7 +58,7 @@ impl LogWriter {
         })
     }
 
-    /// Append one record with a single `write` call.
+    /// Append one record with one vectored `write` (header and payload, no copy of the payload).
     pub fn append(
         &mut self,
         seq: Seq,
@@ -68,19 +68,20 @@ impl LogWriter {
     ) -> Result<(), AgentError> {
         self.buf.clear();
         self.buf.extend_from_slice(&[0u8; FRAME]);
-        segment::encode_record_ref(&mut self.buf, seq, time, disk, op);
-        let len = (self.buf.len() - FRAME) as u32;
-        let crc = crc32c::crc32c(&self.buf[FRAME..]);
+        segment::encode_record_header(&mut self.buf, seq, time, disk, op);
+        let payload: &[u8] = match op {
+            OpRef::Write { data, .. } => data,
+            _ => &[],
+        };
+        let len = (self.buf.len() - FRAME + payload.len()) as u32;
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&self.buf[FRAME..]), payload);
         self.buf[..4].copy_from_slice(&len.to_le_bytes());
         self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
-        self.file
-            .write_all(&self.buf)
+        let total = self.buf.len() + payload.len();
+        write_all_vectored(&mut self.file, &self.buf, payload)
             .map_err(AgentError::io("append to stream log", &self.path))?;
         self.last_seq = seq;
-        self.bytes += self.buf.len() as u64;
-        if self.buf.capacity() > 1 << 20 {
-            self.buf = Vec::with_capacity(64 * 1024);
-        }
+        self.bytes += total as u64;
         Ok(())
     }
 
@@ -89,6 +90,21 @@ impl LogWriter {
             .sync_data()
             .map_err(AgentError::io("sync stream log", &self.path))
     }
+}
+
+/// Write `head` then `body` with as few `writev` calls as the kernel allows.
+fn write_all_vectored(file: &mut File, head: &[u8], body: &[u8]) -> std::io::Result<()> {
+    let mut slices = [IoSlice::new(head), IoSlice::new(body)];
+    let mut bufs: &mut [IoSlice<'_>] = &mut slices;
+    while bufs.iter().any(|b| !b.is_empty()) {
+        match file.write_vectored(bufs) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// How to treat a bad frame when reading a log.
@@ -125,6 +141,65 @@ pub(crate) fn read(path: &Path, tail: Tail) -> Result<(Vec<Record>, u64), AgentE
         }
     }
     Ok((records, 0))
+}
+
+/// A sealed log's records in the segment body encoding, checked frame by frame.
+pub(crate) struct RawLog {
+    pub raw: Vec<u8>,
+    pub count: u32,
+    pub first: (Seq, Timestamp),
+    pub last: (Seq, Timestamp),
+}
+
+/// Read a sealed log as one body of records (frames stripped, checksums and order checked),
+/// without decoding the records: the cheap path from log to segment.
+pub(crate) fn read_raw(path: &Path) -> Result<RawLog, AgentError> {
+    let data = std::fs::read(path).map_err(AgentError::io("read stream log", path))?;
+    let corrupt = |offset: usize, reason: &str| AgentError::CorruptLog {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason: reason.into(),
+    };
+    let mut raw = Vec::with_capacity(data.len());
+    let (mut pos, mut count) = (0usize, 0u32);
+    let (mut first, mut last) = (None, None::<(Seq, Timestamp)>);
+    while pos < data.len() {
+        let head = data
+            .get(pos..pos + FRAME)
+            .ok_or_else(|| corrupt(pos, "truncated frame"))?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+        let body = data
+            .get(pos + FRAME..pos + FRAME + len)
+            .ok_or_else(|| corrupt(pos, "truncated record"))?;
+        if crc32c::crc32c(body) != crc {
+            return Err(corrupt(pos, "a record of a sealed log fails its checksum"));
+        }
+        let (seq, time, total) =
+            segment::peek_record(body).ok_or_else(|| corrupt(pos, "unreadable record header"))?;
+        if total != len {
+            return Err(corrupt(pos, "record length does not match its frame"));
+        }
+        if let Some((s, t)) = last
+            && (seq.0 != s.0 + 1 || time < t)
+        {
+            return Err(corrupt(pos, "records are out of order"));
+        }
+        first.get_or_insert((seq, time));
+        last = Some((seq, time));
+        raw.extend_from_slice(body);
+        count += 1;
+        pos += FRAME + len;
+    }
+    match (first, last) {
+        (Some(first), Some(last)) => Ok(RawLog {
+            raw,
+            count,
+            first,
+            last,
+        }),
+        _ => Err(corrupt(0, "the log holds no record")),
+    }
 }
 
 fn frame_at(data: &[u8], pos: usize) -> Option<(Record, usize)> {

@@ -40,19 +40,21 @@ async fn seal(
     let level = stream.config.zstd_level;
     let (first, last) = (closed.first_seq, closed.last_seq);
     tokio::task::spawn_blocking(move || {
-        let (records, _) = log::read(&path, log::Tail::Sealed)?;
-        let range = (
-            records.first().map(|r| r.seq),
-            records.last().map(|r| r.seq),
-        );
-        if range != (Some(first), Some(last)) {
+        let log = log::read_raw(&path)?;
+        if (log.first.0, log.last.0) != (first, last) {
             return Err(AgentError::CorruptLog {
                 path: path.clone(),
                 offset: 0,
                 reason: format!("it no longer holds sequences {first}..={last}"),
             });
         }
-        let (bytes, digest) = segment::encode(id, generation, prev, &records, level)?;
+        let body = segment::RawBody {
+            raw: &log.raw,
+            count: log.count,
+            first: log.first,
+            last: log.last,
+        };
+        let (bytes, digest) = segment::encode_raw(id, generation, prev, &body, level)?;
         Ok((Bytes::from(bytes), digest))
     })
     .await

@@ -214,20 +214,24 @@ impl Stream {
 
     /// Close the open log (if it holds records) and queue it for shipping.
     pub(crate) fn rotate(&self) -> Result<(), AgentError> {
-        let mut g = self.lock();
-        if let Some((w, _)) = g.open.take() {
-            w.sync()?;
-            self.counters
-                .bytes_logged
-                .fetch_add(w.bytes, Ordering::Relaxed);
+        let closed = {
+            let mut g = self.lock();
+            let Some((w, _)) = g.open.take() else {
+                return Ok(());
+            };
             g.closed.push_back(ClosedLog {
                 path: w.path.clone(),
                 first_seq: w.first_seq,
                 last_seq: w.last_seq,
                 first_time: w.first_time,
             });
-        }
-        Ok(())
+            w
+        };
+        // Sync outside the lock: writers go on appending to a new log meanwhile.
+        self.counters
+            .bytes_logged
+            .fetch_add(closed.bytes, Ordering::Relaxed);
+        closed.sync()
     }
 
     /// The oldest closed log not shipped yet, and the digest its segment must chain to.

@@ -117,33 +117,78 @@ pub fn encode(
     records: &[Record],
     zstd_level: i32,
 ) -> Result<(Vec<u8>, Digest), FormatError> {
-    let first = records
-        .first()
-        .ok_or_else(|| FormatError::invalid(FORMAT, "a segment needs at least one record"))?;
-    let last = records.last().unwrap_or(first);
     check_order(records)?;
     let mut raw = Vec::with_capacity(records.iter().map(|r| RECORD_HEADER + r.data_len()).sum());
     for r in records {
         encode_record(&mut raw, r);
     }
-    let body = zstd::bulk::compress(&raw, zstd_level)
+    let (first, last) = (&records[0], &records[records.len() - 1]);
+    let body = RawBody {
+        raw: &raw,
+        count: records.len() as u32,
+        first: (first.seq, first.time),
+        last: (last.seq, last.time),
+    };
+    encode_raw(stream, generation, prev_digest, &body, zstd_level)
+}
+
+/// Records already in the body encoding, with the facts the header states about them.
+pub struct RawBody<'a> {
+    pub raw: &'a [u8],
+    pub count: u32,
+    pub first: (Seq, Timestamp),
+    pub last: (Seq, Timestamp),
+}
+
+/// Encode a segment from records already in the body encoding (the agent's log holds them so).
+/// The caller vouches for their order; decoding checks it again.
+pub fn encode_raw(
+    stream: StreamId,
+    generation: Generation,
+    prev_digest: Digest,
+    body: &RawBody<'_>,
+    zstd_level: i32,
+) -> Result<(Vec<u8>, Digest), FormatError> {
+    if body.count == 0 {
+        return Err(FormatError::invalid(
+            FORMAT,
+            "a segment needs at least one record",
+        ));
+    }
+    let z = zstd::bulk::compress(body.raw, zstd_level)
         .map_err(|e| FormatError::invalid(FORMAT, format!("compress: {e}")))?;
     let mut w = Writer::with_header(MAGIC, VERSION);
     w.u16(0); // flags
     w.bytes(&stream.0);
     w.u64(generation.0);
-    w.u64(first.seq.0);
-    w.u64(last.seq.0);
-    w.i64(first.time.0);
-    w.i64(last.time.0);
+    w.u64(body.first.0.0);
+    w.u64(body.last.0.0);
+    w.i64(body.first.1.0);
+    w.i64(body.last.1.0);
     w.bytes(&prev_digest.0);
-    w.u32(records.len() as u32);
-    w.u64(raw.len() as u64);
-    w.u64(body.len() as u64);
-    w.bytes(&body);
+    w.u32(body.count);
+    w.u64(body.raw.len() as u64);
+    w.u64(z.len() as u64);
+    w.bytes(&z);
     let bytes = w.finish();
     let digest = crate::codec::trailer_digest(&bytes).unwrap_or_default();
     Ok((bytes, digest))
+}
+
+/// Sequence, time and total length of the record at the front of `data`, from its header
+/// alone (the payload is not read).
+pub fn peek_record(data: &[u8]) -> Option<(Seq, Timestamp, usize)> {
+    let h = data.get(..RECORD_HEADER)?;
+    let kind = h[0];
+    let seq = u64::from_le_bytes(h[8..16].try_into().ok()?);
+    let time = i64::from_le_bytes(h[16..24].try_into().ok()?);
+    let len = u64::from_le_bytes(h[32..40].try_into().ok()?);
+    let total = if kind == 1 {
+        RECORD_HEADER.checked_add(usize::try_from(len).ok()?)?
+    } else {
+        RECORD_HEADER
+    };
+    Some((Seq(seq), Timestamp(time), total))
 }
 
 /// Decode and verify a segment: frame checksum, header, and every record's sequence and order.
@@ -289,6 +334,20 @@ pub fn encode_record(out: &mut Vec<u8>, r: &Record) {
 
 /// Append one record given as parts.
 pub fn encode_record_ref(out: &mut Vec<u8>, seq: Seq, time: Timestamp, disk: u16, op: OpRef<'_>) {
+    encode_record_header(out, seq, time, disk, op);
+    if let OpRef::Write { data, .. } = op {
+        out.extend_from_slice(data);
+    }
+}
+
+/// Append a record's 40-byte header only; a write's payload must follow it.
+pub fn encode_record_header(
+    out: &mut Vec<u8>,
+    seq: Seq,
+    time: Timestamp,
+    disk: u16,
+    op: OpRef<'_>,
+) {
     let (kind, sub, offset, len) = match op {
         OpRef::Write { offset, data } => (1u8, 0u8, offset, data.len() as u64),
         OpRef::Zero { offset, len } => (2, 0, offset, len),
@@ -303,9 +362,6 @@ pub fn encode_record_ref(out: &mut Vec<u8>, seq: Seq, time: Timestamp, disk: u16
     out.extend_from_slice(&time.0.to_le_bytes());
     out.extend_from_slice(&offset.to_le_bytes());
     out.extend_from_slice(&len.to_le_bytes());
-    if let OpRef::Write { data, .. } = op {
-        out.extend_from_slice(data);
-    }
 }
 
 /// Decode one record from the front of `data`; returns it and the bytes it took.
