@@ -80,32 +80,7 @@ fn scenario(base: &str) {
     assert_eq!(rep["target"]["cache_storage"], "rg1/cache-east");
     assert_eq!(rep["target"]["storage"]["sa2"], "sa2-asr");
 
-    assert!(qemu_io(&u0, "write -P 0x33 0 512k"));
-    let pa = s.wait_point_after("rg1/web1", now(), 60);
-    assert!(qemu_io(&u0, "write -P 0x44 0 512k"));
-    assert!(qemu_io(&u1, "write -P 0x55 4M 64k"));
-    let pb = s.wait_point_after("rg1/web1", now(), 60);
-    s.export("rg1/web1", 0, pa["id"].as_str().unwrap(), &d.join("a0.raw"));
-    assert!(qemu_io(
-        d.join("a0.raw").to_str().unwrap(),
-        "read -P 0x33 0 512k"
-    ));
-    assert!(qemu_io(
-        d.join("a0.raw").to_str().unwrap(),
-        "read -P 0x11 512k 512k"
-    ));
-    for disk in 0..2 {
-        let (src, out) = (
-            d.join(format!("src{disk}.raw")),
-            d.join(format!("b{disk}.raw")),
-        );
-        s.export("rg1/web1", disk, pb["id"].as_str().unwrap(), &out);
-        read_disk(&s.disk_uri("rg1/web1", disk), &src);
-        assert!(
-            same_image(&src, &out),
-            "disk {disk} at point B differs from the source"
-        );
-    }
+    check_points_between_writes(&s, "rg1/web1", d);
     assert_eq!(s.replication("rg1/web1")["health"], "healthy");
     // Disabling deletes the cache and replica data from the remote store.
     s.ok(&["replication", "disable", "rg1/web1", "--wait"]);

@@ -315,3 +315,38 @@ pub fn sha(path: &Path) -> String {
         .to_hex()
         .to_string()
 }
+
+/// The point-in-time check shared by the replication tests, on a VM whose disk 0 holds 0x11 in
+/// its first MiB: write A, wait for a point after it, write B (on both disks), wait for a point
+/// after B. Point A must hold A and the initial data but not B; both disks at point B must equal
+/// the source. Exports land in `dir` (`a0.raw`, `b0.raw`, `b1.raw`); returns both points.
+pub fn check_points_between_writes(s: &Server, item: &str, dir: &Path) -> (Value, Value) {
+    let (u0, u1) = (s.disk_uri(item, 0), s.disk_uri(item, 1));
+    assert!(qemu_io(&u0, "write -P 0x33 0 512k"));
+    let pa = s.wait_point_after(item, now(), 60);
+    assert!(qemu_io(&u0, "write -P 0x44 0 512k"));
+    assert!(qemu_io(&u1, "write -P 0x55 4M 64k"));
+    let pb = s.wait_point_after(item, now(), 60);
+    let a0 = dir.join("a0.raw");
+    s.export(item, 0, pa["id"].as_str().unwrap(), &a0);
+    let a0 = a0.to_str().unwrap();
+    assert!(qemu_io(a0, "read -P 0x33 0 512k"), "point A lacks write A");
+    assert!(
+        qemu_io(a0, "read -P 0x11 512k 512k"),
+        "point A lost the initial data"
+    );
+    assert!(!qemu_io(a0, "read -P 0x44 0 512k"), "point A holds write B");
+    for (disk, uri) in [u0, u1].iter().enumerate() {
+        let (src, out) = (
+            dir.join(format!("src{disk}.raw")),
+            dir.join(format!("b{disk}.raw")),
+        );
+        s.export(item, disk, pb["id"].as_str().unwrap(), &out);
+        read_disk(uri, &src);
+        assert!(
+            same_image(&src, &out),
+            "disk {disk} at point B differs from the source"
+        );
+    }
+    (pa, pb)
+}
