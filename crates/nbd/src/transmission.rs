@@ -110,11 +110,15 @@ where
                 }
                 let permits = acquire(&count, &bytes, req.length).await;
                 let mut data = Vec::with_capacity(req.length as usize);
-                match (&mut reader)
-                    .take(u64::from(req.length))
-                    .read_to_end(&mut data)
-                    .await
-                {
+                // A client that stops sending mid-payload must not hold up shutdown or removal.
+                let mut payload = (&mut reader).take(u64::from(req.length));
+                let read = tokio::select! {
+                    biased;
+                    _ = removed.wait_for(|r| *r) => break Ok(()),
+                    _ = crate::listener::shutdown_requested(&mut shutdown) => break Ok(()),
+                    r = payload.read_to_end(&mut data) => r,
+                };
+                match read {
                     Ok(n) if n == req.length as usize => {}
                     Ok(_) => break Ok(()),
                     Err(e) => break Err(e.into()),

@@ -322,3 +322,23 @@ async fn a_stale_socket_file_is_replaced() -> Result {
     drop(listener);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_stalled_mid_payload_does_not_hold_up_shutdown() -> Result {
+    let server = Server::start().await?;
+    server.file_export("d", MIB)?;
+    let mut c = unix_client(&server).await?;
+    c.go("d").await?;
+    // A WRITE of 64 KiB whose payload stops after 100 bytes.
+    c.request(CMD_WRITE, 7, 0, 64 * 1024).await?;
+    c.s.write_all(&[0xab; 100]).await?;
+    c.s.flush().await?;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), server.shutdown())
+        .await
+        .map_err(|_| io::Error::other("shutdown waited on a stalled client"))??;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(c.closed().await);
+    Ok(())
+}
