@@ -57,6 +57,9 @@ struct Inner {
     last_time: Timestamp,
     open: Option<(LogWriter, Arc<File>)>,
     closed: VecDeque<ClosedLog>,
+    /// Closed logs not synced yet: the next FUA or FLUSH syncs them before the open log, so a
+    /// synced record never follows one that could be lost.
+    unsynced: Vec<(Seq, Arc<File>)>,
     state: StreamState,
 }
 
@@ -130,6 +133,7 @@ impl Stream {
                 last_time,
                 open: None,
                 closed,
+                unsynced: Vec::new(),
                 state,
             }),
             seal_now: Notify::new(),
@@ -170,16 +174,26 @@ impl Stream {
             let file = durable.then(|| f.clone());
             g.next_seq = seq.next();
             g.last_time = now;
-            (seq, file, full)
+            let earlier: Vec<Arc<File>> = if durable {
+                std::mem::take(&mut g.unsynced)
+                    .into_iter()
+                    .map(|(_, f)| f)
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (seq, file.map(|f| (earlier, f)), full)
         };
         if let OpRef::Write { data, .. } = op {
             self.counters
                 .bytes_written
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
-        if let Some(f) = file {
-            f.sync_data()
-                .map_err(AgentError::io("sync stream log", &self.dir))?;
+        if let Some((earlier, f)) = file {
+            for e in earlier.iter().chain(std::iter::once(&f)) {
+                e.sync_data()
+                    .map_err(AgentError::io("sync stream log", &self.dir))?;
+            }
         }
         if full {
             // Close the log here, not in the sealer: while the sealer ships, the open log would
@@ -204,8 +218,16 @@ impl Stream {
 
     /// Make every appended record durable (FLUSH).
     pub fn sync(&self) -> Result<(), AgentError> {
-        let file = self.lock().open.as_ref().map(|(_, f)| f.clone());
-        if let Some(f) = file {
+        let files: Vec<Arc<File>> = {
+            let mut g = self.lock();
+            let open = g.open.as_ref().map(|(_, f)| f.clone());
+            std::mem::take(&mut g.unsynced)
+                .into_iter()
+                .map(|(_, f)| f)
+                .chain(open)
+                .collect()
+        };
+        for f in files {
             f.sync_data()
                 .map_err(AgentError::io("sync stream log", &self.dir))?;
         }
@@ -214,24 +236,23 @@ impl Stream {
 
     /// Close the open log (if it holds records) and queue it for shipping.
     pub(crate) fn rotate(&self) -> Result<(), AgentError> {
-        let closed = {
-            let mut g = self.lock();
-            let Some((w, _)) = g.open.take() else {
-                return Ok(());
-            };
-            g.closed.push_back(ClosedLog {
-                path: w.path.clone(),
-                first_seq: w.first_seq,
-                last_seq: w.last_seq,
-                first_time: w.first_time,
-            });
-            w
+        let mut g = self.lock();
+        let Some((w, f)) = g.open.take() else {
+            return Ok(());
         };
-        // Sync outside the lock: writers go on appending to a new log meanwhile.
+        g.closed.push_back(ClosedLog {
+            path: w.path.clone(),
+            first_seq: w.first_seq,
+            last_seq: w.last_seq,
+            first_time: w.first_time,
+        });
+        // Not synced here (that would force writeback of every segment's worth of writes);
+        // the next FUA or FLUSH syncs it.
+        g.unsynced.push((w.first_seq, f));
         self.counters
             .bytes_logged
-            .fetch_add(closed.bytes, Ordering::Relaxed);
-        closed.sync()
+            .fetch_add(w.bytes, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The oldest closed log not shipped yet, and the digest its segment must chain to.
@@ -252,6 +273,8 @@ impl Stream {
         g.state.shipped_next = log.last_seq.next();
         state::store(&self.dir, &g.state)?;
         g.closed.pop_front();
+        // Once in the cache account the log no longer needs to be durable here.
+        g.unsynced.retain(|(first, _)| *first != log.first_seq);
         drop(g);
         std::fs::remove_file(&log.path).map_err(AgentError::io("remove shipped log", &log.path))?;
         self.counters
@@ -319,8 +342,8 @@ fn list_logs(dir: &Path) -> Result<Vec<Seq>, AgentError> {
     Ok(seqs)
 }
 
-/// Queue every log left by an earlier run: logs already shipped are removed, a torn tail is
-/// cut, and the rest wait to be shipped in order.
+/// Queue every log left by an earlier run: logs already shipped are removed, everything from
+/// the first torn record on (power loss) is cut, and the rest wait to be shipped in order.
 fn recover_logs(
     dir: &Path,
     state: &StreamState,
@@ -328,15 +351,18 @@ fn recover_logs(
     let mut closed = VecDeque::new();
     let mut next = state.shipped_next;
     let mut last_time = Timestamp(0);
-    let logs = list_logs(dir)?;
-    for (i, first) in logs.iter().copied().enumerate() {
+    let mut torn = false;
+    for first in list_logs(dir)? {
         let path = dir.join(log::file_name(first));
-        let tail = if i + 1 == logs.len() {
-            log::Tail::MayBeTorn
-        } else {
-            log::Tail::Sealed
-        };
-        let (records, dropped) = log::read(&path, tail)?;
+        if torn {
+            // Nothing after a torn record was ever synced (a sync covers every earlier log),
+            // so no write acknowledged with FUA or FLUSH is among what is dropped here.
+            tracing::warn!(path = %path.display(), "drop a stream log that follows a torn one");
+            std::fs::remove_file(&path).map_err(AgentError::io("remove stream log", &path))?;
+            continue;
+        }
+        let (records, dropped) = log::read(&path)?;
+        torn = dropped > 0;
         if dropped > 0 {
             tracing::warn!(path = %path.display(), dropped, "cut a torn tail off the stream log");
             let keep = std::fs::metadata(&path)
@@ -370,4 +396,61 @@ fn recover_logs(
         });
     }
     Ok((closed, next, last_time))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(s: &Stream, n: u8) {
+        s.append(
+            0,
+            OpRef::Write {
+                offset: 0,
+                data: &[n; 512],
+            },
+            false,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn logs_survive_a_restart_and_a_torn_log_drops_every_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (id, g) = (StreamId([4; 16]), Generation(1));
+        let s = Stream::open(dir.path(), id, g, StreamConfig::default()).unwrap();
+        for n in 0..3 {
+            write(&s, n);
+        }
+        s.rotate().unwrap();
+        write(&s, 3);
+        write(&s, 4);
+        s.rotate().unwrap();
+        write(&s, 5);
+        drop(s);
+
+        // A plain restart keeps every record, in order.
+        let s = Stream::open(dir.path(), id, g, StreamConfig::default()).unwrap();
+        assert_eq!(s.status().next_seq, 7);
+        assert_eq!(s.status().pending_logs, 3);
+        drop(s);
+
+        // Power loss tore the first log: it is cut, and the logs after it are dropped.
+        let first = dir.path().join(log::file_name(Seq(1)));
+        let len = std::fs::metadata(&first).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&first)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        let s = Stream::open(dir.path(), id, g, StreamConfig::default()).unwrap();
+        assert_eq!(s.status().pending_logs, 1);
+        assert_eq!(
+            s.status().next_seq,
+            3,
+            "the stream continues after the last whole record"
+        );
+        assert_eq!(list_logs(dir.path()).unwrap(), vec![Seq(1)]);
+    }
 }
