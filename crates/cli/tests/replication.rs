@@ -59,8 +59,19 @@ fn replicates_two_disks_to_west_with_exact_points() {
     assert_eq!(dst["region"], "west");
     assert_eq!(src["address_space"], dst["address_space"]);
     assert_eq!(src["subnets"], dst["subnets"]);
-    let job = s.json(&["job", "show", &rep["job"].to_string()]);
-    assert_eq!(job["state"], "succeeded", "{job}");
+    let job_id = rep["job"].to_string();
+    wait_until(30, "the enable job to succeed", || {
+        s.json(&["job", "show", &job_id])["state"] == "succeeded"
+    });
+    let job = s.json(&["job", "show", &job_id]);
+    assert!(
+        job["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|st| st["state"] == "succeeded"),
+        "{job}"
+    );
 
     // Write A, a point after it; write B, a point after B: each exports exactly its instant.
     let d = dir.path();
