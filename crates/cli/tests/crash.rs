@@ -27,16 +27,7 @@ fn kill_9_while_writing_loses_no_acknowledged_write() {
         "16MiB@sa2",
     ]);
     let uris = [s.disk_uri("rg1/db1", 0), s.disk_uri("rg1/db1", 1)];
-    s.ok(&[
-        "replication",
-        "enable",
-        "rg1/db1",
-        "--target-region",
-        "west",
-        "--policy",
-        "fast",
-    ]);
-    s.wait_protected("rg1/db1", 120);
+    s.protect("rg1/db1");
     assert!(qemu_io(&uris[0], "write -P 0x01 0 64k"));
     let before = s.wait_point_after("rg1/db1", now(), 60);
     let before_id = before["id"].as_str().unwrap().to_string();

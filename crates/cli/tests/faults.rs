@@ -52,16 +52,7 @@ fn segments_wait_in_the_cache_and_a_corrupt_one_is_refused() {
         "8MiB@sa1",
     ]);
     let uri = s.disk_uri("rg1/app1", 0);
-    s.ok(&[
-        "replication",
-        "enable",
-        "rg1/app1",
-        "--target-region",
-        "west",
-        "--policy",
-        "fast",
-    ]);
-    s.wait_protected("rg1/app1", 120);
+    s.protect("rg1/app1");
     let cache = s.data.join("regions/east/storage/rg1/cache-east");
     let target = s.data.join("regions/west/storage/rg1-asr/sa1-asr");
     let good = s.wait_point_after("rg1/app1", now(), 60);

@@ -33,20 +33,10 @@ fn setup(dir: &std::path::Path) -> Server {
 fn replicates_two_disks_to_west_with_exact_points() {
     let dir = tempfile::tempdir().unwrap();
     let s = setup(dir.path());
-    let (u0, u1) = (s.disk_uri("rg1/web1", 0), s.disk_uri("rg1/web1", 1));
+    let u0 = s.disk_uri("rg1/web1", 0);
     // Data present before replication is enabled: initial replication must carry it.
-    assert!(qemu_io(&u0, "write -P 0x11 0 1M"));
-    assert!(qemu_io(&u1, "write -P 0x22 1M 1M"));
-    s.ok(&[
-        "replication",
-        "enable",
-        "rg1/web1",
-        "--target-region",
-        "west",
-        "--policy",
-        "fast",
-    ]);
-    s.wait_protected("rg1/web1", 120);
+    s.seed_two_disks("rg1/web1");
+    s.protect("rg1/web1");
 
     let rep = s.replication("rg1/web1");
     assert_eq!(rep["target"]["group"], "rg1-asr");

@@ -63,19 +63,9 @@ fn scenario(base: &str) {
         "--disk",
         "8MiB@sa2",
     ]);
-    let (u0, u1) = (s.disk_uri("rg1/web1", 0), s.disk_uri("rg1/web1", 1));
-    assert!(qemu_io(&u0, "write -P 0x11 0 1M"));
-    assert!(qemu_io(&u1, "write -P 0x22 1M 1M"));
-    s.ok(&[
-        "replication",
-        "enable",
-        "rg1/web1",
-        "--target-region",
-        "west",
-        "--policy",
-        "fast",
-    ]);
-    s.wait_protected("rg1/web1", 120);
+    // Data present before replication is enabled: initial replication must carry it.
+    s.seed_two_disks("rg1/web1");
+    s.protect("rg1/web1");
     let rep = s.replication("rg1/web1");
     assert_eq!(rep["target"]["cache_storage"], "rg1/cache-east");
     assert_eq!(rep["target"]["storage"]["sa2"], "sa2-asr");

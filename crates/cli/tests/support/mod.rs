@@ -265,6 +265,27 @@ impl Server {
         ]);
     }
 
+    /// Enable replication of `item` to west under the `fast` policy and wait until protected.
+    pub fn protect(&self, item: &str) {
+        self.ok(&[
+            "replication",
+            "enable",
+            item,
+            "--target-region",
+            "west",
+            "--policy",
+            "fast",
+        ]);
+        self.wait_protected(item, 120);
+    }
+
+    /// Write the data the point checks expect before replication: 0x11 in disk 0's first MiB,
+    /// 0x22 in disk 1's second MiB.
+    pub fn seed_two_disks(&self, item: &str) {
+        assert!(qemu_io(&self.disk_uri(item, 0), "write -P 0x11 0 1M"));
+        assert!(qemu_io(&self.disk_uri(item, 1), "write -P 0x22 1M 1M"));
+    }
+
     pub fn wait_protected(&self, item: &str, secs: u64) {
         wait_until(secs, &format!("{item} to be protected"), || {
             self.replication(item)["state"] == "protected"
