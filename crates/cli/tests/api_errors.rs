@@ -10,17 +10,7 @@ fn bad_requests_are_refused_clearly_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("data"));
     s.base_resources(None);
-    s.ok(&[
-        "vm",
-        "create",
-        "rg1/web1",
-        "--network",
-        "vnet1",
-        "--subnet",
-        "default",
-        "--disk",
-        "8MiB@sa1",
-    ]);
+    s.create_vm("rg1/web1", "default", &["8MiB@sa1"]);
 
     // No token, wrong token: 401 and no data.
     let (st, body) = s.http("GET", "/v1/vms", None, false);

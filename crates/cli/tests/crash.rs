@@ -13,19 +13,7 @@ fn kill_9_while_writing_loses_no_acknowledged_write() {
     let d = dir.path();
     let mut s = Server::start(&d.join("data"));
     s.base_resources(None);
-    s.ok(&[
-        "vm",
-        "create",
-        "rg1/db1",
-        "--network",
-        "vnet1",
-        "--subnet",
-        "db",
-        "--disk",
-        "16MiB@sa1",
-        "--disk",
-        "16MiB@sa2",
-    ]);
+    s.create_vm("rg1/db1", "db", &["16MiB@sa1", "16MiB@sa2"]);
     let uris = [s.disk_uri("rg1/db1", 0), s.disk_uri("rg1/db1", 1)];
     s.protect("rg1/db1");
     assert!(qemu_io(&uris[0], "write -P 0x01 0 64k"));

@@ -40,17 +40,7 @@ fn segments_wait_in_the_cache_and_a_corrupt_one_is_refused() {
     let d = dir.path();
     let s = Server::start(&d.join("data"));
     s.base_resources(None);
-    s.ok(&[
-        "vm",
-        "create",
-        "rg1/app1",
-        "--network",
-        "vnet1",
-        "--subnet",
-        "default",
-        "--disk",
-        "8MiB@sa1",
-    ]);
+    s.create_vm("rg1/app1", "default", &["8MiB@sa1"]);
     let uri = s.disk_uri("rg1/app1", 0);
     s.protect("rg1/app1");
     let cache = s.data.join("regions/east/storage/rg1/cache-east");

@@ -50,19 +50,7 @@ fn scenario(base: &str) {
         "--url",
         &url("cache"),
     ]);
-    s.ok(&[
-        "vm",
-        "create",
-        "rg1/web1",
-        "--network",
-        "vnet1",
-        "--subnet",
-        "default",
-        "--disk",
-        "16MiB@sa1",
-        "--disk",
-        "8MiB@sa2",
-    ]);
+    s.create_vm("rg1/web1", "default", &["16MiB@sa1", "8MiB@sa2"]);
     // Data present before replication is enabled: initial replication must carry it.
     s.seed_two_disks("rg1/web1");
     s.protect("rg1/web1");

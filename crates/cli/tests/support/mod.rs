@@ -286,6 +286,23 @@ impl Server {
         assert!(qemu_io(&self.disk_uri(item, 1), "write -P 0x22 1M 1M"));
     }
 
+    /// Create a VM on network vnet1 (from `base_resources`) with the given `--disk` specs.
+    pub fn create_vm(&self, name: &str, subnet: &str, disks: &[&str]) {
+        let mut args = vec![
+            "vm",
+            "create",
+            name,
+            "--network",
+            "vnet1",
+            "--subnet",
+            subnet,
+        ];
+        for d in disks {
+            args.extend(["--disk", d]);
+        }
+        self.ok(&args);
+    }
+
     pub fn wait_protected(&self, item: &str, secs: u64) {
         wait_until(secs, &format!("{item} to be protected"), || {
             self.replication(item)["state"] == "protected"
