@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ferry_format::segment::OpRef;
+use ferry_format::{BLOCK_SIZE, Digest};
 use ferry_nbd::Export;
 
 use crate::AgentError;
@@ -132,6 +133,21 @@ impl Disk {
         Ok(())
     }
 
+    /// Read a range for the initial copy without leaving it in the page cache.
+    ///
+    /// The copy reads the whole image once; left cached, the read-ahead would keep large clean
+    /// folios (megabytes each, holes included) that every later small write of the VM then
+    /// has to walk, which made 4 KiB writes several times slower. Dropping them afterwards
+    /// keeps the page cache as the VM's own I/O shaped it.
+    fn read_for_copy(&self, buf: &mut [u8], offset: u64) -> Result<(), AgentError> {
+        self.file
+            .read_exact_at(buf, offset)
+            .map_err(AgentError::io("read disk image", &self.path))?;
+        // Advice only: if the kernel declines, the copy is still correct.
+        let _ = drop_cached(&self.file, offset, buf.len() as u64);
+        Ok(())
+    }
+
     /// Read `buf.len()` bytes at `offset` for the initial copy and, unless they are all
     /// zero, append them to the stream as a write — under the order lock, so a live write to
     /// the same blocks is either already in what was read or comes after it in the stream.
@@ -143,14 +159,51 @@ impl Disk {
         buf: &mut [u8],
     ) -> Result<bool, AgentError> {
         let _order = self.lock_range(offset, buf.len() as u64);
-        self.file
-            .read_exact_at(buf, offset)
-            .map_err(AgentError::io("read disk image", &self.path))?;
+        self.read_for_copy(buf, offset)?;
         if is_zero(buf) {
             return Ok(false);
         }
         stream.append(self.index, OpRef::Write { offset, data: buf }, false)?;
         Ok(true)
+    }
+
+    /// As [`Disk::copy_to_stream`], but only the 64 KiB blocks whose BLAKE3 digest differs
+    /// from `seed` (the replica's digests of the same blocks, [`Digest::ZERO`] for zero
+    /// blocks; `offset` block-aligned). Returns the bytes appended.
+    pub(crate) fn copy_delta_to_stream(
+        &self,
+        stream: &Stream,
+        offset: u64,
+        buf: &mut [u8],
+        seed: &[Digest],
+    ) -> Result<u64, AgentError> {
+        let _order = self.lock_range(offset, buf.len() as u64);
+        self.read_for_copy(buf, offset)?;
+        let first = (offset / BLOCK_SIZE) as usize;
+        let mut sent = 0;
+        for (i, block) in buf.chunks(BLOCK_SIZE as usize).enumerate() {
+            let theirs = seed.get(first + i).copied().unwrap_or(Digest::ZERO);
+            let zero = is_zero(block);
+            if (zero && theirs == Digest::ZERO) || (!zero && Digest::of(block) == theirs) {
+                continue;
+            }
+            let at = offset + (i as u64) * BLOCK_SIZE;
+            if zero {
+                let len = block.len() as u64;
+                stream.append(self.index, OpRef::Zero { offset: at, len }, false)?;
+            } else {
+                stream.append(
+                    self.index,
+                    OpRef::Write {
+                        offset: at,
+                        data: block,
+                    },
+                    false,
+                )?;
+            }
+            sent += block.len() as u64;
+        }
+        Ok(sent)
     }
 }
 
@@ -216,6 +269,27 @@ fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
         done += n;
     }
     Ok(())
+}
+
+/// Ask the kernel to drop the clean cached pages of a range (`POSIX_FADV_DONTNEED`); dirty
+/// pages stay until written back.
+#[allow(unsafe_code)]
+fn drop_cached(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only reads its integer arguments; the fd is owned by `file`.
+    let rc = unsafe {
+        libc::posix_fadvise(
+            file.as_raw_fd(),
+            offset as libc::off_t,
+            len as libc::off_t,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::from_raw_os_error(rc))
+    }
 }
 
 #[allow(unsafe_code)]

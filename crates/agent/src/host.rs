@@ -37,6 +37,9 @@ pub struct ReplicationConfig {
     pub stream_config: StreamConfig,
     /// Cadence of crash-consistent markers.
     pub crash_consistent_every: Duration,
+    /// Digests of the replica's blocks when it was seeded (a reprotect): the initial copy
+    /// then sends only the blocks that differ.
+    pub seed: Option<Arc<Vec<Vec<ferry_format::Digest>>>>,
 }
 
 /// What a VM's replication looks like from the agent.
@@ -182,8 +185,9 @@ impl AgentHost {
         )));
         if !stream.initial_sync_done() {
             let (disks, s, p) = (entry.disks.clone(), stream.clone(), progress.clone());
+            let seed = cfg.seed.clone();
             tasks.push(tokio::task::spawn_blocking(move || {
-                if let Err(e) = initial_sync::run(&disks, &s, &p) {
+                if let Err(e) = initial_sync::run(&disks, &s, &p, seed.as_deref().map(|v| &v[..])) {
                     tracing::error!(error = %e, "initial replication");
                     s.set_error(Some(format!("initial replication: {e}")));
                 }

@@ -48,10 +48,14 @@ impl Progress {
 
 /// Copy every disk into the stream; blocking, run it on a blocking thread. Returns the
 /// sequence of the end marker, or `None` when cancelled.
+///
+/// With `seed` (the replica's digest of every block of every disk, as a reprotect starts
+/// from a replica seeded with the other side's disks), only blocks that differ are sent.
 pub fn run(
     disks: &[Arc<Disk>],
     stream: &Stream,
     progress: &Progress,
+    seed: Option<&[Vec<ferry_format::Digest>]>,
 ) -> Result<Option<Seq>, AgentError> {
     let total: u64 = disks
         .iter()
@@ -73,9 +77,15 @@ pub fn run(
                 std::thread::sleep(Duration::from_millis(5));
             }
             let n = (size - offset).min(STEP as u64) as usize;
-            if disk.copy_to_stream(stream, offset, &mut buf[..n])? {
-                progress.sent_bytes.fetch_add(n as u64, Ordering::Relaxed);
-            }
+            let sent = match seed {
+                Some(seed) => {
+                    let theirs = seed.get(disk.index() as usize).map_or(&[][..], |v| v);
+                    disk.copy_delta_to_stream(stream, offset, &mut buf[..n], theirs)?
+                }
+                None if disk.copy_to_stream(stream, offset, &mut buf[..n])? => n as u64,
+                None => 0,
+            };
+            progress.sent_bytes.fetch_add(sent, Ordering::Relaxed);
             progress
                 .scanned_bytes
                 .fetch_add(n as u64, Ordering::Relaxed);

@@ -46,7 +46,7 @@ async fn live_writes_during_the_initial_copy_are_never_overtaken() {
     let progress = Arc::new(Progress::default());
     let copy = {
         let (disks, stream, progress) = (disks.clone(), stream.clone(), progress.clone());
-        std::thread::spawn(move || initial_sync::run(&disks, &stream, &progress).unwrap())
+        std::thread::spawn(move || initial_sync::run(&disks, &stream, &progress, None).unwrap())
     };
     let writer = {
         let disks = disks.clone();

@@ -22,4 +22,4 @@ pub mod processor;
 pub use error::ReplicaError;
 pub use layout::ReplicaLayout;
 pub use points::{PointInfo, PointSelector};
-pub use processor::{Processor, ProcessorConfig, ProcessorStatus};
+pub use processor::{Processor, ProcessorConfig, ProcessorStatus, block_hashes};

@@ -206,3 +206,21 @@ pub async fn prune_points(
     }
     Ok(removed)
 }
+
+/// Delete one recovery point's record (its chunks and pages are left for garbage collection).
+pub async fn delete_point(layout: &ReplicaLayout, p: &PointRecord) -> Result<(), ReplicaError> {
+    match layout
+        .meta
+        .delete(&layout.points_prefix().join(&p.object_name()))
+        .await
+    {
+        Ok(()) | Err(StoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    layout
+        .point_cache
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&p.seq);
+    Ok(())
+}

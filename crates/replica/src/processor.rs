@@ -539,3 +539,103 @@ async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) {
         _ = shutdown.changed() => {}
     }
 }
+
+/// Blocks read from a seed image before they are packed and stored.
+const SEED_BATCH: u64 = 64 << 20;
+
+impl Processor {
+    /// Seed an empty replica with the contents of local disk images (a reprotect seeds the
+    /// reverse replica with the disks the item came from): a checkpoint at sequence 0 from which
+    /// processing starts, so the stream only has to carry the blocks that differ. A replica
+    /// that already has a record is left as it is (seeding again after a restart is a no-op).
+    pub async fn seed(
+        &self,
+        images: &[std::path::PathBuf],
+        generation: Generation,
+    ) -> Result<(), ReplicaError> {
+        if points::latest_record(&self.layout).await?.is_some() {
+            return Ok(());
+        }
+        if images.len() != self.disk_sizes.len() {
+            return Err(ReplicaError::Internal(format!(
+                "{} seed images for {} disks",
+                images.len(),
+                self.disk_sizes.len()
+            )));
+        }
+        let mut pos = Position {
+            disks: self
+                .disk_sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| DiskState::empty(i, s))
+                .collect(),
+            applied: Seq(0),
+            applied_time: Timestamp::now(),
+            next_segment: Seq(1),
+            prev_digest: Digest::ZERO,
+            generation,
+            initial_sync_seq: None,
+            pending: Vec::new(),
+            last_durable: Instant::now(),
+        };
+        for (d, image) in images.iter().enumerate() {
+            let size = self.disk_sizes[d];
+            let mut offset = 0;
+            while offset < size {
+                let len = (size - offset).min(SEED_BATCH);
+                let path = image.clone();
+                let blocks = tokio::task::spawn_blocking(move || read_nonzero(&path, offset, len))
+                    .await
+                    .map_err(|e| ReplicaError::Internal(format!("read seed image: {e}")))??;
+                for (b, data) in blocks {
+                    pos.disks[d]
+                        .dirty
+                        .insert(b, crate::blocks::Block::Data(data));
+                }
+                self.flush(&mut pos).await?;
+                offset += len;
+            }
+        }
+        self.publish(&mut pos, PointKind::Checkpoint, None).await
+    }
+}
+
+/// The non-zero 64 KiB blocks of `len` bytes of an image from `offset`, by block number.
+fn read_nonzero(
+    path: &std::path::Path,
+    offset: u64,
+    len: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, ReplicaError> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)
+        .map_err(|e| ReplicaError::Internal(format!("open seed image {}: {e}", path.display())))?;
+    let mut out = Vec::new();
+    let mut at = offset;
+    while at < offset + len {
+        let n = (offset + len - at).min(BLOCK_SIZE) as usize;
+        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+        file.read_exact_at(&mut buf[..n], at).map_err(|e| {
+            ReplicaError::Internal(format!("read seed image {}: {e}", path.display()))
+        })?;
+        if buf.iter().any(|&b| b != 0) {
+            out.push((at / BLOCK_SIZE, buf));
+        }
+        at += n as u64;
+    }
+    Ok(out)
+}
+
+/// The BLAKE3 digest of every block of every disk as the replica's newest record holds it
+/// ([`Digest::ZERO`] for a zero block): what a hash-compare resync compares local blocks with.
+pub async fn block_hashes(layout: &ReplicaLayout) -> Result<Vec<Vec<Digest>>, ReplicaError> {
+    let Some(rec) = points::latest_record(layout).await? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(rec.disks.len());
+    for (i, d) in rec.disks.iter().enumerate() {
+        let state = DiskState::load(layout, i, d).await?;
+        out.push(state.map.iter().map(|r| r.hash).collect());
+    }
+    Ok(out)
+}

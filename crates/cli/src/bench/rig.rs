@@ -77,6 +77,7 @@ impl Rig {
                     cache: cache.clone(),
                     stream_config: StreamConfig::default(),
                     crash_consistent_every: Duration::from_secs(5),
+                    seed: None,
                 },
             )
             .with_context(|| format!("start replication of {vm}"))?;
