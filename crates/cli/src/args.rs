@@ -71,7 +71,65 @@ pub enum Cmd {
     #[command(subcommand)]
     Disk(DiskCmd),
     #[command(subcommand)]
+    Failover(FailoverCmd),
+    /// After a committed failover: replicate the failed-over VM back to the region it came
+    /// from, sending only the blocks that differ from the original disks.
+    Reprotect {
+        /// GROUP/VM (the item's name, whichever way it replicates)
+        name: String,
+        /// Wait until the item is protected again.
+        #[arg(long)]
+        wait: bool,
+    },
+    #[command(subcommand)]
     Job(JobCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FailoverCmd {
+    /// Boot a copy of the VM in an isolated network in the target region; replication goes on.
+    Test {
+        /// GROUP/VM
+        name: String,
+        /// latest (default), latest-processed, latest-app-consistent, a point id or an RFC 3339 time.
+        #[arg(long)]
+        recovery_point: Option<String>,
+        /// Isolated network in the target group (default: NETWORK-test, created for the test).
+        #[arg(long)]
+        network: Option<String>,
+        /// Wait for the job to finish.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Delete the test failover's VM, its disks and the network it created; record the outcome.
+    TestCleanup {
+        /// GROUP/VM
+        name: String,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Fail the VM over: boot it in the target region from a recovery point. Run it again
+    /// while failed over to change the point.
+    Run {
+        /// GROUP/VM
+        name: String,
+        /// latest (default: process everything in the cache, then cut a point),
+        /// latest-processed, latest-app-consistent, a point id or an RFC 3339 time.
+        #[arg(long)]
+        recovery_point: Option<String>,
+        /// Planned failover: shut the source VM down and drain its writes first (no data loss).
+        #[arg(long)]
+        shutdown_source: bool,
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Make the failover permanent and discard the other recovery points.
+    Commit {
+        /// GROUP/VM
+        name: String,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +219,18 @@ pub enum VmCmd {
     Delete {
         name: String,
     },
+    /// Boot the VM (qemu compute) or mark it running (external).
+    Start {
+        name: String,
+    },
+    /// Ask the guest to power down; stop it hard after a timeout.
+    Stop {
+        name: String,
+    },
+    /// Print the VM's serial console so far (qemu compute).
+    Console {
+        name: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -181,14 +251,24 @@ pub struct VmCreate {
     /// Raw image copied into disk 0.
     #[arg(long)]
     pub image: Option<String>,
+    /// `qemu`: ferry boots the VM on this host; `external`: only serve its disks over NBD.
     #[arg(long, default_value = "external")]
     pub compute: String,
+    /// Kernel to boot (qemu compute), instead of booting disk 0.
     #[arg(long)]
     pub kernel: Option<String>,
+    /// Initial ramdisk for --kernel.
     #[arg(long)]
     pub initrd: Option<String>,
+    /// Kernel command line for --kernel (ferry adds the console and the NIC's IP as ferry.ip=).
     #[arg(long)]
     pub append: Option<String>,
+    /// External compute: shell command that quiesces the guest before an app-consistent point.
+    #[arg(long)]
+    pub pre_freeze_script: Option<String>,
+    /// External compute: shell command that resumes the guest afterwards.
+    #[arg(long)]
+    pub post_thaw_script: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -226,6 +306,9 @@ pub enum ReplicationCmd {
         /// Wait for the job to finish.
         #[arg(long)]
         wait: bool,
+        /// Show what would be stopped and deleted, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -4,7 +4,9 @@
 //! API, writes data into a two-disk VM through its NBD exports, enables replication to `west`,
 //! then runs rounds of a realistic workload (sequential, random, zeroes, rewrites). After each
 //! round it waits for the recovery point cut right after it, and at the end it exports every
-//! such point and checks it against what the disks held at that instant.
+//! such point and checks it against what the disks held at that instant. Then it runs a test
+//! failover and its cleanup, a planned failover to `west`, commit, more writes in `west`, and a
+//! reprotect back to `east`, checking the disks byte for byte at each step.
 
 mod workload;
 
@@ -169,7 +171,134 @@ async fn story(c: &Client) -> Result<()> {
         ));
     }
     let worst = *worst.lock().unwrap_or_else(|p| p.into_inner());
+    failover_story(c, &mut load, &mut disks).await?;
     summary(c, &load, worst).await
+}
+
+/// Test failover and cleanup, a planned failover to west, commit, writes in west, reprotect
+/// back to east (only the blocks that differ), and a point of the reversed item checked.
+async fn failover_story(c: &Client, load: &mut Workload, disks: &mut Disks) -> Result<()> {
+    say("test failover of demo-rg/web1 into an isolated network in west (replication goes on)");
+    run_job(c, &format!("{ITEM}/test-failover"), Some(json!({}))).await?;
+    let rep = c.get(&format!("{ITEM}/replication")).await?;
+    let test_vm = rep["test_failover"]["vm"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    check_vm_disks(c, &test_vm, &disks.digests()).await?;
+    say(format!(
+        "test VM {test_vm} holds exactly the source's disks; cleaning up"
+    ));
+    run_job(c, &format!("{ITEM}/test-failover"), None).await?;
+
+    say("planned failover to west: shut the source down, drain its writes, boot in west");
+    let started = Instant::now();
+    run_job(
+        c,
+        &format!("{ITEM}/failover"),
+        Some(json!({"shutdown_source": true})),
+    )
+    .await?;
+    let rep = c.get(&format!("{ITEM}/replication")).await?;
+    let west_vm = rep["failover"]["vm"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    check_vm_disks(c, &west_vm, &disks.digests()).await?;
+    say(format!(
+        "{west_vm} runs in west after {:.1} s, from point {}, and lost nothing",
+        started.elapsed().as_secs_f64(),
+        rep["failover"]["point"]["id"].as_str().unwrap_or("?")
+    ));
+    run_job(c, &format!("{ITEM}/failover/commit"), Some(json!({}))).await?;
+    say("failover committed; the other recovery points are discarded");
+
+    let vm = c
+        .get(&format!(
+            "/v1/groups/{}/vms/{}",
+            group_of(&west_vm),
+            name_of(&west_vm)
+        ))
+        .await?;
+    let mut nbd = Vec::new();
+    for d in vm["disks"].as_array().into_iter().flatten() {
+        nbd.push(NbdClient::connect_uri(d["nbd_uri"].as_str().unwrap_or_default()).await?);
+    }
+    let written = load.round(&mut nbd, disks).await?;
+    say(format!(
+        "the VM in west writes {:.1} MiB",
+        written as f64 / (1 << 20) as f64
+    ));
+
+    say(
+        "reprotecting: west → east, seeded from the original disks, sending only blocks that differ",
+    );
+    run_job(c, &format!("{ITEM}/reprotect"), Some(json!({}))).await?;
+    let rep = c.get(&format!("{ITEM}/replication")).await?;
+    let init = &rep["initial_replication"];
+    say(format!(
+        "protected again in the reverse direction: sent {:.1} MiB of {:.1} MiB compared",
+        init["sent_bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64,
+        init["total_bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64
+    ));
+    let written = load.round(&mut nbd, disks).await?;
+    for n in nbd {
+        n.disconnect().await?;
+    }
+    let point = wait_point_after(c, ferry_types::Timestamp::now()).await?;
+    let id = point["id"].as_str().unwrap_or_default();
+    for (disk, want) in disks.digests().iter().enumerate() {
+        let got = export_digest(c, disk, id).await?;
+        ensure!(
+            &got == want,
+            "point {id} of the reversed item differs on disk {disk}"
+        );
+    }
+    say(format!(
+        "wrote {:.1} MiB more in west; point {id} in east equals the disks byte for byte",
+        written as f64 / (1 << 20) as f64
+    ));
+    Ok(())
+}
+
+fn group_of(vm: &str) -> &str {
+    vm.split_once('/').map_or(vm, |(g, _)| g)
+}
+
+fn name_of(vm: &str) -> &str {
+    vm.split_once('/').map_or(vm, |(_, n)| n)
+}
+
+/// POST (with a body) or DELETE (without) an item action and wait for its job.
+async fn run_job(c: &Client, path: &str, body: Option<Value>) -> Result<()> {
+    let job = match body {
+        Some(b) => c.post(path, &b).await?,
+        None => c.delete(path).await?,
+    };
+    wait_protected(c, job["id"].as_u64().unwrap_or(0)).await
+}
+
+/// Read every disk of a VM through its NBD export and compare digests.
+async fn check_vm_disks(c: &Client, vm: &str, want: &[String]) -> Result<()> {
+    let v = c
+        .get(&format!("/v1/groups/{}/vms/{}", group_of(vm), name_of(vm)))
+        .await?;
+    for (i, d) in v["disks"].as_array().into_iter().flatten().enumerate() {
+        let mut n = NbdClient::connect_uri(d["nbd_uri"].as_str().unwrap_or_default()).await?;
+        let mut h = blake3::Hasher::new();
+        let mut off = 0;
+        while off < n.size() {
+            let len = (n.size() - off).min(1 << 20) as u32;
+            h.update(&n.read(off, len).await?);
+            off += len as u64;
+        }
+        n.disconnect().await?;
+        ensure!(
+            want.get(i) == Some(&h.finalize().to_hex().to_string()),
+            "disk {i} of {vm} differs from the source"
+        );
+    }
+    Ok(())
 }
 
 async fn wait_protected(c: &Client, job: u64) -> Result<()> {
@@ -206,7 +335,7 @@ async fn wait_protected(c: &Client, job: u64) -> Result<()> {
         }
         ensure!(
             Instant::now() < deadline,
-            "replication was not protected within 5 minutes"
+            "job {job} did not finish within 5 minutes"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

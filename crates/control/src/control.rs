@@ -44,6 +44,8 @@ pub struct Control {
     /// Replica layouts by stream (they cache the immutable point records).
     pub(crate) layouts: Mutex<HashMap<ferry_types::StreamId, ferry_replica::ReplicaLayout>>,
     pub(crate) shutdown: watch::Sender<bool>,
+    /// The last app-consistent attempt of each item.
+    pub(crate) app_attempts: Mutex<HashMap<String, crate::replication::app_consistent::Attempt>>,
 }
 
 impl Control {
@@ -67,6 +69,7 @@ impl Control {
             items: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
             shutdown,
+            app_attempts: Mutex::new(HashMap::new()),
         });
         control.reconcile().await?;
         tokio::spawn(crate::replication::monitor::run(
@@ -93,6 +96,7 @@ impl Control {
                 tracing::error!(%item, error = %e, "start replication of an item; the monitor retries");
             }
         }
+        self.reconcile_compute().await;
         crate::jobs::resume(self).await
     }
 

@@ -14,6 +14,17 @@ use crate::model::{Job, JobStep, Replication, state};
 
 impl Control {
     pub(crate) fn new_job(&self, kind: &str, target: &str, steps: &[&str]) -> Result<Job> {
+        self.new_job_with(kind, target, steps, serde_json::Value::Null)
+    }
+
+    /// A job with the parameters it needs to run again after a restart.
+    pub(crate) fn new_job_with(
+        &self,
+        kind: &str,
+        target: &str,
+        steps: &[&str],
+        params: serde_json::Value,
+    ) -> Result<Job> {
         let now = Timestamp::now();
         let mut job = Job {
             id: 0,
@@ -30,6 +41,7 @@ impl Control {
                 .collect(),
             error: None,
             percent: Some(0.0),
+            params,
             created: now,
             updated: now,
         };
@@ -62,7 +74,7 @@ impl Control {
         self.job_step(job, step, "failed", None)
     }
 
-    fn job_succeed(&self, job: &mut Job) -> Result<()> {
+    pub(crate) fn job_succeed(&self, job: &mut Job) -> Result<()> {
         job.state = "succeeded".into();
         job.percent = Some(100.0);
         job.updated = Timestamp::now();
@@ -87,6 +99,11 @@ pub(crate) fn spawn(control: Arc<Control>, job: Job) {
         let result = match job.kind.as_str() {
             "enable-replication" => run_enable(&control, &mut job).await,
             "disable-replication" => run_disable(&control, &mut job).await,
+            "failover" => crate::failover::run_failover(&control, &mut job).await,
+            "test-failover" => crate::failover::run_test_failover(&control, &mut job).await,
+            "test-failover-cleanup" => crate::failover::run_test_cleanup(&control, &mut job).await,
+            "failover-commit" => crate::failover::run_commit(&control, &mut job).await,
+            "reprotect" => crate::failover::run_reprotect(&control, &mut job).await,
             other => Err(ControlError::Internal(format!("unknown job kind {other}"))),
         };
         if let Err(e) = result {
@@ -97,6 +114,9 @@ pub(crate) fn spawn(control: Arc<Control>, job: Job) {
                 .position(|s| s.state != "succeeded")
                 .unwrap_or(0);
             let _ = control.job_fail(&mut job, step, &e.to_string());
+            if let Err(e) = crate::failover::roll_back(&control, &job) {
+                tracing::error!(job = job.id, error = %e, "roll back the item's state after a failed job");
+            }
         }
     });
 }
@@ -164,7 +184,7 @@ async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     let vm_key = crate::resources::key(&group, &vm);
     control
         .agent(&rep.source_region)?
-        .forget_replication(&vm_key)
+        .forget_replication(&rep.source_key())
         .await?;
     control.job_step(job, 0, "succeeded", None)?;
     let plan = control.deletion_plan(&rep).await?;
@@ -181,13 +201,70 @@ async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
             store.delete(&k).await?;
         }
     }
+    if let Some(t) = &rep.test_failover {
+        if let Some(v) = control.db.get::<crate::model::Vm>(Kind::Vm, &t.vm)? {
+            control.remove_vm(&v).await?;
+        }
+        if t.created_network {
+            control.db.delete(
+                Kind::Network,
+                &crate::resources::key(&rep.target.group, &t.network),
+            )?;
+        }
+    }
     control.job_step(job, 2, "succeeded", None)?;
     control.db.delete(Kind::Replication, &vm_key)?;
     control.job_step(job, 3, "succeeded", None)?;
     control.job_succeed(job)
 }
 
+/// What disabling an item would do, shown before anything is deleted (`--dry-run`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DisablePlan {
+    pub item: String,
+    pub state: String,
+    /// Objects to delete, per storage account.
+    pub delete: Vec<PlannedDeletion>,
+    /// VMs that ferry created for a test failover and deletes.
+    pub delete_vms: Vec<String>,
+    /// VMs left untouched.
+    pub keep_vms: Vec<String>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PlannedDeletion {
+    pub store: String,
+    pub objects: usize,
+}
+
 impl Control {
+    /// `ferry replication disable --dry-run`: the plan, with nothing changed.
+    pub async fn disable_plan(&self, group: &str, vm: &str) -> Result<DisablePlan> {
+        let rep = self.replication(group, vm)?;
+        let plan = self.deletion_plan(&rep).await?;
+        let mut keep_vms = vec![rep.source_key()];
+        if let Some(f) = &rep.failover {
+            keep_vms.push(f.vm.clone());
+        }
+        if let Some(t) = &rep.target_vm {
+            keep_vms.push(t.clone());
+        }
+        keep_vms.dedup();
+        Ok(DisablePlan {
+            item: rep.item_key(),
+            state: rep.state.clone(),
+            delete: plan
+                .iter()
+                .map(|(store, keys)| PlannedDeletion {
+                    store: store.url().to_string(),
+                    objects: keys.len(),
+                })
+                .collect(),
+            delete_vms: rep.test_failover.iter().map(|t| t.vm.clone()).collect(),
+            keep_vms,
+        })
+    }
+
     /// Every object that disabling an item deletes: its cache segments and its replica.
     pub(crate) async fn deletion_plan(
         &self,

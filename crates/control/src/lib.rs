@@ -8,9 +8,12 @@
 //! any crash.
 
 pub mod api;
+mod compute;
 mod control;
 mod db;
 mod error;
+pub mod failover;
+mod failpoint;
 mod ipam;
 mod jobs;
 pub mod model;

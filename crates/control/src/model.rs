@@ -87,16 +87,45 @@ pub struct Nic {
     pub private_ip: String,
 }
 
+/// How a `--compute qemu` VM boots: a kernel (with initrd and arguments), or disk 0.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Boot {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub append: Option<String>,
+}
+
+/// How an `external` VM is quiesced for app-consistent points: shell commands ferry runs on
+/// the host (`sh -c`, with `FERRY_VM=GROUP/VM`), each with a deadline.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppConsistency {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pre_freeze: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub post_thaw: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Vm {
     pub group: String,
     pub name: String,
     pub region: String,
+    /// `running` or `stopped`.
     pub state: String,
     pub compute: String,
+    #[serde(default)]
+    pub boot: Boot,
+    #[serde(default)]
+    pub app_consistency: AppConsistency,
     pub availability_set: Option<String>,
     pub disks: Vec<VmDisk>,
     pub nics: Vec<Nic>,
+    /// Where the VM came from, when ferry created it (`failover`, `test-failover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
     pub created: Timestamp,
 }
 
@@ -126,6 +155,75 @@ pub struct Replication {
     pub target: Target,
     pub job: Option<u64>,
     pub created: Timestamp,
+    /// The VM whose writes replicate now, `GROUP/VM` (absent: the item's own VM). After a
+    /// reprotect it is the failed-over VM in the other region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_vm: Option<String>,
+    /// The VM a failover writes into when it already exists (after a reprotect: the VM the
+    /// item came from). Absent: a new VM named like the source in the target group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_vm: Option<String>,
+    /// The failover in effect (state `failing-over`, `failed-over`, `failover-committed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<Failover>,
+    /// A test failover that has not been cleaned up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_failover: Option<TestFailover>,
+    /// How the last test failover ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_test_failover: Option<TestFailover>,
+}
+
+impl Replication {
+    /// The item's name: its first source VM, for its whole life.
+    pub fn item_key(&self) -> String {
+        format!("{}/{}", self.group, self.vm)
+    }
+
+    /// The VM whose writes replicate now.
+    pub fn source_key(&self) -> String {
+        self.source_vm.clone().unwrap_or_else(|| self.item_key())
+    }
+
+    /// The VM a failover boots in the target region.
+    pub fn failover_vm_key(&self) -> String {
+        self.target_vm
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}", self.target.group, self.source_name()))
+    }
+
+    fn source_name(&self) -> String {
+        let key = self.source_key();
+        key.split_once('/')
+            .map_or(key.clone(), |(_, v)| v.to_string())
+    }
+}
+
+/// A failover: the VM it booted and the recovery point it booted from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Failover {
+    pub vm: String,
+    pub point: Option<crate::replication::PointView>,
+    pub planned: bool,
+    pub started: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed: Option<Timestamp>,
+}
+
+/// A test failover: the VM and the isolated network it runs in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TestFailover {
+    pub vm: String,
+    pub network: String,
+    /// Whether the test created the network (cleanup then deletes it).
+    pub created_network: bool,
+    pub point: Option<crate::replication::PointView>,
+    pub job: u64,
+    pub started: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleaned_up: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -151,6 +249,9 @@ pub struct Job {
     pub steps: Vec<JobStep>,
     pub error: Option<String>,
     pub percent: Option<f64>,
+    /// What the job was asked to do (for resuming it after a restart).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub params: serde_json::Value,
     pub created: Timestamp,
     pub updated: Timestamp,
 }
@@ -161,4 +262,22 @@ pub mod state {
     pub const INITIAL_REPLICATION: &str = "initial-replication";
     pub const PROTECTED: &str = "protected";
     pub const DISABLING: &str = "disabling";
+    pub const FAILING_OVER: &str = "failing-over";
+    pub const FAILED_OVER: &str = "failed-over";
+    pub const FAILOVER_COMMITTED: &str = "failover-committed";
+    pub const REPROTECTING: &str = "reprotecting";
+
+    /// States in which the item's stream and processor run.
+    pub fn replicating(state: &str) -> bool {
+        matches!(
+            state,
+            ENABLING | INITIAL_REPLICATION | PROTECTED | REPROTECTING
+        )
+    }
+}
+
+/// VM states.
+pub mod vm_state {
+    pub const RUNNING: &str = "running";
+    pub const STOPPED: &str = "stopped";
 }

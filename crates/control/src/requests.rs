@@ -70,6 +70,12 @@ pub struct CreateVm {
     pub initrd: Option<String>,
     #[serde(default)]
     pub append: Option<String>,
+    /// External compute: command that quiesces the guest before an app-consistent point.
+    #[serde(default)]
+    pub pre_freeze_script: Option<String>,
+    /// External compute: command that resumes the guest after it.
+    #[serde(default)]
+    pub post_thaw_script: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -268,7 +268,7 @@ impl Control {
         }
     }
 
-    pub fn create_vm(self: &Arc<Self>, group: &str, req: CreateVm) -> Result<Vm> {
+    pub async fn create_vm(self: &Arc<Self>, group: &str, req: CreateVm) -> Result<Vm> {
         let g = self.group(group)?;
         let vm_name = valid_name(&req.name, "VM name")?;
         let vm_key = key(group, &vm_name);
@@ -278,10 +278,30 @@ impl Control {
             )));
         }
         let compute = req.compute.clone().unwrap_or_else(|| "external".into());
-        if compute != "external" {
+        if !crate::compute::PROVIDERS.contains(&compute.as_str()) {
             return Err(ControlError::invalid(format!(
-                "compute {compute:?} is not available in this build; use --compute external and attach the disks' NBD exports to your hypervisor"
+                "unknown compute {compute:?}: use --compute qemu (ferry boots the VM) or external (attach the disks' NBD exports to your own hypervisor)"
             )));
+        }
+        let boot = crate::model::Boot {
+            kernel: req.kernel.clone(),
+            initrd: req.initrd.clone(),
+            append: req.append.clone(),
+        };
+        if boot.kernel.is_none() && (boot.initrd.is_some() || boot.append.is_some()) {
+            return Err(ControlError::invalid("--initrd and --append need --kernel"));
+        }
+        if compute == "qemu" && boot.kernel.is_none() && req.image.is_none() {
+            return Err(ControlError::invalid(
+                "a qemu VM boots a kernel (--kernel FILE [--initrd FILE] [--append ARGS]) or a bootable disk (--image FILE)",
+            ));
+        }
+        for f in [&boot.kernel, &boot.initrd].into_iter().flatten() {
+            if !std::path::Path::new(f).is_file() {
+                return Err(ControlError::invalid(format!(
+                    "boot file {f} does not exist"
+                )));
+            }
         }
         if req.disks.is_empty() {
             return Err(ControlError::invalid(
@@ -377,8 +397,13 @@ impl Control {
             group: group.to_string(),
             name: vm_name.clone(),
             region: g.region.clone(),
-            state: "running".into(),
+            state: crate::model::vm_state::RUNNING.into(),
             compute,
+            boot,
+            app_consistency: crate::model::AppConsistency {
+                pre_freeze: req.pre_freeze_script.clone(),
+                post_thaw: req.post_thaw_script.clone(),
+            },
             availability_set: req.availability_set.clone(),
             disks,
             nics: vec![Nic {
@@ -386,6 +411,7 @@ impl Control {
                 subnet: req.subnet.clone(),
                 private_ip: ip.to_string(),
             }],
+            created_by: None,
             created: Timestamp::now(),
         };
         if let Some(img) = &req.image {
@@ -393,6 +419,11 @@ impl Control {
         }
         self.db.insert(Kind::Vm, &vm_key, &vm, "VM")?;
         if let Err(e) = self.attach_vm(&vm) {
+            self.db.delete(Kind::Vm, &vm_key)?;
+            return Err(e);
+        }
+        if let Err(e) = self.power_on(&vm).await {
+            self.agent(&vm.region)?.detach_vm(&vm_key).await;
             self.db.delete(Kind::Vm, &vm_key)?;
             return Err(e);
         }
@@ -437,11 +468,33 @@ impl Control {
                 "VM {vm_key} is replicated; disable replication first with `ferry replication disable {vm_key}`"
             )));
         }
+        if let Some(rep) = self
+            .db
+            .list::<Replication>(Kind::Replication)?
+            .into_iter()
+            .find(|r| {
+                r.source_key() == vm_key || r.failover.as_ref().is_some_and(|f| f.vm == vm_key)
+            })
+        {
+            return Err(ControlError::conflict(format!(
+                "VM {vm_key} belongs to the replicated item {} (state {}); disable replication first",
+                rep.item_key(),
+                rep.state
+            )));
+        }
+        self.remove_vm(&v).await
+    }
+
+    /// Stop a VM, stop serving its disks, delete its images and its record.
+    pub(crate) async fn remove_vm(&self, v: &Vm) -> Result<()> {
+        let vm_key = key(&v.group, &v.name);
+        self.power_off(v).await?;
         self.agent(&v.region)?.detach_vm(&vm_key).await;
         self.db.delete(Kind::Vm, &vm_key)?;
         for d in &v.disks {
             let _ = std::fs::remove_file(&d.image);
         }
+        let _ = std::fs::remove_dir_all(self.vm_dir(v));
         Ok(())
     }
 }

@@ -60,7 +60,17 @@ pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result
             &c.get(&format!("{}/replication", item_path(&name)?)).await?,
             &cols,
         ),
-        ReplicationCmd::Disable { name, wait } => {
+        ReplicationCmd::Disable {
+            name,
+            dry_run: true,
+            ..
+        } => {
+            let plan = c
+                .delete(&format!("{}/replication?dry_run=true", item_path(&name)?))
+                .await?;
+            print(out, &plan, &[]);
+        }
+        ReplicationCmd::Disable { name, wait, .. } => {
             let job = c
                 .delete(&format!("{}/replication", item_path(&name)?))
                 .await?;
@@ -222,4 +232,56 @@ fn finish(out: Output, job: &Value) {
             job["state"].as_str().unwrap_or("?")
         ),
     }
+}
+
+/// Print a job, or follow it to its end with `--wait`.
+async fn job_or_wait(c: &Client, out: Output, job: Value, wait: bool) -> Result<()> {
+    if wait {
+        wait_job(c, out, job["id"].as_u64().unwrap_or(0)).await
+    } else {
+        print(out, &job, &["id", "kind", "target", "state"]);
+        Ok(())
+    }
+}
+
+pub async fn failover(c: &Client, out: Output, cmd: FailoverCmd) -> Result<()> {
+    use serde_json::json;
+    let (job, wait) = match cmd {
+        FailoverCmd::Test {
+            name,
+            recovery_point,
+            network,
+            wait,
+        } => {
+            let body = json!({"recovery_point": recovery_point, "network": network});
+            let path = format!("{}/test-failover", item_path(&name)?);
+            (c.post(&path, &body).await?, wait)
+        }
+        FailoverCmd::TestCleanup { name, wait } => {
+            let path = format!("{}/test-failover", item_path(&name)?);
+            (c.delete(&path).await?, wait)
+        }
+        FailoverCmd::Run {
+            name,
+            recovery_point,
+            shutdown_source,
+            wait,
+        } => {
+            let body =
+                json!({"recovery_point": recovery_point, "shutdown_source": shutdown_source});
+            let path = format!("{}/failover", item_path(&name)?);
+            (c.post(&path, &body).await?, wait)
+        }
+        FailoverCmd::Commit { name, wait } => {
+            let path = format!("{}/failover/commit", item_path(&name)?);
+            (c.post(&path, &json!({})).await?, wait)
+        }
+    };
+    job_or_wait(c, out, job, wait).await
+}
+
+pub async fn reprotect(c: &Client, out: Output, name: &str, wait: bool) -> Result<()> {
+    let path = format!("{}/reprotect", item_path(name)?);
+    let job = c.post(&path, &serde_json::json!({})).await?;
+    job_or_wait(c, out, job, wait).await
 }

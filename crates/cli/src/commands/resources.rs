@@ -198,9 +198,11 @@ pub async fn vm(c: &Client, out: Output, cmd: VmCmd) -> Result<()> {
                 disks,
                 image: a.image,
                 compute: Some(a.compute),
-                kernel: a.kernel,
-                initrd: a.initrd,
+                kernel: a.kernel.map(absolute),
+                initrd: a.initrd.map(absolute),
                 append: a.append,
+                pre_freeze_script: a.pre_freeze_script,
+                post_thaw_script: a.post_thaw_script,
             };
             print(
                 out,
@@ -237,8 +239,31 @@ pub async fn vm(c: &Client, out: Output, cmd: VmCmd) -> Result<()> {
                 &["deleted"],
             );
         }
+        VmCmd::Start { name } => {
+            let q = qualified(&name)?;
+            let path = format!("/v1/groups/{}/vms/{}/start", q.group, q.name);
+            print(out, &c.post(&path, &serde_json::json!({})).await?, &cols);
+        }
+        VmCmd::Stop { name } => {
+            let q = qualified(&name)?;
+            let path = format!("/v1/groups/{}/vms/{}/stop", q.group, q.name);
+            print(out, &c.post(&path, &serde_json::json!({})).await?, &cols);
+        }
+        VmCmd::Console { name } => {
+            let q = qualified(&name)?;
+            let path = format!("/v1/groups/{}/vms/{}/console", q.group, q.name);
+            let text = c.get_raw(&path).await?.text().await?;
+            print!("{text}");
+        }
     }
     Ok(())
+}
+
+/// Boot files are read by the server: send absolute paths.
+fn absolute(p: String) -> String {
+    std::path::absolute(&p)
+        .map(|a| a.display().to_string())
+        .unwrap_or(p)
 }
 
 /// `SIZE[@ACCOUNT]`

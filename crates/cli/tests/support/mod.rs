@@ -106,6 +106,23 @@ impl Server {
         }
     }
 
+    /// Wait until the server process has died by itself (e.g. at a failpoint).
+    pub fn wait_died(&mut self, secs: u64) {
+        let child = self.child.as_mut().expect("a running server");
+        let mut dead = false;
+        wait_until(secs, "the server to stop at its failpoint", || {
+            dead = child.try_wait().unwrap().is_some();
+            dead
+        });
+        self.child = None;
+    }
+
+    /// Start again on the same data dir and port with another environment.
+    pub fn restart_with(&mut self, env: Vec<(String, String)>) {
+        self.env = env;
+        self.restart();
+    }
+
     /// Start again on the same data dir and port.
     pub fn restart(&mut self) {
         self.kill9();
@@ -313,7 +330,28 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        kill_vms(&self.data);
     }
+}
+
+/// Stop every qemu VM a server under `data` started (they outlive the server by design).
+pub fn kill_vms(data: &Path) {
+    fn walk(dir: &Path) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p);
+            } else if p.file_name().is_some_and(|n| n == "qemu.pid")
+                && let Ok(pid) = std::fs::read_to_string(&p)
+            {
+                let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+            }
+        }
+    }
+    walk(&data.join("regions"));
 }
 
 /// Run qemu-io on a target; true when it exits 0.

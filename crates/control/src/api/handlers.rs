@@ -143,7 +143,7 @@ pub(crate) async fn create_vm(
     Path(g): Path<String>,
     JsonBody(b): JsonBody<CreateVm>,
 ) -> R {
-    created(s.control.create_vm(&g, b)?)
+    created(s.control.create_vm(&g, b).await?)
 }
 
 pub(crate) async fn vm(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
@@ -178,10 +178,23 @@ pub(crate) async fn enable_replication(
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DisableQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
 pub(crate) async fn disable_replication(
     State(s): State<ApiState>,
     Path((g, v)): Path<(String, String)>,
+    query: Result<Query<DisableQuery>, axum::extract::rejection::QueryRejection>,
 ) -> R {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    if q.dry_run {
+        return ok(s.control.disable_plan(&g, &v).await?);
+    }
     let job = s.control.disable_replication(&g, &v).await?;
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
 }
@@ -243,4 +256,61 @@ pub(crate) async fn job(State(s): State<ApiState>, Path(id): Path<String>) -> R 
         ApiError::bad_request(format!("invalid job id {id:?}: job ids are numbers"))
     })?;
     ok(s.control.job(id)?)
+}
+
+pub(crate) async fn start_vm(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
+    ok(s.control.start_vm(&g, &v).await?)
+}
+
+pub(crate) async fn stop_vm(State(s): State<ApiState>, Path((g, v)): Path<(String, String)>) -> R {
+    ok(s.control.stop_vm(&g, &v).await?)
+}
+
+pub(crate) async fn vm_console(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+) -> R {
+    let text = s.control.vm_console(&g, &v)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+fn accepted(job: crate::model::Job) -> R {
+    Ok((StatusCode::ACCEPTED, Json(job)).into_response())
+}
+
+pub(crate) async fn failover(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+    JsonBody(b): JsonBody<crate::failover::FailoverRequest>,
+) -> R {
+    accepted(s.control.failover(&g, &v, b).await?)
+}
+
+pub(crate) async fn commit_failover(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+) -> R {
+    accepted(s.control.commit_failover(&g, &v).await?)
+}
+
+pub(crate) async fn test_failover(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+    JsonBody(b): JsonBody<crate::failover::FailoverRequest>,
+) -> R {
+    accepted(s.control.test_failover(&g, &v, b).await?)
+}
+
+pub(crate) async fn test_failover_cleanup(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+) -> R {
+    accepted(s.control.test_failover_cleanup(&g, &v).await?)
+}
+
+pub(crate) async fn reprotect(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+) -> R {
+    accepted(s.control.reprotect(&g, &v).await?)
 }

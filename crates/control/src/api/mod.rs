@@ -70,6 +70,28 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
             get(recovery_points),
         )
         .route("/v1/groups/{g}/vms/{vm}/disks/{n}/export", get(export_disk))
+        .route(
+            "/v1/groups/{g}/vms/{vm}/start",
+            axum::routing::post(start_vm),
+        )
+        .route("/v1/groups/{g}/vms/{vm}/stop", axum::routing::post(stop_vm))
+        .route("/v1/groups/{g}/vms/{vm}/console", get(vm_console))
+        .route(
+            "/v1/groups/{g}/vms/{vm}/failover",
+            axum::routing::post(failover),
+        )
+        .route(
+            "/v1/groups/{g}/vms/{vm}/failover/commit",
+            axum::routing::post(commit_failover),
+        )
+        .route(
+            "/v1/groups/{g}/vms/{vm}/test-failover",
+            axum::routing::post(test_failover).delete(test_failover_cleanup),
+        )
+        .route(
+            "/v1/groups/{g}/vms/{vm}/reprotect",
+            axum::routing::post(reprotect),
+        )
         .route("/v1/jobs", get(jobs))
         .route("/v1/jobs/{id}", get(job))
         .fallback(not_found)

@@ -1,6 +1,7 @@
 //! Replicated items: enabling (with the target resources it derives), showing with health
 //! and RPO, listing points, exporting a disk at a point, and disabling.
 
+pub(crate) mod app_consistent;
 pub(crate) mod monitor;
 pub(crate) mod runtime;
 mod targets;
@@ -95,6 +96,11 @@ impl Control {
             target,
             job: Some(job.id),
             created: Timestamp::now(),
+            source_vm: None,
+            target_vm: None,
+            failover: None,
+            test_failover: None,
+            last_test_failover: None,
         };
         self.db
             .insert(Kind::Replication, &vm_key, &rep, "replication of VM")?;
@@ -133,7 +139,7 @@ impl Control {
         {
             return Ok(l.clone());
         }
-        let vm = self.vm(&rep.group, &rep.vm)?;
+        let vm = self.source_vm(rep)?;
         let mut disks = Vec::new();
         for d in &vm.disks {
             let target = rep.target.storage.get(&d.storage).ok_or_else(|| {

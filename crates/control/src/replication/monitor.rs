@@ -26,7 +26,7 @@ async fn restart_missing(control: &Arc<Control>) {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(&vm_key);
-        if running || rep.state == state::DISABLING {
+        if running || !state::replicating(&rep.state) {
             continue;
         }
         if let Err(e) = control.ensure_running(&rep).await {
@@ -48,6 +48,9 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
         }
         if let Err(e) = tick(&control) {
             tracing::warn!(error = %e, "monitor replicated items");
+        }
+        if let Ok(reps) = control.db.list::<Replication>(Kind::Replication) {
+            control.app_consistent_due(&reps);
         }
         if last_restart.elapsed() >= RESTART_EVERY {
             last_restart = std::time::Instant::now();
@@ -84,7 +87,7 @@ async fn prune(control: &Control) -> crate::error::Result<()> {
 fn tick(control: &Control) -> crate::error::Result<()> {
     for mut rep in control.db.list::<Replication>(Kind::Replication)? {
         let vm_key = key(&rep.group, &rep.vm);
-        if rep.state != state::INITIAL_REPLICATION {
+        if rep.state != state::INITIAL_REPLICATION && rep.state != state::REPROTECTING {
             continue;
         }
         let done = control

@@ -13,7 +13,6 @@ use crate::control::Control;
 use crate::db::Kind;
 use crate::error::Result;
 use crate::model::{Replication, state};
-use crate::resources::key;
 
 pub(crate) struct ItemRuntime {
     pub processor: Arc<Mutex<ProcessorStatus>>,
@@ -45,15 +44,26 @@ impl Control {
 
     /// Start the item's stream and processor unless they run (idempotent; used after restarts).
     pub(crate) async fn ensure_running(self: &Arc<Self>, rep: &Replication) -> Result<()> {
-        if rep.state == state::DISABLING {
+        if !state::replicating(&rep.state) {
             return Ok(());
         }
-        let vm_key = key(&rep.group, &rep.vm);
+        let item = rep.item_key();
         let policy = self.policy(&rep.policy)?;
         let cache = self.item_cache(rep)?;
+        let layout = self.layout(rep)?;
+        let seed = if rep.state == state::REPROTECTING {
+            let hashes = ferry_replica::block_hashes(&layout).await?;
+            if hashes.is_empty() {
+                // Not seeded yet: the reprotect job starts the item once the seed is stored.
+                return Ok(());
+            }
+            Some(std::sync::Arc::new(hashes))
+        } else {
+            None
+        };
         let agent = self.agent(&rep.source_region)?;
         agent.start_replication(
-            &vm_key,
+            &rep.source_key(),
             ReplicationConfig {
                 stream: rep.stream,
                 generation: rep.generation,
@@ -62,12 +72,12 @@ impl Control {
                 crash_consistent_every: Duration::from_secs_f64(
                     policy.crash_consistent_every_seconds,
                 ),
+                seed,
             },
         )?;
-        let layout = self.layout(rep)?;
-        let vm = self.vm(&rep.group, &rep.vm)?;
+        let vm = self.source_vm(rep)?;
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
-        if !items.contains_key(&vm_key) {
+        if !items.contains_key(&item) {
             let sizes = vm.disks.iter().map(|d| d.size_bytes).collect();
             let processor = Processor::new(layout, cache, sizes, ProcessorConfig::default());
             let status = processor.status();
@@ -78,31 +88,37 @@ impl Control {
                 shutdown: tx,
                 task,
             };
-            items.insert(vm_key.clone(), runtime);
+            items.insert(item.clone(), runtime);
         }
         drop(items);
         if rep.state == state::ENABLING {
             let mut r = rep.clone();
             r.state = state::INITIAL_REPLICATION.into();
-            self.db.put(Kind::Replication, &vm_key, &r)?;
+            self.db.put(Kind::Replication, &item, &r)?;
         }
         Ok(())
     }
 
     /// Stop an item's processor and stream (its data stays).
     pub(crate) async fn stop_item(&self, rep: &Replication) {
-        let vm_key = key(&rep.group, &rep.vm);
         let item = self
             .items
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&vm_key);
+            .remove(&rep.item_key());
         if let Some(item) = item {
             item.stop().await;
         }
         if let Ok(agent) = self.agent(&rep.source_region) {
-            agent.stop_replication(&vm_key).await;
+            agent.stop_replication(&rep.source_key()).await;
         }
+    }
+
+    /// The VM whose writes the item replicates now.
+    pub(crate) fn source_vm(&self, rep: &Replication) -> Result<crate::model::Vm> {
+        let k = rep.source_key();
+        let (g, v) = k.split_once('/').unwrap_or((&k, ""));
+        self.vm(g, v)
     }
 
     pub(crate) fn processor_status(&self, vm_key: &str) -> Option<ProcessorStatus> {

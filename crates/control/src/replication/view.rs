@@ -7,13 +7,12 @@ use serde::Serialize;
 
 use crate::control::Control;
 use crate::model::{Replication, Target, state};
-use crate::resources::key;
 
 /// RPO above which an item is in warning, and in critical.
 const RPO_WARNING_SECONDS: f64 = 120.0;
 const RPO_CRITICAL_SECONDS: f64 = 600.0;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PointView {
     pub id: String,
     pub time: String,
@@ -72,15 +71,23 @@ pub struct ReplicationView {
     pub stats: StatsView,
     pub job: Option<u64>,
     pub created: String,
+    /// The VM whose writes replicate now (the item's own VM until a reprotect turns it).
+    pub source_vm: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover: Option<crate::model::Failover>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_failover: Option<crate::model::TestFailover>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_test_failover: Option<crate::model::TestFailover>,
 }
 
 impl Control {
     pub(crate) fn view(&self, rep: &Replication) -> ReplicationView {
-        let vm_key = key(&rep.group, &rep.vm);
+        let vm_key = rep.item_key();
         let agent = self
             .agent(&rep.source_region)
             .ok()
-            .and_then(|a| a.status(&vm_key));
+            .and_then(|a| a.status(&rep.source_key()));
         let proc = self.processor_status(&vm_key);
         let now = Timestamp::now();
         let mut reasons = Vec::new();
@@ -92,6 +99,9 @@ impl Control {
         if let Some(e) = agent.as_ref().and_then(|a| a.stream.last_error.clone()) {
             reasons.push(format!("agent: {e}"));
             critical = true;
+        }
+        if let Some((when, w)) = self.app_consistent_warning(&vm_key) {
+            reasons.push(format!("app-consistent point at {when}: {w}"));
         }
         let protected = rep.state == state::PROTECTED;
         let rpo = protected.then(|| {
@@ -123,7 +133,7 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(&vm_key)
-            && rep.state != state::DISABLING
+            && state::replicating(&rep.state)
         {
             reasons.push("the processor is not running".into());
         }
@@ -177,6 +187,10 @@ impl Control {
             stats,
             job: rep.job,
             created: rep.created.to_string(),
+            source_vm: rep.source_key(),
+            failover: rep.failover.clone(),
+            test_failover: rep.test_failover.clone(),
+            last_test_failover: rep.last_test_failover.clone(),
         }
     }
 }

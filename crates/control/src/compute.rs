@@ -1,0 +1,157 @@
+//! Realising VMs: `qemu` boots them on this host with their disks on the region's agent;
+//! `external` only serves their disks over NBD for the user's own hypervisor.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_agent::AgentHost;
+use ferry_compute::{Boot as QemuBoot, DiskAttachment, Qemu, VmSpec};
+
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::{ControlError, Result};
+use crate::model::{Vm, vm_state};
+use crate::resources::key;
+
+/// How long a guest has to power down before it is stopped hard.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// Compute providers a VM can use.
+pub const PROVIDERS: &[&str] = &["external", "qemu"];
+
+impl From<ferry_compute::ComputeError> for ControlError {
+    fn from(e: ferry_compute::ComputeError) -> Self {
+        ControlError::Internal(e.to_string())
+    }
+}
+
+impl Control {
+    /// Where a VM's runtime files live (console log, monitor sockets, pid file).
+    pub(crate) fn vm_dir(&self, vm: &Vm) -> PathBuf {
+        self.cfg
+            .data
+            .join("regions")
+            .join(&vm.region)
+            .join("vms")
+            .join(&vm.group)
+            .join(&vm.name)
+    }
+
+    fn qemu(&self) -> Result<Qemu> {
+        Qemu::detect().map_err(|e| ControlError::invalid(e.to_string()))
+    }
+
+    /// Boot the VM unless it runs (qemu); a no-op for external compute.
+    pub(crate) async fn power_on(&self, vm: &Vm) -> Result<()> {
+        if vm.compute != "qemu" {
+            return Ok(());
+        }
+        let dir = self.vm_dir(vm);
+        if ferry_compute::is_running(&dir) {
+            return Ok(());
+        }
+        let agent = self.agent(&vm.region)?;
+        let vm_key = key(&vm.group, &vm.name);
+        let boot = match &vm.boot.kernel {
+            Some(k) => QemuBoot::Kernel {
+                kernel: k.into(),
+                initrd: vm.boot.initrd.as_ref().map(Into::into),
+                append: vm.boot.append.clone().unwrap_or_default(),
+            },
+            None => QemuBoot::Disk,
+        };
+        let ip = vm.nics.first().map(|n| self.ip_with_prefix(vm, n));
+        let spec = VmSpec {
+            name: vm_key.clone(),
+            disks: vm
+                .disks
+                .iter()
+                .map(|d| DiskAttachment {
+                    socket: agent.nbd_socket().to_path_buf(),
+                    export: AgentHost::export_name(&vm_key, d.index),
+                })
+                .collect(),
+            boot,
+            memory_mib: 256,
+            ip,
+            dir,
+        };
+        self.qemu()?.start(&spec).await?;
+        Ok(())
+    }
+
+    /// Stop the VM: ask the guest to power down, then stop it hard after `STOP_GRACE`.
+    /// Returns whether the guest powered down by itself.
+    pub(crate) async fn power_off(&self, vm: &Vm) -> Result<bool> {
+        if vm.compute != "qemu" {
+            return Ok(true);
+        }
+        let out = ferry_compute::stop(&self.vm_dir(vm), STOP_GRACE).await?;
+        Ok(out.graceful)
+    }
+
+    fn ip_with_prefix(&self, vm: &Vm, nic: &crate::model::Nic) -> String {
+        let prefix = self
+            .network(&vm.group, &nic.network)
+            .ok()
+            .and_then(|n| n.subnets.into_iter().find(|s| s.name == nic.subnet))
+            .and_then(|s| s.cidr.split_once('/').map(|(_, p)| p.to_string()))
+            .unwrap_or_else(|| "32".into());
+        format!("{}/{prefix}", nic.private_ip)
+    }
+
+    fn set_vm_state(&self, vm: &mut Vm, st: &str) -> Result<()> {
+        vm.state = st.into();
+        self.db.put(Kind::Vm, &key(&vm.group, &vm.name), vm)
+    }
+
+    /// `ferry vm start`.
+    pub async fn start_vm(self: &Arc<Self>, group: &str, name: &str) -> Result<Vm> {
+        let mut vm = self.vm(group, name)?;
+        self.attach_vm(&vm)?;
+        self.power_on(&vm).await?;
+        self.set_vm_state(&mut vm, vm_state::RUNNING)?;
+        self.vm(group, name)
+    }
+
+    /// `ferry vm stop`.
+    pub async fn stop_vm(self: &Arc<Self>, group: &str, name: &str) -> Result<Vm> {
+        let mut vm = self.vm(group, name)?;
+        let graceful = self.power_off(&vm).await?;
+        if !graceful {
+            tracing::warn!(vm = %key(group, name), "the guest did not power down in time; stopped it hard");
+        }
+        self.set_vm_state(&mut vm, vm_state::STOPPED)?;
+        self.vm(group, name)
+    }
+
+    /// `ferry vm console`: the serial console so far.
+    pub fn vm_console(&self, group: &str, name: &str) -> Result<String> {
+        let vm = self.vm(group, name)?;
+        if vm.compute != "qemu" {
+            return Err(ControlError::invalid(format!(
+                "VM {group}/{name} runs on external compute; its console is on your hypervisor"
+            )));
+        }
+        match ferry_compute::console(&self.vm_dir(&vm)) {
+            Ok(text) => Ok(text),
+            Err(_) => Ok(String::new()),
+        }
+    }
+
+    /// After a restart: boot every qemu VM that should run and does not.
+    pub(crate) async fn reconcile_compute(&self) {
+        let Ok(vms) = self.db.list::<Vm>(Kind::Vm) else {
+            return;
+        };
+        for vm in vms
+            .iter()
+            .filter(|v| v.compute == "qemu" && v.state == vm_state::RUNNING)
+        {
+            if let Err(e) = self.power_on(vm).await {
+                tracing::error!(vm = %key(&vm.group, &vm.name), error = %e, "boot a VM that should be running");
+            }
+        }
+    }
+}

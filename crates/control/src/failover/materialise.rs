@@ -1,0 +1,162 @@
+//! Turning a recovery point into a VM in the target region: its record first (so nothing is
+//! ever created that the state does not track), then its disks, fetched in full from the
+//! replica (chunks in parallel, zero blocks left sparse), then it is served by the region's agent.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use ferry_format::point::PointRecord;
+use ferry_types::Timestamp;
+
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::{ControlError, Result};
+use crate::ipam;
+use crate::model::{Nic, Replication, Vm, VmDisk, vm_state};
+use crate::resources::key;
+
+/// Where and how a failover places its VM.
+pub(crate) struct Placement {
+    pub group: String,
+    pub name: String,
+    pub network: String,
+    pub subnet: String,
+    pub availability_set: Option<String>,
+    /// `failover` or `test-failover`.
+    pub created_by: &'static str,
+}
+
+impl Control {
+    /// Create (or, when it exists, overwrite the disks of) the VM at `place` from `point`. The
+    /// VM is left stopped and served by its region's agent.
+    pub(crate) async fn materialise(
+        &self,
+        rep: &Replication,
+        point: &PointRecord,
+        place: &Placement,
+    ) -> Result<Vm> {
+        let vm_key = key(&place.group, &place.name);
+        let vm = match self.db.get::<Vm>(Kind::Vm, &vm_key)? {
+            Some(existing) => {
+                self.power_off(&existing).await?;
+                self.agent(&existing.region)?.detach_vm(&vm_key).await;
+                existing
+            }
+            None => {
+                let vm = self.plan_vm(rep, place)?;
+                self.db.insert(Kind::Vm, &vm_key, &vm, "VM")?;
+                crate::failpoint::hit("materialise-after-vm-record");
+                vm
+            }
+        };
+        if vm.disks.len() != point.disks.len() {
+            return Err(ControlError::conflict(format!(
+                "VM {vm_key} has {} disks but the recovery point has {}",
+                vm.disks.len(),
+                point.disks.len()
+            )));
+        }
+        let layout = self.layout(rep)?;
+        for (d, pd) in vm.disks.iter().zip(&point.disks) {
+            if d.size_bytes != pd.size {
+                return Err(ControlError::conflict(format!(
+                    "disk {} of VM {vm_key} is {} bytes but the recovery point's is {}",
+                    d.index, d.size_bytes, pd.size
+                )));
+            }
+            let image = PathBuf::from(&d.image);
+            if let Some(dir) = image.parent() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    ControlError::Internal(format!("create {}: {e}", dir.display()))
+                })?;
+            }
+            let tmp = image.with_extension("raw.partial");
+            ferry_replica::export::to_file(&layout, point, d.index, &tmp).await?;
+            std::fs::rename(&tmp, &image).map_err(|e| {
+                ControlError::Internal(format!("rename {} into place: {e}", tmp.display()))
+            })?;
+        }
+        let mut vm = vm;
+        vm.state = vm_state::STOPPED.into();
+        self.db.put(Kind::Vm, &vm_key, &vm)?;
+        self.attach_vm(&vm)?;
+        Ok(vm)
+    }
+
+    /// The record of a new VM at `place` shaped like the item's source VM.
+    fn plan_vm(&self, rep: &Replication, place: &Placement) -> Result<Vm> {
+        let (sg, sv) = rep
+            .source_key()
+            .split_once('/')
+            .map(|(g, v)| (g.to_string(), v.to_string()))
+            .unwrap_or_default();
+        let source = self.vm(&sg, &sv)?;
+        let group = self.group(&place.group)?;
+        let net = self.network(&place.group, &place.network)?;
+        let subnet = net
+            .subnets
+            .iter()
+            .find(|s| s.name == place.subnet)
+            .ok_or_else(|| {
+                ControlError::not_found(format!(
+                    "subnet {} does not exist in network {}/{}",
+                    place.subnet, place.group, place.network
+                ))
+            })?;
+        let cidr = ipam::parse_cidr(&subnet.cidr, "subnet")?;
+        let wanted: Option<IpAddr> = source.nics.first().and_then(|n| n.private_ip.parse().ok());
+        let used = self.used_ips(&place.group, &place.network)?;
+        let ip = ipam::choose(&cidr, &used, wanted, true)?;
+        let mut disks = Vec::new();
+        for d in &source.disks {
+            let storage = rep.target.storage.get(&d.storage).cloned().ok_or_else(|| {
+                ControlError::Internal(format!(
+                    "no target account is mapped for source account {}",
+                    d.storage
+                ))
+            })?;
+            let image = self
+                .cfg
+                .data
+                .join("regions")
+                .join(&group.region)
+                .join("disks")
+                .join(&place.group)
+                .join(&place.name)
+                .join(format!("disk{}.raw", d.index));
+            disks.push(VmDisk {
+                index: d.index,
+                size_bytes: d.size_bytes,
+                storage,
+                image: image.display().to_string(),
+                nbd_uri: String::new(),
+                nbd_tcp_uri: String::new(),
+            });
+        }
+        Ok(Vm {
+            group: place.group.clone(),
+            name: place.name.clone(),
+            region: group.region,
+            state: vm_state::STOPPED.into(),
+            compute: source.compute.clone(),
+            boot: source.boot.clone(),
+            app_consistency: source.app_consistency.clone(),
+            availability_set: place.availability_set.clone(),
+            disks,
+            nics: vec![Nic {
+                network: place.network.clone(),
+                subnet: place.subnet.clone(),
+                private_ip: ip.to_string(),
+            }],
+            created_by: Some(place.created_by.into()),
+            created: Timestamp::now(),
+        })
+    }
+
+    /// Boot a materialised VM and record it as running.
+    pub(crate) async fn boot(&self, vm: &mut Vm) -> Result<()> {
+        self.power_on(vm).await?;
+        vm.state = vm_state::RUNNING.into();
+        self.db.put(Kind::Vm, &key(&vm.group, &vm.name), vm)
+    }
+}

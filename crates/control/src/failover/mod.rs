@@ -1,0 +1,307 @@
+//! Failover, test failover, commit and reprotect: the state machine of a protected item and
+//! the jobs that move it.
+//!
+//! ```text
+//!  protected ──failover run──▶ failing-over ──▶ failed-over ──commit──▶ failover-committed
+//!      ▲                                         │   ▲  (run again: another point)     │
+//!      │                                         └───┘                             reprotect
+//!      └───────────────────────────── reprotecting ◀────────────────────────────────────┘
+//! ```
+//! A test failover runs beside `protected` (replication goes on) until its cleanup.
+
+mod materialise;
+mod reprotect;
+mod run;
+mod test;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_format::point::PointRecord;
+use ferry_format::segment::MarkerKind;
+use ferry_replica::{PointSelector, points};
+use serde::{Deserialize, Serialize};
+
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::{ControlError, Result};
+use crate::model::{Job, Replication, state};
+
+pub(crate) use reprotect::{roll_back, run_commit, run_reprotect};
+pub(crate) use run::run_failover;
+pub(crate) use test::{run_test_cleanup, run_test_failover};
+
+/// How long `latest` waits for the processor to reach the point it asked the agent to cut.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(180);
+
+/// `ferry failover run` and `ferry failover test`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverRequest {
+    /// `latest` (default), `latest-processed`, `latest-app-consistent`, an id or a time.
+    #[serde(default)]
+    pub recovery_point: Option<String>,
+    /// Planned failover: stop the source VM and drain its writes first.
+    #[serde(default)]
+    pub shutdown_source: bool,
+    /// Test failover only: the isolated network to boot in (in the target group).
+    #[serde(default)]
+    pub network: Option<String>,
+}
+
+impl FailoverRequest {
+    pub(crate) fn point(&self) -> &str {
+        self.recovery_point.as_deref().unwrap_or("latest")
+    }
+}
+
+fn refuse(rep: &Replication, what: &str, hint: &str) -> ControlError {
+    ControlError::conflict(format!(
+        "cannot {what} {}: it is {}; {hint}",
+        rep.item_key(),
+        rep.state
+    ))
+}
+
+impl Control {
+    /// Check a selector names a point that exists (`latest` always does once protected).
+    async fn check_point(&self, rep: &Replication, sel: &str) -> Result<()> {
+        let selector = PointSelector::parse(sel).ok_or_else(|| {
+            ControlError::invalid(format!(
+                "invalid recovery point {sel:?}: use latest, latest-processed, latest-app-consistent, a point id or an RFC 3339 time"
+            ))
+        })?;
+        if selector != PointSelector::Latest {
+            points::resolve(&self.layout(rep)?, &selector).await?;
+        }
+        Ok(())
+    }
+
+    /// `ferry failover run`: a job that boots the item in its target region.
+    pub async fn failover(
+        self: &Arc<Self>,
+        group: &str,
+        vm: &str,
+        req: FailoverRequest,
+    ) -> Result<Job> {
+        let mut rep = self.replication(group, vm)?;
+        if req.network.is_some() {
+            return Err(ControlError::invalid(
+                "--network is for test failovers; a failover boots in the target network",
+            ));
+        }
+        match rep.state.as_str() {
+            state::PROTECTED | state::FAILED_OVER => {}
+            state::FAILING_OVER => {
+                return Err(refuse(
+                    &rep,
+                    "fail over",
+                    "wait for the running failover job",
+                ));
+            }
+            _ => {
+                return Err(refuse(
+                    &rep,
+                    "fail over",
+                    "only a protected item (or one already failed over, to change its point) fails over",
+                ));
+            }
+        }
+        if rep.state == state::FAILED_OVER && req.shutdown_source {
+            return Err(ControlError::invalid(
+                "the item is already failed over; --shutdown-source only applies to the first failover",
+            ));
+        }
+        if req.shutdown_source && req.point() != "latest" {
+            return Err(ControlError::invalid(
+                "a planned failover (--shutdown-source) fails over to the final point: leave --recovery-point out or use latest",
+            ));
+        }
+        self.check_point(&rep, req.point()).await?;
+        let job = self.new_job_with(
+            "failover",
+            &rep.item_key(),
+            run::STEPS,
+            serde_json::json!({ "request": req, "from_state": rep.state }),
+        )?;
+        rep.state = state::FAILING_OVER.into();
+        rep.job = Some(job.id);
+        self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
+        crate::jobs::spawn(self.clone(), job.clone());
+        Ok(job)
+    }
+
+    /// `ferry failover test`: a job that boots a copy in an isolated network.
+    pub async fn test_failover(
+        self: &Arc<Self>,
+        group: &str,
+        vm: &str,
+        req: FailoverRequest,
+    ) -> Result<Job> {
+        let rep = self.replication(group, vm)?;
+        if rep.state != state::PROTECTED {
+            return Err(refuse(
+                &rep,
+                "test-fail over",
+                "test failover needs a protected item",
+            ));
+        }
+        if let Some(t) = &rep.test_failover {
+            return Err(ControlError::conflict(format!(
+                "a test failover of {} is in progress (VM {}); clean it up first with `ferry failover test-cleanup {}`",
+                rep.item_key(),
+                t.vm,
+                rep.item_key()
+            )));
+        }
+        if req.shutdown_source {
+            return Err(ControlError::invalid(
+                "--shutdown-source is for failovers; a test failover leaves the source running",
+            ));
+        }
+        if let Some(net) = &req.network {
+            if *net == rep.target.network {
+                return Err(ControlError::invalid(format!(
+                    "{net} is the production target network; a test failover needs an isolated network (leave --network out to create one)"
+                )));
+            }
+            self.network(&rep.target.group, net)?;
+        }
+        self.check_point(&rep, req.point()).await?;
+        let job = self.new_job_with(
+            "test-failover",
+            &rep.item_key(),
+            test::STEPS,
+            serde_json::json!({ "request": req }),
+        )?;
+        self.update_replication(&rep.item_key(), |r| {
+            r.test_failover = Some(test::placeholder(&rep, &req, job.id));
+        })?;
+        crate::jobs::spawn(self.clone(), job.clone());
+        Ok(job)
+    }
+
+    /// `ferry failover test-cleanup`.
+    pub async fn test_failover_cleanup(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
+        let rep = self.replication(group, vm)?;
+        let Some(t) = &rep.test_failover else {
+            return Err(ControlError::conflict(format!(
+                "{} has no test failover to clean up; start one with `ferry failover test {}`",
+                rep.item_key(),
+                rep.item_key()
+            )));
+        };
+        if let Ok(j) = self.job(t.job)
+            && j.state == "running"
+        {
+            return Err(ControlError::conflict(format!(
+                "the test failover job {} is still running; wait for it (`ferry job show {} --wait`)",
+                j.id, j.id
+            )));
+        }
+        let job = self.new_job_with(
+            "test-failover-cleanup",
+            &rep.item_key(),
+            test::CLEANUP_STEPS,
+            serde_json::Value::Null,
+        )?;
+        crate::jobs::spawn(self.clone(), job.clone());
+        Ok(job)
+    }
+
+    /// `ferry failover commit`.
+    pub async fn commit_failover(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
+        let rep = self.replication(group, vm)?;
+        if rep.state != state::FAILED_OVER {
+            return Err(refuse(
+                &rep,
+                "commit",
+                "commit follows a finished `ferry failover run`",
+            ));
+        }
+        let job = self.new_job_with(
+            "failover-commit",
+            &rep.item_key(),
+            reprotect::COMMIT_STEPS,
+            serde_json::Value::Null,
+        )?;
+        crate::jobs::spawn(self.clone(), job.clone());
+        Ok(job)
+    }
+
+    /// `ferry reprotect`: replicate the failed-over VM back to where the item came from.
+    pub async fn reprotect(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
+        let mut rep = self.replication(group, vm)?;
+        if rep.state != state::FAILOVER_COMMITTED {
+            return Err(refuse(
+                &rep,
+                "reprotect",
+                "reprotect follows `ferry failover commit`",
+            ));
+        }
+        let job = self.new_job_with(
+            "reprotect",
+            &rep.item_key(),
+            reprotect::STEPS,
+            serde_json::Value::Null,
+        )?;
+        rep.state = state::REPROTECTING.into();
+        rep.job = Some(job.id);
+        self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
+        crate::jobs::spawn(self.clone(), job.clone());
+        Ok(job)
+    }
+
+    /// Change an item's record in one read-modify-write.
+    pub(crate) fn update_replication(
+        &self,
+        item: &str,
+        f: impl FnOnce(&mut Replication),
+    ) -> Result<Replication> {
+        let mut rep: Replication = self
+            .db
+            .get(Kind::Replication, item)?
+            .ok_or_else(|| ControlError::not_found(format!("{item} is not replicated")))?;
+        f(&mut rep);
+        self.db.put(Kind::Replication, item, &rep)?;
+        Ok(rep)
+    }
+
+    /// Resolve a selector to a point; `latest` first has the agent cut a point now and waits
+    /// until the processor has applied everything up to it.
+    pub(crate) async fn select_point(&self, rep: &Replication, sel: &str) -> Result<PointRecord> {
+        let layout = self.layout(rep)?;
+        let selector = PointSelector::parse(sel)
+            .ok_or_else(|| ControlError::invalid(format!("invalid recovery point {sel:?}")))?;
+        if selector != PointSelector::Latest {
+            return Ok(points::resolve(&layout, &selector).await?);
+        }
+        let agent = self.agent(&rep.source_region)?;
+        let marker = match agent.mark(&rep.source_key(), MarkerKind::CrashConsistent) {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::warn!(item = %rep.item_key(), error = %e, "the source agent cannot cut a point; using the latest processed point");
+                return Ok(points::resolve(&layout, &PointSelector::Latest).await?);
+            }
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(p) = points::list(&layout)
+                .await?
+                .into_iter()
+                .find(|p| p.seq >= marker)
+            {
+                return Ok(p);
+            }
+            if start.elapsed() > DRAIN_DEADLINE {
+                return Err(ControlError::Internal(format!(
+                    "the processor did not reach the point cut at sequence {} within {} s; see `ferry replication show {}`, or fail over to latest-processed",
+                    marker.0,
+                    DRAIN_DEADLINE.as_secs(),
+                    rep.item_key()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! Commit and reprotect.
+//!
+//! Reprotect turns the item around: the failed-over VM becomes the source, the VM the item
+//! came from becomes the target. The reverse replica is first seeded, in the original region,
+//! from the original VM's own disks (nothing crosses regions for that); the agent then reads
+//! the failed-over disks and sends only the 64 KiB blocks whose BLAKE3 digest differs from
+//! the seed's, before continuous replication goes on in the new direction.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_replica::{Processor, ProcessorConfig, points};
+use ferry_types::{Generation, StreamId, Timestamp};
+
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::{ControlError, Result};
+use crate::model::{Job, Replication, StorageAccount, Target, Vm, state, vm_state};
+use crate::resources::key;
+
+pub(crate) const COMMIT_STEPS: &[&str] = &[
+    "Prerequisites check",
+    "Discard other recovery points",
+    "Commit",
+];
+
+pub(crate) const STEPS: &[&str] = &[
+    "Prerequisites check",
+    "Stop the original VM",
+    "Prepare the reverse target",
+    "Delete the old replica",
+    "Seed the replica from the original disks",
+    "Start replication",
+    "Delta replication (send blocks that differ)",
+    "Protect",
+];
+
+fn split(k: &str) -> (String, String) {
+    let (g, v) = k.split_once('/').unwrap_or((k, ""));
+    (g.to_string(), v.to_string())
+}
+
+pub(crate) async fn run_commit(control: &Arc<Control>, job: &mut Job) -> Result<()> {
+    let (group, vm) = split(&job.target);
+    let rep = control.replication(&group, &vm)?;
+    let Some(failover) = rep.failover.clone() else {
+        return Err(ControlError::conflict("there is no failover to commit"));
+    };
+    control.job_step(job, 0, "succeeded", None)?;
+
+    control.job_step(job, 1, "running", None)?;
+    let layout = control.layout(&rep)?;
+    let keep = failover.point.as_ref().map(|p| p.id.clone());
+    let mut removed = 0;
+    for p in points::list(&layout).await? {
+        let info = ferry_replica::PointInfo::from_record(&p);
+        if Some(&info.id) == keep.as_ref() {
+            continue;
+        }
+        points::delete_point(&layout, &p).await?;
+        removed += 1;
+    }
+    control.job_step(
+        job,
+        1,
+        "succeeded",
+        Some(format!("{removed} points discarded")),
+    )?;
+
+    control.update_replication(&rep.item_key(), |r| {
+        r.state = state::FAILOVER_COMMITTED.into();
+        if let Some(f) = r.failover.as_mut() {
+            f.committed = Some(Timestamp::now());
+        }
+    })?;
+    control.job_step(job, 2, "succeeded", Some(failover.vm))?;
+    control.job_succeed(job)
+}
+
+pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Result<()> {
+    let (group, vm) = split(&job.target);
+    let rep = control.replication(&group, &vm)?;
+    let done = |job: &Job, i: usize| job.steps[i].state == "succeeded";
+
+    // Until the turn (step 4) the record still describes the failover being reversed.
+    let turned = rep.failover.is_none();
+    if !turned {
+        let failover = rep
+            .failover
+            .clone()
+            .ok_or_else(|| ControlError::conflict("there is no committed failover to reverse"))?;
+        let (fg, fv) = split(&failover.vm);
+        let new_source = control.vm(&fg, &fv)?;
+        let original = control.source_vm(&rep)?;
+        control.job_step(
+            job,
+            0,
+            "succeeded",
+            Some(format!(
+                "{} in {} → {}/{} in {}",
+                failover.vm, new_source.region, original.group, original.name, original.region
+            )),
+        )?;
+
+        control.job_step(job, 1, "running", None)?;
+        let (og, ov) = (original.group.clone(), original.name.clone());
+        let original = control.stop_vm(&og, &ov).await?;
+        control.job_step(job, 1, "succeeded", Some(format!("{og}/{ov} is stopped")))?;
+
+        control.job_step(job, 2, "running", None)?;
+        let target = control.reverse_target(&new_source, &original)?;
+        control.job_step(
+            job,
+            2,
+            "succeeded",
+            Some(format!(
+                "{}/{} in {}",
+                target.group, target.network, target.region
+            )),
+        )?;
+
+        control.job_step(job, 3, "running", None)?;
+        control.stop_item(&rep).await;
+        control
+            .agent(&rep.source_region)?
+            .forget_replication(&rep.source_key())
+            .await?;
+        let plan = control.deletion_plan(&rep).await?;
+        let count: usize = plan.iter().map(|(_, k)| k.len()).sum();
+        for (store, keys) in plan {
+            for k in keys {
+                store.delete(&k).await?;
+            }
+        }
+        control.job_step(
+            job,
+            3,
+            "succeeded",
+            Some(format!("{count} objects deleted")),
+        )?;
+
+        control.job_step(job, 4, "running", None)?;
+        let turned = control.update_replication(&rep.item_key(), |r| {
+            r.source_vm = Some(failover.vm.clone());
+            r.source_region = new_source.region.clone();
+            r.target_vm = Some(key(&original.group, &original.name));
+            r.target = target;
+            r.stream = StreamId::random();
+            r.generation = Generation(r.generation.0 + 1);
+            r.failover = None;
+            r.state = state::REPROTECTING.into();
+        })?;
+        crate::failpoint::hit("reprotect-after-turn");
+        control.seed(&turned, &original).await?;
+        control.job_step(job, 4, "succeeded", Some(format!("from {og}/{ov}")))?;
+    } else if !done(job, 5) {
+        // A restart after the turn: seeding again is a no-op once the seed is stored.
+        let (og, ov) = split(&rep.failover_vm_key());
+        let original = control.vm(&og, &ov)?;
+        control.job_step(job, 4, "running", None)?;
+        control.seed(&rep, &original).await?;
+        control.job_step(job, 4, "succeeded", Some(format!("from {og}/{ov}")))?;
+    }
+
+    let rep = control.replication(&group, &vm)?;
+    control.job_step(job, 5, "running", None)?;
+    control.ensure_running(&rep).await?;
+    control.job_step(job, 5, "succeeded", None)?;
+
+    control.job_step(job, 6, "running", None)?;
+    loop {
+        let view = control.show_replication(&group, &vm)?;
+        if let Some(init) = &view.initial_replication {
+            let detail = format!(
+                "{:.0}% ({} of {} bytes compared, {} sent)",
+                init.percent, init.scanned_bytes, init.total_bytes, init.sent_bytes
+            );
+            control.job_step(job, 6, "running", Some(detail.clone()))?;
+            if view.state == state::PROTECTED {
+                control.job_step(job, 6, "succeeded", Some(detail))?;
+                break;
+            }
+        }
+        if view.state != state::REPROTECTING && view.state != state::PROTECTED {
+            return Err(ControlError::conflict(format!(
+                "the item left reprotection (state {})",
+                view.state
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    control.job_step(job, 7, "succeeded", None)?;
+    control.job_succeed(job)
+}
+
+impl Control {
+    /// Where the turned-around item replicates to: the original VM's group, network, subnet and
+    /// accounts; the cache account in the new source's group.
+    fn reverse_target(&self, new_source: &Vm, original: &Vm) -> Result<Target> {
+        let nic = original
+            .nics
+            .first()
+            .ok_or_else(|| ControlError::invalid("the original VM has no NIC"))?;
+        let mut storage = BTreeMap::new();
+        for (n, o) in new_source.disks.iter().zip(&original.disks) {
+            storage.insert(n.storage.clone(), o.storage.clone());
+        }
+        let cache = format!("cache-{}", new_source.region);
+        let cache_key = key(&new_source.group, &cache);
+        if self
+            .db
+            .get::<StorageAccount>(Kind::Storage, &cache_key)?
+            .is_none()
+        {
+            let url = self.default_account_url(&new_source.region, &new_source.group, &cache);
+            self.stores.get(&url)?;
+            let a = StorageAccount {
+                group: new_source.group.clone(),
+                name: cache.clone(),
+                region: new_source.region.clone(),
+                url,
+            };
+            self.db.put(Kind::Storage, &cache_key, &a)?;
+        }
+        Ok(Target {
+            region: original.region.clone(),
+            group: original.group.clone(),
+            network: nic.network.clone(),
+            subnet: nic.subnet.clone(),
+            availability_set: original.availability_set.clone(),
+            cache_storage: cache_key,
+            storage,
+        })
+    }
+
+    /// Seed the item's (new) replica from the disks of `original`, a stopped VM.
+    async fn seed(&self, rep: &Replication, original: &Vm) -> Result<()> {
+        if original.state != vm_state::STOPPED {
+            return Err(ControlError::conflict(format!(
+                "{}/{} must be stopped to seed the replica from its disks",
+                original.group, original.name
+            )));
+        }
+        let layout = self.layout(rep)?;
+        let cache = self.item_cache(rep)?;
+        let sizes = original.disks.iter().map(|d| d.size_bytes).collect();
+        let images: Vec<PathBuf> = original
+            .disks
+            .iter()
+            .map(|d| d.image.clone().into())
+            .collect();
+        Processor::new(layout, cache, sizes, ProcessorConfig::default())
+            .seed(&images, rep.generation)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Put an item back where it was when a failover or reprotect job fails before it changed
+/// anything that cannot be undone.
+pub(crate) fn roll_back(control: &Control, job: &Job) -> Result<()> {
+    let (group, vm) = split(&job.target);
+    let item = key(&group, &vm);
+    let Some(rep) = control.db.get::<Replication>(Kind::Replication, &item)? else {
+        return Ok(());
+    };
+    let from = job.params.get("from_state").and_then(|v| v.as_str());
+    match (job.kind.as_str(), rep.state.as_str()) {
+        ("failover", state::FAILING_OVER) => {
+            let back = from.unwrap_or(state::PROTECTED).to_string();
+            control.update_replication(&item, |r| r.state = back)?;
+        }
+        ("reprotect", state::REPROTECTING) if rep.failover.is_some() => {
+            control.update_replication(&item, |r| r.state = state::FAILOVER_COMMITTED.into())?;
+        }
+        _ => {}
+    }
+    Ok(())
+}

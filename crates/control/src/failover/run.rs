@@ -1,0 +1,127 @@
+//! The failover job. Each step can run again after a restart: the chosen point is kept in the
+//! job's parameters, and creating the VM overwrites what an interrupted attempt left.
+
+use std::sync::Arc;
+
+use ferry_replica::{PointInfo, PointSelector, points};
+use ferry_types::Timestamp;
+
+use super::FailoverRequest;
+use super::materialise::Placement;
+use crate::control::Control;
+use crate::error::{ControlError, Result};
+use crate::model::{Failover, Job, state};
+use crate::replication::PointView;
+
+pub(crate) const STEPS: &[&str] = &[
+    "Prerequisites check",
+    "Shut down source VM",
+    "Select recovery point",
+    "Stop replication",
+    "Create VM and disks from recovery point",
+    "Start VM",
+];
+
+fn split(target: &str) -> (String, String) {
+    let (g, v) = target.split_once('/').unwrap_or((target, ""));
+    (g.to_string(), v.to_string())
+}
+
+pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Result<()> {
+    let (group, vm) = split(&job.target);
+    let req: FailoverRequest =
+        serde_json::from_value(job.params["request"].clone()).unwrap_or_default();
+    let rep = control.replication(&group, &vm)?;
+    control.job_step(job, 0, "succeeded", None)?;
+
+    if job.steps[1].state != "succeeded" {
+        let detail = if req.shutdown_source {
+            let (sg, sv) = split(&rep.source_key());
+            control.job_step(job, 1, "running", None)?;
+            let stopped = control.stop_vm(&sg, &sv).await?;
+            Some(format!(
+                "{}/{} is {}",
+                stopped.group, stopped.name, stopped.state
+            ))
+        } else {
+            Some("skipped (unplanned failover)".into())
+        };
+        control.job_step(job, 1, "succeeded", detail)?;
+    }
+
+    let point = match job.params.get("point_id").and_then(|v| v.as_str()) {
+        Some(id) => {
+            let sel = PointSelector::parse(id)
+                .ok_or_else(|| ControlError::Internal(format!("bad stored point id {id}")))?;
+            points::resolve(&control.layout(&rep)?, &sel).await?
+        }
+        None => {
+            control.job_step(job, 2, "running", Some(req.point().to_string()))?;
+            let p = control.select_point(&rep, req.point()).await?;
+            let info = PointInfo::from_record(&p);
+            job.params["point_id"] = info.id.clone().into();
+            crate::failpoint::hit("failover-after-select-point");
+            control.job_step(
+                job,
+                2,
+                "succeeded",
+                Some(format!("{} ({}, {})", info.id, info.kind, info.time)),
+            )?;
+            p
+        }
+    };
+
+    control.job_step(job, 3, "running", None)?;
+    control.stop_item(&rep).await;
+    control.job_step(job, 3, "succeeded", None)?;
+
+    control.job_step(job, 4, "running", None)?;
+    let target_key = rep.failover_vm_key();
+    let (tg, tv) = split(&target_key);
+    let place = Placement {
+        group: tg,
+        name: tv,
+        network: rep.target.network.clone(),
+        subnet: rep.target.subnet.clone(),
+        availability_set: rep.target.availability_set.clone(),
+        created_by: "failover",
+    };
+    let mut target = control.materialise(&rep, &point, &place).await?;
+    crate::failpoint::hit("failover-after-create-vm");
+    let bytes: u64 = point.disks.iter().map(|d| d.size).sum();
+    control.job_step(
+        job,
+        4,
+        "succeeded",
+        Some(format!(
+            "{target_key} in {}, {} disks, {bytes} bytes",
+            target.region,
+            target.disks.len()
+        )),
+    )?;
+
+    control.job_step(job, 5, "running", None)?;
+    control.boot(&mut target).await?;
+    control.job_step(
+        job,
+        5,
+        "succeeded",
+        Some(format!("{target_key} is running")),
+    )?;
+
+    let view = PointView::from(&point);
+    control.update_replication(&rep.item_key(), |r| {
+        r.state = state::FAILED_OVER.into();
+        r.failover = Some(Failover {
+            vm: target_key.clone(),
+            point: Some(view),
+            planned: req.shutdown_source,
+            started: r
+                .failover
+                .as_ref()
+                .map_or_else(Timestamp::now, |f| f.started),
+            committed: None,
+        });
+    })?;
+    control.job_succeed(job)
+}

@@ -1,0 +1,196 @@
+//! Test failover: boot a copy of the item in an isolated network while replication goes on,
+//! and clean it up afterwards.
+
+use std::sync::Arc;
+
+use ferry_replica::PointInfo;
+use ferry_types::Timestamp;
+
+use super::FailoverRequest;
+use super::materialise::Placement;
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::Result;
+use crate::model::{Job, Network, Replication, TestFailover, Vm};
+use crate::replication::PointView;
+use crate::resources::key;
+
+pub(crate) const STEPS: &[&str] = &[
+    "Prerequisites check",
+    "Create test network",
+    "Select recovery point",
+    "Create test VM and disks from recovery point",
+    "Start test VM",
+];
+
+pub(crate) const CLEANUP_STEPS: &[&str] = &[
+    "Stop test VM",
+    "Delete test VM and its disks",
+    "Delete test network",
+    "Record outcome",
+];
+
+/// The test failover's record before its job has run: names chosen up front so that a
+/// cleanup after a crash knows what to look for.
+pub(crate) fn placeholder(rep: &Replication, req: &FailoverRequest, job: u64) -> TestFailover {
+    let name = rep.source_key();
+    let name = name.split_once('/').map_or(name.as_str(), |(_, v)| v);
+    TestFailover {
+        vm: key(&rep.target.group, &format!("{name}-test")),
+        network: req
+            .network
+            .clone()
+            .unwrap_or_else(|| format!("{}-test", rep.target.network)),
+        created_network: req.network.is_none(),
+        point: None,
+        job,
+        started: Timestamp::now(),
+        cleaned_up: None,
+        outcome: None,
+    }
+}
+
+pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> Result<()> {
+    let (group, vm) = job.target.split_once('/').unwrap_or((&job.target, ""));
+    let (group, vm) = (group.to_string(), vm.to_string());
+    let req: FailoverRequest =
+        serde_json::from_value(job.params["request"].clone()).unwrap_or_default();
+    let rep = control.replication(&group, &vm)?;
+    let Some(test) = rep.test_failover.clone() else {
+        return Err(crate::error::ControlError::conflict(
+            "the test failover was cleaned up before it ran",
+        ));
+    };
+    control.job_step(job, 0, "succeeded", None)?;
+
+    control.job_step(job, 1, "running", None)?;
+    if test.created_network {
+        control.ensure_test_network(&rep, &test.network)?;
+    }
+    control.job_step(
+        job,
+        1,
+        "succeeded",
+        Some(format!("{}/{}", rep.target.group, test.network)),
+    )?;
+
+    control.job_step(job, 2, "running", Some(req.point().to_string()))?;
+    let point = control.select_point(&rep, req.point()).await?;
+    let info = PointInfo::from_record(&point);
+    control.job_step(
+        job,
+        2,
+        "succeeded",
+        Some(format!("{} ({}, {})", info.id, info.kind, info.time)),
+    )?;
+    control.update_replication(&rep.item_key(), |r| {
+        if let Some(t) = r.test_failover.as_mut() {
+            t.point = Some(PointView::from(&info));
+        }
+    })?;
+
+    control.job_step(job, 3, "running", None)?;
+    let (tg, tv) = test.vm.split_once('/').unwrap_or((&test.vm, ""));
+    let net = control.network(tg, &test.network)?;
+    let subnet = net
+        .subnets
+        .iter()
+        .find(|s| s.name == rep.target.subnet)
+        .or(net.subnets.first())
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    let place = Placement {
+        group: tg.to_string(),
+        name: tv.to_string(),
+        network: test.network.clone(),
+        subnet,
+        availability_set: None,
+        created_by: "test-failover",
+    };
+    let mut target = control.materialise(&rep, &point, &place).await?;
+    control.job_step(job, 3, "succeeded", Some(test.vm.clone()))?;
+
+    control.job_step(job, 4, "running", None)?;
+    control.boot(&mut target).await?;
+    control.job_step(job, 4, "succeeded", Some(format!("{} is running", test.vm)))?;
+    control.job_succeed(job)
+}
+
+pub(crate) async fn run_test_cleanup(control: &Arc<Control>, job: &mut Job) -> Result<()> {
+    let (group, vm) = job.target.split_once('/').unwrap_or((&job.target, ""));
+    let (group, vm) = (group.to_string(), vm.to_string());
+    let rep = control.replication(&group, &vm)?;
+    let Some(test) = rep.test_failover.clone() else {
+        for i in 0..CLEANUP_STEPS.len() {
+            control.job_step(job, i, "succeeded", Some("nothing to do".into()))?;
+        }
+        return control.job_succeed(job);
+    };
+    let vm_record: Option<Vm> = control.db.get(Kind::Vm, &test.vm)?;
+
+    control.job_step(job, 0, "running", None)?;
+    if let Some(v) = &vm_record {
+        control.power_off(v).await?;
+    }
+    control.job_step(job, 0, "succeeded", None)?;
+
+    control.job_step(job, 1, "running", None)?;
+    if let Some(v) = &vm_record {
+        control.remove_vm(v).await?;
+    }
+    control.job_step(job, 1, "succeeded", Some(test.vm.clone()))?;
+
+    control.job_step(job, 2, "running", None)?;
+    let detail = if test.created_network {
+        control
+            .db
+            .delete(Kind::Network, &key(&rep.target.group, &test.network))?;
+        format!("deleted {}/{}", rep.target.group, test.network)
+    } else {
+        format!(
+            "kept {}/{} (not created by the test)",
+            rep.target.group, test.network
+        )
+    };
+    control.job_step(job, 2, "succeeded", Some(detail))?;
+
+    let test_job = control.job(test.job).ok();
+    let outcome = match test_job.as_ref().map(|j| j.state.as_str()) {
+        Some("succeeded") => "succeeded",
+        Some("failed") => "failed",
+        _ => "cancelled",
+    };
+    control.update_replication(&rep.item_key(), |r| {
+        let mut done = test.clone();
+        done.cleaned_up = Some(Timestamp::now());
+        done.outcome = Some(outcome.into());
+        r.last_test_failover = Some(done);
+        r.test_failover = None;
+    })?;
+    control.job_step(
+        job,
+        3,
+        "succeeded",
+        Some(format!("test failover {outcome}")),
+    )?;
+    control.job_succeed(job)
+}
+
+impl Control {
+    /// An isolated copy of the target network (same address space and subnets, no mapping).
+    fn ensure_test_network(&self, rep: &Replication, name: &str) -> Result<()> {
+        let k = key(&rep.target.group, name);
+        if self.db.get::<Network>(Kind::Network, &k)?.is_some() {
+            return Ok(());
+        }
+        let prod = self.network(&rep.target.group, &rep.target.network)?;
+        let net = Network {
+            group: prod.group.clone(),
+            name: name.to_string(),
+            region: prod.region.clone(),
+            address_space: prod.address_space.clone(),
+            subnets: prod.subnets.clone(),
+        };
+        self.db.put(Kind::Network, &k, &net)
+    }
+}

@@ -1,0 +1,152 @@
+//! App-consistent points: on the policy's cadence the guest is quiesced (qemu guest agent
+//! `guest-fsfreeze-freeze` for `--compute qemu`, the VM's own pre-freeze script for
+//! `external`), a marker goes into the stream at the quiesced instant, and the guest is thawed.
+//! A guest that does not answer in time yields a crash-consistent point and a warning, never a
+//! hang: the freeze has a deadline, and the thaw always runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_format::segment::MarkerKind;
+use ferry_types::Timestamp;
+
+use crate::control::Control;
+use crate::error::{ControlError, Result};
+use crate::model::{Replication, Vm, state};
+
+/// How long the guest has to quiesce (and to thaw).
+pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the last attempt of an item gave, for health.
+#[derive(Debug, Clone)]
+pub(crate) struct Attempt {
+    pub at: Instant,
+    pub when: Timestamp,
+    /// Why the point was only crash-consistent, if it was.
+    pub warning: Option<String>,
+}
+
+impl Control {
+    /// Start an app-consistent point for every protected item whose cadence is due.
+    pub(crate) fn app_consistent_due(self: &Arc<Self>, reps: &[Replication]) {
+        for rep in reps.iter().filter(|r| r.state == state::PROTECTED) {
+            let Ok(policy) = self.policy(&rep.policy) else {
+                continue;
+            };
+            let every = Duration::from_secs(policy.app_consistent_every_seconds.max(1));
+            let item = rep.item_key();
+            {
+                let mut attempts = self.app_attempts.lock().unwrap_or_else(|p| p.into_inner());
+                // The first attempt comes one period after the item is first seen protected.
+                let due = attempts.get(&item).is_some_and(|a| a.at.elapsed() >= every);
+                if !due && attempts.contains_key(&item) {
+                    continue;
+                }
+                attempts.insert(
+                    item.clone(),
+                    Attempt {
+                        at: Instant::now(),
+                        when: Timestamp::now(),
+                        warning: None,
+                    },
+                );
+                if !due {
+                    continue;
+                }
+            }
+            let (control, rep) = (self.clone(), rep.clone());
+            tokio::spawn(async move {
+                let warning = control.app_consistent_point(&rep).await.err();
+                if let Some(w) = &warning {
+                    tracing::warn!(item = %item, warning = %w, "app-consistent point fell back to crash-consistent");
+                }
+                let mut attempts = control
+                    .app_attempts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if let Some(a) = attempts.get_mut(&item) {
+                    a.warning = warning.map(|w| w.to_string());
+                }
+            });
+        }
+    }
+
+    /// Quiesce, mark, thaw. On a quiesce failure a crash-consistent marker is cut instead and
+    /// the failure is returned as the warning.
+    pub(crate) async fn app_consistent_point(&self, rep: &Replication) -> Result<()> {
+        let vm = self.source_vm(rep)?;
+        let agent = self.agent(&rep.source_region)?;
+        let source = rep.source_key();
+        match self.quiesce(&vm).await {
+            Ok(()) => {
+                let marked = agent.mark(&source, MarkerKind::AppConsistent);
+                let thawed = self.unquiesce(&vm).await;
+                marked?;
+                thawed
+            }
+            Err(e) => {
+                self.unquiesce(&vm).await.ok();
+                agent.mark(&source, MarkerKind::CrashConsistent)?;
+                Err(ControlError::Internal(format!(
+                    "the guest of {source} did not quiesce ({e}); the point is crash-consistent"
+                )))
+            }
+        }
+    }
+
+    async fn quiesce(&self, vm: &Vm) -> Result<()> {
+        match vm.compute.as_str() {
+            "qemu" => {
+                ferry_compute::freeze(&self.vm_dir(vm), QUIESCE_TIMEOUT).await?;
+                Ok(())
+            }
+            _ => run_script(vm, vm.app_consistency.pre_freeze.as_deref(), "pre-freeze").await,
+        }
+    }
+
+    async fn unquiesce(&self, vm: &Vm) -> Result<()> {
+        match vm.compute.as_str() {
+            "qemu" => {
+                ferry_compute::thaw(&self.vm_dir(vm), QUIESCE_TIMEOUT).await?;
+                Ok(())
+            }
+            _ => run_script(vm, vm.app_consistency.post_thaw.as_deref(), "post-thaw").await,
+        }
+    }
+
+    /// The warning of the item's last app-consistent attempt, if it fell back.
+    pub(crate) fn app_consistent_warning(&self, item: &str) -> Option<(Timestamp, String)> {
+        let attempts = self.app_attempts.lock().unwrap_or_else(|p| p.into_inner());
+        let a = attempts.get(item)?;
+        a.warning.clone().map(|w| (a.when, w))
+    }
+}
+
+/// Run a user's quiesce script with a deadline (`sh -c`, `FERRY_VM=GROUP/VM`). No script:
+/// there is nothing to quiesce, which is not app-consistent.
+async fn run_script(vm: &Vm, script: Option<&str>, what: &str) -> Result<()> {
+    let Some(script) = script else {
+        return Err(ControlError::invalid(format!(
+            "VM {}/{} has no {what} script (set one with `ferry vm create --{what}-script`)",
+            vm.group, vm.name
+        )));
+    };
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .env("FERRY_VM", format!("{}/{}", vm.group, vm.name))
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ControlError::Internal(format!("run the {what} script: {e}")))?;
+    match tokio::time::timeout(QUIESCE_TIMEOUT, child.wait()).await {
+        Ok(Ok(st)) if st.success() => Ok(()),
+        Ok(Ok(st)) => Err(ControlError::Internal(format!(
+            "the {what} script exited with {st}"
+        ))),
+        Ok(Err(e)) => Err(ControlError::Internal(format!("the {what} script: {e}"))),
+        Err(_) => Err(ControlError::Internal(format!(
+            "the {what} script did not finish within {} s",
+            QUIESCE_TIMEOUT.as_secs()
+        ))),
+    }
+}
