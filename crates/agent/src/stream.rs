@@ -174,11 +174,10 @@ impl Stream {
             let file = durable.then(|| f.clone());
             g.next_seq = seq.next();
             g.last_time = now;
-            let earlier: Vec<Arc<File>> = if durable {
-                std::mem::take(&mut g.unsynced)
-                    .into_iter()
-                    .map(|(_, f)| f)
-                    .collect()
+            // Closed logs stay listed until their sync has finished, so a concurrent durable
+            // append cannot return while an earlier log it depends on is still being synced.
+            let earlier = if durable {
+                g.unsynced.clone()
             } else {
                 Vec::new()
             };
@@ -190,10 +189,9 @@ impl Stream {
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
         if let Some((earlier, f)) = file {
-            for e in earlier.iter().chain(std::iter::once(&f)) {
-                e.sync_data()
-                    .map_err(AgentError::io("sync stream log", &self.dir))?;
-            }
+            self.sync_files(&earlier)?;
+            f.sync_data()
+                .map_err(AgentError::io("sync stream log", &self.dir))?;
         }
         if full {
             // Close the log here, not in the sealer: while the sealer ships, the open log would
@@ -218,19 +216,30 @@ impl Stream {
 
     /// Make every appended record durable (FLUSH).
     pub fn sync(&self) -> Result<(), AgentError> {
-        let files: Vec<Arc<File>> = {
-            let mut g = self.lock();
-            let open = g.open.as_ref().map(|(_, f)| f.clone());
-            std::mem::take(&mut g.unsynced)
-                .into_iter()
-                .map(|(_, f)| f)
-                .chain(open)
-                .collect()
+        let (closed, open) = {
+            let g = self.lock();
+            (g.unsynced.clone(), g.open.as_ref().map(|(_, f)| f.clone()))
         };
-        for f in files {
+        self.sync_files(&closed)?;
+        if let Some(f) = open {
             f.sync_data()
                 .map_err(AgentError::io("sync stream log", &self.dir))?;
         }
+        Ok(())
+    }
+
+    /// Sync closed logs, then stop listing them as unsynced.
+    fn sync_files(&self, closed: &[(Seq, Arc<File>)]) -> Result<(), AgentError> {
+        if closed.is_empty() {
+            return Ok(());
+        }
+        for (_, f) in closed {
+            f.sync_data()
+                .map_err(AgentError::io("sync stream log", &self.dir))?;
+        }
+        self.lock()
+            .unsynced
+            .retain(|(first, _)| !closed.iter().any(|(c, _)| c == first));
         Ok(())
     }
 
