@@ -285,3 +285,39 @@ fn disable_plans_then_deletes_all_but_the_source() {
     assert_eq!(s.json(&["vm", "show", ITEM])["state"], "running");
     assert!(qemu_io(&s.disk_uri(ITEM, 0), "read -P 0x11 0 1M"));
 }
+
+/// A failover while another runs is refused (409), and so is a test failover or a commit;
+/// once it ends, the item is failed over exactly once.
+#[test]
+fn a_second_failover_while_one_runs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![(
+        "FERRY_FAILPOINTS".to_string(),
+        "failover-after-select-point=delay:4000".to_string(),
+    )];
+    let s = Server::start_with(&dir.path().join("data"), free_port(), env);
+    s.base_resources(None);
+    s.create_vm(ITEM, "default", &["16MiB@sa1"]);
+    s.protect(ITEM);
+    let job = s.json(&["failover", "run", ITEM]);
+    assert_eq!(s.replication(ITEM)["state"], "failing-over");
+    let (code, body) = s.http("POST", "/v1/groups/rg1/vms/app1/failover", Some("{}"), true);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("running failover"), "{body}");
+    let (code, _) = s.http(
+        "POST",
+        "/v1/groups/rg1/vms/app1/test-failover",
+        Some("{}"),
+        true,
+    );
+    assert_eq!(code, 409);
+    let (code, _) = s.http(
+        "POST",
+        "/v1/groups/rg1/vms/app1/failover/commit",
+        None,
+        true,
+    );
+    assert_eq!(code, 409);
+    s.ok(&["job", "show", &job["id"].to_string(), "--wait"]);
+    assert_eq!(s.replication(ITEM)["state"], "failed-over");
+}

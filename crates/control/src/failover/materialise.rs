@@ -45,7 +45,7 @@ impl Control {
             None => {
                 let vm = self.plan_vm(rep, place)?;
                 self.db.insert(Kind::Vm, &vm_key, &vm, "VM")?;
-                crate::failpoint::hit("materialise-after-vm-record");
+                crate::failpoint::hit("materialise-after-vm-record").await;
                 vm
             }
         };

@@ -152,7 +152,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
             r.failover = None;
             r.state = state::REPROTECTING.into();
         })?;
-        crate::failpoint::hit("reprotect-after-turn");
+        crate::failpoint::hit("reprotect-after-turn").await;
         control.seed(&turned, &original).await?;
         control.job_step(job, 4, "succeeded", Some(format!("from {og}/{ov}")))?;
     } else if !done(job, 5) {

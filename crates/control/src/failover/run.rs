@@ -60,7 +60,7 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
             let p = control.select_point(&rep, req.point()).await?;
             let info = PointInfo::from_record(&p);
             job.params["point_id"] = info.id.clone().into();
-            crate::failpoint::hit("failover-after-select-point");
+            crate::failpoint::hit("failover-after-select-point").await;
             control.job_step(
                 job,
                 2,
@@ -87,7 +87,7 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         created_by: "failover",
     };
     let mut target = control.materialise(&rep, &point, &place).await?;
-    crate::failpoint::hit("failover-after-create-vm");
+    crate::failpoint::hit("failover-after-create-vm").await;
     let bytes: u64 = point.disks.iter().map(|d| d.size).sum();
     control.job_step(
         job,
