@@ -64,6 +64,8 @@ fn test_failover_failover_commit_reprotect_and_failback() {
 
     // Test failover: a copy boots in an isolated network; replication goes on.
     assert!(qemu_io(&u0, "write -P 0x22 2M 1M"));
+    let prod = s.fails(&["failover", "test", ITEM, "--network", "vnet1-asr"]);
+    assert!(prod.contains("isolated"), "{prod}");
     job_ok(&s, &["failover", "test", ITEM]);
     let rep = s.replication(ITEM);
     assert_eq!(rep["state"], "protected");
