@@ -285,6 +285,10 @@ pub enum PolicyCmd {
         /// Cadence of app-consistent points (default 4h).
         #[arg(long)]
         app_consistent_every: Option<String>,
+        /// Journal window: any instant within it can be recovered (default 24h, at most the
+        /// retention).
+        #[arg(long)]
+        journal: Option<String>,
     },
     List,
     Show {

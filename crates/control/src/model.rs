@@ -52,6 +52,13 @@ pub struct Policy {
     pub retention_seconds: u64,
     pub crash_consistent_every_seconds: f64,
     pub app_consistent_every_seconds: u64,
+    /// How far back any instant can be recovered (journal replay); at most the retention.
+    #[serde(default = "default_journal")]
+    pub journal_seconds: u64,
+}
+
+fn default_journal() -> u64 {
+    24 * 3600
 }
 
 impl Policy {
@@ -61,6 +68,7 @@ impl Policy {
             retention_seconds: 24 * 3600,
             crash_consistent_every_seconds: 300.0,
             app_consistent_every_seconds: 4 * 3600,
+            journal_seconds: default_journal(),
         }
     }
 }

@@ -88,6 +88,10 @@ pub struct CreatePolicy {
     pub crash_consistent_every_seconds: Option<f64>,
     #[serde(default)]
     pub app_consistent_every_seconds: Option<u64>,
+    /// Journal window (any instant within it can be recovered); default 24 h, at most the
+    /// retention.
+    #[serde(default)]
+    pub journal_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

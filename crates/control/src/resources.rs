@@ -220,6 +220,16 @@ impl Control {
             }
             p.app_consistent_every_seconds = a;
         }
+        p.journal_seconds = req.journal_seconds.unwrap_or(p.journal_seconds);
+        if req.journal_seconds.is_none() {
+            p.journal_seconds = p.journal_seconds.min(p.retention_seconds);
+        }
+        if p.journal_seconds > p.retention_seconds {
+            return Err(ControlError::invalid(format!(
+                "the journal window ({} s) cannot be longer than the retention ({} s)",
+                p.journal_seconds, p.retention_seconds
+            )));
+        }
         self.db.insert(Kind::Policy, &name, &p, "policy")?;
         Ok(p)
     }

@@ -3,6 +3,8 @@
 //! ```text
 //! <meta account>  replicas/<stream>/points/<seq:016x>.point       recovery points
 //!                 replicas/<stream>/checkpoints/<seq:016x>.point  processor restart positions
+//!                 replicas/<stream>/journal/<first_seq:016x>.seg  applied segments, kept for
+//!                                                                 the journal window
 //! <disk account>  replicas/<stream>/disk<N>/packs/<id:016x>.pack  chunk packs
 //!                 replicas/<stream>/disk<N>/pages/<digest>.page    block-map pages
 //! ```
@@ -46,6 +48,15 @@ impl ReplicaLayout {
 
     pub fn checkpoints_prefix(&self) -> Key {
         self.root().join("checkpoints")
+    }
+
+    pub fn journal_prefix(&self) -> Key {
+        self.root().join("journal")
+    }
+
+    pub fn journal_key(&self, first_seq: Seq) -> Key {
+        self.journal_prefix()
+            .join(&ferry_format::segment::object_name(first_seq))
     }
 
     pub fn disk_prefix(&self, disk: usize) -> Key {

@@ -224,3 +224,29 @@ pub async fn delete_point(layout: &ReplicaLayout, p: &PointRecord) -> Result<(),
         .remove(&p.seq);
     Ok(())
 }
+
+/// Delete journal segments that only hold records before `window_start`'s base point: the
+/// newest point at or before that instant is where any replay inside the window starts.
+/// Returns how many were removed.
+pub async fn prune_journal(
+    layout: &ReplicaLayout,
+    window_start: Timestamp,
+) -> Result<usize, ReplicaError> {
+    let all = list(layout).await?;
+    let Some(base) = all.iter().rev().find(|p| p.time <= window_start) else {
+        return Ok(0);
+    };
+    let mut removed = 0;
+    for o in layout.meta.list(Some(&layout.journal_prefix())).await? {
+        let Some(first) = ferry_format::segment::parse_object_name(o.key.file_name()) else {
+            continue;
+        };
+        if first < base.segment_first_seq {
+            match layout.meta.delete(&o.key).await {
+                Ok(()) | Err(StoreError::NotFound { .. }) => removed += 1,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(removed)
+}

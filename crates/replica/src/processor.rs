@@ -232,6 +232,7 @@ impl Processor {
                     continue;
                 }
             };
+            self.journal(&seg, bytes.clone()).await?;
             self.apply(&mut pos, &seg, bytes.len() as u64).await?;
             let dirty: u64 = pos
                 .disks
@@ -354,6 +355,16 @@ impl Processor {
         }
         let resume = (!at_end).then_some((seg.header.first_seq, seg.header.prev_digest));
         self.publish(pos, point_kind, resume).await
+    }
+
+    /// Keep a verified segment in the target's journal (before it can leave the cache), so any
+    /// instant within the journal window can be rebuilt from the point before it.
+    async fn journal(&self, seg: &Segment, bytes: Bytes) -> Result<(), ReplicaError> {
+        let key = self.layout.journal_key(seg.header.first_seq);
+        match self.layout.meta.put_new(&key, bytes).await {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Read, in parallel, every stored block the records change only in part.
@@ -638,4 +649,95 @@ pub async fn block_hashes(layout: &ReplicaLayout) -> Result<Vec<Vec<Digest>>, Re
         out.push(state.map.iter().map(|r| r.hash).collect());
     }
     Ok(out)
+}
+
+impl Processor {
+    /// The disks exactly as they were at instant `t`: from `base` (a point at or before `t`),
+    /// replay the journal's records sequenced at or before `t`, and publish the result as a
+    /// crash-consistent point at the last such record (its time is that record's). Returns
+    /// `base` itself when no journaled record falls between it and `t`.
+    pub async fn replay_to(
+        &self,
+        base: &PointRecord,
+        t: Timestamp,
+    ) -> Result<PointRecord, ReplicaError> {
+        let mut disks = Vec::with_capacity(base.disks.len());
+        for (i, d) in base.disks.iter().enumerate() {
+            disks.push(DiskState::load(&self.layout, i, d).await?);
+        }
+        let mut pos = Position {
+            disks,
+            applied: base.seq,
+            applied_time: base.time,
+            next_segment: base.segment_first_seq,
+            prev_digest: base.segment_prev_digest,
+            generation: base.generation,
+            initial_sync_seq: base.initial_sync_seq,
+            pending: Vec::new(),
+            last_durable: Instant::now(),
+        };
+        let mut resume = (base.segment_first_seq, base.segment_prev_digest);
+        'segments: loop {
+            let key = self.layout.journal_key(pos.next_segment);
+            let bytes = match self.layout.meta.get(&key).await {
+                Ok(b) => b,
+                Err(StoreError::NotFound { .. }) => break,
+                Err(e) => return Err(e.into()),
+            };
+            let seg = self
+                .verify(&bytes, &pos)
+                .map_err(|reason| ReplicaError::SegmentRefused {
+                    first_seq: pos.next_segment.0,
+                    reason: format!("journal: {reason}"),
+                })?;
+            let todo: Vec<&Record> = seg
+                .records
+                .iter()
+                .filter(|r| r.seq > pos.applied && r.time <= t)
+                .collect();
+            self.prefetch(&mut pos, &todo).await?;
+            for r in &todo {
+                if let Op::Marker(_) = r.op {
+                } else {
+                    pos.disks[r.disk as usize].apply(&r.op);
+                }
+                pos.applied = r.seq;
+                pos.applied_time = r.time;
+            }
+            let last = seg.header.last_seq;
+            if pos.applied < last {
+                // The instant falls inside this segment.
+                resume = (seg.header.first_seq, seg.header.prev_digest);
+                break 'segments;
+            }
+            pos.prev_digest = seg.digest;
+            pos.next_segment = last.next();
+            resume = (pos.next_segment, pos.prev_digest);
+        }
+        if pos.applied == base.seq {
+            return Ok(base.clone());
+        }
+        self.flush(&mut pos).await?;
+        let rec = PointRecord {
+            kind: PointKind::CrashConsistent,
+            stream: self.layout.stream,
+            generation: pos.generation,
+            seq: pos.applied,
+            time: pos.applied_time,
+            segment_first_seq: resume.0,
+            segment_prev_digest: resume.1,
+            initial_sync_seq: pos.initial_sync_seq,
+            disks: pos.disks.iter().map(|d| d.disk_map()).collect(),
+        };
+        let key = self.layout.points_prefix().join(&rec.object_name());
+        match self
+            .layout
+            .meta
+            .put_new(&key, Bytes::from(rec.encode()))
+            .await
+        {
+            Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(rec),
+            Err(e) => Err(e.into()),
+        }
+    }
 }

@@ -148,6 +148,7 @@ pub async fn policy(c: &Client, out: Output, cmd: PolicyCmd) -> Result<()> {
         "retention_seconds",
         "crash_consistent_every_seconds",
         "app_consistent_every_seconds",
+        "journal_seconds",
     ];
     match cmd {
         PolicyCmd::Create {
@@ -155,6 +156,7 @@ pub async fn policy(c: &Client, out: Output, cmd: PolicyCmd) -> Result<()> {
             retention,
             crash_consistent_every,
             app_consistent_every,
+            journal,
         } => {
             let body = CreatePolicy {
                 name,
@@ -168,6 +170,7 @@ pub async fn policy(c: &Client, out: Output, cmd: PolicyCmd) -> Result<()> {
                     &app_consistent_every,
                 )?
                 .map(|s| s.round() as u64),
+                journal_seconds: seconds("journal", &journal)?.map(|s| s.round() as u64),
             };
             print(out, &c.post("/v1/policies", &body).await?, &cols);
         }

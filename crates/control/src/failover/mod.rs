@@ -71,8 +71,27 @@ impl Control {
                 "invalid recovery point {sel:?}: use latest, latest-processed, latest-app-consistent, a point id or an RFC 3339 time"
             ))
         })?;
-        if selector != PointSelector::Latest {
-            points::resolve(&self.layout(rep)?, &selector).await?;
+        match selector {
+            PointSelector::Latest => {}
+            // Checked for the window here; rebuilt by the job.
+            PointSelector::At(_) => {
+                let policy = self.policy(&rep.policy)?;
+                let window = ferry_types::Timestamp(
+                    ferry_types::Timestamp::now().0 - policy.journal_seconds as i64 * 1_000_000_000,
+                );
+                points::resolve(&self.layout(rep)?, &selector).await?;
+                if let PointSelector::At(t) = selector
+                    && t < window
+                {
+                    return Err(ControlError::invalid(format!(
+                        "{t} is before the journal window (the last {} s); pick a recovery point id",
+                        policy.journal_seconds
+                    )));
+                }
+            }
+            _ => {
+                points::resolve(&self.layout(rep)?, &selector).await?;
+            }
         }
         Ok(())
     }
@@ -274,7 +293,7 @@ impl Control {
         let selector = PointSelector::parse(sel)
             .ok_or_else(|| ControlError::invalid(format!("invalid recovery point {sel:?}")))?;
         if selector != PointSelector::Latest {
-            return Ok(points::resolve(&layout, &selector).await?);
+            return self.resolve_selector(rep, &selector).await;
         }
         let agent = self.agent(&rep.source_region)?;
         let marker = match agent.mark(&rep.source_key(), MarkerKind::CrashConsistent) {

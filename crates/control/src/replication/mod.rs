@@ -184,8 +184,74 @@ impl Control {
             ))
         })?;
         let layout = self.layout(&rep)?;
-        let rec = points::resolve(&layout, &selector).await?;
+        let rec = self.resolve_selector(&rep, &selector).await?;
         Ok((layout, rec))
+    }
+
+    /// Resolve a selector; an RFC 3339 time is rebuilt exactly, from the newest point at or
+    /// before it plus the journal's records up to it.
+    pub(crate) async fn resolve_selector(
+        &self,
+        rep: &Replication,
+        selector: &PointSelector,
+    ) -> Result<ferry_format::point::PointRecord> {
+        let layout = self.layout(rep)?;
+        let PointSelector::At(t) = selector else {
+            return Ok(points::resolve(&layout, selector).await?);
+        };
+        let policy = self.policy(&rep.policy)?;
+        let now = Timestamp::now();
+        let window = Timestamp(now.0 - policy.journal_seconds as i64 * 1_000_000_000);
+        if *t < window {
+            return Err(ControlError::invalid(format!(
+                "{t} is before the journal window (the last {} s); pick a recovery point id from `ferry recovery-point list {}`",
+                policy.journal_seconds,
+                rep.item_key()
+            )));
+        }
+        if *t > now {
+            return Err(ControlError::invalid(format!("{t} is in the future")));
+        }
+        self.wait_processed_through(rep, *t).await?;
+        let base = points::resolve(&layout, selector).await?;
+        let sizes = base.disks.iter().map(|d| d.size).collect();
+        let processor = ferry_replica::Processor::new(
+            layout,
+            self.item_cache(rep)?,
+            sizes,
+            ferry_replica::ProcessorConfig::default(),
+        );
+        Ok(processor.replay_to(&base, *t).await?)
+    }
+
+    /// Wait until every write the source acknowledged up to `t` has been applied (and so is
+    /// in the journal). Items whose stream is not running have nothing more coming.
+    async fn wait_processed_through(&self, rep: &Replication, t: Timestamp) -> Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let Some(agent) = self
+                .agent(&rep.source_region)
+                .ok()
+                .and_then(|a| a.status(&rep.source_key()))
+            else {
+                return Ok(());
+            };
+            let shipped = agent.stream.oldest_unshipped.is_none_or(|o| o > t);
+            let applied = self
+                .processor_status(&rep.item_key())
+                .and_then(|p| p.applied_seq)
+                .unwrap_or(0);
+            if shipped && agent.stream.shipped_through.is_none_or(|s| applied >= s) {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(ControlError::conflict(format!(
+                    "{} has not processed its writes up to {t} yet (see `ferry replication show`); try again shortly",
+                    rep.item_key()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Disable replication: a job that stops the stream and processor, then deletes the

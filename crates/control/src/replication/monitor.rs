@@ -80,6 +80,13 @@ async fn prune(control: &Control) -> crate::error::Result<()> {
         if removed > 0 {
             tracing::info!(item = %key(&rep.group, &rep.vm), removed, "pruned recovery points past retention");
         }
+        let window = ferry_types::Timestamp(
+            ferry_types::Timestamp::now().0 - policy.journal_seconds as i64 * 1_000_000_000,
+        );
+        let removed = ferry_replica::points::prune_journal(&layout, window).await?;
+        if removed > 0 {
+            tracing::info!(item = %key(&rep.group, &rep.vm), removed, "pruned journal segments past the journal window");
+        }
     }
     Ok(())
 }
