@@ -289,6 +289,13 @@ pub enum PolicyCmd {
         /// retention).
         #[arg(long)]
         journal: Option<String>,
+        /// Thinning rung for crash-consistent points, AFTER:EVERY (e.g. 2h:1h keeps one point
+        /// per hour among those older than 2 h); repeatable, in increasing AFTER.
+        #[arg(long = "thin")]
+        thin: Vec<String>,
+        /// Thinning rung for app-consistent points, AFTER:EVERY; repeatable.
+        #[arg(long = "app-thin")]
+        app_thin: Vec<String>,
     },
     List,
     Show {

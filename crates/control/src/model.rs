@@ -55,6 +55,12 @@ pub struct Policy {
     /// How far back any instant can be recovered (journal replay); at most the retention.
     #[serde(default = "default_journal")]
     pub journal_seconds: u64,
+    /// Thinning ladder of crash-consistent points (default: all for 2 h, then one per hour).
+    #[serde(default = "ferry_replica::retention::default_crash_ladder")]
+    pub thinning: Vec<ferry_replica::retention::Rung>,
+    /// Thinning ladder of app-consistent points (default: all for 2 h, then one per 4 h).
+    #[serde(default = "ferry_replica::retention::default_app_ladder")]
+    pub app_thinning: Vec<ferry_replica::retention::Rung>,
 }
 
 fn default_journal() -> u64 {
@@ -62,6 +68,15 @@ fn default_journal() -> u64 {
 }
 
 impl Policy {
+    /// The retention rules the planner applies.
+    pub fn retention(&self) -> ferry_replica::retention::Retention {
+        ferry_replica::retention::Retention {
+            retention_seconds: self.retention_seconds,
+            crash_ladder: self.thinning.clone(),
+            app_ladder: self.app_thinning.clone(),
+        }
+    }
+
     pub fn default_named(name: &str) -> Self {
         Policy {
             name: name.to_string(),
@@ -69,6 +84,8 @@ impl Policy {
             crash_consistent_every_seconds: 300.0,
             app_consistent_every_seconds: 4 * 3600,
             journal_seconds: default_journal(),
+            thinning: ferry_replica::retention::default_crash_ladder(),
+            app_thinning: ferry_replica::retention::default_app_ladder(),
         }
     }
 }

@@ -92,6 +92,12 @@ pub struct CreatePolicy {
     /// retention.
     #[serde(default)]
     pub journal_seconds: Option<u64>,
+    /// Thinning ladder of crash-consistent points.
+    #[serde(default)]
+    pub thinning: Option<Vec<ferry_replica::retention::Rung>>,
+    /// Thinning ladder of app-consistent points.
+    #[serde(default)]
+    pub app_thinning: Option<Vec<ferry_replica::retention::Rung>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -220,6 +220,15 @@ impl Control {
             }
             p.app_consistent_every_seconds = a;
         }
+        for (ladder, given) in [
+            (&mut p.thinning, &req.thinning),
+            (&mut p.app_thinning, &req.app_thinning),
+        ] {
+            if let Some(g) = given {
+                ferry_replica::retention::check_ladder(g).map_err(ControlError::invalid)?;
+                *ladder = g.clone();
+            }
+        }
         p.journal_seconds = req.journal_seconds.unwrap_or(p.journal_seconds);
         if req.journal_seconds.is_none() {
             p.journal_seconds = p.journal_seconds.min(p.retention_seconds);

@@ -18,6 +18,7 @@ pub mod export;
 pub mod layout;
 pub mod points;
 pub mod processor;
+pub mod retention;
 
 pub use error::ReplicaError;
 pub use layout::ReplicaLayout;

@@ -180,33 +180,6 @@ pub(crate) async fn prune_checkpoints(layout: &ReplicaLayout, keep: Seq) {
     }
 }
 
-/// Delete recovery points older than `before`, keeping the newest one whatever its age.
-/// Returns how many were removed. (Their chunks and pages are left for garbage collection.)
-pub async fn prune_points(
-    layout: &ReplicaLayout,
-    before: Timestamp,
-) -> Result<usize, ReplicaError> {
-    let all = list(layout).await?;
-    let mut removed = 0;
-    for p in all
-        .iter()
-        .take(all.len().saturating_sub(1))
-        .filter(|p| p.time < before)
-    {
-        layout
-            .meta
-            .delete(&layout.points_prefix().join(&p.object_name()))
-            .await?;
-        layout
-            .point_cache
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&p.seq);
-        removed += 1;
-    }
-    Ok(removed)
-}
-
 /// Delete one recovery point's record (its chunks and pages are left for garbage collection).
 pub async fn delete_point(layout: &ReplicaLayout, p: &PointRecord) -> Result<(), ReplicaError> {
     match layout

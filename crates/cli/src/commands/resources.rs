@@ -157,6 +157,8 @@ pub async fn policy(c: &Client, out: Output, cmd: PolicyCmd) -> Result<()> {
             crash_consistent_every,
             app_consistent_every,
             journal,
+            thin,
+            app_thin,
         } => {
             let body = CreatePolicy {
                 name,
@@ -171,6 +173,8 @@ pub async fn policy(c: &Client, out: Output, cmd: PolicyCmd) -> Result<()> {
                 )?
                 .map(|s| s.round() as u64),
                 journal_seconds: seconds("journal", &journal)?.map(|s| s.round() as u64),
+                thinning: ladder("thin", &thin)?,
+                app_thinning: ladder("app-thin", &app_thin)?,
             };
             print(out, &c.post("/v1/policies", &body).await?, &cols);
         }
@@ -260,6 +264,31 @@ pub async fn vm(c: &Client, out: Output, cmd: VmCmd) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Parse `--thin AFTER:EVERY` rungs (none given: the server's default ladder).
+fn ladder(flag: &str, rungs: &[String]) -> Result<Option<Vec<ferry_replica::retention::Rung>>> {
+    if rungs.is_empty() {
+        return Ok(None);
+    }
+    rungs
+        .iter()
+        .map(|r| {
+            let (after, every) = r
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--{flag} {r:?}: use AFTER:EVERY, e.g. 2h:1h"))?;
+            let secs = |s: &str| {
+                ferry_types::parse_duration(s)
+                    .map(|d| d.as_secs())
+                    .map_err(|e| anyhow::anyhow!("--{flag} {r:?}: {e}"))
+            };
+            Ok(ferry_replica::retention::Rung {
+                after_seconds: secs(after)?,
+                every_seconds: secs(every)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// Boot files are read by the server: send absolute paths.

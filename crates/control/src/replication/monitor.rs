@@ -36,7 +36,7 @@ async fn restart_missing(control: &Arc<Control>) {
 }
 
 /// How often points past their policy's retention are pruned.
-const PRUNE_EVERY: Duration = Duration::from_secs(30);
+const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
 pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     let mut last_prune = std::time::Instant::now();
@@ -73,12 +73,25 @@ async fn prune(control: &Control) -> crate::error::Result<()> {
         }
         let policy = control.policy(&rep.policy)?;
         let layout = control.layout(&rep)?;
-        let horizon = ferry_types::Timestamp(
-            ferry_types::Timestamp::now().0 - policy.retention_seconds as i64 * 1_000_000_000,
+        let points = ferry_replica::points::list(&layout).await?;
+        let candidates: Vec<_> = points
+            .iter()
+            .map(|p| ferry_replica::retention::Candidate {
+                seq: p.seq,
+                time: p.time,
+                kind: p.kind,
+            })
+            .collect();
+        let plan = ferry_replica::retention::plan(
+            &candidates,
+            ferry_types::Timestamp::now(),
+            &policy.retention(),
         );
-        let removed = ferry_replica::points::prune_points(&layout, horizon).await?;
-        if removed > 0 {
-            tracing::info!(item = %key(&rep.group, &rep.vm), removed, "pruned recovery points past retention");
+        if !plan.is_empty() {
+            tracing::info!(item = %key(&rep.group, &rep.vm), points = plan.len(), "pruning recovery points past retention or thinned out");
+        }
+        for p in points.iter().filter(|p| plan.contains(&p.seq)) {
+            ferry_replica::points::delete_point(&layout, p).await?;
         }
         let window = ferry_types::Timestamp(
             ferry_types::Timestamp::now().0 - policy.journal_seconds as i64 * 1_000_000_000,
