@@ -135,7 +135,8 @@ pub enum FailoverCmd {
 #[derive(Debug, Args)]
 pub struct ServerArgs {
     /// Configuration file, JSON (not needed for the embedded default):
-    /// `{"regions": ["east", "west"], "seal_interval_seconds": 1, "seal_bytes": 8388608}`.
+    /// `{"regions": ["east", "west"], "seal_interval_seconds": 1, "seal_bytes": 8388608,
+    /// "gc_grace_seconds": 600, "gc_interval_seconds": 60}`.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address to listen on.

@@ -22,6 +22,13 @@ struct ConfigFile {
     /// Seal a segment once this many bytes are pending (default 8 MiB).
     #[serde(default)]
     seal_bytes: Option<u64>,
+    /// Unreferenced chunks and map pages are deleted this long after garbage collection
+    /// found them (default 600).
+    #[serde(default)]
+    gc_grace_seconds: Option<f64>,
+    /// How often garbage collection takes a step (default 60).
+    #[serde(default)]
+    gc_interval_seconds: Option<f64>,
 }
 
 /// A running server.
@@ -86,6 +93,24 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
                 );
             }
             cfg.stream.seal_bytes = bytes;
+        }
+        if let Some(secs) = file.gc_grace_seconds {
+            if !(0.0..=7.0 * 86_400.0).contains(&secs) {
+                bail!(
+                    "config {}: gc_grace_seconds must be between 0 and 7 days",
+                    path.display()
+                );
+            }
+            cfg.processor.gc_grace = std::time::Duration::from_secs_f64(secs);
+        }
+        if let Some(secs) = file.gc_interval_seconds {
+            if !(0.1..=86_400.0).contains(&secs) {
+                bail!(
+                    "config {}: gc_interval_seconds must be between 0.1 s and 24 h",
+                    path.display()
+                );
+            }
+            cfg.processor.gc_interval = std::time::Duration::from_secs_f64(secs);
         }
     }
     let addr: SocketAddr = listen.parse().with_context(|| {

@@ -21,6 +21,8 @@ pub struct ControlConfig {
     pub regions: Vec<String>,
     /// How agents cut write streams into segments (~1 s or ~8 MiB by default).
     pub stream: ferry_agent::stream::StreamConfig,
+    /// How processors checkpoint, poll and collect garbage.
+    pub processor: ferry_replica::ProcessorConfig,
 }
 
 impl ControlConfig {
@@ -30,6 +32,7 @@ impl ControlConfig {
             data,
             regions: vec!["east".into(), "west".into()],
             stream: ferry_agent::stream::StreamConfig::default(),
+            processor: ferry_replica::ProcessorConfig::default(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //!                 replicas/<stream>/checkpoints/<seq:016x>.point  processor restart positions
 //!                 replicas/<stream>/journal/<first_seq:016x>.seg  applied segments, kept for
 //!                                                                 the journal window
+//!                 replicas/<stream>/gc/pending.json               garbage-collection candidates
 //! <disk account>  replicas/<stream>/disk<N>/packs/<id:016x>.pack  chunk packs
 //!                 replicas/<stream>/disk<N>/pages/<digest>.page    block-map pages
 //! ```
@@ -48,6 +49,11 @@ impl ReplicaLayout {
 
     pub fn checkpoints_prefix(&self) -> Key {
         self.root().join("checkpoints")
+    }
+
+    /// Garbage collection's pending candidates.
+    pub fn gc_prefix(&self) -> Key {
+        self.root().join("gc")
     }
 
     pub fn journal_prefix(&self) -> Key {

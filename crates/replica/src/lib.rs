@@ -15,6 +15,7 @@ mod blocks;
 mod chunks;
 mod error;
 pub mod export;
+pub mod gc;
 pub mod layout;
 pub mod points;
 pub mod processor;

@@ -223,3 +223,18 @@ pub async fn prune_journal(
     }
     Ok(removed)
 }
+
+/// Every stored checkpoint record, oldest first (processor restart positions).
+pub async fn list_checkpoints(layout: &ReplicaLayout) -> Result<Vec<PointRecord>, ReplicaError> {
+    let prefix = layout.checkpoints_prefix();
+    let mut out = Vec::new();
+    for seq in list_seqs(layout, &prefix).await? {
+        match read_record(layout, &prefix.join(&point::object_name(seq))).await {
+            Ok(r) => out.push(r),
+            // Pruned between the listing and the read.
+            Err(ReplicaError::Store(StoreError::NotFound { .. })) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}

@@ -38,6 +38,10 @@ pub struct ProcessorConfig {
     pub poll_interval: Duration,
     /// Pause before trying again after an error.
     pub retry_delay: Duration,
+    /// How often garbage collection runs a step (see [`crate::gc`]).
+    pub gc_interval: Duration,
+    /// How long unreferenced objects stay before they are deleted.
+    pub gc_grace: Duration,
 }
 
 impl Default for ProcessorConfig {
@@ -49,6 +53,8 @@ impl Default for ProcessorConfig {
             checkpoint_interval: Duration::from_secs(5),
             poll_interval: Duration::from_millis(100),
             retry_delay: Duration::from_secs(2),
+            gc_interval: Duration::from_secs(60),
+            gc_grace: Duration::from_secs(600),
         }
     }
 }
@@ -69,6 +75,8 @@ pub struct ProcessorStatus {
     pub error: Option<String>,
     /// When the error is a refused segment.
     pub refused_segment: Option<u64>,
+    /// Objects garbage collection deleted since the processor started.
+    pub gc_deleted: u64,
 }
 
 /// The processor of one item.
@@ -201,7 +209,12 @@ impl Processor {
         mut pos: Position,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ReplicaError> {
+        let mut last_gc = Instant::now();
         while !*shutdown.borrow() {
+            if last_gc.elapsed() >= self.config.gc_interval {
+                last_gc = Instant::now();
+                self.collect_garbage(&mut pos).await?;
+            }
             let key = Key::parse(&segment::object_name(pos.next_segment))?;
             let bytes = match self.cache.get(&key).await {
                 Ok(b) => b,
@@ -355,6 +368,33 @@ impl Processor {
         }
         let resume = (!at_end).then_some((seg.header.first_seq, seg.header.prev_digest));
         self.publish(pos, point_kind, resume).await
+    }
+
+    /// One garbage-collection step, with what this processor holds in memory counted as
+    /// referenced; candidate packs are dropped from dedup so no new block points into them.
+    async fn collect_garbage(&self, pos: &mut Position) -> Result<(), ReplicaError> {
+        let mut refs = crate::gc::Referenced::default();
+        for d in &pos.disks {
+            refs.pages.extend(d.pages.iter().map(|p| (d.index, *p)));
+            refs.packs.extend(
+                d.map
+                    .iter()
+                    .filter(|r| !r.is_zero())
+                    .map(|r| (d.index, r.pack)),
+            );
+        }
+        let report = crate::gc::collect(&self.layout, &refs, self.config.gc_grace).await?;
+        for d in pos.disks.iter_mut() {
+            d.known
+                .retain(|_, r| !report.pending_packs.contains(&(d.index, r.pack)));
+        }
+        if report.marked + report.deleted > 0 {
+            tracing::info!(stream = %self.layout.stream, marked = report.marked, deleted = report.deleted, "garbage collection");
+        }
+        self.update(|s| {
+            s.gc_deleted += report.deleted as u64;
+        });
+        Ok(())
     }
 
     /// Keep a verified segment in the target's journal (before it can leave the cache), so any

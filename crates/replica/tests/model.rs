@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_format::Digest;
 use ferry_format::segment::{self, MarkerKind, Op, Record};
-use ferry_replica::{Processor, ProcessorConfig, ReplicaLayout, export, points};
+use ferry_replica::{Processor, ProcessorConfig, ReplicaLayout, export, gc, points};
 use ferry_storage::{DynStore, Key};
 use ferry_types::{Generation, Seq, StreamId, Timestamp};
 use futures::StreamExt;
@@ -327,4 +327,83 @@ async fn a_corrupt_segment_is_refused_and_nothing_of_it_is_applied() {
     // Applied segments are gone from the cache.
     let left = cache.list(None).await.unwrap();
     assert!(left.is_empty(), "segments left in the cache: {left:?}");
+}
+
+async fn read_disk(layout: &ReplicaLayout, point: &ferry_format::point::PointRecord) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut s = Box::pin(export::disk_bytes(layout, point, 0).await.unwrap());
+    while let Some(b) = s.next().await {
+        got.extend_from_slice(&b.unwrap());
+    }
+    got
+}
+
+async fn objects(store: &DynStore) -> usize {
+    store.list(None).await.unwrap().len()
+}
+
+/// A pruned point's chunks stay for the grace period (an export that loaded the point before
+/// the prune reads it whole), then garbage collection frees them; the other points are intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_collection_waits_out_the_grace_period_then_frees_what_nothing_references() {
+    let stream = StreamId([5; 16]);
+    let write = |seed| Step::Write {
+        disk: 0,
+        offset: 0,
+        len: 256 * 1024,
+        seed,
+        zero_data: false,
+    };
+    let steps = vec![
+        write(1),
+        Step::Cut(false),
+        write(2),
+        Step::Cut(false),
+        write(3),
+        Step::Cut(false),
+    ];
+    let (recs, snaps) = records(&steps);
+    let segs = segments(stream, &recs, &[2]);
+    let layout = ReplicaLayout::new(stream, mem(), vec![mem(), mem(), mem()]);
+    let cache = mem();
+    put_all(&cache, &segs).await;
+    run_until(&layout, &cache, recs.last().unwrap().seq, None).await;
+    let all = points::list(&layout).await.unwrap();
+    let first = all.iter().find(|p| p.seq == snaps[1].0).unwrap().clone();
+
+    // An export loads the point, then the point is pruned and collection marks its chunks.
+    let mut export = Box::pin(export::disk_bytes(&layout, &first, 0).await.unwrap());
+    points::delete_point(&layout, &first).await.unwrap();
+    let before = objects(&layout.disks[0]).await;
+    let grace = Duration::from_secs(3600);
+    let marked = gc::collect(&layout, &gc::Referenced::default(), grace)
+        .await
+        .unwrap();
+    assert!(marked.marked > 0, "nothing marked: {marked:?}");
+    let again = gc::collect(&layout, &gc::Referenced::default(), grace)
+        .await
+        .unwrap();
+    assert_eq!(again.deleted, 0, "deleted within the grace period");
+    let mut got = Vec::new();
+    while let Some(b) = export.next().await {
+        got.extend_from_slice(&b.unwrap());
+    }
+    assert!(
+        got == snaps[1].1[0],
+        "the export started before the prune is wrong"
+    );
+
+    // Past the grace period the candidates go, and only they.
+    let swept = gc::collect(&layout, &gc::Referenced::default(), Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(swept.deleted, marked.marked);
+    assert!(objects(&layout.disks[0]).await < before);
+    for (seq, model) in &snaps[2..] {
+        let p = all.iter().find(|p| p.seq == *seq).unwrap();
+        assert!(
+            read_disk(&layout, p).await == model[0],
+            "point {seq:?} damaged by collection"
+        );
+    }
 }

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_agent::ReplicationConfig;
-use ferry_replica::{Processor, ProcessorConfig, ProcessorStatus};
+use ferry_replica::{Processor, ProcessorStatus};
 use ferry_storage::{DynStore, Key};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -79,7 +79,7 @@ impl Control {
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
         if !items.contains_key(&item) {
             let sizes = vm.disks.iter().map(|d| d.size_bytes).collect();
-            let processor = Processor::new(layout, cache, sizes, ProcessorConfig::default());
+            let processor = Processor::new(layout, cache, sizes, self.cfg.processor.clone());
             let status = processor.status();
             let (tx, rx) = watch::channel(false);
             let task = tokio::spawn(processor.run(rx));
