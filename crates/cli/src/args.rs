@@ -322,6 +322,15 @@ pub enum ReplicationCmd {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Re-read every chunk and map page behind the retained recovery points and check their
+    /// digests; exits non-zero when damage remains.
+    Verify {
+        /// GROUP/VM
+        name: String,
+        /// Rebuild damaged chunks in place from the source disks where they still hold the data.
+        #[arg(long)]
+        repair: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -148,3 +148,139 @@ pub fn decode_index(data: &[u8]) -> Result<(u64, Vec<PackEntry>), FormatError> {
 pub fn object_name(id: u64) -> String {
     format!("{id:016x}.pack")
 }
+
+/// Recompute the trailer of a pack whose chunk area was changed in place, and check that its
+/// index still decodes. The old trailer is ignored: a damaged chunk is what breaks it.
+pub fn reseal(data: &[u8]) -> Result<Vec<u8>, FormatError> {
+    let body_len = data.len().checked_sub(32).ok_or(FormatError::Truncated {
+        format: FORMAT,
+        len: data.len(),
+    })?;
+    let mut out = data.to_vec();
+    let d = Digest::of(&out[..body_len]);
+    out[body_len..].copy_from_slice(&d.0);
+    decode_index(&out)?;
+    Ok(out)
+}
+
+/// Put `compressed` back at `offset` of a pack (a repair of a damaged chunk) and reseal it.
+/// The chunk keeps its place: the index must still decode and hold the entry
+/// `(hash, offset, compressed.len())`, so map pages that point at `(offset, len)` stay valid.
+pub fn patch_chunk(
+    data: &[u8],
+    hash: &Digest,
+    offset: u32,
+    compressed: &[u8],
+) -> Result<Vec<u8>, FormatError> {
+    let start = offset as usize;
+    let end = start + compressed.len();
+    if start < HEADER_LEN || end + 32 > data.len() {
+        return Err(FormatError::invalid(
+            FORMAT,
+            format!(
+                "chunk at {offset}+{} lies outside the pack",
+                compressed.len()
+            ),
+        ));
+    }
+    let mut patched = data.to_vec();
+    patched[start..end].copy_from_slice(compressed);
+    let out = reseal(&patched)?;
+    let (_, entries) = decode_index(&out)?;
+    if !entries
+        .iter()
+        .any(|e| e.hash == *hash && e.offset == offset && e.len as usize == compressed.len())
+    {
+        return Err(FormatError::invalid(
+            FORMAT,
+            format!(
+                "the index has no entry for chunk {hash:?} at {offset}+{}; the index is damaged too",
+                compressed.len()
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+/// Rebuild a lost pack from chunks at their recorded places (`entries` with their compressed
+/// bytes, any order). Gaps — chunks that no retained point uses, whose content is unknown —
+/// are zero-filled and left out of the index; the index follows the last chunk given.
+pub fn rebuild(id: u64, chunks: &[(PackEntry, Vec<u8>)]) -> Result<Vec<u8>, FormatError> {
+    let mut sorted: Vec<&(PackEntry, Vec<u8>)> = chunks.iter().collect();
+    sorted.sort_by_key(|(e, _)| e.offset);
+    let mut w = Writer::with_header(MAGIC, VERSION);
+    w.u64(id);
+    for (e, z) in &sorted {
+        let at = e.offset as usize;
+        if z.len() != e.len as usize {
+            return Err(FormatError::invalid(
+                FORMAT,
+                format!(
+                    "chunk {:?} is {} bytes, its entry says {}",
+                    e.hash,
+                    z.len(),
+                    e.len
+                ),
+            ));
+        }
+        if at < w.buf.len() {
+            return Err(FormatError::invalid(
+                FORMAT,
+                format!("chunk {:?} at {at}+{} overlaps another", e.hash, e.len),
+            ));
+        }
+        w.buf.resize(at, 0);
+        w.bytes(z);
+    }
+    for (e, _) in &sorted {
+        w.bytes(&e.hash.0);
+        w.u32(e.offset);
+        w.u32(e.len);
+        w.u32(e.raw_len);
+    }
+    w.u32(sorted.len() as u32);
+    Ok(w.finish())
+}
+
+#[cfg(test)]
+mod repair_tests {
+    use super::*;
+
+    fn pack_of(blocks: &[u8]) -> (Vec<u8>, Vec<(PackEntry, Vec<u8>)>) {
+        let mut b = PackBuilder::new(7);
+        let mut chunks = Vec::new();
+        for &v in blocks {
+            let raw = vec![v; 65536];
+            let z = compress_chunk(&raw, 1).unwrap();
+            chunks.push((b.push_compressed(Digest::of(&raw), &z, 65536), z));
+        }
+        (b.finish(), chunks)
+    }
+
+    #[test]
+    fn a_patched_chunk_keeps_its_place_and_the_pack_verifies_again() {
+        let (good, chunks) = pack_of(&[1, 2, 3]);
+        let (e, z) = &chunks[1];
+        let mut bad = good.clone();
+        bad[e.offset as usize + 3] ^= 0xff;
+        assert!(decode_index(&bad).is_err());
+        let fixed = patch_chunk(&bad, &e.hash, e.offset, z).unwrap();
+        assert_eq!(fixed, good);
+        let wrong_len = patch_chunk(&bad, &e.hash, e.offset, &z[..z.len() - 1]);
+        assert!(wrong_len.is_err(), "a chunk of another length must not fit");
+    }
+
+    #[test]
+    fn a_rebuilt_pack_serves_every_chunk_at_its_old_offset() {
+        let (_, chunks) = pack_of(&[4, 5, 6]);
+        let kept = [chunks[0].clone(), chunks[2].clone()];
+        let rebuilt = rebuild(7, &kept).unwrap();
+        let (id, entries) = decode_index(&rebuilt).unwrap();
+        assert_eq!((id, entries.len()), (7, 2));
+        for (e, z) in &kept {
+            let at = e.offset as usize;
+            assert_eq!(&rebuilt[at..at + z.len()], z.as_slice());
+            open_chunk(&rebuilt[at..at + z.len()], &e.hash, 65536).unwrap();
+        }
+    }
+}

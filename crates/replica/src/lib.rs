@@ -20,6 +20,7 @@ pub mod layout;
 pub mod points;
 pub mod processor;
 pub mod retention;
+pub mod verify;
 
 pub use error::ReplicaError;
 pub use layout::ReplicaLayout;

@@ -80,6 +80,7 @@ pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result
                 print(out, &job, &[]);
             }
         }
+        ReplicationCmd::Verify { name, repair } => verify(c, out, &name, repair).await?,
     }
     Ok(())
 }
@@ -284,4 +285,79 @@ pub async fn reprotect(c: &Client, out: Output, name: &str, wait: bool) -> Resul
     let path = format!("{}/reprotect", item_path(name)?);
     let job = c.post(&path, &serde_json::json!({})).await?;
     job_or_wait(c, out, job, wait).await
+}
+
+/// Verify (and repair) an item's replica; fails when damage remains.
+async fn verify(c: &Client, out: Output, name: &str, repair: bool) -> Result<()> {
+    let path = format!("{}/replication/verify", item_path(name)?);
+    let report = c
+        .post(&path, &serde_json::json!({ "repair": repair }))
+        .await?;
+    match out {
+        Output::Json => print(out, &report, &[]),
+        Output::Table => print_verify(name, &report),
+    }
+    let left = report["unrepaired"].as_u64().unwrap_or(0);
+    if left == 0 {
+        return Ok(());
+    }
+    if repair {
+        bail!(
+            "{left} damaged object(s) of {name} could not be repaired (see each reason: the source \
+             no longer holds the data, or the object cannot be rebuilt); the recovery points listed \
+             cannot be restored correctly, fail over from another point"
+        )
+    }
+    bail!(
+        "{left} damaged object(s) in the replica of {name}; run `ferry replication verify {name} \
+         --repair` to rebuild them from the source"
+    )
+}
+
+/// One summary line, then one line per problem.
+fn print_verify(name: &str, r: &Value) {
+    println!(
+        "verified {name}: {} points, {} pages, {} chunks, {} bytes read; {} problem(s), {} repaired",
+        r["points"],
+        r["pages"],
+        r["chunks"],
+        r["bytes_read"],
+        r["problems"].as_array().map_or(0, Vec::len),
+        r["repaired"],
+    );
+    for p in r["problems"].as_array().into_iter().flatten() {
+        let place = match p.get("chunk") {
+            Some(ch) => format!(
+                " at {}+{} (hash {}…)",
+                ch["offset"],
+                ch["len"],
+                ch["hash"].as_str().unwrap_or("?").get(..16).unwrap_or("?"),
+            ),
+            None => String::new(),
+        };
+        let state = if p["repaired"] == true {
+            "repaired".to_string()
+        } else if let Some(why) = p["unrepairable"].as_str() {
+            format!("unrepairable: {why}")
+        } else {
+            "damaged".to_string()
+        };
+        let points: Vec<&str> = p["points"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "{} {}{place}: {} [points: {}] {state}",
+            p["kind"].as_str().unwrap_or("?"),
+            p["key"].as_str().unwrap_or("?"),
+            p["error"].as_str().unwrap_or("?"),
+            if points.is_empty() {
+                "none".to_string()
+            } else {
+                points.join(",")
+            },
+        );
+    }
 }

@@ -314,3 +314,19 @@ pub(crate) async fn reprotect(
 ) -> R {
     accepted(s.control.reprotect(&g, &v).await?)
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct VerifyBody {
+    #[serde(default)]
+    repair: bool,
+}
+
+/// Check the replica's objects (and repair from the source); answers when done.
+pub(crate) async fn verify_replication(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+    JsonBody(b): JsonBody<VerifyBody>,
+) -> R {
+    ok(s.control.verify_replication(&g, &v, b.repair).await?)
+}

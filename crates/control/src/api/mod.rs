@@ -71,6 +71,10 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         )
         .route("/v1/groups/{g}/vms/{vm}/disks/{n}/export", get(export_disk))
         .route(
+            "/v1/groups/{g}/vms/{vm}/replication/verify",
+            axum::routing::post(verify_replication),
+        )
+        .route(
             "/v1/groups/{g}/vms/{vm}/start",
             axum::routing::post(start_vm),
         )

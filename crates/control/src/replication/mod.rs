@@ -5,6 +5,7 @@ pub(crate) mod app_consistent;
 pub(crate) mod monitor;
 pub(crate) mod runtime;
 mod targets;
+mod verify;
 mod view;
 
 use std::sync::Arc;
