@@ -5,6 +5,7 @@
 
 mod churn;
 mod data;
+mod failover;
 mod initial;
 mod nbd_write;
 mod rig;
@@ -172,6 +173,11 @@ async fn measure(dir: &Path, plan: Plan) -> Result<Vec<Figure>> {
         initial::run(&rig, plan, &pool)
             .await
             .context("initial replication figures")?,
+    );
+    figures.extend(
+        failover::run(dir, plan, &pool)
+            .await
+            .context("failover and reprotect figures")?,
     );
     Ok(figures)
 }
