@@ -6,7 +6,9 @@ mod support;
 
 use support::*;
 
-fn setup(s: &Server, vm: &str, pre: &str, post: &str) {
+/// Resources, a policy with app-consistent points every 2 s, a VM with the given scripts
+/// (`before_enable` runs once the VM exists), and replication until protected.
+fn setup(s: &Server, vm: &str, pre: &str, post: &str, before_enable: impl FnOnce()) {
     s.base_resources(None);
     s.ok(&[
         "policy",
@@ -32,6 +34,7 @@ fn setup(s: &Server, vm: &str, pre: &str, post: &str) {
         "--post-thaw-script",
         post,
     ]);
+    before_enable();
     s.ok(&[
         "replication",
         "enable",
@@ -57,42 +60,9 @@ fn quiesced_writes_are_in_the_app_consistent_point() {
         uri = uri_file.display()
     );
     let post = format!("echo thaw >> {}", log.display());
-    s.base_resources(None);
-    s.ok(&[
-        "policy",
-        "create",
-        "app",
-        "--crash-consistent-every",
-        "1h",
-        "--app-consistent-every",
-        "2s",
-    ]);
-    s.ok(&[
-        "vm",
-        "create",
-        "rg1/db1",
-        "--network",
-        "vnet1",
-        "--subnet",
-        "default",
-        "--disk",
-        "16MiB@sa1",
-        "--pre-freeze-script",
-        &pre,
-        "--post-thaw-script",
-        &post,
-    ]);
-    std::fs::write(&uri_file, s.disk_uri("rg1/db1", 0)).unwrap();
-    s.ok(&[
-        "replication",
-        "enable",
-        "rg1/db1",
-        "--target-region",
-        "west",
-        "--policy",
-        "app",
-    ]);
-    s.wait_protected("rg1/db1", 120);
+    setup(&s, "rg1/db1", &pre, &post, || {
+        std::fs::write(&uri_file, s.disk_uri("rg1/db1", 0)).unwrap()
+    });
     let mut app = None;
     wait_until(60, "an app-consistent point", || {
         app = s
@@ -145,7 +115,7 @@ fn a_guest_that_does_not_quiesce_gives_a_crash_consistent_point_and_a_warning() 
         "if [ -e {f} ]; then sleep 60; else touch {f}; exit 3; fi",
         f = flag.display()
     );
-    setup(&s, "rg1/stuck1", &pre, "true");
+    setup(&s, "rg1/stuck1", &pre, "true", || {});
     let start = now();
     let mut rep = serde_json::Value::Null;
     wait_until(60, "a warning about the guest", || {

@@ -141,26 +141,31 @@ impl Processor {
         }
     }
 
+    /// The position of a replica with no record yet: zero disks, before the first segment.
+    fn empty_position(&self, time: Timestamp, generation: Generation) -> Position {
+        Position {
+            disks: self
+                .disk_sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| DiskState::empty(i, s))
+                .collect(),
+            applied: Seq(0),
+            applied_time: time,
+            next_segment: Seq(1),
+            prev_digest: Digest::ZERO,
+            generation,
+            initial_sync_seq: None,
+            pending: Vec::new(),
+            last_durable: Instant::now(),
+        }
+    }
+
     /// Rebuild the position from the newest durable record, and delete cache segments it covers.
     async fn recover(&self) -> Result<Position, ReplicaError> {
         let latest = points::latest_record(&self.layout).await?;
         let mut pos = match latest {
-            None => Position {
-                disks: self
-                    .disk_sizes
-                    .iter()
-                    .enumerate()
-                    .map(|(i, &s)| DiskState::empty(i, s))
-                    .collect(),
-                applied: Seq(0),
-                applied_time: Timestamp(0),
-                next_segment: Seq(1),
-                prev_digest: Digest::ZERO,
-                generation: Generation(0),
-                initial_sync_seq: None,
-                pending: Vec::new(),
-                last_durable: Instant::now(),
-            },
+            None => self.empty_position(Timestamp(0), Generation(0)),
             Some(rec) => {
                 let mut disks = Vec::with_capacity(rec.disks.len());
                 for (i, d) in rec.disks.iter().enumerate() {
@@ -614,22 +619,7 @@ impl Processor {
                 self.disk_sizes.len()
             )));
         }
-        let mut pos = Position {
-            disks: self
-                .disk_sizes
-                .iter()
-                .enumerate()
-                .map(|(i, &s)| DiskState::empty(i, s))
-                .collect(),
-            applied: Seq(0),
-            applied_time: Timestamp::now(),
-            next_segment: Seq(1),
-            prev_digest: Digest::ZERO,
-            generation,
-            initial_sync_seq: None,
-            pending: Vec::new(),
-            last_durable: Instant::now(),
-        };
+        let mut pos = self.empty_position(Timestamp::now(), generation);
         for (d, image) in images.iter().enumerate() {
             let size = self.disk_sizes[d];
             let mut offset = 0;
