@@ -74,20 +74,9 @@ impl Control {
         match selector {
             PointSelector::Latest => {}
             // Checked for the window here; rebuilt by the job.
-            PointSelector::At(_) => {
-                let policy = self.policy(&rep.policy)?;
-                let window = ferry_types::Timestamp(
-                    ferry_types::Timestamp::now().0 - policy.journal_seconds as i64 * 1_000_000_000,
-                );
+            PointSelector::At(t) => {
+                self.check_in_journal_window(rep, t)?;
                 points::resolve(&self.layout(rep)?, &selector).await?;
-                if let PointSelector::At(t) = selector
-                    && t < window
-                {
-                    return Err(ControlError::invalid(format!(
-                        "{t} is before the journal window (the last {} s); pick a recovery point id",
-                        policy.journal_seconds
-                    )));
-                }
             }
             _ => {
                 points::resolve(&self.layout(rep)?, &selector).await?;

@@ -200,19 +200,7 @@ impl Control {
         let PointSelector::At(t) = selector else {
             return Ok(points::resolve(&layout, selector).await?);
         };
-        let policy = self.policy(&rep.policy)?;
-        let now = Timestamp::now();
-        let window = Timestamp(now.0 - policy.journal_seconds as i64 * 1_000_000_000);
-        if *t < window {
-            return Err(ControlError::invalid(format!(
-                "{t} is before the journal window (the last {} s); pick a recovery point id from `ferry recovery-point list {}`",
-                policy.journal_seconds,
-                rep.item_key()
-            )));
-        }
-        if *t > now {
-            return Err(ControlError::invalid(format!("{t} is in the future")));
-        }
+        self.check_in_journal_window(rep, *t)?;
         self.wait_processed_through(rep, *t).await?;
         let base = points::resolve(&layout, selector).await?;
         let sizes = base.disks.iter().map(|d| d.size).collect();
@@ -223,6 +211,24 @@ impl Control {
             ferry_replica::ProcessorConfig::default(),
         );
         Ok(processor.replay_to(&base, *t).await?)
+    }
+
+    /// Refuse an instant before the policy's journal window or in the future.
+    pub(crate) fn check_in_journal_window(&self, rep: &Replication, t: Timestamp) -> Result<()> {
+        let policy = self.policy(&rep.policy)?;
+        let now = Timestamp::now();
+        let window = Timestamp(now.0 - policy.journal_seconds as i64 * 1_000_000_000);
+        if t < window {
+            return Err(ControlError::invalid(format!(
+                "{t} is before the journal window (the last {} s); pick a recovery point id from `ferry recovery-point list {}`",
+                policy.journal_seconds,
+                rep.item_key()
+            )));
+        }
+        if t > now {
+            return Err(ControlError::invalid(format!("{t} is in the future")));
+        }
+        Ok(())
     }
 
     /// Wait until every write the source acknowledged up to `t` has been applied (and so is
