@@ -71,31 +71,7 @@ _ferry_os_need_curl() {
 
 # Create one container with a Shared-Key-signed request; 201 (created) and 409 (exists) are fine.
 _ferry_os_create_container() {
-    python3 - "$1" "$2" "$FERRY_OS_ACCOUNT" "$FERRY_OS_KEY" <<'EOF'
-import base64, hashlib, hmac, http.client, sys
-from email.utils import formatdate
-port, container, account, key = sys.argv[1:5]
-date, version = formatdate(usegmt=True), "2021-10-04"
-resource = f"/{account}/{account}/{container}\nrestype:container"
-to_sign = "PUT\n" + "\n" * 11 + f"x-ms-date:{date}\nx-ms-version:{version}\n" + resource
-sig = base64.b64encode(
-    hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()
-).decode()
-conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
-conn.request(
-    "PUT",
-    f"/{account}/{container}?restype=container",
-    body=b"",
-    headers={
-        "x-ms-date": date,
-        "x-ms-version": version,
-        "Authorization": f"SharedKey {account}:{sig}",
-    },
-)
-status = conn.getresponse().status
-if status not in (201, 409):
-    sys.exit(f"creating container {container}: HTTP {status}")
-EOF
+    python3 "$FERRY_OS_ROOT/.ci/azurite-container.py" "$1" "$2" "$FERRY_OS_ACCOUNT" "$FERRY_OS_KEY"
 }
 
 _ferry_os_containers() { echo "ferry-test ${FERRY_TEST_CONTAINERS:-}"; }
@@ -204,6 +180,8 @@ _ferry_os_start() {
     export AZURE_STORAGE_ACCOUNT_NAME=$FERRY_OS_ACCOUNT
     export AZURE_STORAGE_ACCOUNT_KEY=$FERRY_OS_KEY
     export AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:$FERRY_OS_AZURITE_PORT
+    # Tests that stop and restart a store of their own (outages) start this binary.
+    export FERRY_TEST_AZURITE_BIN=$FERRY_OS_AZURITE_BIN
     export AWS_ENDPOINT=http://127.0.0.1:$FERRY_OS_MOTO_PORT
     export AWS_ALLOW_HTTP=true
     export AWS_ACCESS_KEY_ID=test

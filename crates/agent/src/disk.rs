@@ -125,12 +125,46 @@ impl Disk {
             self.file.sync_data()?;
         }
         if let Some(stream) = self.stream() {
-            stream.append(self.index, record, fua).map_err(|e| {
+            stream.record(self.index, record, fua).map_err(|e| {
                 stream.set_error(Some(e.to_string()));
                 to_io(e)
             })?;
         }
         Ok(())
+    }
+
+    /// Copy one block the dirty bitmap holds into the stream (a catch-up), under the block's
+    /// order lock: a live write to it is either in what is read, or after the copy in the
+    /// stream. Returns the bytes appended (0 when the block was no longer dirty).
+    pub(crate) fn copy_dirty_block(
+        &self,
+        stream: &Stream,
+        block: u64,
+        buf: &mut [u8],
+    ) -> Result<u64, AgentError> {
+        let offset = block * BLOCK_SIZE;
+        if offset >= self.size {
+            // Past the end (a bitmap of a disk that shrank): nothing to copy.
+            stream.take_dirty(self.index, block);
+            return Ok(0);
+        }
+        let len = (self.size - offset).min(BLOCK_SIZE) as usize;
+        let buf = &mut buf[..len];
+        let _order = self.lock_range(offset, len as u64);
+        if !stream.take_dirty(self.index, block) {
+            return Ok(0);
+        }
+        self.read_for_copy(buf, offset)?;
+        let op = if is_zero(buf) {
+            OpRef::Zero {
+                offset,
+                len: len as u64,
+            }
+        } else {
+            OpRef::Write { offset, data: buf }
+        };
+        stream.append(self.index, op, false)?;
+        Ok(len as u64)
     }
 
     /// Read a range for the initial copy without leaving it in the page cache.

@@ -25,6 +25,13 @@ pub enum AgentError {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "no point can be cut now: the ship buffer overflowed at {since} and the blocks written \
+         since are still being copied; wait for the catch-up to complete, or use an earlier point"
+    )]
+    CatchingUp { since: ferry_types::Timestamp },
+    #[error("{reason}: the replica must be resynchronised (`ferry replication repair`)")]
+    TrackingLost { reason: String },
     #[error("NBD server: {0}")]
     Nbd(String),
     #[error("encode segment: {0}")]

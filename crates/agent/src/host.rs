@@ -15,6 +15,7 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::catch_up::{self, CatchUpProgress};
 use crate::disk::Disk;
 use crate::initial_sync::{self, Progress, ProgressView};
 use crate::stream::{Stream, StreamConfig, StreamStatus};
@@ -40,6 +41,9 @@ pub struct ReplicationConfig {
     /// Digests of the replica's blocks when it was seeded (a reprotect): the initial copy
     /// then sends only the blocks that differ.
     pub seed: Option<Arc<Vec<Vec<ferry_format::Digest>>>>,
+    /// A repair: this (new) generation's stream continues the replica at this sequence, and
+    /// starts by comparing every block with `seed`, sending the ones that differ.
+    pub resync_from: Option<Seq>,
 }
 
 /// What a VM's replication looks like from the agent.
@@ -47,11 +51,16 @@ pub struct ReplicationConfig {
 pub struct VmStatus {
     pub stream: StreamStatus,
     pub initial_sync: ProgressView,
+    /// Bytes of dirty blocks copied by catch-ups after the ship buffer overflowed, and how
+    /// many catch-ups completed, since the agent started.
+    pub catch_up_copied_bytes: u64,
+    pub catch_ups_completed: u64,
 }
 
 struct Replication {
     stream: Arc<Stream>,
     progress: Arc<Progress>,
+    catch_up: Arc<CatchUpProgress>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -167,7 +176,15 @@ impl AgentHost {
             return Ok(());
         }
         let dir = self.root.join("streams").join(vm.replace('/', "."));
-        let stream = Stream::open(&dir, cfg.stream, cfg.generation, cfg.stream_config.clone())?;
+        let stream = Stream::open_at(
+            &dir,
+            cfg.stream,
+            cfg.generation,
+            cfg.stream_config.clone(),
+            cfg.resync_from,
+        )?;
+        let images: Vec<&Path> = entry.disks.iter().map(|d| d.path()).collect();
+        stream.check_stopped(&images)?;
         for d in &entry.disks {
             d.attach(Some(stream.clone()));
         }
@@ -183,16 +200,43 @@ impl AgentHost {
             cfg.crash_consistent_every,
             rx,
         )));
+        let catch_up = Arc::new(CatchUpProgress::default());
+        {
+            let (disks, s, p, c) = (
+                entry.disks.clone(),
+                stream.clone(),
+                progress.clone(),
+                catch_up.clone(),
+            );
+            tasks.push(tokio::task::spawn_blocking(move || {
+                if let Err(e) = catch_up::run(&disks, &s, &c, &p.cancelled) {
+                    tracing::error!(error = %e, "catch-up after the ship buffer overflowed");
+                    s.set_error(Some(format!(
+                        "catch-up after the ship buffer overflowed: {e}"
+                    )));
+                }
+            }));
+        }
         if !stream.initial_sync_done() {
             let (disks, s, p) = (entry.disks.clone(), stream.clone(), progress.clone());
             let seed = cfg.seed.clone();
             tasks.push(tokio::task::spawn_blocking(move || {
-                if let Err(e) = initial_sync::run(&disks, &s, &p, seed.as_deref().map(|v| &v[..])) {
+                let copied = initial_sync::run(&disks, &s, &p, seed.as_deref().map(|v| &v[..]));
+                let done = match copied {
+                    Ok(Some(_)) if s.resyncing() => s.finish_resync(),
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = done {
                     tracing::error!(error = %e, "initial replication");
                     s.set_error(Some(format!("initial replication: {e}")));
                 }
             }));
         } else {
+            if stream.resyncing() {
+                // Stopped after the resync's copy but before its window closed.
+                stream.finish_resync()?;
+            }
             let total = entry
                 .disks
                 .iter()
@@ -208,23 +252,31 @@ impl AgentHost {
         entry.replication = Some(Replication {
             stream,
             progress,
+            catch_up,
             shutdown: tx,
             tasks,
         });
         Ok(())
     }
 
-    /// Stop a VM's stream: detach it from the disks and stop its tasks. Logs stay on disk.
+    /// Stop a VM's stream: detach it from the disks and stop its tasks. Logs stay on disk,
+    /// with the images' stamps: a write the disks take while the stream is stopped is seen
+    /// at the next start.
     pub async fn stop_replication(&self, vm: &str) {
-        let rep = {
+        let (rep, images) = {
             let mut vms = self.vms();
             let Some(entry) = vms.get_mut(vm) else { return };
             for d in &entry.disks {
                 d.attach(None);
             }
-            entry.replication.take()
+            let images: Vec<PathBuf> = entry.disks.iter().map(|d| d.path().to_path_buf()).collect();
+            (entry.replication.take(), images)
         };
         if let Some(r) = rep {
+            let paths: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
+            if let Err(e) = r.stream.record_stop(&paths) {
+                tracing::warn!(vm, error = %e, "record the disk images' stamps at stop");
+            }
             r.progress
                 .cancelled
                 .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -232,6 +284,14 @@ impl AgentHost {
             for t in r.tasks {
                 let _ = t.await;
             }
+        }
+    }
+
+    /// Stop every stream (a clean shutdown of the host).
+    pub async fn stop_all(&self) {
+        let vms: Vec<String> = self.vms().keys().cloned().collect();
+        for vm in vms {
+            self.stop_replication(&vm).await;
         }
     }
 
@@ -263,6 +323,14 @@ impl AgentHost {
         Some(VmStatus {
             stream: rep.stream.status(),
             initial_sync: rep.progress.view(),
+            catch_up_copied_bytes: rep
+                .catch_up
+                .copied_bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            catch_ups_completed: rep
+                .catch_up
+                .completed
+                .load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 }
@@ -275,6 +343,10 @@ async fn mark_every(stream: Arc<Stream>, every: Duration, mut shutdown: watch::R
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
+        }
+        if stream.unordered_since().is_some() {
+            // No point inside a catch-up window; the catch-up-done marker will be one.
+            continue;
         }
         if let Err(e) = stream.mark(MarkerKind::CrashConsistent) {
             tracing::error!(error = %e, "cut crash-consistent marker");

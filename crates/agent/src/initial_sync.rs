@@ -70,7 +70,9 @@ pub fn run(
             if progress.cancelled.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            while stream.status().pending_logs > MAX_PENDING_LOGS {
+            while stream.status().pending_logs > MAX_PENDING_LOGS
+                || stream.buffered() > stream.config.buffer_bytes / 2
+            {
                 if progress.cancelled.load(Ordering::Relaxed) {
                     return Ok(None);
                 }

@@ -5,13 +5,17 @@
 //! and, while the VM is protected, appended to the VM's single ordered write stream
 //! ([`stream::Stream`]) before it is acknowledged. The stream lives in a local log on the source
 //! host (so an acknowledged write survives `kill -9`), is cut into immutable segments every
-//! ~1 s or ~8 MiB ([`sealer`]) and shipped to the cache storage account ([`shipper`]). When
+//! ~1 s or ~8 MiB ([`sealer`]) and shipped to the cache storage account ([`shipper`]). When the
+//! local buffer of unshipped logs is full, writes are tracked in a persisted dirty bitmap and
+//! copied later by a [`catch_up`], so the VM never waits for the cache account. When
 //! replication starts on disks that already hold data, [`initial_sync`] streams their non-zero
 //! blocks in the same order as live writes.
 //!
 //! The agent only makes outbound connections: to the cache account (through a store confined to
 //! its own prefix) and to the control plane.
 
+pub mod catch_up;
+mod dirty;
 pub mod disk;
 mod error;
 mod host;

@@ -28,6 +28,15 @@ pub(crate) fn parse_file_name(name: &str) -> Option<Seq> {
     u64::from_str_radix(hex, 16).ok().map(Seq)
 }
 
+/// Bytes a record takes in the log: its frame, header and payload.
+pub(crate) fn record_size(op: OpRef<'_>) -> u64 {
+    let payload = match op {
+        OpRef::Write { data, .. } => data.len() as u64,
+        _ => 0,
+    };
+    (FRAME + segment::RECORD_HEADER) as u64 + payload
+}
+
 /// The log file being appended to.
 pub(crate) struct LogWriter {
     file: File,

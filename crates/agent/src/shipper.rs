@@ -17,6 +17,7 @@ pub async fn ship_pending(stream: &Arc<Stream>, cache: &DynStore) -> Result<(), 
         let (bytes, digest) = seal(stream, &closed, prev).await?;
         let key = Key::parse(&segment::object_name(closed.first_seq))?;
         let len = bytes.len() as u64;
+        ferry_types::failpoint::hit("agent-before-segment-put");
         let digest = match cache.put_new(&key, bytes).await {
             Ok(_) => digest,
             Err(StoreError::AlreadyExists { .. }) => {
@@ -24,6 +25,7 @@ pub async fn ship_pending(stream: &Arc<Stream>, cache: &DynStore) -> Result<(), 
             }
             Err(e) => return Err(e.into()),
         };
+        ferry_types::failpoint::hit("agent-after-segment-put");
         stream.shipped(&closed, digest, len)?;
     }
     Ok(())

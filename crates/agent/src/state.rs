@@ -18,6 +18,36 @@ pub(crate) struct StreamState {
     pub shipped_next: Seq,
     /// Set once the initial copy's end marker is in the stream.
     pub initial_sync_done_seq: Option<Seq>,
+    /// A repair's resync is in progress: every block is compared with the replica and the
+    /// ones that differ are sent; the stream is not ordered until it completes.
+    #[serde(default)]
+    pub resync: bool,
+    /// Set when the stream stopped: each disk image's size and modification time then. A
+    /// different stamp at the next start means the image changed while nothing tracked it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_with: Option<Vec<ImageStamp>>,
+}
+
+/// What a disk image looked like when its stream stopped.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageStamp {
+    pub size: u64,
+    pub mtime_ns: i64,
+}
+
+impl ImageStamp {
+    pub fn of(path: &Path) -> std::io::Result<ImageStamp> {
+        let m = std::fs::metadata(path)?;
+        let mtime = m.modified()?;
+        let mtime_ns = match mtime.duration_since(std::time::UNIX_EPOCH) {
+            Ok(d) => d.as_nanos() as i64,
+            Err(e) => -(e.duration().as_nanos() as i64),
+        };
+        Ok(ImageStamp {
+            size: m.len(),
+            mtime_ns,
+        })
+    }
 }
 
 impl StreamState {

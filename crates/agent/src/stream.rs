@@ -4,8 +4,16 @@
 //! sealer can turn it into a segment, and [`Stream::shipped`] retires a closed log once its
 //! segment is durable in the cache account. After a restart, [`Stream::open`] finds every
 //! log file that was not shipped yet and queues it again, so no acknowledged write is lost.
+//!
+//! The logs not shipped yet are the **ship buffer**, bounded by [`StreamConfig::buffer_bytes`].
+//! When a write would overflow it (the cache account is unreachable or slower than the VM), the
+//! stream opens a **catch-up window**: an [`MarkerKind::Overflow`] marker goes into the log and
+//! the VM's writes are only tracked in a persisted dirty bitmap ([`crate::dirty`]), so the VM
+//! keeps its full speed. Once the buffer has drained, [`crate::catch_up`] copies the dirty
+//! blocks into the stream and closes the window with [`MarkerKind::CatchUpDone`]. No instant
+//! inside a window is recoverable, and no point is cut there.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,8 +27,9 @@ use serde::Serialize;
 use tokio::sync::Notify;
 
 use crate::AgentError;
+use crate::dirty::{self, DirtyMap};
 use crate::log::{self, LogWriter};
-use crate::state::{self, StreamState};
+use crate::state::{self, ImageStamp, StreamState};
 
 /// How a stream is cut into segments.
 #[derive(Debug, Clone)]
@@ -31,6 +40,9 @@ pub struct StreamConfig {
     pub seal_bytes: u64,
     /// zstd level for segment bodies.
     pub zstd_level: i32,
+    /// The ship buffer: at most this many bytes of logs wait to be shipped; writes beyond it
+    /// are tracked in a dirty bitmap until a catch-up copies them.
+    pub buffer_bytes: u64,
 }
 
 impl Default for StreamConfig {
@@ -39,6 +51,7 @@ impl Default for StreamConfig {
             seal_interval: Duration::from_secs(1),
             seal_bytes: 8 << 20,
             zstd_level: 1,
+            buffer_bytes: 2 << 30,
         }
     }
 }
@@ -50,6 +63,19 @@ pub(crate) struct ClosedLog {
     pub first_seq: Seq,
     pub last_seq: Seq,
     pub first_time: Timestamp,
+    /// Size of the log file.
+    pub bytes: u64,
+}
+
+/// A catch-up window: the blocks written while the ship buffer was full.
+struct Window {
+    maps: BTreeMap<u16, DirtyMap>,
+    /// Writes go to the bitmap, not to the log (the buffer is full, or the catch-up has not
+    /// started yet).
+    overflowing: bool,
+    /// A repair's resync is comparing every block: the window stays open until it is done.
+    resyncing: bool,
+    since: Timestamp,
 }
 
 struct Inner {
@@ -61,6 +87,9 @@ struct Inner {
     /// synced record never follows one that could be lost.
     unsynced: Vec<(Seq, Arc<File>)>,
     state: StreamState,
+    /// Bytes of logs not shipped yet (the ship buffer's fill).
+    buffered: u64,
+    window: Option<Window>,
 }
 
 /// What the stream has done, for health and RPO.
@@ -78,6 +107,16 @@ pub struct StreamStatus {
     pub segments_shipped: u64,
     pub initial_sync_done_seq: Option<u64>,
     pub last_error: Option<String>,
+    /// Bytes waiting in the ship buffer, and its bound.
+    pub buffered_bytes: u64,
+    pub buffer_limit: u64,
+    /// `ordered` (every write in the stream), `overflow` (the buffer is full: writes are only
+    /// tracked as dirty blocks) or `catching-up` (dirty blocks are being copied).
+    pub tracking: &'static str,
+    /// Since when the stream has not been ordered (the catch-up window's start).
+    pub unordered_since: Option<Timestamp>,
+    /// Bytes of blocks still to copy by the catch-up.
+    pub dirty_bytes: u64,
 }
 
 #[derive(Default)]
@@ -108,13 +147,28 @@ impl Stream {
         generation: Generation,
         config: StreamConfig,
     ) -> Result<Arc<Stream>, AgentError> {
+        Self::open_at(dir, stream, generation, config, None)
+    }
+
+    /// As [`Stream::open`]; with `resync_from`, a new generation's stream starts at that
+    /// sequence as a repair's resync (see [`Stream::resyncing`]). A state left by another
+    /// generation is discarded with its logs: its writer is fenced.
+    pub fn open_at(
+        dir: &Path,
+        stream: StreamId,
+        generation: Generation,
+        config: StreamConfig,
+        resync_from: Option<Seq>,
+    ) -> Result<Arc<Stream>, AgentError> {
         std::fs::create_dir_all(dir).map_err(AgentError::io("create stream directory", dir))?;
         let fresh = StreamState {
             stream,
             generation,
             prev_digest: String::new(),
-            shipped_next: Seq(1),
+            shipped_next: resync_from.unwrap_or(Seq(1)),
             initial_sync_done_seq: None,
+            resync: resync_from.is_some(),
+            stopped_with: None,
         };
         let state = match state::load(dir)? {
             Some(s) if s.stream == stream && s.generation == generation => s,
@@ -125,7 +179,9 @@ impl Stream {
             }
         };
         let (closed, next_seq, last_time) = recover_logs(dir, &state)?;
-        Ok(Arc::new(Stream {
+        let maps = recover_bitmaps(dir)?;
+        let buffered = closed.iter().map(|c| c.bytes).sum();
+        let stream = Arc::new(Stream {
             dir: dir.to_path_buf(),
             config,
             inner: Mutex::new(Inner {
@@ -135,11 +191,29 @@ impl Stream {
                 closed,
                 unsynced: Vec::new(),
                 state,
+                buffered,
+                window: None,
             }),
             seal_now: Notify::new(),
             counters: Counters::default(),
             last_error: Mutex::new(None),
-        }))
+        });
+        let resyncing = stream.lock().state.resync;
+        if !maps.is_empty() || resyncing {
+            // A window was open when the agent stopped (or a resync starts): it stays open
+            // (its overflow marker may not have reached the log, so it is put there again; a
+            // second one inside a window is harmless).
+            tracing::warn!(dir = %dir.display(), resyncing, "a catch-up window is open");
+            let mut g = stream.lock();
+            g.window = Some(Window {
+                overflowing: !maps.is_empty(),
+                maps,
+                resyncing,
+                since: Timestamp::now(),
+            });
+            stream.log_locked(&mut g, 0, OpRef::Marker(MarkerKind::Overflow), false)?;
+        }
+        Ok(stream)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -154,56 +228,168 @@ impl Stream {
         self.lock().state.generation
     }
 
-    /// Append one record; with `durable`, it is on stable storage when this returns.
-    /// Returns the record's sequence.
+    /// Append one record to the log, whatever the ship buffer holds (markers and copies);
+    /// with `durable`, it is on stable storage when this returns. Returns its sequence.
     pub fn append(&self, disk: u16, op: OpRef<'_>, durable: bool) -> Result<Seq, AgentError> {
-        let (seq, file, full) = {
+        let (seq, pending) = {
             let mut g = self.lock();
-            let now = Timestamp::now().max(g.last_time);
-            let seq = g.next_seq;
-            if g.open.is_none() {
-                let w = LogWriter::create(&self.dir, seq, now)?;
-                let f = Arc::new(
-                    File::open(&w.path).map_err(AgentError::io("open stream log", &w.path))?,
-                );
-                g.open = Some((w, f));
-            }
-            let (w, f) = g.open.as_mut().expect("open log exists");
-            w.append(seq, now, disk, op)?;
-            let full = w.bytes >= self.config.seal_bytes;
-            let file = durable.then(|| f.clone());
-            g.next_seq = seq.next();
-            g.last_time = now;
-            // Closed logs stay listed until their sync has finished, so a concurrent durable
-            // append cannot return while an earlier log it depends on is still being synced.
-            let earlier = if durable {
-                g.unsynced.clone()
-            } else {
-                Vec::new()
-            };
-            (seq, file.map(|f| (earlier, f)), full)
+            self.log_locked(&mut g, disk, op, durable)?
         };
+        self.count_written(op);
+        self.finish_append(pending)?;
+        ferry_types::failpoint::hit("agent-after-log-append");
+        Ok(seq)
+    }
+
+    /// Record a change of the VM's disk: appended to the log, or, when the ship buffer is full
+    /// (or a catch-up has not started yet), tracked in the disk's dirty bitmap. Either way it
+    /// is on stable storage when this returns with `durable`. Call it under the disk's order
+    /// lock of the range.
+    pub(crate) fn record(&self, disk: u16, op: OpRef<'_>, durable: bool) -> Result<(), AgentError> {
+        let (offset, len) = match op {
+            OpRef::Write { offset, data } => (offset, data.len() as u64),
+            OpRef::Zero { offset, len } | OpRef::Trim { offset, len } => (offset, len),
+            OpRef::Marker(_) => {
+                self.append(disk, op, durable)?;
+                return Ok(());
+            }
+        };
+        let pending = {
+            let mut g = self.lock();
+            let size = log::record_size(op);
+            let overflowing = g.window.as_ref().is_some_and(|w| w.overflowing);
+            if overflowing || g.buffered + size > self.config.buffer_bytes {
+                self.track_locked(&mut g, disk, offset, len, durable)?;
+                None
+            } else {
+                Some(self.log_locked(&mut g, disk, op, durable)?.1)
+            }
+        };
+        self.count_written(op);
+        if let Some(pending) = pending {
+            self.finish_append(pending)?;
+            ferry_types::failpoint::hit("agent-after-log-append");
+        }
+        Ok(())
+    }
+
+    fn count_written(&self, op: OpRef<'_>) {
         if let OpRef::Write { data, .. } = op {
             self.counters
                 .bytes_written
                 .fetch_add(data.len() as u64, Ordering::Relaxed);
         }
-        if let Some((earlier, f)) = file {
+    }
+
+    /// Append to the open log (creating it); returns the sequence and what is left to do
+    /// outside the lock.
+    fn log_locked(
+        &self,
+        g: &mut Inner,
+        disk: u16,
+        op: OpRef<'_>,
+        durable: bool,
+    ) -> Result<(Seq, PendingAppend), AgentError> {
+        let now = Timestamp::now().max(g.last_time);
+        let seq = g.next_seq;
+        if g.open.is_none() {
+            let w = LogWriter::create(&self.dir, seq, now)?;
+            let f =
+                Arc::new(File::open(&w.path).map_err(AgentError::io("open stream log", &w.path))?);
+            g.open = Some((w, f));
+        }
+        let (w, f) = g.open.as_mut().expect("open log exists");
+        let before = w.bytes;
+        w.append(seq, now, disk, op)?;
+        let added = w.bytes - before;
+        let full = w.bytes >= self.config.seal_bytes;
+        let file = durable.then(|| f.clone());
+        g.next_seq = seq.next();
+        g.last_time = now;
+        g.buffered += added;
+        // Closed logs stay listed until their sync has finished, so a concurrent durable
+        // append cannot return while an earlier log it depends on is still being synced.
+        let earlier = if durable {
+            g.unsynced.clone()
+        } else {
+            Vec::new()
+        };
+        Ok((
+            seq,
+            PendingAppend {
+                sync: file.map(|f| (earlier, f)),
+                full,
+            },
+        ))
+    }
+
+    /// Sync what a durable append needs, and rotate a full log.
+    fn finish_append(&self, pending: PendingAppend) -> Result<(), AgentError> {
+        if let Some((earlier, f)) = pending.sync {
             self.sync_files(&earlier)?;
             f.sync_data()
                 .map_err(AgentError::io("sync stream log", &self.dir))?;
         }
-        if full {
+        if pending.full {
             // Close the log here, not in the sealer: while the sealer ships, the open log would
             // otherwise grow without bound and become one huge segment.
             self.rotate()?;
             self.seal_now.notify_one();
         }
-        Ok(seq)
+        Ok(())
     }
 
-    /// Append a marker and ask for it to be sealed at once; returns its sequence.
+    /// Track a change in the dirty bitmap, opening a catch-up window if none is open: the
+    /// bitmap file is durable before the overflow marker is logged, so a window the processor
+    /// has seen open is always found again after a crash.
+    fn track_locked(
+        &self,
+        g: &mut Inner,
+        disk: u16,
+        offset: u64,
+        len: u64,
+        durable: bool,
+    ) -> Result<(), AgentError> {
+        let opening = g.window.is_none();
+        let window = g.window.get_or_insert_with(|| Window {
+            maps: BTreeMap::new(),
+            overflowing: true,
+            resyncing: false,
+            since: Timestamp::now(),
+        });
+        window.overflowing = true;
+        let map = match window.maps.entry(disk) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                let mut m = DirtyMap::create(&self.dir, disk)?;
+                m.sync()?;
+                sync_dir(&self.dir)?;
+                e.insert(m)
+            }
+        };
+        map.set_range(offset, len)?;
+        if durable {
+            map.sync()?;
+        }
+        if opening {
+            tracing::warn!(dir = %self.dir.display(), limit = self.config.buffer_bytes, "the ship buffer is full: tracking dirty blocks until the cache account catches up");
+            let (_, pending) = self.log_locked(g, 0, OpRef::Marker(MarkerKind::Overflow), false)?;
+            // The marker needs no sync of its own: until it is durable, the bitmap is.
+            debug_assert!(pending.sync.is_none());
+        }
+        Ok(())
+    }
+
+    /// Append a marker and ask for it to be sealed at once; returns its sequence. A point
+    /// marker is refused inside a catch-up window (no instant there is consistent).
     pub fn mark(&self, kind: MarkerKind) -> Result<Seq, AgentError> {
+        if matches!(
+            kind,
+            MarkerKind::CrashConsistent | MarkerKind::AppConsistent
+        ) && let Some(since) = self.unordered_since()
+        {
+            return Err(AgentError::CatchingUp { since });
+        }
         let seq = self.append(0, OpRef::Marker(kind), true)?;
         if kind == MarkerKind::InitialSyncDone {
             let mut g = self.lock();
@@ -214,10 +400,15 @@ impl Stream {
         Ok(seq)
     }
 
-    /// Make every appended record durable (FLUSH).
+    /// Make every appended record, and every tracked dirty block, durable (FLUSH).
     pub fn sync(&self) -> Result<(), AgentError> {
         let (closed, open) = {
-            let g = self.lock();
+            let mut g = self.lock();
+            if let Some(w) = g.window.as_mut() {
+                for m in w.maps.values_mut() {
+                    m.sync()?;
+                }
+            }
             (g.unsynced.clone(), g.open.as_ref().map(|(_, f)| f.clone()))
         };
         self.sync_files(&closed)?;
@@ -254,6 +445,7 @@ impl Stream {
             first_seq: w.first_seq,
             last_seq: w.last_seq,
             first_time: w.first_time,
+            bytes: w.bytes,
         });
         // Not synced here (that would force writeback of every segment's worth of writes);
         // the next FUA or FLUSH syncs it.
@@ -282,6 +474,7 @@ impl Stream {
         g.state.shipped_next = log.last_seq.next();
         state::store(&self.dir, &g.state)?;
         g.closed.pop_front();
+        g.buffered = g.buffered.saturating_sub(log.bytes);
         // Once in the cache account the log no longer needs to be durable here.
         g.unsynced.retain(|(first, _)| *first != log.first_seq);
         drop(g);
@@ -308,6 +501,18 @@ impl Stream {
             .map(|c| c.first_time)
             .or_else(|| g.open.as_ref().map(|(w, _)| w.first_time));
         let shipped_next = g.state.shipped_next.0;
+        let (tracking, unordered_since, dirty_bytes) = match &g.window {
+            None => ("ordered", None, 0),
+            Some(w) => (
+                if w.overflowing {
+                    "overflow"
+                } else {
+                    "catching-up"
+                },
+                Some(w.since),
+                w.maps.values().map(DirtyMap::count).sum::<u64>() * ferry_format::BLOCK_SIZE,
+            ),
+        };
         StreamStatus {
             next_seq: g.next_seq.0,
             shipped_through: (shipped_next > 1).then(|| shipped_next - 1),
@@ -323,18 +528,184 @@ impl Stream {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
+            buffered_bytes: g.buffered,
+            buffer_limit: self.config.buffer_bytes,
+            tracking,
+            unordered_since,
+            dirty_bytes,
         }
     }
 
     pub(crate) fn initial_sync_done(&self) -> bool {
         self.lock().state.initial_sync_done_seq.is_some()
     }
+
+    /// Bytes waiting in the ship buffer.
+    pub fn buffered(&self) -> u64 {
+        self.lock().buffered
+    }
+
+    /// The start of the open catch-up window, if one is open.
+    pub fn unordered_since(&self) -> Option<Timestamp> {
+        self.lock().window.as_ref().map(|w| w.since)
+    }
+
+    /// Remember how the disk images look as the stream stops (see [`Stream::check_stopped`]).
+    pub(crate) fn record_stop(&self, images: &[&Path]) -> Result<(), AgentError> {
+        let stamps = images
+            .iter()
+            .map(|p| ImageStamp::of(p).map_err(AgentError::io("stat disk image", *p)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut g = self.lock();
+        g.state.stopped_with = Some(stamps);
+        state::store(&self.dir, &g.state)
+    }
+
+    /// At a start: an error naming the first disk image that changed since the stream stopped
+    /// (nothing tracked that change, so the replica cannot catch up from the stream); the
+    /// stamp stays until a repair replaces the stream. Otherwise the stamp is cleared.
+    pub(crate) fn check_stopped(&self, images: &[&Path]) -> Result<(), AgentError> {
+        let mut g = self.lock();
+        let Some(stamps) = g.state.stopped_with.clone() else {
+            return Ok(());
+        };
+        for (i, (path, then)) in images.iter().zip(&stamps).enumerate() {
+            let now = ImageStamp::of(path).map_err(AgentError::io("stat disk image", *path))?;
+            if now != *then {
+                return Err(AgentError::TrackingLost {
+                    reason: format!(
+                        "disk {i} ({}) changed while its replication was stopped",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        g.state.stopped_with = None;
+        state::store(&self.dir, &g.state)
+    }
+
+    /// True while a repair's resync has not compared every block yet.
+    pub fn resyncing(&self) -> bool {
+        self.lock().window.as_ref().is_some_and(|w| w.resyncing)
+    }
+
+    /// The resync has compared every block: close the window as soon as nothing is dirty.
+    pub(crate) fn finish_resync(&self) -> Result<(), AgentError> {
+        if let Some(w) = self.lock().window.as_mut() {
+            w.resyncing = false;
+        }
+        self.close_window().map(|_| ())
+    }
+
+    /// Start the catch-up of the open window: from now on writes are logged again (until the
+    /// buffer fills again). False when no window is open.
+    pub(crate) fn resume_logging(&self) -> bool {
+        match self.lock().window.as_mut() {
+            Some(w) => {
+                w.overflowing = false;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The first dirty block of `disk` at or after `from`.
+    pub(crate) fn next_dirty(&self, disk: u16, from: u64) -> Option<u64> {
+        let g = self.lock();
+        g.window.as_ref()?.maps.get(&disk)?.next_set(from)
+    }
+
+    /// Clear a dirty block before copying it (under the disk's order lock); true when it was
+    /// dirty.
+    pub(crate) fn take_dirty(&self, disk: u16, block: u64) -> bool {
+        let mut g = self.lock();
+        g.window
+            .as_mut()
+            .and_then(|w| w.maps.get_mut(&disk))
+            .is_some_and(|m| m.take(block))
+    }
+
+    /// Close the window when nothing is left to copy: the copies and a catch-up-done marker
+    /// are made durable, then the bitmaps are removed. Returns the marker's sequence, or
+    /// `None` when blocks are still dirty (or the buffer overflowed again).
+    pub(crate) fn close_window(&self) -> Result<Option<Seq>, AgentError> {
+        let mut g = self.lock();
+        let Some(w) = g.window.as_ref() else {
+            return Ok(None);
+        };
+        if w.overflowing || w.resyncing || w.maps.values().any(|m| m.count() > 0) {
+            return Ok(None);
+        }
+        let (seq, pending) =
+            self.log_locked(&mut g, 0, OpRef::Marker(MarkerKind::CatchUpDone), true)?;
+        // Synced under the lock: no new window may open (and recreate a bitmap file) before
+        // the old files are gone.
+        if let Some((earlier, f)) = &pending.sync {
+            for (_, e) in earlier {
+                e.sync_data()
+                    .map_err(AgentError::io("sync stream log", &self.dir))?;
+            }
+            f.sync_data()
+                .map_err(AgentError::io("sync stream log", &self.dir))?;
+            let synced: Vec<Seq> = earlier.iter().map(|(s, _)| *s).collect();
+            g.unsynced.retain(|(first, _)| !synced.contains(first));
+        }
+        let w = g.window.take().expect("window is open");
+        for m in w.maps.values() {
+            std::fs::remove_file(m.path())
+                .map_err(AgentError::io("remove dirty bitmap", m.path()))?;
+        }
+        if g.state.resync {
+            g.state.resync = false;
+            state::store(&self.dir, &g.state)?;
+        }
+        drop(g);
+        if pending.full {
+            self.rotate()?;
+        }
+        self.seal_now.notify_one();
+        tracing::info!(dir = %self.dir.display(), seq = %seq, "catch-up complete: the stream is ordered again");
+        Ok(Some(seq))
+    }
+}
+
+/// Closed logs not synced yet, by first sequence.
+type Unsynced = Vec<(Seq, Arc<File>)>;
+
+/// What an append leaves to do once the stream's lock is released.
+struct PendingAppend {
+    /// Files to sync for a durable append: closed logs not synced yet, and the open log.
+    sync: Option<(Unsynced, Arc<File>)>,
+    /// The open log reached the seal size.
+    full: bool,
+}
+
+fn sync_dir(dir: &Path) -> Result<(), AgentError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(AgentError::io("sync stream directory", dir))
+}
+
+/// The dirty bitmaps an earlier run left (a catch-up window that was open).
+fn recover_bitmaps(dir: &Path) -> Result<BTreeMap<u16, DirtyMap>, AgentError> {
+    let mut maps = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(AgentError::io("list stream directory", dir))? {
+        let entry = entry.map_err(AgentError::io("list stream directory", dir))?;
+        if let Some(disk) = entry.file_name().to_str().and_then(dirty::parse_file_name) {
+            maps.insert(disk, DirtyMap::open(&entry.path())?);
+        }
+    }
+    Ok(maps)
 }
 
 fn remove_logs(dir: &Path) -> Result<(), AgentError> {
     for name in list_logs(dir)? {
         let p = dir.join(log::file_name(name));
         std::fs::remove_file(&p).map_err(AgentError::io("remove old stream log", &p))?;
+    }
+    for disk in recover_bitmaps(dir)?.keys() {
+        let p = dir.join(dirty::file_name(*disk));
+        std::fs::remove_file(&p).map_err(AgentError::io("remove old dirty bitmap", &p))?;
     }
     Ok(())
 }
@@ -397,11 +768,15 @@ fn recover_logs(
         }
         next = last_rec.seq.next();
         last_time = last_rec.time;
+        let bytes = std::fs::metadata(&path)
+            .map_err(AgentError::io("stat stream log", &path))?
+            .len();
         closed.push_back(ClosedLog {
             path,
             first_seq: first_rec.seq,
             last_seq: last_rec.seq,
             first_time: first_rec.time,
+            bytes,
         });
     }
     Ok((closed, next, last_time))

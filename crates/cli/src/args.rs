@@ -38,6 +38,21 @@ pub enum Output {
     Json,
 }
 
+/// A section of `ferry bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchSection {
+    /// NBD write path beside qemu-nbd.
+    Nbd,
+    /// Sustained churn the pipeline keeps up with.
+    Churn,
+    /// Initial replication.
+    Initial,
+    /// Failover, hydration and reprotect.
+    Failover,
+    /// Storage efficiency of recovery points.
+    Storage,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
     /// Run the whole story on the embedded default in a fresh directory; exit 0 when verified.
@@ -49,6 +64,9 @@ pub enum Cmd {
         /// A shorter run with smaller sizes.
         #[arg(long)]
         quick: bool,
+        /// Run only these sections, comma-separated (default: all).
+        #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTION")]
+        only: Vec<BenchSection>,
     },
     #[command(subcommand)]
     Region(RegionCmd),
@@ -330,6 +348,18 @@ pub enum ReplicationCmd {
         /// Rebuild damaged chunks in place from the source disks where they still hold the data.
         #[arg(long)]
         repair: bool,
+    },
+    /// Resynchronise an item whose stream cannot be trusted (state `resync-required`), or on
+    /// demand: read every block of every disk and send only those that differ from the
+    /// replica, under a new generation that fences any stale writer. Points are kept.
+    ///
+    /// Example: `ferry replication repair rg1/web1 --wait`
+    Repair {
+        /// GROUP/VM
+        name: String,
+        /// Wait for the job to finish.
+        #[arg(long)]
+        wait: bool,
     },
 }
 

@@ -22,6 +22,10 @@ struct ConfigFile {
     /// Seal a segment once this many bytes are pending (default 8 MiB).
     #[serde(default)]
     seal_bytes: Option<u64>,
+    /// Bound of each protected VM's ship buffer, the local logs not yet in the cache account
+    /// (default 2 GiB); writes beyond it are tracked as dirty blocks and caught up later.
+    #[serde(default)]
+    ship_buffer_bytes: Option<u64>,
     /// Unreferenced chunks and map pages are deleted this long after garbage collection
     /// found them (default 600).
     #[serde(default)]
@@ -93,6 +97,15 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
                 );
             }
             cfg.stream.seal_bytes = bytes;
+        }
+        if let Some(bytes) = file.ship_buffer_bytes {
+            if !(1 << 20..=1 << 40).contains(&bytes) {
+                bail!(
+                    "config {}: ship_buffer_bytes must be between 1 MiB and 1 TiB",
+                    path.display()
+                );
+            }
+            cfg.stream.buffer_bytes = bytes;
         }
         if let Some(secs) = file.gc_grace_seconds {
             if !(0.0..=7.0 * 86_400.0).contains(&secs) {

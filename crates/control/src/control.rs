@@ -115,6 +115,11 @@ impl Control {
         for (_, item) in items {
             item.stop().await;
         }
+        // Streams stop cleanly too, so a change to a disk while the server is down is seen at
+        // the next start.
+        for agent in self.agents.values() {
+            agent.stop_all().await;
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 

@@ -42,6 +42,7 @@ impl From<ReplicaError> for ControlError {
             ReplicaError::UnknownPoint(_)
             | ReplicaError::NoPoints
             | ReplicaError::UnknownDisk { .. } => ControlError::NotFound(e.to_string()),
+            ReplicaError::NotRecoverable { .. } => ControlError::Conflict(e.to_string()),
             other => ControlError::Internal(other.to_string()),
         }
     }
@@ -55,7 +56,10 @@ impl From<ferry_storage::StoreError> for ControlError {
 
 impl From<ferry_agent::AgentError> for ControlError {
     fn from(e: ferry_agent::AgentError) -> Self {
-        ControlError::Internal(e.to_string())
+        match e {
+            ferry_agent::AgentError::CatchingUp { .. } => ControlError::Conflict(e.to_string()),
+            other => ControlError::Internal(other.to_string()),
+        }
     }
 }
 

@@ -104,6 +104,9 @@ pub(crate) fn spawn(control: Arc<Control>, job: Job) {
             "test-failover-cleanup" => crate::failover::run_test_cleanup(&control, &mut job).await,
             "failover-commit" => crate::failover::run_commit(&control, &mut job).await,
             "reprotect" => crate::failover::run_reprotect(&control, &mut job).await,
+            "repair-replication" => {
+                crate::replication::repair::run_repair(&control, &mut job).await
+            }
             other => Err(ControlError::Internal(format!("unknown job kind {other}"))),
         };
         if let Err(e) = result {

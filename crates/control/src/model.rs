@@ -197,6 +197,12 @@ pub struct Replication {
     /// How the last test failover ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_test_failover: Option<TestFailover>,
+    /// Why the item needs a repair (state `resync-required`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_reason: Option<String>,
+    /// During a repair: the sequence the new generation's stream starts at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resync_from: Option<ferry_types::Seq>,
 }
 
 impl Replication {
@@ -291,12 +297,17 @@ pub mod state {
     pub const FAILED_OVER: &str = "failed-over";
     pub const FAILOVER_COMMITTED: &str = "failover-committed";
     pub const REPROTECTING: &str = "reprotecting";
+    /// The stream cannot be trusted (a disk changed while nothing tracked it): replication is
+    /// stopped until `ferry replication repair`.
+    pub const RESYNC_REQUIRED: &str = "resync-required";
+    /// A repair is comparing every block with the replica and sending the ones that differ.
+    pub const RESYNCHRONIZING: &str = "resynchronizing";
 
     /// States in which the item's stream and processor run.
     pub fn replicating(state: &str) -> bool {
         matches!(
             state,
-            ENABLING | INITIAL_REPLICATION | PROTECTED | REPROTECTING
+            ENABLING | INITIAL_REPLICATION | PROTECTED | REPROTECTING | RESYNCHRONIZING
         )
     }
 }

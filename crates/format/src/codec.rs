@@ -148,6 +148,17 @@ pub(crate) fn open_frame<'a>(
     version: u16,
     data: &'a [u8],
 ) -> Result<Reader<'a>, FormatError> {
+    open_frame_versions(format, magic, version..=version, data).map(|(r, _)| r)
+}
+
+/// As [`open_frame`] for a format that reads several versions; also returns the version.
+pub(crate) fn open_frame_versions<'a>(
+    format: &'static str,
+    magic: &[u8; 8],
+    versions: std::ops::RangeInclusive<u16>,
+    data: &'a [u8],
+) -> Result<(Reader<'a>, u16), FormatError> {
+    let version = *versions.end();
     if data.len() < 8 + 2 + 32 {
         return Err(FormatError::Truncated {
             format,
@@ -158,7 +169,7 @@ pub(crate) fn open_frame<'a>(
         return Err(FormatError::BadMagic { format });
     }
     let v = u16::from_le_bytes([data[8], data[9]]);
-    if v != version {
+    if !versions.contains(&v) {
         return Err(FormatError::UnsupportedVersion {
             format,
             version: v,
@@ -174,7 +185,7 @@ pub(crate) fn open_frame<'a>(
         data: body,
         pos: 10,
     };
-    Ok(r)
+    Ok((r, v))
 }
 
 /// The digest an object carries as its trailer (its identity in a chain), without verifying.

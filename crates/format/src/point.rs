@@ -7,12 +7,14 @@
 
 use ferry_types::{Generation, Seq, StreamId, Timestamp};
 
-use crate::codec::{Writer, open_frame};
+use crate::codec::{Writer, open_frame_versions};
 use crate::{Digest, FormatError};
 
 const FORMAT: &str = "recovery point";
 pub const MAGIC: &[u8; 8] = b"FERRYRPT";
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
+/// The oldest version still read (version 1 has no `catch_up_seq`).
+const OLDEST: u16 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PointKind {
@@ -64,6 +66,9 @@ pub struct PointRecord {
     pub segment_prev_digest: Digest,
     /// Sequence of the record that ended the initial copy, once it has been applied.
     pub initial_sync_seq: Option<Seq>,
+    /// Sequence of the overflow marker of a catch-up still in progress: from there until its
+    /// catch-up-done marker the replica is not a consistent image.
+    pub catch_up_seq: Option<Seq>,
     pub disks: Vec<DiskMap>,
 }
 
@@ -86,11 +91,12 @@ impl PointRecord {
                 w.bytes(&p.0);
             }
         }
+        w.u64(self.catch_up_seq.map_or(u64::MAX, |s| s.0));
         w.finish()
     }
 
     pub fn decode(data: &[u8]) -> Result<Self, FormatError> {
-        let mut r = open_frame(FORMAT, MAGIC, VERSION, data)?;
+        let (mut r, version) = open_frame_versions(FORMAT, MAGIC, OLDEST..=VERSION, data)?;
         let kind = r.u8()?;
         let kind = PointKind::from_u8(kind)
             .ok_or_else(|| FormatError::invalid(FORMAT, format!("unknown kind {kind}")))?;
@@ -116,6 +122,7 @@ impl PointRecord {
             let pages = (0..npages).map(|_| r.digest()).collect::<Result<_, _>>()?;
             disks.push(DiskMap { size, pages });
         }
+        let catch_up = if version >= 2 { r.u64()? } else { u64::MAX };
         if r.remaining() != 0 {
             return Err(FormatError::invalid(
                 FORMAT,
@@ -131,6 +138,7 @@ impl PointRecord {
             segment_first_seq,
             segment_prev_digest,
             initial_sync_seq: (initial != u64::MAX).then_some(Seq(initial)),
+            catch_up_seq: (catch_up != u64::MAX).then_some(Seq(catch_up)),
             disks,
         })
     }

@@ -15,7 +15,8 @@ pub const VERSION: u16 = 1;
 /// Largest payload of one write record (the NBD limit).
 pub const MAX_RECORD_LEN: u64 = 32 << 20;
 /// Bytes of a record before its payload.
-const RECORD_HEADER: usize = 40;
+/// Bytes of a record before its payload.
+pub const RECORD_HEADER: usize = 40;
 /// Largest body a segment may declare (sealing cuts segments far smaller).
 pub const MAX_RAW_LEN: u64 = 1 << 30;
 
@@ -28,6 +29,13 @@ pub enum MarkerKind {
     AppConsistent = 2,
     /// The initial copy of the disks ends here.
     InitialSyncDone = 3,
+    /// The agent's ship buffer overflowed: writes after this marker were tracked in a dirty
+    /// bitmap and arrive as block copies, out of order, until [`MarkerKind::CatchUpDone`].
+    /// No instant in between is a consistent image of the disks.
+    Overflow = 4,
+    /// Every block dirtied since the last [`MarkerKind::Overflow`] has been copied: the replica
+    /// is a consistent image again here.
+    CatchUpDone = 5,
 }
 
 impl MarkerKind {
@@ -36,6 +44,8 @@ impl MarkerKind {
             1 => Some(Self::CrashConsistent),
             2 => Some(Self::AppConsistent),
             3 => Some(Self::InitialSyncDone),
+            4 => Some(Self::Overflow),
+            5 => Some(Self::CatchUpDone),
             _ => None,
         }
     }

@@ -25,7 +25,7 @@ proptest! {
     }
 
     #[test]
-    fn points_round_trip(seq in any::<u64>(), t in any::<i64>(), pages in proptest::collection::vec(any::<[u8; 32]>(), 0..50)) {
+    fn points_round_trip(seq in any::<u64>(), t in any::<i64>(), catch_up in proptest::option::of(0..u64::MAX), pages in proptest::collection::vec(any::<[u8; 32]>(), 0..50)) {
         let rec = PointRecord {
             kind: PointKind::AppConsistent,
             stream: StreamId([1; 16]),
@@ -35,6 +35,7 @@ proptest! {
             segment_first_seq: Seq(seq / 2),
             segment_prev_digest: Digest::ZERO,
             initial_sync_seq: None,
+            catch_up_seq: catch_up.map(Seq),
             disks: vec![DiskMap { size: 1 << 30, pages: pages.into_iter().map(Digest).collect() }],
         };
         prop_assert_eq!(PointRecord::decode(&rec.encode()).unwrap(), rec);
@@ -67,6 +68,7 @@ fn corrupt_objects_are_refused_with_a_named_format() {
         segment_first_seq: Seq(5),
         segment_prev_digest: Digest::ZERO,
         initial_sync_seq: None,
+        catch_up_seq: None,
         disks: vec![],
     };
     let mut bytes = rec.encode();
@@ -79,11 +81,11 @@ fn corrupt_objects_are_refused_with_a_named_format() {
         }
     );
     assert!(err.to_string().contains("corrupt"));
-    let mut v2 = rec.encode();
-    v2[8] = 2;
+    let mut v3 = rec.encode();
+    v3[8] = 3;
     assert!(matches!(
-        PointRecord::decode(&v2),
-        Err(FormatError::UnsupportedVersion { version: 2, .. })
+        PointRecord::decode(&v3),
+        Err(FormatError::UnsupportedVersion { version: 3, .. })
     ));
 }
 

@@ -119,9 +119,8 @@ fn pack_v1_decodes() {
     );
 }
 
-#[test]
-fn recovery_point_v1_decodes() {
-    let rec = PointRecord {
+fn point_record() -> PointRecord {
+    PointRecord {
         kind: PointKind::CrashConsistent,
         stream: StreamId([0xcd; 16]),
         generation: Generation(3),
@@ -130,6 +129,7 @@ fn recovery_point_v1_decodes() {
         segment_first_seq: Seq(90),
         segment_prev_digest: Digest([2; 32]),
         initial_sync_seq: Some(Seq(50)),
+        catch_up_seq: None,
         disks: vec![
             DiskMap {
                 size: 64 << 20,
@@ -140,7 +140,24 @@ fn recovery_point_v1_decodes() {
                 pages: vec![],
             },
         ],
+    }
+}
+
+#[test]
+fn recovery_point_v1_decodes() {
+    // Version 1 has no catch-up field: it reads as none.
+    let rec = point_record();
+    let bytes = std::fs::read(format!("{DIR}/recovery-point-v1.point")).unwrap();
+    assert_eq!(PointRecord::decode(&bytes).unwrap(), rec);
+}
+
+#[test]
+fn recovery_point_v2_decodes() {
+    let rec = PointRecord {
+        kind: PointKind::Checkpoint,
+        catch_up_seq: Some(Seq(95)),
+        ..point_record()
     };
-    let bytes = fixture("recovery-point-v1.point", || rec.encode());
+    let bytes = fixture("recovery-point-v2.point", || rec.encode());
     assert_eq!(PointRecord::decode(&bytes).unwrap(), rec);
 }

@@ -21,6 +21,18 @@ pub enum ReplicaError {
     NoPoints,
     #[error("disk {disk} does not exist in this recovery point (it has {count} disks)")]
     UnknownDisk { disk: usize, count: usize },
+    #[error(
+        "{at} is not point-in-time recoverable: the agent's ship buffer overflowed at {since} and \
+         the writes after it were sent out of order until the catch-up {}; choose an instant \
+         before {since}{}",
+        match until { Some(u) => format!("completed at {u}"), None => "completes".into() },
+        match until { Some(u) => format!(" or after {u}"), None => String::new() }
+    )]
+    NotRecoverable {
+        at: ferry_types::Timestamp,
+        since: ferry_types::Timestamp,
+        until: Option<ferry_types::Timestamp>,
+    },
     #[error("{0}")]
     Internal(String),
 }

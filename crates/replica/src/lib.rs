@@ -19,6 +19,7 @@ pub mod gc;
 pub mod layout;
 pub mod points;
 pub mod processor;
+pub mod resync;
 pub mod retention;
 pub mod verify;
 

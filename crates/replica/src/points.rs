@@ -126,7 +126,8 @@ pub async fn latest_record(layout: &ReplicaLayout) -> Result<Option<PointRecord>
         .last()
         .map(|s| (*s, checkpoints.clone()));
     let newest = match (p, c) {
-        (Some(a), Some(b)) => Some(if b.0 > a.0 { b } else { a }),
+        // A checkpoint at a point's sequence is the newer record (a repair's fence writes one).
+        (Some(a), Some(b)) => Some(if b.0 >= a.0 { b } else { a }),
         (a, b) => a.or(b),
     };
     match newest {

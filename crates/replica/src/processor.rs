@@ -67,6 +67,9 @@ pub struct ProcessorStatus {
     pub applied_time: Option<Timestamp>,
     /// Set once the initial copy is applied and the first point published.
     pub initial_sync_seq: Option<u64>,
+    /// The overflow marker of a catch-up in progress, and its time when this run applied it.
+    pub catch_up_seq: Option<u64>,
+    pub catch_up_since: Option<Timestamp>,
     pub last_point: Option<PointInfo>,
     pub segments_applied: u64,
     pub segment_bytes_applied: u64,
@@ -77,6 +80,8 @@ pub struct ProcessorStatus {
     pub refused_segment: Option<u64>,
     /// Objects garbage collection deleted since the processor started.
     pub gc_deleted: u64,
+    /// Segments of a stale (fenced) generation found in the cache and deleted.
+    pub stale_segments_deleted: u64,
 }
 
 /// The processor of one item.
@@ -96,6 +101,9 @@ struct Position {
     prev_digest: Digest,
     generation: Generation,
     initial_sync_seq: Option<Seq>,
+    /// The overflow marker of a catch-up in progress (its time, when seen by this run): no
+    /// point is published until its catch-up-done marker.
+    catch_up: Option<(Seq, Option<Timestamp>)>,
     /// Segments fully applied but not yet covered by a durable record.
     pending: Vec<Seq>,
     last_durable: Instant,
@@ -156,6 +164,7 @@ impl Processor {
             prev_digest: Digest::ZERO,
             generation,
             initial_sync_seq: None,
+            catch_up: None,
             pending: Vec::new(),
             last_durable: Instant::now(),
         }
@@ -179,6 +188,7 @@ impl Processor {
                     prev_digest: rec.segment_prev_digest,
                     generation: rec.generation,
                     initial_sync_seq: rec.initial_sync_seq,
+                    catch_up: rec.catch_up_seq.map(|q| (q, None)),
                     pending: Vec::new(),
                     last_durable: Instant::now(),
                 }
@@ -204,6 +214,7 @@ impl Processor {
             s.applied_seq = (pos.applied.0 > 0).then_some(pos.applied.0);
             s.applied_time = (pos.applied.0 > 0).then_some(pos.applied_time);
             s.initial_sync_seq = pos.initial_sync_seq.map(|q| q.0);
+            s.catch_up_seq = pos.catch_up.map(|(q, _)| q.0);
             s.last_point = last;
         });
         Ok(pos)
@@ -234,6 +245,22 @@ impl Processor {
                 }
                 Err(e) => return Err(e.into()),
             };
+            if let Ok(stale) = segment::decode(&bytes)
+                && stale.header.generation < pos.generation
+            {
+                // A writer fenced by a repair stored this after the fence: it is not part of
+                // the stream. Deleting it lets the current writer store its own segment here.
+                tracing::warn!(
+                    stream = %self.layout.stream,
+                    segment = %key,
+                    stale = %stale.header.generation,
+                    current = %pos.generation,
+                    "deleted a segment of a stale generation"
+                );
+                self.cache.delete(&key).await?;
+                self.update(|s| s.stale_segments_deleted += 1);
+                continue;
+            }
             let seg = match self.verify(&bytes, &pos) {
                 Ok(seg) => seg,
                 Err(reason) => {
@@ -251,7 +278,9 @@ impl Processor {
                 }
             };
             self.journal(&seg, bytes.clone()).await?;
+            ferry_types::failpoint::hit("processor-after-journal");
             self.apply(&mut pos, &seg, bytes.len() as u64).await?;
+            ferry_types::failpoint::hit("processor-after-apply");
             let dirty: u64 = pos
                 .disks
                 .iter()
@@ -345,7 +374,8 @@ impl Processor {
         Ok(())
     }
 
-    /// A marker: publish a point of its kind once the initial copy is in.
+    /// A marker: publish a point of its kind once the initial copy is in and no catch-up is
+    /// in progress.
     async fn at_marker(
         &self,
         pos: &mut Position,
@@ -360,8 +390,27 @@ impl Processor {
             }
             MarkerKind::CrashConsistent => PointKind::CrashConsistent,
             MarkerKind::AppConsistent => PointKind::AppConsistent,
+            MarkerKind::Overflow => {
+                if pos.catch_up.is_none() {
+                    tracing::warn!(stream = %self.layout.stream, seq = %r.seq, "the agent's ship buffer overflowed; no point until its catch-up completes");
+                    pos.catch_up = Some((r.seq, Some(r.time)));
+                    self.update(|s| {
+                        s.catch_up_seq = Some(r.seq.0);
+                        s.catch_up_since = Some(r.time);
+                    });
+                }
+                return Ok(());
+            }
+            MarkerKind::CatchUpDone => {
+                pos.catch_up = None;
+                self.update(|s| {
+                    s.catch_up_seq = None;
+                    s.catch_up_since = None;
+                });
+                PointKind::CrashConsistent
+            }
         };
-        if pos.initial_sync_seq.is_none() {
+        if pos.initial_sync_seq.is_none() || pos.catch_up.is_some() {
             return Ok(());
         }
         let last = seg.header.last_seq;
@@ -461,6 +510,7 @@ impl Processor {
             segment_first_seq,
             segment_prev_digest,
             initial_sync_seq: pos.initial_sync_seq,
+            catch_up_seq: pos.catch_up.map(|(q, _)| q),
             disks: pos.disks.iter().map(|d| d.disk_map()).collect(),
         };
         let prefix = match kind {
@@ -477,6 +527,7 @@ impl Processor {
             Ok(_) | Err(StoreError::AlreadyExists { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        ferry_types::failpoint::hit("processor-after-point");
         pos.last_durable = Instant::now();
         for first in std::mem::take(&mut pos.pending) {
             let key = Key::parse(&segment::object_name(first))?;
@@ -682,6 +733,28 @@ pub async fn block_hashes(layout: &ReplicaLayout) -> Result<Vec<Vec<Digest>>, Re
 }
 
 impl Processor {
+    /// The time of the first catch-up-done marker after `after`, looking through the journal
+    /// from segment `from` on; none when it is not in the journal (yet).
+    async fn catch_up_end(&self, after: Seq, from: Seq) -> Result<Option<Timestamp>, ReplicaError> {
+        let mut next = from;
+        loop {
+            let bytes = match self.layout.meta.get(&self.layout.journal_key(next)).await {
+                Ok(b) => b,
+                Err(StoreError::NotFound { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            let seg = segment::decode(&bytes).map_err(ReplicaError::format("journal segment"))?;
+            let end = seg
+                .records
+                .iter()
+                .find(|r| r.seq > after && r.op == Op::Marker(MarkerKind::CatchUpDone));
+            if let Some(r) = end {
+                return Ok(Some(r.time));
+            }
+            next = seg.header.last_seq.next();
+        }
+    }
+
     /// The disks exactly as they were at instant `t`: from `base` (a point at or before `t`),
     /// replay the journal's records sequenced at or before `t`, and publish the result as a
     /// crash-consistent point at the last such record (its time is that record's). Returns
@@ -703,6 +776,7 @@ impl Processor {
             prev_digest: base.segment_prev_digest,
             generation: base.generation,
             initial_sync_seq: base.initial_sync_seq,
+            catch_up: base.catch_up_seq.map(|q| (q, None)),
             pending: Vec::new(),
             last_durable: Instant::now(),
         };
@@ -714,6 +788,22 @@ impl Processor {
                 Err(StoreError::NotFound { .. }) => break,
                 Err(e) => return Err(e.into()),
             };
+            if let Ok(seg) = segment::decode(&bytes)
+                && seg.header.generation > pos.generation
+            {
+                // A repair fenced the stream here: the new generation starts with a resync,
+                // which is a catch-up window until its catch-up-done marker.
+                match seg.records.first() {
+                    Some(first) if first.time <= t => {
+                        return Err(ReplicaError::NotRecoverable {
+                            at: t,
+                            since: first.time,
+                            until: self.catch_up_end(first.seq, pos.next_segment).await?,
+                        });
+                    }
+                    _ => break 'segments,
+                }
+            }
             let seg = self
                 .verify(&bytes, &pos)
                 .map_err(|reason| ReplicaError::SegmentRefused {
@@ -727,9 +817,13 @@ impl Processor {
                 .collect();
             self.prefetch(&mut pos, &todo).await?;
             for r in &todo {
-                if let Op::Marker(_) = r.op {
-                } else {
-                    pos.disks[r.disk as usize].apply(&r.op);
+                match r.op {
+                    Op::Marker(MarkerKind::Overflow) if pos.catch_up.is_none() => {
+                        pos.catch_up = Some((r.seq, Some(r.time)));
+                    }
+                    Op::Marker(MarkerKind::CatchUpDone) => pos.catch_up = None,
+                    Op::Marker(_) => {}
+                    ref op => pos.disks[r.disk as usize].apply(op),
                 }
                 pos.applied = r.seq;
                 pos.applied_time = r.time;
@@ -744,6 +838,13 @@ impl Processor {
             pos.next_segment = last.next();
             resume = (pos.next_segment, pos.prev_digest);
         }
+        if let Some((_, since)) = pos.catch_up {
+            return Err(ReplicaError::NotRecoverable {
+                at: t,
+                since: since.unwrap_or(base.time),
+                until: self.catch_up_end(pos.applied, resume.0).await?,
+            });
+        }
         if pos.applied == base.seq {
             return Ok(base.clone());
         }
@@ -757,6 +858,7 @@ impl Processor {
             segment_first_seq: resume.0,
             segment_prev_digest: resume.1,
             initial_sync_seq: pos.initial_sync_seq,
+            catch_up_seq: None,
             disks: pos.disks.iter().map(|d| d.disk_map()).collect(),
         };
         let key = self.layout.points_prefix().join(&rec.object_name());

@@ -35,6 +35,9 @@ enum Step {
         len: u64,
     },
     Cut(bool),
+    /// The agent's ship buffer overflowed (`true`: an overflow marker) or its catch-up
+    /// completed (`false`: a catch-up-done marker).
+    Window(bool),
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -44,6 +47,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => extent.clone().prop_map(|(disk, offset, len)| Step::Zero { disk, offset, len }),
         1 => extent.prop_map(|(disk, offset, len)| Step::Trim { disk, offset, len }),
         2 => any::<bool>().prop_map(Step::Cut),
+        1 => any::<bool>().prop_map(Step::Window),
     ]
 }
 
@@ -66,6 +70,8 @@ fn records(steps: &[Step]) -> (Vec<Record>, Snapshots) {
         op: Op::Marker(MarkerKind::InitialSyncDone),
     }];
     let mut snaps = vec![(Seq(1), model.clone())];
+    // Inside a catch-up window no marker becomes a point.
+    let mut window = false;
     for (i, st) in steps.iter().enumerate() {
         let seq = Seq(i as u64 + 2);
         let time = Timestamp(1_000 + i as i64 + 1);
@@ -101,8 +107,19 @@ fn records(steps: &[Step]) -> (Vec<Record>, Snapshots) {
                 };
                 (disk, op)
             }
-            Step::Cut(app) => {
+            Step::Window(true) => {
+                window = true;
+                (0, Op::Marker(MarkerKind::Overflow))
+            }
+            Step::Window(false) => {
+                window = false;
                 snaps.push((seq, model.clone()));
+                (0, Op::Marker(MarkerKind::CatchUpDone))
+            }
+            Step::Cut(app) => {
+                if !window {
+                    snaps.push((seq, model.clone()));
+                }
                 (
                     0,
                     Op::Marker(if app {
@@ -406,4 +423,71 @@ async fn garbage_collection_waits_out_the_grace_period_then_frees_what_nothing_r
             "point {seq:?} damaged by collection"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_instant_inside_a_catch_up_window_is_recoverable() {
+    let write = |seed| Step::Write {
+        disk: 1,
+        offset: 4096,
+        len: 4096,
+        seed,
+        zero_data: false,
+    };
+    // Records at times 1001.. (seq 2..): write, cut, write, overflow, write, cut (ignored),
+    // write, catch-up done, write.
+    let steps = vec![
+        write(1),
+        Step::Cut(false),
+        write(2),
+        Step::Window(true),
+        write(3),
+        Step::Cut(false),
+        write(4),
+        Step::Window(false),
+        write(5),
+    ];
+    let stream = StreamId([5; 16]);
+    let (recs, snaps) = records(&steps);
+    let segs = segments(stream, &recs, &[2, 3]);
+    let layout = ReplicaLayout::new(stream, mem(), vec![mem(), mem(), mem()]);
+    let cache = mem();
+    put_all(&cache, &segs).await;
+    run_until(&layout, &cache, recs.last().unwrap().seq, None).await;
+    let published: Vec<u64> = points::list(&layout)
+        .await
+        .unwrap()
+        .iter()
+        .map(|p| p.seq.0)
+        .collect();
+    assert_eq!(published, vec![1, 3, 9], "no point inside the window");
+
+    let p = Processor::new(layout.clone(), cache.clone(), SIZES.to_vec(), config());
+    let base = points::list(&layout).await.unwrap()[1].clone(); // seq 3, time 1002
+    // Time 1003 (the write before the overflow): recoverable, and exactly the model there.
+    let rec = p.replay_to(&base, Timestamp(1_003)).await.unwrap();
+    assert_eq!(rec.seq, Seq(4));
+    let mut got = Vec::new();
+    let mut s = Box::pin(export::disk_bytes(&layout, &rec, 1).await.unwrap());
+    while let Some(b) = s.next().await {
+        got.extend_from_slice(&b.unwrap());
+    }
+    assert_eq!(got[4096], 2u8, "the second write is in");
+    // Times 1004..1007 are inside the window: refused, naming both ends.
+    for t in [1_004, 1_005, 1_007] {
+        let err = p.replay_to(&base, Timestamp(t)).await.unwrap_err();
+        match err {
+            ferry_replica::ReplicaError::NotRecoverable { since, until, .. } => {
+                assert_eq!(since, Timestamp(1_004));
+                assert_eq!(until, Some(Timestamp(1_008)));
+            }
+            other => panic!("instant {t}: expected not recoverable, got {other}"),
+        }
+    }
+    // The catch-up-done instant and after: recoverable again.
+    let all = points::list(&layout).await.unwrap();
+    let base9 = all.iter().find(|p| p.seq == Seq(9)).unwrap().clone();
+    assert_eq!(snaps.last().unwrap().0, Seq(9));
+    let rec = p.replay_to(&base9, Timestamp(1_009)).await.unwrap();
+    assert_eq!(rec.seq, Seq(10));
 }

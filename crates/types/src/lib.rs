@@ -1,6 +1,8 @@
 //! Plain values shared by every part of ferry: resource names, sequence numbers, generations,
-//! byte sizes, durations and instants. No I/O happens here.
+//! byte sizes, durations and instants. No I/O happens here, except [`failpoint`]: the named
+//! crash points tests arm through the environment, shared by every crate.
 
+pub mod failpoint;
 mod names;
 mod sizes;
 mod stream;

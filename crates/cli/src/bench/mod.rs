@@ -2,6 +2,7 @@
 //!
 //! Everything runs in-process (agent, stream, sealer, processor) on local `file://` stores in a
 //! fresh temporary directory, removed at the end. External tools: `qemu-img` and `qemu-nbd`.
+//! `--only` runs some sections ([`BenchSection`]) alone.
 
 mod churn;
 mod data;
@@ -9,6 +10,7 @@ mod failover;
 mod initial;
 mod nbd_write;
 mod rig;
+mod storage;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -16,7 +18,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::args::Output;
+use crate::args::{BenchSection, Output};
 
 /// Bytes per MB (figures are decimal: MB/s, GB/s).
 pub const MB: f64 = 1e6;
@@ -135,7 +137,7 @@ pub struct Plan {
     pub disk: u64,
 }
 
-pub async fn run(quick: bool, out: Output) -> Result<()> {
+pub async fn run(quick: bool, only: &[BenchSection], out: Output) -> Result<()> {
     let started = *STARTED.get_or_init(Instant::now);
     let work = WorkDir::create()?;
     progress(format!(
@@ -147,7 +149,7 @@ pub async fn run(quick: bool, out: Output) -> Result<()> {
         quick,
         disk: if quick { 256 * MIB } else { 1024 * MIB },
     };
-    let result = measure(work.path(), plan).await;
+    let result = measure(work.path(), plan, only).await;
     drop(work);
     let figures = result?;
     progress(format!("done in {:.0} s", started.elapsed().as_secs_f64()));
@@ -158,27 +160,52 @@ pub async fn run(quick: bool, out: Output) -> Result<()> {
     Ok(())
 }
 
-async fn measure(dir: &Path, plan: Plan) -> Result<Vec<Figure>> {
-    let rig = rig::Rig::start(dir).await?;
-    let mut figures = nbd_write::run(&rig, plan)
-        .await
-        .context("agent NBD write figures")?;
+/// Runs the sections asked for (every one when `only` is empty), in their usual order.
+async fn measure(dir: &Path, plan: Plan, only: &[BenchSection]) -> Result<Vec<Figure>> {
+    use BenchSection::*;
+    let wanted = |s: BenchSection| only.is_empty() || only.contains(&s);
+    let rig = if [Nbd, Churn, Initial].into_iter().any(wanted) {
+        Some(rig::Rig::start(dir).await?)
+    } else {
+        None
+    };
     let pool = std::sync::Arc::new(data::Pool::new(64 * MIB as usize));
-    figures.extend(
-        churn::run(&rig, plan, &pool)
-            .await
-            .context("sustained churn figure")?,
-    );
-    figures.extend(
-        initial::run(&rig, plan, &pool)
-            .await
-            .context("initial replication figures")?,
-    );
-    figures.extend(
-        failover::run(dir, plan, &pool)
-            .await
-            .context("failover and reprotect figures")?,
-    );
+    let mut figures = Vec::new();
+    if let Some(rig) = rig.as_ref().filter(|_| wanted(Nbd)) {
+        figures.extend(
+            nbd_write::run(rig, plan)
+                .await
+                .context("agent NBD write figures")?,
+        );
+    }
+    if let Some(rig) = rig.as_ref().filter(|_| wanted(Churn)) {
+        figures.extend(
+            churn::run(rig, plan, &pool)
+                .await
+                .context("sustained churn figure")?,
+        );
+    }
+    if let Some(rig) = rig.as_ref().filter(|_| wanted(Initial)) {
+        figures.extend(
+            initial::run(rig, plan, &pool)
+                .await
+                .context("initial replication figures")?,
+        );
+    }
+    if wanted(Failover) {
+        figures.extend(
+            failover::run(dir, plan, &pool)
+                .await
+                .context("failover and reprotect figures")?,
+        );
+    }
+    if wanted(Storage) {
+        figures.extend(
+            storage::run(dir, plan, &pool)
+                .await
+                .context("storage efficiency figures")?,
+        );
+    }
     Ok(figures)
 }
 

@@ -78,6 +78,7 @@ impl Rig {
                     stream_config: StreamConfig::default(),
                     crash_consistent_every: Duration::from_secs(5),
                     seed: None,
+                    resync_from: None,
                 },
             )
             .with_context(|| format!("start replication of {vm}"))?;

@@ -13,7 +13,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Demo => return crate::demo::run(cli.data.clone()).await,
         Cmd::Server(args) => return crate::server::run(cli.data.clone(), args).await,
-        Cmd::Bench { quick } => return crate::bench::run(*quick, cli.output).await,
+        Cmd::Bench { quick, only } => return crate::bench::run(*quick, only, cli.output).await,
         _ => {}
     }
     let client = Client::new(&cli)?;

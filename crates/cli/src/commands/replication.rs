@@ -81,6 +81,11 @@ pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result
             }
         }
         ReplicationCmd::Verify { name, repair } => verify(c, out, &name, repair).await?,
+        ReplicationCmd::Repair { name, wait } => {
+            let path = format!("{}/replication/repair", item_path(&name)?);
+            let job = c.post(&path, &serde_json::json!({})).await?;
+            job_or_wait(c, out, job, wait).await?
+        }
     }
     Ok(())
 }

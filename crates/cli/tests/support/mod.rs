@@ -54,6 +54,8 @@ pub struct Server {
     pub url: String,
     pub token: String,
     pub env: Vec<(String, String)>,
+    /// The server's `--config` file, if any.
+    pub config: Option<PathBuf>,
 }
 
 impl Server {
@@ -62,6 +64,22 @@ impl Server {
     }
 
     pub fn start_with(data: &Path, port: u16, env: Vec<(String, String)>) -> Server {
+        Self::start_full(data, port, env, None)
+    }
+
+    /// Start with a `--config` file holding `json`.
+    pub fn start_with_config(data: &Path, env: Vec<(String, String)>, json: &str) -> Server {
+        let path = data.with_extension("config.json");
+        std::fs::write(&path, json).unwrap();
+        Self::start_full(data, free_port(), env, Some(path))
+    }
+
+    fn start_full(
+        data: &Path,
+        port: u16,
+        env: Vec<(String, String)>,
+        config: Option<PathBuf>,
+    ) -> Server {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -71,6 +89,7 @@ impl Server {
             .args(["server", "--data"])
             .arg(data)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(config.iter().flat_map(|c| [Path::new("--config"), c]))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("FERRY_LOG", "info")
             .stdout(log.try_clone().unwrap())
@@ -91,6 +110,7 @@ impl Server {
             url,
             token,
             env,
+            config,
         };
         wait_until(60, "the API to answer", || {
             s.http("GET", "/healthz", None, true).0 == 200
@@ -103,6 +123,23 @@ impl Server {
         if let Some(mut c) = self.child.take() {
             c.kill().unwrap();
             c.wait().unwrap();
+        }
+    }
+
+    /// Stop the server cleanly (SIGTERM), waiting until it has exited.
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let ok = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "send SIGTERM to the server");
+            let mut exited = false;
+            wait_until(60, "the server to exit after SIGTERM", || {
+                exited = c.try_wait().unwrap().is_some();
+                exited
+            });
         }
     }
 
@@ -126,7 +163,7 @@ impl Server {
     /// Start again on the same data dir and port.
     pub fn restart(&mut self) {
         self.kill9();
-        let s = Server::start_with(&self.data, self.port, self.env.clone());
+        let s = Server::start_full(&self.data, self.port, self.env.clone(), self.config.clone());
         *self = s;
     }
 

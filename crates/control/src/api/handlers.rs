@@ -315,6 +315,14 @@ pub(crate) async fn reprotect(
     accepted(s.control.reprotect(&g, &v).await?)
 }
 
+/// Start a repair (hash-compare delta resync under a new generation).
+pub(crate) async fn repair_replication(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+) -> R {
+    accepted(s.control.repair_replication(&g, &v).await?)
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VerifyBody {

@@ -75,6 +75,10 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
             axum::routing::post(verify_replication),
         )
         .route(
+            "/v1/groups/{g}/vms/{vm}/replication/repair",
+            axum::routing::post(repair_replication),
+        )
+        .route(
             "/v1/groups/{g}/vms/{vm}/start",
             axum::routing::post(start_vm),
         )

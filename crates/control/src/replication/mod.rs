@@ -3,6 +3,7 @@
 
 pub(crate) mod app_consistent;
 pub(crate) mod monitor;
+pub(crate) mod repair;
 pub(crate) mod runtime;
 mod targets;
 mod verify;
@@ -102,6 +103,8 @@ impl Control {
             failover: None,
             test_failover: None,
             last_test_failover: None,
+            resync_reason: None,
+            resync_from: None,
         };
         self.db
             .insert(Kind::Replication, &vm_key, &rep, "replication of VM")?;

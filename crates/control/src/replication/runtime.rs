@@ -51,7 +51,7 @@ impl Control {
         let policy = self.policy(&rep.policy)?;
         let cache = self.item_cache(rep)?;
         let layout = self.layout(rep)?;
-        let seed = if rep.state == state::REPROTECTING {
+        let seed = if rep.state == state::REPROTECTING || rep.state == state::RESYNCHRONIZING {
             let hashes = ferry_replica::block_hashes(&layout).await?;
             if hashes.is_empty() {
                 // Not seeded yet: the reprotect job starts the item once the seed is stored.
@@ -62,7 +62,7 @@ impl Control {
             None
         };
         let agent = self.agent(&rep.source_region)?;
-        agent.start_replication(
+        let started = agent.start_replication(
             &rep.source_key(),
             ReplicationConfig {
                 stream: rep.stream,
@@ -73,8 +73,22 @@ impl Control {
                     policy.crash_consistent_every_seconds,
                 ),
                 seed,
+                resync_from: rep
+                    .resync_from
+                    .filter(|_| rep.state == state::RESYNCHRONIZING),
             },
-        )?;
+        );
+        match started {
+            Err(ferry_agent::AgentError::TrackingLost { reason }) => {
+                tracing::error!(%item, %reason, "replication cannot go on: resync required");
+                self.update_replication(&item, |r| {
+                    r.state = state::RESYNC_REQUIRED.into();
+                    r.resync_reason = Some(reason);
+                })?;
+                return Ok(());
+            }
+            other => other?,
+        }
         let vm = self.source_vm(rep)?;
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
         if !items.contains_key(&item) {

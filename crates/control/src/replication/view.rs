@@ -47,6 +47,14 @@ pub struct InitialReplicationView {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StatsView {
     pub bytes_written: u64,
+    /// Bytes waiting in the agent's ship buffer, and its bound.
+    pub ship_buffer_bytes: u64,
+    pub ship_buffer_limit: u64,
+    /// `ordered`, `overflow` (the buffer is full: writes tracked as dirty blocks) or
+    /// `catching-up`.
+    pub tracking: String,
+    pub dirty_bytes: u64,
+    pub catch_up_copied_bytes: u64,
     pub bytes_shipped: u64,
     pub segments_shipped: u64,
     pub segments_applied: u64,
@@ -61,6 +69,8 @@ pub struct ReplicationView {
     pub vm: String,
     pub source_region: String,
     pub state: String,
+    /// The writer generation: a repair moves to a new one, fencing the old stream.
+    pub generation: u64,
     pub health: String,
     pub health_reasons: Vec<String>,
     pub rpo_seconds: Option<f64>,
@@ -100,6 +110,44 @@ impl Control {
             reasons.push(format!("agent: {e}"));
             critical = true;
         }
+        if let Some(s) = agent.as_ref().map(|a| &a.stream)
+            && let Some(since) = s.unordered_since
+        {
+            const MIB: f64 = (1 << 20) as f64;
+            let what = if s.tracking == "overflow" {
+                format!(
+                    "the ship buffer ({:.0} MiB) is full: writes are tracked as dirty blocks",
+                    s.buffer_limit as f64 / MIB
+                )
+            } else {
+                "the catch-up is copying the blocks written while the ship buffer was full".into()
+            };
+            reasons.push(format!(
+                "{what} ({:.1} MiB to copy); no instant since {since} is point-in-time \
+                 recoverable until the catch-up completes, and the last point before it is kept",
+                s.dirty_bytes as f64 / MIB
+            ));
+            critical = true;
+        } else if let Some(p) = proc.as_ref()
+            && let Some(seq) = p.catch_up_seq
+        {
+            reasons.push(format!(
+                "the replica is applying a catch-up (from sequence {seq}): no new point until \
+                 it completes"
+            ));
+        }
+        if rep.state == state::RESYNC_REQUIRED {
+            reasons.push(format!(
+                "resync required: {}; replication is stopped, run `ferry replication repair {vm_key}`",
+                rep.resync_reason.as_deref().unwrap_or("the stream cannot be trusted")
+            ));
+            critical = true;
+        } else if rep.state == state::RESYNCHRONIZING {
+            reasons.push(
+                "a repair is comparing every block with the replica; no new point until it completes"
+                    .into(),
+            );
+        }
         if let Some((when, w)) = self.app_consistent_warning(&vm_key) {
             reasons.push(format!("app-consistent point at {when}: {w}"));
         }
@@ -114,7 +162,13 @@ impl Control {
                 .filter(|p| p.refused_segment.is_some())
                 .and_then(|p| p.applied_time)
                 .unwrap_or(now);
-            shipped_through.min(stuck).seconds_until(now)
+            // Nothing after the start of a catch-up window can be recovered until it closes.
+            let unordered = agent
+                .as_ref()
+                .and_then(|a| a.stream.unordered_since)
+                .or_else(|| proc.as_ref().and_then(|p| p.catch_up_since))
+                .unwrap_or(now);
+            shipped_through.min(stuck).min(unordered).seconds_until(now)
         });
         if let Some(r) = rpo {
             if r > RPO_CRITICAL_SECONDS {
@@ -162,6 +216,14 @@ impl Control {
         });
         let stats = StatsView {
             bytes_written: agent.as_ref().map_or(0, |a| a.stream.bytes_written),
+            ship_buffer_bytes: agent.as_ref().map_or(0, |a| a.stream.buffered_bytes),
+            ship_buffer_limit: agent.as_ref().map_or(0, |a| a.stream.buffer_limit),
+            tracking: agent
+                .as_ref()
+                .map_or("ordered", |a| a.stream.tracking)
+                .into(),
+            dirty_bytes: agent.as_ref().map_or(0, |a| a.stream.dirty_bytes),
+            catch_up_copied_bytes: agent.as_ref().map_or(0, |a| a.catch_up_copied_bytes),
             bytes_shipped: agent.as_ref().map_or(0, |a| a.stream.bytes_shipped),
             segments_shipped: agent.as_ref().map_or(0, |a| a.stream.segments_shipped),
             segments_applied: proc.as_ref().map_or(0, |p| p.segments_applied),
@@ -174,6 +236,7 @@ impl Control {
             vm: rep.vm.clone(),
             source_region: rep.source_region.clone(),
             state: rep.state.clone(),
+            generation: rep.generation.0,
             health: health.into(),
             health_reasons: reasons,
             rpo_seconds: rpo.map(|r| (r * 1000.0).round() / 1000.0),

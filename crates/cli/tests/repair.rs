@@ -1,0 +1,86 @@
+//! Tracking that cannot be trusted, and its repair: a disk image changed while the server was
+//! stopped puts the item in `resync-required` with the reason; `ferry replication repair` reads
+//! every block, sends only those that differ under a new generation, and the item is protected
+//! again with a latest point equal to the disks. The points from before are kept.
+
+mod support;
+
+use std::os::unix::fs::FileExt;
+
+use support::*;
+
+#[test]
+fn a_disk_changed_behind_the_agent_needs_a_repair_that_sends_only_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut s = Server::start(&d.join("data"));
+    s.base_resources(None);
+    s.create_vm("rg1/db1", "db", &["16MiB@sa1", "16MiB@sa2"]);
+    let uris = [s.disk_uri("rg1/db1", 0), s.disk_uri("rg1/db1", 1)];
+    assert!(qemu_io(&uris[0], "write -P 0x11 0 4M"));
+    assert!(qemu_io(&uris[1], "write -P 0x22 1M 4M"));
+    s.protect("rg1/db1");
+    let before = s.wait_point_after("rg1/db1", now(), 60);
+    let before_id = before["id"].as_str().unwrap().to_string();
+    s.export("rg1/db1", 0, &before_id, &d.join("before.raw"));
+    let before_hash = sha(&d.join("before.raw"));
+    let generation = s.replication("rg1/db1")["generation"].clone();
+
+    // The server stops cleanly; someone writes to disk 0's image behind ferry's back.
+    let image = s.json(&["vm", "show", "rg1/db1"]);
+    let image = image["disks"][0]["image"].as_str().unwrap().to_string();
+    s.terminate();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    f.write_all_at(&[0x77; 4096], 8 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    s.restart();
+
+    wait_until(60, "the item to need a resync", || {
+        s.replication("rg1/db1")["state"] == "resync-required"
+    });
+    let r = s.replication("rg1/db1");
+    assert_eq!(r["health"], "critical");
+    let reasons = r["health_reasons"].to_string();
+    assert!(
+        reasons.contains("disk 0") && reasons.contains("changed") && reasons.contains("repair"),
+        "the reason says which disk and what to do: {reasons}"
+    );
+
+    // The repair: a job that compares every block and sends only the changed one.
+    let job = s.json(&["replication", "repair", "rg1/db1", "--wait"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let r = s.replication("rg1/db1");
+    assert_eq!(r["state"], "protected");
+    assert_eq!(r["health"], "healthy", "{r}");
+    assert_ne!(
+        r["generation"], generation,
+        "a new generation fences the old stream"
+    );
+    let sent = r["initial_replication"]["sent_bytes"].as_u64().unwrap();
+    let total = r["initial_replication"]["total_bytes"].as_u64().unwrap();
+    assert_eq!(total, 32 << 20, "every block was compared");
+    assert!(
+        sent > 0 && sent <= 2 * 65536,
+        "only the changed block is sent: {sent} of {total} bytes"
+    );
+
+    // Replication goes on; the latest point equals the disks, the old point is unchanged.
+    assert!(qemu_io(&uris[1], "write -P 0x33 12M 64k"));
+    let after = s.wait_point_after("rg1/db1", now(), 60);
+    let after_id = after["id"].as_str().unwrap();
+    for (i, uri) in uris.iter().enumerate() {
+        let (point, source) = (d.join(format!("p{i}.raw")), d.join(format!("s{i}.raw")));
+        s.export("rg1/db1", i, after_id, &point);
+        read_disk(uri, &source);
+        assert!(
+            same_image(&point, &source),
+            "disk {i}: the point after the repair differs from the source"
+        );
+    }
+    s.export("rg1/db1", 0, &before_id, &d.join("before-again.raw"));
+    assert_eq!(sha(&d.join("before-again.raw")), before_hash);
+}

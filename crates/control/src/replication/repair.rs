@@ -1,0 +1,166 @@
+//! `ferry replication repair`: a hash-compare delta resync under a new generation.
+//!
+//! When the stream cannot be trusted (state `resync-required`), or on demand, the item's
+//! stream and processor stop; the replica is fenced for a new generation (cache segments
+//! deleted, a checkpoint that resumes at the next sequence and opens a catch-up window, see
+//! [`ferry_replica::resync`]); the agent starts the new generation's stream by reading every
+//! block of every disk and sending only those whose BLAKE3 digest differs from the replica's,
+//! while the VM keeps writing; the window closes with a point equal to the disks. Every point
+//! from before the repair is kept.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_types::Generation;
+use serde_json::json;
+
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::{ControlError, Result};
+use crate::model::{Job, state};
+
+pub(crate) const STEPS: &[&str] = &[
+    "Prerequisites check",
+    "Stop replication",
+    "Fence the old stream (new generation)",
+    "Compare every block, send the ones that differ",
+    "Protect",
+];
+
+impl Control {
+    /// Start a repair of `GROUP/VM`'s replication.
+    pub async fn repair_replication(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
+        let mut rep = self.replication(group, vm)?;
+        let allowed = [
+            state::PROTECTED,
+            state::INITIAL_REPLICATION,
+            state::RESYNC_REQUIRED,
+            state::RESYNCHRONIZING,
+        ];
+        if !allowed.contains(&rep.state.as_str()) {
+            return Err(ControlError::conflict(format!(
+                "cannot repair {}: it is {}; repair applies to a replicating item (protected, \
+                 initial-replication, resync-required)",
+                rep.item_key(),
+                rep.state
+            )));
+        }
+        if let Some(running) = rep.job.and_then(|id| self.job(id).ok())
+            && running.kind == "repair-replication"
+            && running.state == "running"
+        {
+            return Ok(running);
+        }
+        let job = self.new_job_with(
+            "repair-replication",
+            &rep.item_key(),
+            STEPS,
+            json!({ "from_state": rep.state, "reason": rep.resync_reason }),
+        )?;
+        rep.state = state::RESYNCHRONIZING.into();
+        rep.job = Some(job.id);
+        self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
+        crate::jobs::spawn(self.clone(), job.clone());
+        Ok(job)
+    }
+}
+
+pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<()> {
+    let item = job.target.clone();
+    let (group, vm) = item.split_once('/').unwrap_or((&item, ""));
+    let (group, vm) = (group.to_string(), vm.to_string());
+    let done = |job: &Job, i: usize| job.steps[i].state == "succeeded";
+    let rep = control.replication(&group, &vm)?;
+    let reason = rep
+        .resync_reason
+        .clone()
+        .unwrap_or_else(|| "requested".into());
+    control.job_step(job, 0, "succeeded", Some(reason))?;
+
+    if !done(job, 2) {
+        control.job_step(job, 1, "running", None)?;
+        control.stop_item(&rep).await;
+        control.job_step(job, 1, "succeeded", None)?;
+
+        control.job_step(job, 2, "running", None)?;
+        // A generation once per repair, kept in the job so a resumed job fences the same one.
+        let generation = match job.params.get("generation").and_then(|g| g.as_u64()) {
+            Some(g) => Generation(g),
+            None => {
+                let g = Generation(rep.generation.0 + 1);
+                job.params = json!({
+                    "from_state": job.params.get("from_state"),
+                    "reason": job.params.get("reason"),
+                    "generation": g.0,
+                });
+                control.db.put_job(job)?;
+                g
+            }
+        };
+        let rep = control.update_replication(&item, |r| r.generation = generation)?;
+        let layout = control.layout(&rep)?;
+        let cache = control.item_cache(&rep)?;
+        let start = ferry_replica::resync::fence(&layout, &cache, generation).await?;
+        control.update_replication(&item, |r| r.resync_from = Some(start))?;
+        control.job_step(
+            job,
+            2,
+            "succeeded",
+            Some(format!(
+                "generation {generation}, resuming at sequence {start}"
+            )),
+        )?;
+    }
+
+    control.job_step(job, 3, "running", None)?;
+    let rep = control.replication(&group, &vm)?;
+    let start = rep
+        .resync_from
+        .ok_or_else(|| ControlError::Internal("the repair lost its start sequence".into()))?;
+    control.ensure_running(&rep).await?;
+    let mut last_detail = String::new();
+    loop {
+        let view = control.show_replication(&group, &vm)?;
+        if view.state != state::RESYNCHRONIZING {
+            return Err(ControlError::conflict(format!(
+                "the item left the repair (state {})",
+                view.state
+            )));
+        }
+        let detail = view
+            .initial_replication
+            .as_ref()
+            .map(|i| {
+                format!(
+                    "{:.0}% ({} of {} bytes compared, {} sent)",
+                    i.percent, i.scanned_bytes, i.total_bytes, i.sent_bytes
+                )
+            })
+            .unwrap_or_default();
+        if detail != last_detail {
+            control.job_step(job, 3, "running", Some(detail.clone()))?;
+            last_detail = detail;
+        }
+        let caught_up = control.processor_status(&item).is_some_and(|p| {
+            p.catch_up_seq.is_none() && p.last_point.as_ref().is_some_and(|l| l.seq >= start.0)
+        });
+        if caught_up {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let view = control.show_replication(&group, &vm)?;
+    let sent = view
+        .initial_replication
+        .as_ref()
+        .map(|i| format!("{} of {} bytes sent", i.sent_bytes, i.total_bytes))
+        .unwrap_or_default();
+    control.job_step(job, 3, "succeeded", Some(sent))?;
+    control.update_replication(&item, |r| {
+        r.state = state::PROTECTED.into();
+        r.resync_reason = None;
+        r.resync_from = None;
+    })?;
+    control.job_step(job, 4, "succeeded", None)?;
+    control.job_succeed(job)
+}
