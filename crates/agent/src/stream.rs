@@ -111,7 +111,8 @@ pub struct StreamStatus {
     pub buffered_bytes: u64,
     pub buffer_limit: u64,
     /// `ordered` (every write in the stream), `overflow` (the buffer is full: writes are only
-    /// tracked as dirty blocks) or `catching-up` (dirty blocks are being copied).
+    /// tracked as dirty blocks), `catching-up` (dirty blocks are being copied) or `resyncing`
+    /// (a repair compares every block).
     pub tracking: &'static str,
     /// Since when the stream has not been ordered (the catch-up window's start).
     pub unordered_since: Option<Timestamp>,
@@ -506,6 +507,8 @@ impl Stream {
             Some(w) => (
                 if w.overflowing {
                     "overflow"
+                } else if w.resyncing {
+                    "resyncing"
                 } else {
                     "catching-up"
                 },

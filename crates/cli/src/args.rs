@@ -101,6 +101,8 @@ pub enum Cmd {
     },
     #[command(subcommand)]
     Job(JobCmd),
+    #[command(subcommand)]
+    Event(EventCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -409,6 +411,28 @@ pub enum DiskCmd {
         recovery_point: String,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventCmd {
+    /// State and health changes, job ends and faults, oldest first.
+    ///
+    /// Example: `ferry event list --target rg1/web1 --severity warning`
+    List {
+        /// Only events about this target: an item (`GROUP/VM`), or what a job acted on.
+        #[arg(long)]
+        target: Option<String>,
+        /// Only this kind (`health-changed`, `state-changed`, `job-failed`, `resync-required`,
+        /// `ship-buffer-overflow`, `catch-up-done`, `segment-refused`, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        /// This severity and above: `info`, `warning`, `critical`.
+        #[arg(long)]
+        severity: Option<String>,
+        /// At most this many, the newest.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
 }
 

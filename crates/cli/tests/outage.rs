@@ -234,6 +234,28 @@ fn a_minute_without_the_cache_account_is_caught_up_without_a_full_resync() {
         "no second initial replication"
     );
 
+    // The outage is in the events: the buffer overflowed, health went critical, the catch-up
+    // completed and health came back.
+    let events = s.json(&["event", "list", "--target", "rg1/app1", "--limit", "10000"]);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["ship-buffer-overflow", "catch-up-done", "health-changed"] {
+        assert!(kinds.contains(&kind), "no {kind} event: {events:#}");
+    }
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["kind"] == "health-changed"
+                && e["message"].as_str().unwrap().ends_with("→ healthy")),
+        "health came back: {events:#}"
+    );
+
     // The latest point equals the source disk.
     let id = point["id"].as_str().unwrap();
     s.export("rg1/app1", 0, id, &d.join("point.raw"));

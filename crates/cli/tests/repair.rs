@@ -83,4 +83,39 @@ fn a_disk_changed_behind_the_agent_needs_a_repair_that_sends_only_the_difference
     }
     s.export("rg1/db1", 0, &before_id, &d.join("before-again.raw"));
     assert_eq!(sha(&d.join("before-again.raw")), before_hash);
+
+    // The story is in the events: resync required (critical, with the reason), the repair
+    // job's end, health back to healthy.
+    let events = s.json(&["event", "list", "--target", "rg1/db1"]);
+    let events = events.as_array().unwrap();
+    let has = |kind: &str, severity: &str, text: &str| {
+        events.iter().any(|e| {
+            e["kind"] == kind
+                && e["severity"] == severity
+                && e["message"].as_str().unwrap().contains(text)
+        })
+    };
+    assert!(
+        has("resync-required", "critical", "disk 0"),
+        "{events:#?}"
+    );
+    assert!(has("health-changed", "critical", "disk 0"), "{events:#?}");
+    assert!(
+        has("job-succeeded", "info", "repair-replication"),
+        "{events:#?}"
+    );
+    assert!(has("health-changed", "info", "→ healthy"), "{events:#?}");
+    let critical = s.json(&["event", "list", "--severity", "critical"]);
+    assert!(
+        critical
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["severity"] == "critical"),
+        "{critical:#?}"
+    );
+    assert!(
+        s.fails(&["event", "list", "--severity", "loud"])
+            .contains("info, warning or critical")
+    );
 }

@@ -49,6 +49,8 @@ pub struct Control {
     pub(crate) shutdown: watch::Sender<bool>,
     /// The last app-consistent attempt of each item.
     pub(crate) app_attempts: Mutex<HashMap<String, crate::replication::app_consistent::Attempt>>,
+    /// What the monitor last saw of each item, to record what changes as events.
+    pub(crate) observed: Mutex<HashMap<String, crate::events::Observed>>,
 }
 
 impl Control {
@@ -73,6 +75,7 @@ impl Control {
             layouts: Mutex::new(HashMap::new()),
             shutdown,
             app_attempts: Mutex::new(HashMap::new()),
+            observed: Mutex::new(HashMap::new()),
         });
         control.reconcile().await?;
         tokio::spawn(crate::replication::monitor::run(

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{ControlError, Result};
-use crate::model::Job;
+use crate::model::{Event, Job};
 
 pub(crate) struct Db {
     conn: Mutex<Connection>,
@@ -53,6 +53,8 @@ impl Db {
                  kind TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL,
                  PRIMARY KEY (kind, key));
              CREATE TABLE IF NOT EXISTS jobs (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS events (
                  id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);",
         )?;
         Ok(Db {
@@ -163,6 +165,35 @@ impl Db {
         let conn = self.conn();
         let mut stmt = conn.prepare("SELECT body FROM jobs ORDER BY id")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        rows.map(|b| decode(&b?)).collect()
+    }
+}
+
+impl Db {
+    /// Record an event; its id is set.
+    pub fn add_event(&self, event: &mut Event) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("INSERT INTO events (body) VALUES ('{}')", [])?;
+        event.id = tx.last_insert_rowid() as u64;
+        tx.execute(
+            "UPDATE events SET body = ?1 WHERE id = ?2",
+            params![encode(event), event.id as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Events with an id above `after`, oldest first, at most `limit` of the newest.
+    pub fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT body FROM (SELECT id, body FROM events WHERE id > ?1 ORDER BY id DESC LIMIT ?2)
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+            r.get::<_, String>(0)
+        })?;
         rows.map(|b| decode(&b?)).collect()
     }
 }

@@ -71,14 +71,36 @@ impl Control {
     pub(crate) fn job_fail(&self, job: &mut Job, step: usize, error: &str) -> Result<()> {
         job.state = "failed".into();
         job.error = Some(error.to_string());
-        self.job_step(job, step, "failed", None)
+        let name = job
+            .steps
+            .get(step)
+            .map_or("", |s| s.name.as_str())
+            .to_string();
+        self.job_step(job, step, "failed", None)?;
+        self.event(
+            "warning",
+            "job-failed",
+            &job.target,
+            format!(
+                "job {} ({}) failed at \"{name}\": {error}",
+                job.id, job.kind
+            ),
+        );
+        Ok(())
     }
 
     pub(crate) fn job_succeed(&self, job: &mut Job) -> Result<()> {
         job.state = "succeeded".into();
         job.percent = Some(100.0);
         job.updated = Timestamp::now();
-        self.db.put_job(job)
+        self.db.put_job(job)?;
+        self.event(
+            "info",
+            "job-succeeded",
+            &job.target,
+            format!("job {} ({}) succeeded", job.id, job.kind),
+        );
+        Ok(())
     }
 
     pub fn job(&self, id: u64) -> Result<Job> {

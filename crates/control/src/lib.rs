@@ -12,6 +12,7 @@ mod compute;
 mod control;
 mod db;
 mod error;
+mod events;
 pub mod failover;
 mod failpoint;
 mod ipam;
@@ -24,3 +25,4 @@ mod stores;
 
 pub use control::{Control, ControlConfig};
 pub use error::ControlError;
+pub use events::EventFilter;

@@ -263,6 +263,22 @@ pub struct NetworkMapping {
     pub target: String,
 }
 
+/// Something that happened: a state or health change, a job's end, a fault.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Event {
+    pub id: u64,
+    pub time: Timestamp,
+    /// `info`, `warning` or `critical`.
+    pub severity: String,
+    /// What happened, e.g. `state-changed`, `health-changed`, `job-succeeded`, `job-failed`,
+    /// `segment-refused`, `stale-segment-deleted`, `ship-buffer-overflow`, `catch-up-done`,
+    /// `resync-required`.
+    pub kind: String,
+    /// The item (`GROUP/VM`) or job (`job/ID`) it is about.
+    pub target: String,
+    pub message: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobStep {
     pub name: String,

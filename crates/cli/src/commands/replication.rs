@@ -286,6 +286,28 @@ pub async fn failover(c: &Client, out: Output, cmd: FailoverCmd) -> Result<()> {
     job_or_wait(c, out, job, wait).await
 }
 
+pub async fn events(c: &Client, out: Output, cmd: crate::args::EventCmd) -> Result<()> {
+    let crate::args::EventCmd::List {
+        target,
+        kind,
+        severity,
+        limit,
+    } = cmd;
+    let mut query = vec![format!("limit={limit}")];
+    for (k, v) in [("target", target), ("kind", kind), ("severity", severity)] {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", encode(&v)));
+        }
+    }
+    let events = c.get(&format!("/v1/events?{}", query.join("&"))).await?;
+    print(
+        out,
+        &events,
+        &["time", "severity", "kind", "target", "message"],
+    );
+    Ok(())
+}
+
 pub async fn reprotect(c: &Client, out: Output, name: &str, wait: bool) -> Result<()> {
     let path = format!("{}/reprotect", item_path(name)?);
     let job = c.post(&path, &serde_json::json!({})).await?;

@@ -247,6 +247,32 @@ pub(crate) async fn export_disk(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventQuery {
+    target: Option<String>,
+    kind: Option<String>,
+    severity: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// Events, oldest first, filtered.
+pub(crate) async fn events(
+    State(s): State<ApiState>,
+    query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
+) -> R {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    ok(s.control.events(&crate::EventFilter {
+        target: q.target,
+        kind: q.kind,
+        severity: q.severity,
+        after: q.after,
+        limit: q.limit,
+    })?)
+}
+
 pub(crate) async fn jobs(State(s): State<ApiState>) -> R {
     ok(s.control.jobs()?)
 }

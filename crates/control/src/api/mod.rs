@@ -101,6 +101,7 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
             axum::routing::post(reprotect),
         )
         .route("/v1/jobs", get(jobs))
+        .route("/v1/events", get(events))
         .route("/v1/jobs/{id}", get(job))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

@@ -49,6 +49,9 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
         if let Err(e) = tick(&control) {
             tracing::warn!(error = %e, "monitor replicated items");
         }
+        if let Err(e) = control.observe() {
+            tracing::warn!(error = %e, "record the items' changes as events");
+        }
         if let Ok(reps) = control.db.list::<Replication>(Kind::Replication) {
             control.app_consistent_due(&reps);
         }

@@ -80,7 +80,14 @@ impl Control {
         );
         match started {
             Err(ferry_agent::AgentError::TrackingLost { reason }) => {
-                tracing::error!(%item, %reason, "replication cannot go on: resync required");
+                self.event(
+                    "critical",
+                    "resync-required",
+                    &item,
+                    format!(
+                        "{reason}; replication is stopped until `ferry replication repair {item}`"
+                    ),
+                );
                 self.update_replication(&item, |r| {
                     r.state = state::RESYNC_REQUIRED.into();
                     r.resync_reason = Some(reason);

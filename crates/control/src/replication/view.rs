@@ -112,6 +112,7 @@ impl Control {
         }
         if let Some(s) = agent.as_ref().map(|a| &a.stream)
             && let Some(since) = s.unordered_since
+            && s.tracking != "resyncing"
         {
             const MIB: f64 = (1 << 20) as f64;
             let what = if s.tracking == "overflow" {
@@ -130,6 +131,7 @@ impl Control {
             critical = true;
         } else if let Some(p) = proc.as_ref()
             && let Some(seq) = p.catch_up_seq
+            && rep.state != state::RESYNCHRONIZING
         {
             reasons.push(format!(
                 "the replica is applying a catch-up (from sequence {seq}): no new point until \

@@ -1,0 +1,274 @@
+//! Events: every state change, health change, job end and fault, stored in order.
+//!
+//! Jobs and state moves record their events where they happen. What the agents and processors
+//! report (they never touch the state database) is turned into events by [`Control::observe`],
+//! which the monitor runs on every tick: it compares each item's view with the one it saw last
+//! and records what changed.
+
+use std::collections::HashMap;
+
+use ferry_types::Timestamp;
+
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::{ControlError, Result};
+use crate::model::{Event, Replication};
+
+/// What the monitor last saw of an item.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Observed {
+    state: String,
+    health: String,
+    reasons: Vec<String>,
+    tracking: String,
+    refused_segment: Option<u64>,
+    stale_segments_deleted: u64,
+}
+
+/// Which events to list.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only events about this target (`GROUP/VM` or `job/ID`).
+    pub target: Option<String>,
+    pub kind: Option<String>,
+    /// `info`, `warning` or `critical`: that severity and above.
+    pub severity: Option<String>,
+    /// Only events after this id (to follow new ones).
+    pub after: Option<u64>,
+    /// At most this many (the newest); default 100.
+    pub limit: Option<usize>,
+}
+
+/// A reason without its figures (RPO seconds, MiB to copy, times): a reason whose numbers
+/// move is the same reason, not a new event.
+fn shape(reason: &str) -> String {
+    let mut out = String::with_capacity(reason.len());
+    let mut in_number = false;
+    for c in reason.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('#');
+            }
+            in_number = true;
+        } else {
+            in_number = in_number && (c == '.' || c == ':' || c == '-');
+            if !in_number {
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn rank(severity: &str) -> Option<u8> {
+    match severity {
+        "info" => Some(0),
+        "warning" => Some(1),
+        "critical" => Some(2),
+        _ => None,
+    }
+}
+
+impl Control {
+    /// Record an event (also logged). A failure to store it is logged, never returned: an
+    /// event must not stop the work it describes.
+    pub(crate) fn event(&self, severity: &str, kind: &str, target: &str, message: String) {
+        let mut e = Event {
+            id: 0,
+            time: Timestamp::now(),
+            severity: severity.into(),
+            kind: kind.into(),
+            target: target.into(),
+            message,
+        };
+        match severity {
+            "critical" => {
+                tracing::error!(target: "ferry::event", kind, %target, message = %e.message)
+            }
+            "warning" => {
+                tracing::warn!(target: "ferry::event", kind, %target, message = %e.message)
+            }
+            _ => tracing::info!(target: "ferry::event", kind, %target, message = %e.message),
+        }
+        if let Err(err) = self.db.add_event(&mut e) {
+            tracing::error!(error = %err, "store an event");
+        }
+    }
+
+    /// Events, oldest first.
+    pub fn events(&self, f: &EventFilter) -> Result<Vec<Event>> {
+        let min = match f.severity.as_deref() {
+            None => 0,
+            Some(s) => rank(s).ok_or_else(|| {
+                ControlError::invalid(format!(
+                    "invalid severity {s:?}: use info, warning or critical"
+                ))
+            })?,
+        };
+        let limit = f.limit.unwrap_or(100).clamp(1, 10_000);
+        // Filter in memory over a bounded window of the newest events.
+        let all = self.db.events(f.after.unwrap_or(0), 100_000)?;
+        let mut out: Vec<Event> = all
+            .into_iter()
+            .filter(|e| f.target.as_ref().is_none_or(|t| &e.target == t))
+            .filter(|e| f.kind.as_ref().is_none_or(|k| &e.kind == k))
+            .filter(|e| rank(&e.severity).unwrap_or(0) >= min)
+            .collect();
+        let skip = out.len().saturating_sub(limit);
+        out.drain(..skip);
+        Ok(out)
+    }
+
+    /// Compare every item with what was seen last and record what changed. The first look at
+    /// an item (after a start) records only what is not healthy.
+    pub(crate) fn observe(&self) -> Result<()> {
+        let reps = self.db.list::<Replication>(Kind::Replication)?;
+        let mut seen = self.observed.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next: HashMap<String, Observed> = HashMap::new();
+        for rep in reps {
+            let v = self.view(&rep);
+            let now = Observed {
+                state: v.state.clone(),
+                health: v.health.clone(),
+                reasons: v.health_reasons.iter().map(|r| shape(r)).collect(),
+                tracking: v.stats.tracking.clone(),
+                refused_segment: self
+                    .processor_status(&v.name)
+                    .and_then(|p| p.refused_segment),
+                stale_segments_deleted: self
+                    .processor_status(&v.name)
+                    .map_or(0, |p| p.stale_segments_deleted),
+            };
+            let item = v.name.clone();
+            let first = !seen.contains_key(&item);
+            let before = seen.remove(&item).unwrap_or_else(|| Observed {
+                health: "healthy".into(),
+                tracking: "ordered".into(),
+                state: now.state.clone(),
+                ..Observed::default()
+            });
+            self.record_changes(&item, &before, &now, &v.health_reasons, first);
+            next.insert(item, now);
+        }
+        *seen = next;
+        Ok(())
+    }
+
+    fn record_changes(
+        &self,
+        item: &str,
+        before: &Observed,
+        now: &Observed,
+        reasons: &[String],
+        first: bool,
+    ) {
+        if now.state != before.state {
+            let severity = if now.state == crate::model::state::RESYNC_REQUIRED {
+                "critical"
+            } else {
+                "info"
+            };
+            self.event(
+                severity,
+                "state-changed",
+                item,
+                format!("state {} → {}", before.state, now.state),
+            );
+        }
+        if now.health != before.health
+            || (now.health != "healthy" && now.reasons != before.reasons && !first)
+        {
+            let severity = match now.health.as_str() {
+                "healthy" => "info",
+                h => h,
+            };
+            let why = if reasons.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", reasons.join("; "))
+            };
+            self.event(
+                severity,
+                "health-changed",
+                item,
+                format!("health {} → {}{why}", before.health, now.health),
+            );
+        }
+        if now.tracking != before.tracking && now.tracking != "resyncing" {
+            let (severity, kind, message) = match now.tracking.as_str() {
+                "overflow" => (
+                    "critical",
+                    "ship-buffer-overflow",
+                    "the ship buffer is full: writes are tracked as dirty blocks; no instant is \
+                     point-in-time recoverable until the catch-up completes"
+                        .to_string(),
+                ),
+                "catching-up" => (
+                    "warning",
+                    "catch-up-started",
+                    "the catch-up is copying the blocks written while the ship buffer was full"
+                        .to_string(),
+                ),
+                _ if before.tracking == "resyncing" => (
+                    "info",
+                    "resync-done",
+                    "the repair's resync compared every block: the stream is ordered again"
+                        .to_string(),
+                ),
+                _ => (
+                    "info",
+                    "catch-up-done",
+                    "the catch-up completed: the stream is ordered again".to_string(),
+                ),
+            };
+            self.event(severity, kind, item, message);
+        }
+        if now.refused_segment.is_some() && now.refused_segment != before.refused_segment {
+            let why = reasons
+                .iter()
+                .find(|r| r.contains("refused"))
+                .cloned()
+                .unwrap_or_default();
+            self.event(
+                "critical",
+                "segment-refused",
+                item,
+                format!(
+                    "segment {:016x} refused, nothing of it applied: {why}",
+                    now.refused_segment.unwrap_or(0)
+                ),
+            );
+        }
+        if now.stale_segments_deleted > before.stale_segments_deleted && !first {
+            self.event(
+                "warning",
+                "stale-segment-deleted",
+                item,
+                format!(
+                    "{} segment(s) of a fenced (stale) generation found in the cache and deleted",
+                    now.stale_segments_deleted - before.stale_segments_deleted
+                ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_whose_figures_move_keeps_its_shape() {
+        let a = "RPO 130 s is over the warning threshold of 120 s";
+        let b = "RPO 131 s is over the warning threshold of 120 s";
+        assert_eq!(shape(a), shape(b));
+        let c = "the ship buffer (1 MiB) is full (16.6 MiB to copy); no instant since \
+                 2026-11-28T05:00:34.242458Z is recoverable";
+        let d = "the ship buffer (1 MiB) is full (17.1 MiB to copy); no instant since \
+                 2026-11-28T05:00:34.242458Z is recoverable";
+        assert_eq!(shape(c), shape(d));
+        assert_ne!(shape(a), shape(c));
+        assert_eq!(rank("critical"), Some(2));
+        assert_eq!(rank("loud"), None);
+    }
+}
