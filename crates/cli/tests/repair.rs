@@ -95,10 +95,7 @@ fn a_disk_changed_behind_the_agent_needs_a_repair_that_sends_only_the_difference
                 && e["message"].as_str().unwrap().contains(text)
         })
     };
-    assert!(
-        has("resync-required", "critical", "disk 0"),
-        "{events:#?}"
-    );
+    assert!(has("resync-required", "critical", "disk 0"), "{events:#?}");
     assert!(has("health-changed", "critical", "disk 0"), "{events:#?}");
     assert!(
         has("job-succeeded", "info", "repair-replication"),
