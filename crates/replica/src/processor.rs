@@ -785,7 +785,27 @@ impl Processor {
             let key = self.layout.journal_key(pos.next_segment);
             let bytes = match self.layout.meta.get(&key).await {
                 Ok(b) => b,
-                Err(StoreError::NotFound { .. }) => break,
+                Err(StoreError::NotFound { .. }) => {
+                    // The end of the journal, unless a later segment is there: then this one
+                    // was pruned (the journal is pruned from the front), and stopping here
+                    // would answer with an earlier instant than `t`.
+                    let later = self
+                        .layout
+                        .meta
+                        .list(Some(&self.layout.journal_prefix()))
+                        .await?
+                        .iter()
+                        .filter_map(|o| segment::parse_object_name(o.key.file_name()))
+                        .any(|first| first > pos.next_segment);
+                    if later {
+                        return Err(ReplicaError::UnknownPoint(format!(
+                            "at {t} (the journal after point {} was pruned; choose a later \
+                             instant or a listed point)",
+                            crate::points::point_id(base.seq)
+                        )));
+                    }
+                    break;
+                }
                 Err(e) => return Err(e.into()),
             };
             if let Ok(seg) = segment::decode(&bytes)
