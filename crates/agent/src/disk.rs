@@ -167,6 +167,19 @@ impl Disk {
         Ok(len as u64)
     }
 
+    /// Start reading a range the copy will read next (`POSIX_FADV_WILLNEED`), so the disk works
+    /// while the current range is hashed and appended. Advice only.
+    pub(crate) fn read_ahead(&self, offset: u64, len: u64) {
+        if offset < self.size {
+            let _ = advise(
+                &self.file,
+                offset,
+                len.min(self.size - offset),
+                libc::POSIX_FADV_WILLNEED,
+            );
+        }
+    }
+
     /// Read a range for the initial copy without leaving it in the page cache.
     ///
     /// The copy reads the whole image once; left cached, the read-ahead would keep large clean
@@ -307,8 +320,12 @@ fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
 
 /// Ask the kernel to drop the clean cached pages of a range (`POSIX_FADV_DONTNEED`); dirty
 /// pages stay until written back.
-#[allow(unsafe_code)]
 fn drop_cached(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    advise(file, offset, len, libc::POSIX_FADV_DONTNEED)
+}
+
+#[allow(unsafe_code)]
+fn advise(file: &File, offset: u64, len: u64, advice: libc::c_int) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: posix_fadvise only reads its integer arguments; the fd is owned by `file`.
     let rc = unsafe {
@@ -316,7 +333,7 @@ fn drop_cached(file: &File, offset: u64, len: u64) -> io::Result<()> {
             file.as_raw_fd(),
             offset as libc::off_t,
             len as libc::off_t,
-            libc::POSIX_FADV_DONTNEED,
+            advice,
         )
     };
     if rc == 0 {

@@ -17,6 +17,8 @@ use crate::stream::Stream;
 
 /// Bytes read per step.
 pub const STEP: usize = 1 << 20;
+/// How far ahead of the copy the disk is asked to read.
+const READ_AHEAD: u64 = 8 << 20;
 /// The copy pauses while this many bytes wait in the local log to be shipped.
 pub const MAX_PENDING_LOGS: usize = 32;
 
@@ -77,6 +79,13 @@ pub fn run(
                     return Ok(None);
                 }
                 std::thread::sleep(Duration::from_millis(5));
+            }
+            if offset % READ_AHEAD == 0 {
+                // Keep the next stretch in flight while this one is compared and appended.
+                if offset == 0 {
+                    disk.read_ahead(0, READ_AHEAD);
+                }
+                disk.read_ahead(offset + READ_AHEAD, READ_AHEAD);
             }
             let n = (size - offset).min(STEP as u64) as usize;
             let sent = match seed {

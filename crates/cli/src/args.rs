@@ -51,6 +51,8 @@ pub enum BenchSection {
     Failover,
     /// Storage efficiency of recovery points.
     Storage,
+    /// `replication repair`: blocks compared per second beside a sequential read.
+    Repair,
 }
 
 #[derive(Debug, Subcommand)]

@@ -75,6 +75,22 @@ pub fn zstd_blake3_single_core(pool: &Pool, total: usize) -> Result<f64> {
     Ok(done as f64 / MB / secs)
 }
 
+/// One sequential read of a whole file in 1 MiB reads; MB/s.
+pub fn read_file_once(path: &Path) -> Result<f64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut f = std::fs::File::open(path)?;
+    let t = Instant::now();
+    let mut total = 0usize;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    Ok(total as f64 / MB / t.elapsed().as_secs_f64())
+}
+
 /// Sequential read of a whole file in 1 MiB reads (through the page cache); MB/s, best of 2.
 pub fn read_file(path: &Path) -> Result<f64> {
     let mut best = 0f64;

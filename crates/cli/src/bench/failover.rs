@@ -479,7 +479,7 @@ fn figures(cases: &[Measured], r: &Reprotected, no_guest: Option<String>) -> Vec
 }
 
 /// Polls a job until it succeeds; fails with its error, or after [`JOB_TIMEOUT`].
-async fn wait_job(control: &Control, id: u64, what: &str) -> Result<Job> {
+pub(super) async fn wait_job(control: &Control, id: u64, what: &str) -> Result<Job> {
     let deadline = Instant::now() + JOB_TIMEOUT;
     loop {
         let j = control.job(id)?;
@@ -588,7 +588,7 @@ fn find_guest() -> std::result::Result<Guest, String> {
 }
 
 /// Writes `size` bytes of distinct random 1 MiB blocks through a disk's NBD export.
-async fn fill_disk(uri: &str, size: u64, pool: &Pool, seed: u64) -> Result<()> {
+pub(super) async fn fill_disk(uri: &str, size: u64, pool: &Pool, seed: u64) -> Result<()> {
     let mut c = NbdClient::connect_uri(uri)
         .await
         .with_context(|| format!("connect to {uri}"))?;

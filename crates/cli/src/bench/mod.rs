@@ -9,6 +9,7 @@ mod data;
 mod failover;
 mod initial;
 mod nbd_write;
+mod repair;
 mod rig;
 mod storage;
 
@@ -204,6 +205,13 @@ async fn measure(dir: &Path, plan: Plan, only: &[BenchSection]) -> Result<Vec<Fi
             storage::run(dir, plan, &pool)
                 .await
                 .context("storage efficiency figures")?,
+        );
+    }
+    if wanted(Repair) {
+        figures.extend(
+            repair::run(dir, plan, &pool)
+                .await
+                .context("repair figures")?,
         );
     }
     Ok(figures)
