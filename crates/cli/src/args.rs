@@ -105,6 +105,8 @@ pub enum Cmd {
     Job(JobCmd),
     #[command(subcommand)]
     Event(EventCmd),
+    #[command(subcommand)]
+    Alert(AlertCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -413,6 +415,26 @@ pub enum DiskCmd {
         recovery_point: String,
         #[arg(long)]
         out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AlertCmd {
+    /// POST a JSON notification to a webhook when an item's health crosses a severity, and
+    /// when it comes back (retried with backoff).
+    ///
+    /// Example: `ferry alert create oncall --url http://127.0.0.1:9000/hook --severity critical`
+    Create {
+        name: String,
+        #[arg(long)]
+        url: String,
+        /// `warning` (warning and critical) or `critical`.
+        #[arg(long, default_value = "warning")]
+        severity: String,
+    },
+    List,
+    Delete {
+        name: String,
     },
 }
 

@@ -115,6 +115,50 @@ impl Drop for Azurite {
     }
 }
 
+/// A local webhook receiver: every POST body it gets, as JSON.
+struct Hook {
+    port: u16,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl Hook {
+    fn start() -> Hook {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = bodies.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut len = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                if reader.read_exact(&mut body).is_ok()
+                    && let Ok(v) = serde_json::from_slice(&body)
+                {
+                    sink.lock().unwrap().push(v);
+                }
+                let _ = conn.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+            }
+        });
+        Hook { port, bodies }
+    }
+
+    fn received(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
 fn azurite_bin() -> Option<PathBuf> {
     match std::env::var("FERRY_TEST_AZURITE_BIN") {
         Ok(b) if Path::new(&b).exists() => Some(b.into()),
@@ -173,6 +217,16 @@ fn a_minute_without_the_cache_account_is_caught_up_without_a_full_resync() {
     ]);
     s.wait_protected("rg1/app1", 120);
     s.wait_point_after("rg1/app1", now(), 60);
+    let hook = Hook::start();
+    s.ok(&[
+        "alert",
+        "create",
+        "oncall",
+        "--url",
+        &format!("http://127.0.0.1:{}/hook", hook.port),
+        "--severity",
+        "critical",
+    ]);
     let initial_sent = s.replication("rg1/app1")["initial_replication"]["sent_bytes"].clone();
 
     // The outage: a minute of writes with the cache account gone.
@@ -255,6 +309,22 @@ fn a_minute_without_the_cache_account_is_caught_up_without_a_full_resync() {
                 && e["message"].as_str().unwrap().ends_with("→ healthy")),
         "health came back: {events:#}"
     );
+
+    // The webhook fired when health turned critical, and again when it was resolved.
+    wait_until(60, "the resolved alert", || {
+        hook.received().iter().any(|b| b["status"] == "resolved")
+    });
+    let got = hook.received();
+    let firing = got
+        .iter()
+        .find(|b| b["status"] == "firing")
+        .unwrap_or_else(|| panic!("no firing alert: {got:#?}"));
+    assert_eq!(firing["item"], "rg1/app1");
+    assert_eq!(firing["health"], "critical");
+    assert_eq!(firing["rule"], "oncall");
+    assert!(!firing["reasons"].as_array().unwrap().is_empty());
+    let resolved = got.iter().find(|b| b["status"] == "resolved").unwrap();
+    assert_ne!(resolved["health"], "critical", "{resolved:#}");
 
     // The latest point equals the source disk.
     let id = point["id"].as_str().unwrap();

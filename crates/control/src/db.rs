@@ -26,6 +26,7 @@ pub(crate) enum Kind {
     Policy,
     Replication,
     NetworkMapping,
+    AlertRule,
 }
 
 impl Kind {
@@ -39,6 +40,7 @@ impl Kind {
             Kind::Policy => "policy",
             Kind::Replication => "replication",
             Kind::NetworkMapping => "network-mapping",
+            Kind::AlertRule => "alert-rule",
         }
     }
 }

@@ -6,6 +6,7 @@
 //! and records what changed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use ferry_types::Timestamp;
 
@@ -121,7 +122,7 @@ impl Control {
 
     /// Compare every item with what was seen last and record what changed. The first look at
     /// an item (after a start) records only what is not healthy.
-    pub(crate) fn observe(&self) -> Result<()> {
+    pub(crate) fn observe(self: &Arc<Self>) -> Result<()> {
         let reps = self.db.list::<Replication>(Kind::Replication)?;
         let mut seen = self.observed.lock().unwrap_or_else(|p| p.into_inner());
         let mut next: HashMap<String, Observed> = HashMap::new();
@@ -155,7 +156,7 @@ impl Control {
     }
 
     fn record_changes(
-        &self,
+        self: &Arc<Self>,
         item: &str,
         before: &Observed,
         now: &Observed,
@@ -193,6 +194,9 @@ impl Control {
                 item,
                 format!("health {} → {}{why}", before.health, now.health),
             );
+            if now.health != before.health {
+                self.alert_health(item, &before.health, &now.health, reasons);
+            }
         }
         if now.tracking != before.tracking && now.tracking != "resyncing" {
             let (severity, kind, message) = match now.tracking.as_str() {

@@ -7,6 +7,7 @@
 //! from the running parts; [`Control::reconcile`] closes the gap and is safe to re-run after
 //! any crash.
 
+mod alerts;
 pub mod api;
 mod compute;
 mod control;
@@ -23,6 +24,7 @@ pub mod requests;
 mod resources;
 mod stores;
 
+pub use alerts::{AlertRule, CreateAlert};
 pub use control::{Control, ControlConfig};
 pub use error::ControlError;
 pub use events::EventFilter;

@@ -31,6 +31,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Disk(c) => replication::disk(&client, out, c).await,
         Cmd::Job(c) => replication::job(&client, out, c).await,
         Cmd::Event(c) => replication::events(&client, out, c).await,
+        Cmd::Alert(c) => replication::alerts(&client, out, c).await,
         Cmd::Failover(c) => replication::failover(&client, out, c).await,
         Cmd::Reprotect { name, wait } => replication::reprotect(&client, out, &name, wait).await,
         Cmd::Demo | Cmd::Server(_) | Cmd::Bench { .. } => unreachable!("handled above"),

@@ -308,6 +308,29 @@ pub async fn events(c: &Client, out: Output, cmd: crate::args::EventCmd) -> Resu
     Ok(())
 }
 
+pub async fn alerts(c: &Client, out: Output, cmd: crate::args::AlertCmd) -> Result<()> {
+    use crate::args::AlertCmd;
+    match cmd {
+        AlertCmd::Create {
+            name,
+            url,
+            severity,
+        } => {
+            let body = serde_json::json!({ "name": name, "url": url, "severity": severity });
+            print(out, &c.post("/v1/alerts", &body).await?, &[]);
+        }
+        AlertCmd::List => print(
+            out,
+            &c.get("/v1/alerts").await?,
+            &["name", "severity", "url"],
+        ),
+        AlertCmd::Delete { name } => {
+            c.delete(&format!("/v1/alerts/{}", encode(&name))).await?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn reprotect(c: &Client, out: Output, name: &str, wait: bool) -> Result<()> {
     let path = format!("{}/reprotect", item_path(name)?);
     let job = c.post(&path, &serde_json::json!({})).await?;

@@ -257,6 +257,22 @@ pub(crate) struct EventQuery {
     limit: Option<usize>,
 }
 
+pub(crate) async fn alerts(State(s): State<ApiState>) -> R {
+    ok(s.control.alerts()?)
+}
+
+pub(crate) async fn create_alert(
+    State(s): State<ApiState>,
+    JsonBody(b): JsonBody<crate::CreateAlert>,
+) -> R {
+    created(s.control.create_alert(b)?)
+}
+
+pub(crate) async fn delete_alert(State(s): State<ApiState>, Path(name): Path<String>) -> R {
+    s.control.delete_alert(&name)?;
+    ok(serde_json::json!({ "deleted": name }))
+}
+
 /// Events, oldest first, filtered.
 pub(crate) async fn events(
     State(s): State<ApiState>,

@@ -102,6 +102,8 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         )
         .route("/v1/jobs", get(jobs))
         .route("/v1/events", get(events))
+        .route("/v1/alerts", get(alerts).post(create_alert))
+        .route("/v1/alerts/{name}", axum::routing::delete(delete_alert))
         .route("/v1/jobs/{id}", get(job))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(

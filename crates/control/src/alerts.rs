@@ -1,0 +1,177 @@
+//! Alert rules: a webhook (HTTP POST of a JSON body) when an item's health crosses a rule's
+//! severity, on the way up and on the way back, retried with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_types::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::control::Control;
+use crate::db::Kind;
+use crate::error::{ControlError, Result};
+
+/// Attempts per notification, and the first backoff (doubling).
+const ATTEMPTS: u32 = 6;
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AlertRule {
+    pub name: String,
+    /// Where the POST goes (`http://` or `https://`).
+    pub url: String,
+    /// `warning` (warning and critical) or `critical`.
+    pub severity: String,
+    pub created: Timestamp,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAlert {
+    pub name: String,
+    pub url: String,
+    #[serde(default)]
+    pub severity: Option<String>,
+}
+
+/// The body of a webhook.
+#[derive(Debug, Clone, Serialize)]
+struct Notification<'a> {
+    rule: &'a str,
+    item: &'a str,
+    time: Timestamp,
+    health: &'a str,
+    previous_health: &'a str,
+    reasons: &'a [String],
+    /// `firing` when the item crossed the rule's severity, `resolved` when it came back.
+    status: &'a str,
+}
+
+fn level(health: &str) -> u8 {
+    match health {
+        "critical" => 2,
+        "warning" => 1,
+        _ => 0,
+    }
+}
+
+impl Control {
+    pub fn create_alert(&self, req: CreateAlert) -> Result<AlertRule> {
+        crate::resources::valid_name(&req.name, "alert rule name")?;
+        if !(req.url.starts_with("http://") || req.url.starts_with("https://")) {
+            return Err(ControlError::invalid(format!(
+                "alert {}: url {:?} must start with http:// or https://",
+                req.name, req.url
+            )));
+        }
+        let severity = req.severity.unwrap_or_else(|| "warning".into());
+        if level(&severity) == 0 {
+            return Err(ControlError::invalid(format!(
+                "alert {}: severity {severity:?} must be warning or critical",
+                req.name
+            )));
+        }
+        let rule = AlertRule {
+            name: req.name,
+            url: req.url,
+            severity,
+            created: Timestamp::now(),
+        };
+        self.db
+            .insert(Kind::AlertRule, &rule.name, &rule, "alert rule")?;
+        Ok(rule)
+    }
+
+    pub fn alerts(&self) -> Result<Vec<AlertRule>> {
+        self.db.list(Kind::AlertRule)
+    }
+
+    pub fn delete_alert(&self, name: &str) -> Result<()> {
+        if !self.db.delete(Kind::AlertRule, name)? {
+            return Err(ControlError::not_found(format!(
+                "alert rule {name} does not exist; see `ferry alert list`"
+            )));
+        }
+        Ok(())
+    }
+
+    /// An item's health changed: notify every rule whose severity it crossed, either way.
+    pub(crate) fn alert_health(
+        self: &Arc<Self>,
+        item: &str,
+        before: &str,
+        now: &str,
+        reasons: &[String],
+    ) {
+        let Ok(rules) = self.alerts() else { return };
+        for rule in rules {
+            let threshold = level(&rule.severity);
+            let (was, is) = (level(before) >= threshold, level(now) >= threshold);
+            if was == is {
+                continue;
+            }
+            let body = serde_json::to_vec(&Notification {
+                rule: &rule.name,
+                item,
+                time: Timestamp::now(),
+                health: now,
+                previous_health: before,
+                reasons,
+                status: if is { "firing" } else { "resolved" },
+            })
+            .expect("a notification serialises");
+            let (control, item) = (self.clone(), item.to_string());
+            tokio::spawn(async move {
+                let outcome = send(&rule.url, body).await;
+                let (severity, kind, message) = match outcome {
+                    Ok(attempts) => (
+                        "info",
+                        "alert-sent",
+                        format!(
+                            "alert {} sent to {} ({attempts} attempt(s))",
+                            rule.name, rule.url
+                        ),
+                    ),
+                    Err(e) => (
+                        "warning",
+                        "alert-failed",
+                        format!(
+                            "alert {} to {} failed after {ATTEMPTS} attempts: {e}",
+                            rule.name, rule.url
+                        ),
+                    ),
+                };
+                control.event(severity, kind, &item, message);
+            });
+        }
+    }
+}
+
+/// POST `body` to `url` until it answers 2xx; returns the attempts it took.
+async fn send(url: &str, body: Vec<u8>) -> std::result::Result<u32, String> {
+    let client = reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut backoff = FIRST_BACKOFF;
+    let mut last = String::new();
+    for attempt in 1..=ATTEMPTS {
+        let sent = client
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => return Ok(attempt),
+            Ok(r) => last = format!("HTTP {}", r.status()),
+            Err(e) => last = e.to_string(),
+        }
+        if attempt < ATTEMPTS {
+            tokio::time::sleep(backoff).await;
+            backoff *= 2;
+        }
+    }
+    Err(last)
+}
