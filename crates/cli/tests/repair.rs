@@ -50,6 +50,21 @@ fn a_disk_changed_behind_the_agent_needs_a_repair_that_sends_only_the_difference
         "the reason says which disk and what to do: {reasons}"
     );
 
+    // The monitor records the critical health (it looks every 250 ms).
+    wait_until(30, "a critical health event naming the disk", || {
+        let events = s.json(&[
+            "event",
+            "list",
+            "--target",
+            "rg1/db1",
+            "--kind",
+            "health-changed",
+        ]);
+        events.as_array().unwrap().iter().any(|e| {
+            e["severity"] == "critical" && e["message"].as_str().unwrap().contains("disk 0")
+        })
+    });
+
     // The repair: a job that compares every block and sends only the changed one.
     let job = s.json(&["replication", "repair", "rg1/db1", "--wait"]);
     assert_eq!(job["state"], "succeeded", "{job}");
