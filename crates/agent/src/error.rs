@@ -1,6 +1,6 @@
 //! Errors the agent reports to its callers.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -41,11 +41,16 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    pub(crate) fn io(
+    /// The error of a failed `what` on `path`, for `map_err`; the path is copied only if the
+    /// operation fails (some run once per write).
+    pub(crate) fn io<'a, P: AsRef<Path> + ?Sized>(
         what: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Self {
-        let path = path.into();
-        move |source| AgentError::Io { what, path, source }
+        path: &'a P,
+    ) -> impl FnOnce(std::io::Error) -> Self + 'a {
+        move |source| AgentError::Io {
+            what,
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
 }

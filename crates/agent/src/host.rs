@@ -348,7 +348,18 @@ async fn mark_every(stream: Arc<Stream>, every: Duration, mut shutdown: watch::R
             // No point inside a catch-up window; the catch-up-done marker will be one.
             continue;
         }
-        if let Err(e) = stream.mark(MarkerKind::CrashConsistent) {
+        // The marker is durable when cut (an fsync of the unsynced logs): not on a worker of
+        // the runtime, which also serves the disks' NBD connections.
+        let s = stream.clone();
+        let marked = tokio::task::spawn_blocking(move || s.mark(MarkerKind::CrashConsistent));
+        let result = match marked.await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "cut crash-consistent marker");
+                continue;
+            }
+        };
+        if let Err(e) = result {
             tracing::error!(error = %e, "cut crash-consistent marker");
             stream.set_error(Some(e.to_string()));
         }

@@ -130,61 +130,113 @@ pub(crate) fn read(path: &Path) -> Result<(Vec<Record>, u64), AgentError> {
     Ok((records, 0))
 }
 
-/// A sealed log's records in the segment body encoding, checked frame by frame.
+/// Bytes of the records of a log of `file_len` bytes holding `records` records, without their
+/// frames (`None` if it cannot hold that many).
+pub(crate) fn body_len(file_len: u64, records: u64) -> Option<u64> {
+    file_len.checked_sub(records.checked_mul(FRAME as u64)?)
+}
+
+/// What [`read_raw`] found in a sealed log.
+#[derive(Debug)]
 pub(crate) struct RawLog {
-    pub raw: Vec<u8>,
     pub count: u32,
     pub first: (Seq, Timestamp),
     pub last: (Seq, Timestamp),
 }
 
-/// Read a sealed log as one body of records (frames stripped, checksums and order checked),
-/// without decoding the records: the cheap path from log to segment.
-pub(crate) fn read_raw(path: &Path) -> Result<RawLog, AgentError> {
-    let data = std::fs::read(path).map_err(AgentError::io("read stream log", path))?;
-    let corrupt = |offset: usize, reason: &str| AgentError::CorruptLog {
+/// Bytes of a sealed log read at a time: small enough to stay in the CPU's cache while they
+/// are checked and compressed.
+const READ_PIECE: usize = 256 << 10;
+
+/// Read a sealed log and hand its records to `sink` in the segment body encoding (frames
+/// stripped, checksums and order checked) in pieces (one may end inside a record), without
+/// decoding the records or assembling the body: the cheap path from log to segment. `buf` is
+/// scratch space, kept from one log to the next. A piece of a record reaches `sink` before its
+/// checksum is checked: on an error, discard what `sink` received.
+pub(crate) fn read_raw(
+    path: &Path,
+    buf: &mut Vec<u8>,
+    mut sink: impl FnMut(&[u8]) -> Result<(), AgentError>,
+) -> Result<RawLog, AgentError> {
+    let corrupt = |offset: u64, reason: &str| AgentError::CorruptLog {
         path: path.to_path_buf(),
-        offset: offset as u64,
+        offset,
         reason: reason.into(),
     };
-    let mut raw = Vec::with_capacity(data.len());
-    let (mut pos, mut count) = (0usize, 0u32);
-    let (mut first, mut last) = (None, None::<(Seq, Timestamp)>);
-    while pos < data.len() {
-        let head = data
-            .get(pos..pos + FRAME)
-            .ok_or_else(|| corrupt(pos, "truncated frame"))?;
-        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-        let body = data
-            .get(pos + FRAME..pos + FRAME + len)
-            .ok_or_else(|| corrupt(pos, "truncated record"))?;
-        if crc32c::crc32c(body) != crc {
-            return Err(corrupt(pos, "a record of a sealed log fails its checksum"));
+    let mut file = File::open(path).map_err(AgentError::io("read stream log", path))?;
+    buf.resize(READ_PIECE, 0);
+    // The frame being read: its header, how much of it has been read, the record's header
+    // (for its sequence and time), the body bytes still to come and their checksum so far.
+    let (mut frame, mut framed) = ([0u8; FRAME], 0usize);
+    let (mut head, mut headed) = ([0u8; segment::RECORD_HEADER], 0usize);
+    let (mut left, mut crc) = (0usize, 0u32);
+    let mut at = 0u64;
+    let (mut count, mut first, mut last) = (0u32, None, None::<(Seq, Timestamp)>);
+    loop {
+        let n = match std::io::Read::read(&mut file, buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(AgentError::io("read stream log", path)(e)),
+        };
+        let mut piece = &buf[..n];
+        while !piece.is_empty() {
+            if framed < FRAME {
+                let k = (FRAME - framed).min(piece.len());
+                frame[framed..framed + k].copy_from_slice(&piece[..k]);
+                (framed, piece) = (framed + k, &piece[k..]);
+                if framed < FRAME {
+                    continue;
+                }
+                left = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+                (headed, crc) = (0, 0);
+                if left < segment::RECORD_HEADER {
+                    return Err(corrupt(at, "unreadable record header"));
+                }
+            }
+            let k = left.min(piece.len());
+            let body = &piece[..k];
+            crc = crc32c::crc32c_append(crc, body);
+            let h = (segment::RECORD_HEADER - headed).min(k);
+            head[headed..headed + h].copy_from_slice(&body[..h]);
+            headed += h;
+            sink(body)?;
+            (left, piece) = (left - k, &piece[k..]);
+            if left > 0 {
+                continue;
+            }
+            // A whole record.
+            let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
+            if crc != u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]) {
+                return Err(corrupt(at, "a record of a sealed log fails its checksum"));
+            }
+            let (seq, time, total) = segment::peek_record(&head)
+                .ok_or_else(|| corrupt(at, "unreadable record header"))?;
+            if total != len {
+                return Err(corrupt(at, "record length does not match its frame"));
+            }
+            if let Some((s, t)) = last
+                && (seq.0 != s.0 + 1 || time < t)
+            {
+                return Err(corrupt(at, "records are out of order"));
+            }
+            first.get_or_insert((seq, time));
+            last = Some((seq, time));
+            count += 1;
+            at += (FRAME + len) as u64;
+            framed = 0;
         }
-        let (seq, time, total) =
-            segment::peek_record(body).ok_or_else(|| corrupt(pos, "unreadable record header"))?;
-        if total != len {
-            return Err(corrupt(pos, "record length does not match its frame"));
-        }
-        if let Some((s, t)) = last
-            && (seq.0 != s.0 + 1 || time < t)
-        {
-            return Err(corrupt(pos, "records are out of order"));
-        }
-        first.get_or_insert((seq, time));
-        last = Some((seq, time));
-        raw.extend_from_slice(body);
-        count += 1;
-        pos += FRAME + len;
+    }
+    if framed > 0 {
+        let reason = if framed < FRAME {
+            "truncated frame"
+        } else {
+            "truncated record"
+        };
+        return Err(corrupt(at, reason));
     }
     match (first, last) {
-        (Some(first), Some(last)) => Ok(RawLog {
-            raw,
-            count,
-            first,
-            last,
-        }),
+        (Some(first), Some(last)) => Ok(RawLog { count, first, last }),
         _ => Err(corrupt(0, "the log holds no record")),
     }
 }
@@ -204,7 +256,9 @@ fn frame_at(data: &[u8], pos: usize) -> Option<(Record, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_format::segment::Op;
+    use ferry_format::Digest;
+    use ferry_format::segment::{MarkerKind, Op};
+    use ferry_types::{Generation, StreamId};
 
     fn write_log(dir: &Path, n: u64) -> PathBuf {
         let mut w = LogWriter::create(dir, Seq(5), Timestamp(1)).unwrap();
@@ -250,12 +304,83 @@ mod tests {
         let (recs, dropped) = read(&path).unwrap();
         assert_eq!(recs.len(), 2);
         assert!(dropped > 0);
-        assert!(read_raw(&path).is_err(), "a log to ship must be whole");
+        assert!(
+            read_raw(&path, &mut Vec::new(), |_| Ok(())).is_err(),
+            "a log to ship must be whole"
+        );
         let mut bad = full.clone();
         bad[20] ^= 0xff;
         std::fs::write(&path, &bad).unwrap();
         let (recs, dropped) = read(&path).unwrap();
         assert!(recs.is_empty());
         assert_eq!(dropped as usize, full.len());
+    }
+
+    #[test]
+    fn a_sealed_log_streams_into_a_segment_in_pieces() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::create(dir.path(), Seq(5), Timestamp(1)).unwrap();
+        // One record longer than a piece, so records and frames straddle the pieces.
+        let big = vec![7u8; READ_PIECE + 1000];
+        let ops = [
+            OpRef::Write {
+                offset: 0,
+                data: &[1; 100],
+            },
+            OpRef::Write {
+                offset: 4096,
+                data: &big,
+            },
+            OpRef::Zero {
+                offset: 0,
+                len: 4096,
+            },
+            OpRef::Marker(MarkerKind::CrashConsistent),
+            OpRef::Write {
+                offset: 512,
+                data: &[2; 3],
+            },
+        ];
+        for (i, op) in ops.iter().enumerate() {
+            w.append(Seq(5 + i as u64), Timestamp(1 + i as i64), 0, *op)
+                .unwrap();
+        }
+        let raw_len = body_len(w.bytes, ops.len() as u64).unwrap();
+        let mut encoder = segment::RawEncoder::new(1).unwrap();
+        let mut seg = encoder.start(raw_len).unwrap();
+        let mut pieces = 0;
+        let log = read_raw(&w.path, &mut Vec::new(), |piece| {
+            pieces += 1;
+            Ok(seg.push(piece)?)
+        })
+        .unwrap();
+        assert!(pieces > ops.len());
+        assert_eq!(
+            (log.count, log.first, log.last),
+            (5, (Seq(5), Timestamp(1)), (Seq(9), Timestamp(5)))
+        );
+        let (bytes, digest) = seg
+            .finish(
+                StreamId([1; 16]),
+                Generation(1),
+                Digest::ZERO,
+                log.count,
+                log.first,
+                log.last,
+            )
+            .unwrap();
+        let decoded = segment::decode(&bytes).unwrap();
+        assert_eq!(decoded.digest, digest);
+        assert_eq!(decoded.records, read(&w.path).unwrap().0);
+
+        // A record out of order is refused.
+        w.append(
+            Seq(11),
+            Timestamp(9),
+            0,
+            OpRef::Marker(MarkerKind::CrashConsistent),
+        )
+        .unwrap();
+        assert!(read_raw(&w.path, &mut Vec::new(), |_| Ok(())).is_err());
     }
 }

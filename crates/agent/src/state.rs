@@ -88,7 +88,7 @@ pub(crate) fn load(dir: &Path) -> Result<Option<StreamState>, AgentError> {
             Ok(Some(state))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(AgentError::io("read stream state", p)(e)),
+        Err(e) => Err(AgentError::io("read stream state", &p)(e)),
     }
 }
 

@@ -137,6 +137,11 @@ pub struct Stream {
     pub(crate) seal_now: Notify,
     counters: Counters,
     last_error: Mutex<Option<String>>,
+    /// Serialises the stores of `state.json`, which happen outside the stream's lock (an
+    /// fsync there would stall every write): taken before that lock, never while holding it.
+    state_io: Mutex<()>,
+    /// One shipper at a time (the sealer, or a caller of [`crate::sealer::seal_and_ship`]).
+    pub(crate) shipping: tokio::sync::Mutex<()>,
 }
 
 impl Stream {
@@ -198,6 +203,8 @@ impl Stream {
             seal_now: Notify::new(),
             counters: Counters::default(),
             last_error: Mutex::new(None),
+            state_io: Mutex::new(()),
+            shipping: tokio::sync::Mutex::new(()),
         });
         let resyncing = stream.lock().state.resync;
         if !maps.is_empty() || resyncing {
@@ -393,9 +400,7 @@ impl Stream {
         }
         let seq = self.append(0, OpRef::Marker(kind), true)?;
         if kind == MarkerKind::InitialSyncDone {
-            let mut g = self.lock();
-            g.state.initial_sync_done_seq = Some(seq);
-            state::store(&self.dir, &g.state)?;
+            self.update_state(|s| s.initial_sync_done_seq = Some(seq))?;
         }
         self.seal_now.notify_one();
         Ok(seq)
@@ -457,37 +462,68 @@ impl Stream {
         Ok(())
     }
 
-    /// The oldest closed log not shipped yet, and the digest its segment must chain to.
-    pub(crate) fn next_to_ship(&self) -> Option<(ClosedLog, Digest)> {
+    /// Up to `max` of the oldest closed logs not shipped yet, and the digest the first one's
+    /// segment must chain to.
+    pub(crate) fn next_to_ship(&self, max: usize) -> (Vec<ClosedLog>, Digest) {
         let g = self.lock();
-        g.closed.front().map(|c| (c.clone(), g.state.prev_digest()))
+        let logs = g.closed.iter().take(max).cloned().collect();
+        (logs, g.state.prev_digest())
     }
 
-    /// Record that `log`'s segment (with `digest`, `bytes` long) is durable in the cache.
+    /// Record that the segments of `logs` (the oldest closed ones, in order) are durable in
+    /// the cache, the last with `digest`, `bytes` long in all: the state is stored, then the
+    /// logs leave the ship buffer and are removed.
     pub(crate) fn shipped(
         &self,
-        log: &ClosedLog,
+        logs: &[ClosedLog],
         digest: Digest,
         bytes: u64,
     ) -> Result<(), AgentError> {
-        let mut g = self.lock();
-        g.state.prev_digest = digest.to_hex();
-        g.state.shipped_next = log.last_seq.next();
-        state::store(&self.dir, &g.state)?;
-        g.closed.pop_front();
-        g.buffered = g.buffered.saturating_sub(log.bytes);
-        // Once in the cache account the log no longer needs to be durable here.
-        g.unsynced.retain(|(first, _)| *first != log.first_seq);
-        drop(g);
-        std::fs::remove_file(&log.path).map_err(AgentError::io("remove shipped log", &log.path))?;
+        let Some(last) = logs.last() else {
+            return Ok(());
+        };
+        self.update_state(|s| {
+            s.prev_digest = digest.to_hex();
+            s.shipped_next = last.last_seq.next();
+        })?;
+        {
+            let mut g = self.lock();
+            for log in logs {
+                if g.closed
+                    .front()
+                    .is_some_and(|c| c.first_seq == log.first_seq)
+                {
+                    g.closed.pop_front();
+                    g.buffered = g.buffered.saturating_sub(log.bytes);
+                }
+                // Once in the cache account the log no longer needs to be durable here.
+                g.unsynced.retain(|(first, _)| *first != log.first_seq);
+            }
+        }
+        for log in logs {
+            std::fs::remove_file(&log.path)
+                .map_err(AgentError::io("remove shipped log", &log.path))?;
+        }
         self.counters
             .bytes_shipped
             .fetch_add(bytes, Ordering::Relaxed);
         self.counters
             .segments_shipped
-            .fetch_add(1, Ordering::Relaxed);
+            .fetch_add(logs.len() as u64, Ordering::Relaxed);
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
         Ok(())
+    }
+
+    /// Change the stream's state and store it. The file is written outside the stream's lock,
+    /// so writes go on meanwhile; `state_io` keeps the stores in the order of the changes.
+    fn update_state(&self, change: impl FnOnce(&mut StreamState)) -> Result<(), AgentError> {
+        let _io = self.state_io.lock().unwrap_or_else(|p| p.into_inner());
+        let snapshot = {
+            let mut g = self.lock();
+            change(&mut g.state);
+            g.state.clone()
+        };
+        state::store(&self.dir, &snapshot)
     }
 
     pub(crate) fn set_error(&self, e: Option<String>) {
@@ -559,17 +595,14 @@ impl Stream {
             .iter()
             .map(|p| ImageStamp::of(p).map_err(AgentError::io("stat disk image", *p)))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut g = self.lock();
-        g.state.stopped_with = Some(stamps);
-        state::store(&self.dir, &g.state)
+        self.update_state(|s| s.stopped_with = Some(stamps))
     }
 
     /// At a start: an error naming the first disk image that changed since the stream stopped
     /// (nothing tracked that change, so the replica cannot catch up from the stream); the
     /// stamp stays until a repair replaces the stream. Otherwise the stamp is cleared.
     pub(crate) fn check_stopped(&self, images: &[&Path]) -> Result<(), AgentError> {
-        let mut g = self.lock();
-        let Some(stamps) = g.state.stopped_with.clone() else {
+        let Some(stamps) = self.lock().state.stopped_with.clone() else {
             return Ok(());
         };
         for (i, (path, then)) in images.iter().zip(&stamps).enumerate() {
@@ -583,8 +616,7 @@ impl Stream {
                 });
             }
         }
-        g.state.stopped_with = None;
-        state::store(&self.dir, &g.state)
+        self.update_state(|s| s.stopped_with = None)
     }
 
     /// True while a repair's resync has not compared every block yet.
@@ -632,6 +664,8 @@ impl Stream {
     /// are made durable, then the bitmaps are removed. Returns the marker's sequence, or
     /// `None` when blocks are still dirty (or the buffer overflowed again).
     pub(crate) fn close_window(&self) -> Result<Option<Seq>, AgentError> {
+        // The state may be stored below, under the stream's lock: `state_io` comes first.
+        let _io = self.state_io.lock().unwrap_or_else(|p| p.into_inner());
         let mut g = self.lock();
         let Some(w) = g.window.as_ref() else {
             return Ok(None);

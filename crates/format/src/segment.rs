@@ -159,31 +159,161 @@ pub fn encode_raw(
     body: &RawBody<'_>,
     zstd_level: i32,
 ) -> Result<(Vec<u8>, Digest), FormatError> {
-    if body.count == 0 {
-        return Err(FormatError::invalid(
-            FORMAT,
-            "a segment needs at least one record",
-        ));
-    }
-    let z = zstd::bulk::compress(body.raw, zstd_level)
-        .map_err(|e| FormatError::invalid(FORMAT, format!("compress: {e}")))?;
-    let mut w = Writer::with_header(MAGIC, VERSION);
-    w.u16(0); // flags
-    w.bytes(&stream.0);
-    w.u64(generation.0);
-    w.u64(body.first.0.0);
-    w.u64(body.last.0.0);
-    w.i64(body.first.1.0);
-    w.i64(body.last.1.0);
-    w.bytes(&prev_digest.0);
-    w.u32(body.count);
-    w.u64(body.raw.len() as u64);
-    w.u64(z.len() as u64);
-    w.bytes(&z);
-    let bytes = w.finish();
-    let digest = crate::codec::trailer_digest(&bytes).unwrap_or_default();
-    Ok((bytes, digest))
+    let mut encoder = RawEncoder::new(zstd_level)?;
+    let mut segment = encoder.start(body.raw.len() as u64)?;
+    segment.push(body.raw)?;
+    segment.finish(
+        stream,
+        generation,
+        prev_digest,
+        body.count,
+        body.first,
+        body.last,
+    )
 }
+
+/// Encodes segments from records pushed in pieces, as [`encode_raw`] does from a whole body:
+/// the agent streams each sealed log through it without assembling the body, and keeps one
+/// compression context for every segment.
+pub struct RawEncoder {
+    zstd: zstd::zstd_safe::CCtx<'static>,
+}
+
+impl RawEncoder {
+    pub fn new(zstd_level: i32) -> Result<RawEncoder, FormatError> {
+        let mut zstd = zstd::zstd_safe::CCtx::try_create()
+            .ok_or_else(|| FormatError::invalid(FORMAT, "create a compression context"))?;
+        zstd.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(zstd_level))
+            .map_err(compress_error)?;
+        Ok(RawEncoder { zstd })
+    }
+
+    /// Start a segment whose records take exactly `raw_len` bytes in the body encoding.
+    pub fn start(&mut self, raw_len: u64) -> Result<RawSegment<'_>, FormatError> {
+        if raw_len > MAX_RAW_LEN {
+            return Err(FormatError::invalid(FORMAT, "the records are too long"));
+        }
+        self.zstd
+            .reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+            .map_err(compress_error)?;
+        self.zstd
+            .set_pledged_src_size(Some(raw_len))
+            .map_err(compress_error)?;
+        // Room for the header, the compressed records however they compress, and the trailer:
+        // the object is built in place.
+        let bound = zstd::zstd_safe::compress_bound(raw_len as usize);
+        let mut out = Vec::with_capacity(HEADER_LEN + bound + 32);
+        out.resize(HEADER_LEN, 0);
+        Ok(RawSegment {
+            zstd: &mut self.zstd,
+            out,
+            raw_len,
+        })
+    }
+}
+
+/// A segment being encoded by a [`RawEncoder`].
+pub struct RawSegment<'a> {
+    zstd: &'a mut zstd::zstd_safe::CCtx<'static>,
+    out: Vec<u8>,
+    raw_len: u64,
+}
+
+impl RawSegment<'_> {
+    /// Add the next records (in the body encoding; a piece may end inside a record).
+    pub fn push(&mut self, records: &[u8]) -> Result<(), FormatError> {
+        let mut input = zstd::zstd_safe::InBuffer::around(records);
+        while input.pos() < records.len() {
+            self.reserve();
+            let pos = self.out.len();
+            let mut output = zstd::zstd_safe::OutBuffer::around_pos(&mut self.out, pos);
+            self.zstd
+                .compress_stream2(
+                    &mut output,
+                    &mut input,
+                    zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_continue,
+                )
+                .map_err(compress_error)?;
+        }
+        Ok(())
+    }
+
+    /// Close the segment: `count` records from `first` to `last` (sequence and time), chained
+    /// to `prev_digest`. Returns the object bytes and its digest.
+    pub fn finish(
+        mut self,
+        stream: StreamId,
+        generation: Generation,
+        prev_digest: Digest,
+        count: u32,
+        first: (Seq, Timestamp),
+        last: (Seq, Timestamp),
+    ) -> Result<(Vec<u8>, Digest), FormatError> {
+        if count == 0 {
+            return Err(FormatError::invalid(
+                FORMAT,
+                "a segment needs at least one record",
+            ));
+        }
+        loop {
+            self.reserve();
+            let pos = self.out.len();
+            let mut output = zstd::zstd_safe::OutBuffer::around_pos(&mut self.out, pos);
+            let mut input = zstd::zstd_safe::InBuffer::around(&[]);
+            let left = self
+                .zstd
+                .compress_stream2(
+                    &mut output,
+                    &mut input,
+                    zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end,
+                )
+                .map_err(compress_error)?;
+            if left == 0 {
+                break;
+            }
+        }
+        let z_len = (self.out.len() - HEADER_LEN) as u64;
+        let mut w = Writer::with_header(MAGIC, VERSION);
+        w.u16(0); // flags
+        w.bytes(&stream.0);
+        w.u64(generation.0);
+        w.u64(first.0.0);
+        w.u64(last.0.0);
+        w.i64(first.1.0);
+        w.i64(last.1.0);
+        w.bytes(&prev_digest.0);
+        w.u32(count);
+        w.u64(self.raw_len);
+        w.u64(z_len);
+        debug_assert_eq!(w.buf.len(), HEADER_LEN);
+        self.out[..HEADER_LEN].copy_from_slice(&w.buf);
+        let digest = Digest::of(&self.out);
+        self.out.extend_from_slice(&digest.0);
+        if self.out.capacity() > 2 * self.out.len() {
+            // Well compressed: do not keep the room reserved for the worst case.
+            self.out.shrink_to_fit();
+        }
+        Ok((self.out, digest))
+    }
+
+    /// Keep room for a compression step's output.
+    fn reserve(&mut self) {
+        let room = zstd::zstd_safe::CCtx::out_size().max(4096);
+        if self.out.capacity() - self.out.len() < room {
+            self.out.reserve(room);
+        }
+    }
+}
+
+fn compress_error(code: usize) -> FormatError {
+    FormatError::invalid(
+        FORMAT,
+        format!("compress: {}", zstd::zstd_safe::get_error_name(code)),
+    )
+}
+
+/// Bytes of a segment before its compressed records.
+const HEADER_LEN: usize = 8 + 2 + 2 + 16 + 8 + 2 * 8 + 2 * 8 + 32 + 4 + 8 + 8;
 
 /// Sequence, time and total length of the record at the front of `data`, from its header
 /// alone (the payload is not read).

@@ -1,9 +1,12 @@
-//! The transmission phase: a reader that parses requests and dispatches each to a blocking
-//! worker, and a writer task that sends the (possibly out-of-order) simple replies.
+//! The transmission phase: a reader that parses requests and dispatches them to blocking
+//! workers (the requests already received together to one worker, in order), and a writer
+//! task that sends the (possibly out-of-order) simple replies.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter,
+};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 use crate::DynExport;
@@ -15,6 +18,13 @@ use crate::protocol::*;
 pub(crate) const MAX_IN_FLIGHT: usize = 64;
 /// Most read/write payload bytes of one connection held in memory at once.
 const MAX_IN_FLIGHT_BYTES: usize = 128 << 20;
+/// Most bytes of write buffers one connection keeps for its next writes.
+const POOLED_BYTES: usize = 16 << 20;
+/// Most requests handed to one worker at once.
+const MAX_BATCH: usize = 16;
+
+/// Permits a request holds until its reply is sent.
+type Permits = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// A reply on its way to the writer task; the permits are released once it is sent.
 struct Reply {
@@ -68,6 +78,7 @@ where
     let writer = tokio::spawn(write_replies(writer, rx));
     let count = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let bytes = Arc::new(Semaphore::new(MAX_IN_FLIGHT_BYTES));
+    let buffers = Arc::new(Buffers::default());
     let size = export.size();
     let result = loop {
         let mut header = [0u8; Request::LEN];
@@ -109,7 +120,7 @@ where
                     continue;
                 }
                 let permits = acquire(&count, &bytes, req.length).await;
-                let mut data = Vec::with_capacity(req.length as usize);
+                let mut data = buffers.take(req.length as usize);
                 // A client that stops sending mid-payload must not hold up shutdown or removal.
                 let mut payload = (&mut reader).take(u64::from(req.length));
                 let read = tokio::select! {
@@ -165,12 +176,23 @@ where
                 continue;
             }
         };
+        // Requests the client has already sent behind this one go to the same worker, one
+        // after the other: a worker woken per request costs more than most writes.
+        let mut batch = vec![(req.handle, job, payload)];
+        while batch.len() < MAX_BATCH
+            && !batch.last().is_some_and(|(_, job, _)| job.ends_batch())
+            && let Some(next) = take_buffered(&mut reader, size, &count, &bytes, &buffers)
+        {
+            batch.push(next);
+        }
         let export = export.clone();
         let tx = tx.clone();
-        let handle = req.handle;
+        let buffers = buffers.clone();
         tokio::task::spawn_blocking(move || {
-            let (error, data) = execute(&export, job);
-            send(&tx, handle, error, data, Some(payload));
+            for (handle, job, permits) in batch {
+                let (error, data) = execute(&export, job, &buffers);
+                send(&tx, handle, error, data, Some(permits));
+            }
         });
     };
     drop(tx);
@@ -180,6 +202,74 @@ where
         .map_err(|e| NbdError::Protocol(format!("reply writer failed: {e}")))?;
     result?;
     written.map_err(NbdError::from)
+}
+
+impl Job {
+    /// A request that may take long (it syncs): the ones behind it go to another worker.
+    fn ends_batch(&self) -> bool {
+        match self {
+            Job::Flush => true,
+            Job::Write { fua, .. } | Job::Trim { fua, .. } | Job::Zero { fua, .. } => *fua,
+            Job::Read { .. } => false,
+        }
+    }
+}
+
+/// The next request, if it is already whole in the read buffer, valid, and its permits are
+/// free at once; anything else is left for the main loop to handle.
+fn take_buffered<R: AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    size: u64,
+    count: &Arc<Semaphore>,
+    bytes: &Arc<Semaphore>,
+    buffers: &Buffers,
+) -> Option<(u64, Job, Permits)> {
+    let buffered = reader.buffer();
+    let header: &[u8; Request::LEN] = buffered.get(..Request::LEN)?.try_into().ok()?;
+    let req = Request::decode(header).ok()?;
+    let fua = req.flags & CMD_FLAG_FUA != 0;
+    let in_range = req
+        .offset
+        .checked_add(u64::from(req.length))
+        .is_some_and(|end| end <= size);
+    let (offset, len) = (req.offset, req.length as usize);
+    if !in_range || req.length > MAX_PAYLOAD {
+        return None;
+    }
+    let (payload, held) = match req.command {
+        CMD_WRITE => (len, req.length),
+        CMD_READ => (0, req.length),
+        CMD_FLUSH | CMD_TRIM | CMD_WRITE_ZEROES => (0, 0),
+        _ => return None,
+    };
+    let data = buffered.get(Request::LEN..Request::LEN + payload)?;
+    let c = count.clone().try_acquire_owned().ok()?;
+    let b = bytes.clone().try_acquire_many_owned(held).ok()?;
+    let job = match req.command {
+        CMD_WRITE => {
+            let mut buf = buffers.take(len);
+            buf.extend_from_slice(data);
+            Job::Write {
+                offset,
+                data: buf,
+                fua,
+            }
+        }
+        CMD_READ => Job::Read { offset, len },
+        CMD_FLUSH => Job::Flush,
+        CMD_TRIM => Job::Trim {
+            offset,
+            len: len as u64,
+            fua,
+        },
+        _ => Job::Zero {
+            offset,
+            len: len as u64,
+            fua,
+        },
+    };
+    reader.consume(Request::LEN + payload);
+    Some((req.handle, job, (c, b)))
 }
 
 async fn acquire(
@@ -212,8 +302,42 @@ fn send(
     });
 }
 
+/// Write payload buffers kept for the next requests of a connection: a fresh buffer for
+/// each write costs page faults and zeroing as large as the payload (a megabyte for a
+/// sequential write).
+#[derive(Default)]
+struct Buffers(Mutex<(Vec<Vec<u8>>, usize)>);
+
+impl Buffers {
+    /// An empty buffer with room for `len` bytes.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let found = {
+            let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            let (bufs, held) = &mut *pool;
+            let found = bufs.iter().rposition(|b| b.capacity() >= len);
+            found.map(|i| {
+                let b = bufs.swap_remove(i);
+                *held -= b.capacity();
+                b
+            })
+        };
+        found.unwrap_or_else(|| Vec::with_capacity(len))
+    }
+
+    /// Keep a buffer for a later request, unless enough are kept already.
+    fn give_back(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut pool = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (bufs, held) = &mut *pool;
+        if *held + buf.capacity() <= POOLED_BYTES {
+            *held += buf.capacity();
+            bufs.push(buf);
+        }
+    }
+}
+
 /// Runs one request against the export: `(nbd error, read data)`.
-fn execute(export: &DynExport, job: Job) -> (u32, Option<Vec<u8>>) {
+fn execute(export: &DynExport, job: Job, buffers: &Buffers) -> (u32, Option<Vec<u8>>) {
     let result = match job {
         Job::Read { offset, len } => {
             let mut buf = vec![0u8; len];
@@ -222,7 +346,11 @@ fn execute(export: &DynExport, job: Job) -> (u32, Option<Vec<u8>>) {
                 Err(e) => Err(e),
             }
         }
-        Job::Write { offset, data, fua } => export.write(offset, &data, fua),
+        Job::Write { offset, data, fua } => {
+            let result = export.write(offset, &data, fua);
+            buffers.give_back(data);
+            result
+        }
         Job::Flush => export.flush(),
         Job::Trim { offset, len, fua } => export.trim(offset, len, fua),
         Job::Zero { offset, len, fua } => export.write_zeroes(offset, len, fua),

@@ -141,3 +141,57 @@ mod prop {
         }
     }
 }
+
+#[test]
+fn one_encoder_streams_segments_from_pieces_of_their_records() {
+    let mut raw = Vec::new();
+    for r in sample() {
+        encode_record(&mut raw, &r);
+    }
+    let mut encoder = RawEncoder::new(1).unwrap();
+    for (round, piece) in [1usize, 7, 4096, raw.len()].into_iter().enumerate() {
+        let mut segment = encoder.start(raw.len() as u64).unwrap();
+        for chunk in raw.chunks(piece) {
+            segment.push(chunk).unwrap();
+        }
+        let prev = Digest([round as u8; 32]);
+        let (bytes, digest) = segment
+            .finish(
+                StreamId([4; 16]),
+                Generation(3),
+                prev,
+                4,
+                (Seq(10), Timestamp(100)),
+                (Seq(13), Timestamp(110)),
+            )
+            .unwrap();
+        let seg = decode(&bytes).unwrap();
+        assert_eq!(seg.records, sample(), "pieces of {piece} bytes");
+        assert_eq!(seg.digest, digest);
+        assert_eq!(seg.header.prev_digest, prev);
+    }
+    // The records must be exactly as long as announced.
+    let mut segment = encoder.start(raw.len() as u64 + 1).unwrap();
+    segment.push(&raw).unwrap();
+    let facts = ((Seq(10), Timestamp(100)), (Seq(13), Timestamp(110)));
+    let short = segment.finish(
+        StreamId([4; 16]),
+        Generation(3),
+        Digest::ZERO,
+        4,
+        facts.0,
+        facts.1,
+    );
+    assert!(short.is_err());
+    let mut segment = encoder.start(raw.len() as u64).unwrap();
+    segment.push(&raw).unwrap();
+    let ok = segment.finish(
+        StreamId([4; 16]),
+        Generation(3),
+        Digest::ZERO,
+        4,
+        facts.0,
+        facts.1,
+    );
+    assert!(ok.is_ok(), "the encoder is usable after a failed segment");
+}
