@@ -16,6 +16,7 @@ use ferry_format::{BLOCK_SIZE, Digest};
 use ferry_nbd::Export;
 
 use crate::AgentError;
+use crate::hydrate::Hydration;
 use crate::stream::Stream;
 
 /// Order-lock stripes per disk.
@@ -32,6 +33,8 @@ pub struct Disk {
     /// Order locks, one per stripe of 1 MiB regions (region `r` uses stripe `r % STRIPES`).
     order: Vec<Mutex<()>>,
     stream: RwLock<Option<Arc<Stream>>>,
+    /// While the image is restored from a recovery point: the blocks still to fetch.
+    hydration: RwLock<Option<Arc<Hydration>>>,
 }
 
 impl Disk {
@@ -68,6 +71,7 @@ impl Disk {
             size,
             order: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             stream: RwLock::new(None),
+            hydration: RwLock::new(None),
         })
     }
 
@@ -84,6 +88,43 @@ impl Disk {
         *self.stream.write().unwrap_or_else(|p| p.into_inner()) = stream;
     }
 
+    pub(crate) fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Serve the image while it is hydrated (or, with `None`, as a plain image).
+    pub(crate) fn set_hydration(&self, h: Option<Arc<Hydration>>) {
+        *self.hydration.write().unwrap_or_else(|p| p.into_inner()) = h;
+    }
+
+    pub(crate) fn hydration(&self) -> Option<Arc<Hydration>> {
+        self.hydration
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Fetch the blocks of `offset..offset + len` still missing from a hydrating image; the
+    /// caller holds their order locks.
+    fn fill_locked(&self, h: &Hydration, offset: u64, len: u64) -> io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        for block in offset / BLOCK_SIZE..=(offset + len - 1) / BLOCK_SIZE {
+            h.fill(&self.file, self.size, block)?;
+        }
+        Ok(())
+    }
+
+    /// True when a hydrating image still misses a block of the range.
+    fn any_pending(h: &Hydration, offset: u64, len: u64) -> bool {
+        len > 0 && (offset / BLOCK_SIZE..=(offset + len - 1) / BLOCK_SIZE).any(|b| h.is_pending(b))
+    }
+
     fn stream(&self) -> Option<Arc<Stream>> {
         self.stream
             .read()
@@ -93,7 +134,7 @@ impl Disk {
 
     /// Lock the order stripes of every 1 MiB region of `offset..offset + len`, in ascending
     /// stripe order (so two writes never wait on each other in a cycle).
-    fn lock_range(&self, offset: u64, len: u64) -> Vec<MutexGuard<'_, ()>> {
+    pub(crate) fn lock_range(&self, offset: u64, len: u64) -> Vec<MutexGuard<'_, ()>> {
         let first = offset >> REGION_SHIFT;
         let last = (offset + len.max(1) - 1) >> REGION_SHIFT;
         let mut stripes: Vec<usize> = (first..=last.min(first + STRIPES as u64 - 1))
@@ -120,6 +161,9 @@ impl Disk {
             OpRef::Marker(_) => (0, 0),
         };
         let _order = self.lock_range(offset, len);
+        if let Some(h) = self.hydration() {
+            self.fill_locked(&h, offset, len)?;
+        }
         apply(&self.file)?;
         if fua {
             self.file.sync_data()?;
@@ -187,6 +231,10 @@ impl Disk {
     /// has to walk, which made 4 KiB writes several times slower. Dropping them afterwards
     /// keeps the page cache as the VM's own I/O shaped it.
     fn read_for_copy(&self, buf: &mut [u8], offset: u64) -> Result<(), AgentError> {
+        if let Some(h) = self.hydration() {
+            self.fill_locked(&h, offset, buf.len() as u64)
+                .map_err(AgentError::io("hydrate disk image", &self.path))?;
+        }
         self.file
             .read_exact_at(buf, offset)
             .map_err(AgentError::io("read disk image", &self.path))?;
@@ -260,6 +308,13 @@ impl Export for Disk {
     }
 
     fn read(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let len = buf.len() as u64;
+        if let Some(h) = self.hydration()
+            && Self::any_pending(&h, offset, len)
+        {
+            let _order = self.lock_range(offset, len);
+            self.fill_locked(&h, offset, len)?;
+        }
         self.file.read_exact_at(buf, offset)
     }
 

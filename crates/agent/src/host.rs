@@ -17,15 +17,31 @@ use tokio::task::JoinHandle;
 
 use crate::catch_up::{self, CatchUpProgress};
 use crate::disk::Disk;
+use crate::hydrate::{self, BlockSource, Hydration, HydrationProgress};
 use crate::initial_sync::{self, Progress, ProgressView};
 use crate::stream::{Stream, StreamConfig, StreamStatus};
 use crate::{AgentError, sealer};
 
 /// One disk of a VM as the control plane describes it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct DiskSpec {
     pub image: PathBuf,
     pub size: u64,
+    /// Where the blocks of an image still being restored come from: when the image has a
+    /// hydration bitmap ([`crate::hydrate::prepare`]), it is served at once and filled from
+    /// this source on demand and in the background.
+    pub hydrate_from: Option<Arc<dyn BlockSource>>,
+}
+
+impl DiskSpec {
+    /// A disk served from its image alone.
+    pub fn plain(image: impl Into<PathBuf>, size: u64) -> DiskSpec {
+        DiskSpec {
+            image: image.into(),
+            size,
+            hydrate_from: None,
+        }
+    }
 }
 
 /// What the control plane asks of a protected VM's stream.
@@ -68,6 +84,8 @@ struct Replication {
 struct Vm {
     disks: Vec<Arc<Disk>>,
     replication: Option<Replication>,
+    /// The background hydration of disks restored from a recovery point.
+    hydration: Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
 }
 
 /// The agent of one host.
@@ -129,11 +147,32 @@ impl AgentHost {
         if vms.contains_key(vm) {
             return Ok(());
         }
-        let disks = disks
+        let specs = disks;
+        let disks = specs
             .iter()
             .enumerate()
             .map(|(i, d)| Disk::open_or_create(&d.image, d.size, i as u16).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut hydrating = Vec::new();
+        for (d, spec) in disks.iter().zip(specs) {
+            let Some(source) = &spec.hydrate_from else {
+                continue;
+            };
+            let runtime = tokio::runtime::Handle::current();
+            if let Some(h) = Hydration::open(&spec.image, spec.size, source.clone(), runtime)? {
+                let h = Arc::new(h);
+                d.set_hydration(Some(h.clone()));
+                hydrating.push((d.clone(), h));
+            }
+        }
+        let hydration = (!hydrating.is_empty()).then(|| {
+            let (tx, rx) = watch::channel(false);
+            let tasks = hydrating
+                .into_iter()
+                .map(|(d, h)| tokio::spawn(hydrate::run(d, h, rx.clone())))
+                .collect();
+            (tx, tasks)
+        });
         for d in &disks {
             self.exports.insert(
                 Self::export_name(vm, d.index() as usize),
@@ -145,6 +184,7 @@ impl AgentHost {
             Vm {
                 disks,
                 replication: None,
+                hydration,
             },
         );
         Ok(())
@@ -153,12 +193,32 @@ impl AgentHost {
     /// Stop serving a VM (its replication stops too). Its images stay on disk.
     pub async fn detach_vm(&self, vm: &str) {
         self.stop_replication(vm).await;
-        if let Some(v) = self.vms().remove(vm) {
-            for d in &v.disks {
-                self.exports
-                    .remove(&Self::export_name(vm, d.index() as usize));
+        let Some(v) = self.vms().remove(vm) else {
+            return;
+        };
+        for d in &v.disks {
+            self.exports
+                .remove(&Self::export_name(vm, d.index() as usize));
+        }
+        if let Some((stop, tasks)) = v.hydration {
+            let _ = stop.send(true);
+            for t in tasks {
+                let _ = t.await;
             }
         }
+    }
+
+    /// How far the hydration of each disk of a VM has come (`None` for a disk that is whole);
+    /// `None` when the VM is not served.
+    pub fn hydration(&self, vm: &str) -> Option<Vec<Option<HydrationProgress>>> {
+        let vms = self.vms();
+        let v = vms.get(vm)?;
+        Some(
+            v.disks
+                .iter()
+                .map(|d| d.hydration().map(|h| h.progress(d.size())))
+                .collect(),
+        )
     }
 
     /// Start (or resume after a restart) a VM's write stream: attach it to the disks, start the

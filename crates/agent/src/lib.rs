@@ -19,6 +19,7 @@ mod dirty;
 pub mod disk;
 mod error;
 mod host;
+pub mod hydrate;
 pub mod initial_sync;
 mod log;
 pub mod sealer;

@@ -323,3 +323,66 @@ fn a_second_failover_while_one_runs_is_refused() {
     s.ok(&["job", "show", &job["id"].to_string(), "--wait"]);
     assert_eq!(s.replication(ITEM)["state"], "failed-over");
 }
+
+/// A failed-over VM runs while its disks are restored: it reads the point's data and keeps its
+/// writes, and a `kill -9` of the server in the middle of the restore loses none of them.
+#[test]
+fn a_failed_over_vm_runs_from_disks_still_being_restored_and_survives_a_crash() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Each restored batch (8 MiB) waits 2 s: the restore takes many seconds.
+    let slow = vec![(
+        "FERRY_FAILPOINTS".to_string(),
+        "agent-hydrate-batch=delay:2000".to_string(),
+    )];
+    let mut s = Server::start_with(&dir.join("data"), free_port(), slow);
+    s.base_resources(None);
+    s.create_vm(ITEM, "default", &["64MiB@sa1", "32MiB@sa2"]);
+    let u0 = s.disk_uri(ITEM, 0);
+    assert!(qemu_io(&u0, "write -P 0x31 0 48M"));
+    assert!(qemu_io(&s.disk_uri(ITEM, 1), "write -P 0x32 0 8M"));
+    s.protect(ITEM);
+    job_ok(
+        &s,
+        &[
+            "failover",
+            "run",
+            ITEM,
+            "--recovery-point",
+            "latest-processed",
+        ],
+    );
+
+    // Served at once: the VM is running and its disks are not whole yet.
+    let fv = s.json(&["vm", "show", FAILED_OVER]);
+    assert_eq!(fv["state"], "running");
+    let h = &fv["hydration"];
+    assert!(h["percent"].as_f64().unwrap() < 100.0, "{fv}");
+    assert!(h["total_bytes"].as_u64().unwrap() >= 56 << 20, "{fv}");
+    let fo = s.disk_uri(FAILED_OVER, 0);
+    // Blocks far from where the restore is read right, and a write into part of one stays.
+    assert!(qemu_io(&fo, "read -P 0x31 40M 1M"));
+    assert!(qemu_io(&fo, "write -P 0x99 44M 4k"));
+    assert!(qemu_io(&fo, "read -P 0x31 45060k 60k"));
+    assert!(qemu_io(&fo, "read -P 0x99 44M 4k"));
+
+    s.kill9();
+    s.restart_with(Vec::new());
+    wait_until(120, "the failed-over disks to be whole", || {
+        s.json(&["vm", "show", FAILED_OVER])["hydration"].is_null()
+    });
+    let fo = s.disk_uri(FAILED_OVER, 0);
+    assert!(qemu_io(&fo, "read -P 0x31 0 44M"));
+    assert!(qemu_io(&fo, "read -P 0x99 44M 4k"));
+    assert!(qemu_io(&fo, "read -P 0x31 45060k 4092k"));
+    assert!(qemu_io(&fo, "read -P 0 48M 16M"));
+    assert!(qemu_io(&s.disk_uri(FAILED_OVER, 1), "read -P 0x32 0 8M"));
+    assert!(qemu_io(&s.disk_uri(FAILED_OVER, 1), "read -P 0 8M 24M"));
+    let events = s.json(&["event", "list", "--kind", "hydration-complete"]);
+    assert!(
+        events
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["target"] == FAILED_OVER)),
+        "{events}"
+    );
+}

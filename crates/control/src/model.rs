@@ -152,6 +152,29 @@ pub struct Vm {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
     pub created: Timestamp,
+    /// While the disks are restored from a recovery point in the background (the VM already
+    /// runs from them): which point, and how far it has come.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hydration: Option<VmHydration>,
+}
+
+/// The recovery point a VM's disks are hydrated from, and the progress (filled in when shown).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VmHydration {
+    /// The protected item (`GROUP/VM`) whose replica holds the point.
+    pub item: String,
+    /// The point's id.
+    pub recovery_point: String,
+    /// Bytes of the point's data to fetch, and already in the disks.
+    #[serde(default, skip_deserializing)]
+    pub total_bytes: u64,
+    #[serde(default, skip_deserializing)]
+    pub done_bytes: u64,
+    #[serde(default, skip_deserializing)]
+    pub percent: f64,
+    /// The last failure of the background fetch (it retries), if any.
+    #[serde(default, skip_deserializing, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Where a protected item replicates to.

@@ -262,6 +262,7 @@ impl Control {
             ))
         })?;
         self.fill_uris(&mut v);
+        self.fill_hydration(&mut v);
         Ok(v)
     }
 
@@ -269,6 +270,7 @@ impl Control {
         let mut vms: Vec<Vm> = self.db.list(Kind::Vm)?;
         for v in &mut vms {
             self.fill_uris(v);
+            self.fill_hydration(v);
         }
         Ok(vms)
     }
@@ -432,6 +434,7 @@ impl Control {
             }],
             created_by: None,
             created: Timestamp::now(),
+            hydration: None,
         };
         if let Some(img) = &req.image {
             seed_image(img, &vm.disks[0].image, vm.disks[0].size_bytes)?;
@@ -463,12 +466,15 @@ impl Control {
 
     pub(crate) fn attach_vm(&self, vm: &Vm) -> Result<()> {
         let agent = self.agent(&vm.region)?;
+        let sources = self.hydration_sources(vm)?;
         let specs: Vec<DiskSpec> = vm
             .disks
             .iter()
-            .map(|d| DiskSpec {
+            .zip(sources)
+            .map(|(d, source)| DiskSpec {
                 image: d.image.clone().into(),
                 size: d.size_bytes,
+                hydrate_from: source,
             })
             .collect();
         agent.attach_vm(&key(&vm.group, &vm.name), &specs)?;
@@ -512,6 +518,7 @@ impl Control {
         self.db.delete(Kind::Vm, &vm_key)?;
         for d in &v.disks {
             let _ = std::fs::remove_file(&d.image);
+            let _ = std::fs::remove_file(ferry_agent::hydrate::bitmap_path(d.image.as_ref()));
         }
         let _ = std::fs::remove_dir_all(self.vm_dir(v));
         Ok(())

@@ -20,6 +20,7 @@
 //! | `processor-after-journal` | `ferry-replica` processor | a verified segment is in the target's journal, nothing of it applied |
 //! | `processor-after-apply` | `ferry-replica` processor | a segment is applied in memory (points at its markers published), the position not yet covered by a record |
 //! | `processor-after-point` | `ferry-replica` processor | a recovery point or checkpoint record (a seed's too) is stored; the segments it covers are still in the cache |
+//! | `agent-hydrate-batch` | `ferry-agent` hydration | a batch of a restored disk's blocks is fetched, not yet written to the image |
 //! | `failover-after-select-point` | `ferry-control` failover | the point is chosen, the job's step not yet recorded |
 //! | `failover-after-create-vm` | `ferry-control` failover | the target VM is materialised, the job's step not yet recorded |
 //! | `materialise-after-vm-record` | `ferry-control` failover | the target VM's record is written, its disks not yet |
@@ -37,6 +38,7 @@ pub const NAMES: &[&str] = &[
     "processor-after-journal",
     "processor-after-apply",
     "processor-after-point",
+    "agent-hydrate-batch",
     "failover-after-select-point",
     "failover-after-create-vm",
     "materialise-after-vm-record",

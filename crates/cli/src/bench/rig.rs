@@ -43,10 +43,7 @@ impl Rig {
     pub fn attach(&self, vm: &str, disks: &[(PathBuf, u64)]) -> Result<()> {
         let specs: Vec<DiskSpec> = disks
             .iter()
-            .map(|(image, size)| DiskSpec {
-                image: image.clone(),
-                size: *size,
-            })
+            .map(|(image, size)| DiskSpec::plain(image.clone(), *size))
             .collect();
         self.host
             .attach_vm(vm, &specs)

@@ -1,9 +1,9 @@
 //! Turning a recovery point into a VM in the target region: its record first (so nothing is
-//! ever created that the state does not track), then its disks, fetched in full from the
-//! replica (chunks in parallel, zero blocks left sparse), then it is served by the region's agent.
+//! ever created that the state does not track), then its disks, served at once by the region's
+//! agent while they are restored from the replica on demand and in the background
+//! ([`super::hydrate`]).
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use ferry_format::point::PointRecord;
 use ferry_types::Timestamp;
@@ -56,7 +56,6 @@ impl Control {
                 point.disks.len()
             )));
         }
-        let layout = self.layout(rep)?;
         for (d, pd) in vm.disks.iter().zip(&point.disks) {
             if d.size_bytes != pd.size {
                 return Err(ControlError::conflict(format!(
@@ -64,19 +63,9 @@ impl Control {
                     d.index, d.size_bytes, pd.size
                 )));
             }
-            let image = PathBuf::from(&d.image);
-            if let Some(dir) = image.parent() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    ControlError::Internal(format!("create {}: {e}", dir.display()))
-                })?;
-            }
-            let tmp = image.with_extension("raw.partial");
-            ferry_replica::export::to_file(&layout, point, d.index, &tmp).await?;
-            std::fs::rename(&tmp, &image).map_err(|e| {
-                ControlError::Internal(format!("rename {} into place: {e}", tmp.display()))
-            })?;
         }
         let mut vm = vm;
+        self.prepare_hydration(rep, point, &mut vm).await?;
         vm.state = vm_state::STOPPED.into();
         self.db.put(Kind::Vm, &vm_key, &vm)?;
         self.attach_vm(&vm)?;
@@ -150,6 +139,7 @@ impl Control {
             }],
             created_by: Some(place.created_by.into()),
             created: Timestamp::now(),
+            hydration: None,
         })
     }
 

@@ -9,6 +9,7 @@
 //! ```
 //! A test failover runs beside `protected` (replication goes on) until its cleanup.
 
+mod hydrate;
 mod materialise;
 mod reprotect;
 mod run;

@@ -79,6 +79,9 @@ pub(crate) async fn run_commit(control: &Arc<Control>, job: &mut Job) -> Result<
     control.job_succeed(job)
 }
 
+/// How long a reprotect waits for the failed-over disks' restore to make progress.
+const HYDRATION_STALL: std::time::Duration = std::time::Duration::from_secs(300);
+
 pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     let (group, vm) = split(&job.target);
     let rep = control.replication(&group, &vm)?;
@@ -92,6 +95,18 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
             .clone()
             .ok_or_else(|| ControlError::conflict("there is no committed failover to reverse"))?;
         let (fg, fv) = split(&failover.vm);
+        control.job_step(
+            job,
+            0,
+            "running",
+            Some(format!(
+                "waiting until the disks of {} are restored",
+                failover.vm
+            )),
+        )?;
+        control
+            .wait_hydrated(&fg, &fv, HYDRATION_STALL, |_| {})
+            .await?;
         let new_source = control.vm(&fg, &fv)?;
         let original = control.source_vm(&rep)?;
         control.job_step(

@@ -269,6 +269,7 @@ impl Control {
     pub async fn disable_replication(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
         let mut rep = self.replication(group, vm)?;
         let vm_key = key(group, vm);
+        self.refuse_if_hydrating_from(&vm_key, &format!("disable replication of {vm_key}"))?;
         let job = self.new_job(
             "disable-replication",
             &vm_key,

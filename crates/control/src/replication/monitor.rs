@@ -49,6 +49,9 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
         if let Err(e) = tick(&control) {
             tracing::warn!(error = %e, "monitor replicated items");
         }
+        if let Err(e) = control.hydrations_done() {
+            tracing::warn!(error = %e, "check the VMs whose disks are being restored");
+        }
         if let Err(e) = control.observe() {
             tracing::warn!(error = %e, "record the items' changes as events");
         }
@@ -85,11 +88,14 @@ async fn prune(control: &Control) -> crate::error::Result<()> {
                 kind: p.kind,
             })
             .collect();
-        let plan = ferry_replica::retention::plan(
+        let mut plan = ferry_replica::retention::plan(
             &candidates,
             ferry_types::Timestamp::now(),
             &policy.retention(),
         );
+        // A point that a VM's disks are still restored from stays until they are whole.
+        let pinned = control.pinned_points(&rep.item_key())?;
+        plan.retain(|seq| !pinned.contains(&ferry_replica::points::point_id(*seq)));
         if !plan.is_empty() {
             tracing::info!(item = %key(&rep.group, &rep.vm), points = plan.len(), "pruning recovery points past retention or thinned out");
         }
