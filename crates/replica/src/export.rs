@@ -153,7 +153,7 @@ pub async fn to_file(
     Ok(size)
 }
 
-/// Fetch the range of one pack that holds `chunks`, then check, decompress and write each.
+/// Fetch, check and decompress the chunks of one pack, then write each at its block.
 async fn write_pack(
     layout: &ReplicaLayout,
     disk: usize,
@@ -163,29 +163,14 @@ async fn write_pack(
     path: std::path::PathBuf,
 ) -> Result<(), ReplicaError> {
     use std::os::unix::fs::FileExt;
-    let start = chunks
-        .iter()
-        .map(|(_, r)| r.offset as u64)
-        .min()
-        .unwrap_or(0);
-    let end = chunks
-        .iter()
-        .map(|(_, r)| r.offset as u64 + r.len as u64)
-        .max()
-        .unwrap_or(0);
-    let key = layout.pack_key(disk, pack);
-    let bytes = layout.disks[disk].get_range(&key, start..end).await?;
+    let blocks = unpack(layout, disk, pack, chunks).await?;
     tokio::task::spawn_blocking(move || {
-        for (block, r) in chunks {
-            let at = (r.offset as u64 - start) as usize;
-            let z = &bytes[at..at + r.len as usize];
-            let data = ferry_format::pack::open_chunk(z, &r.hash, BLOCK_SIZE as usize)
-                .map_err(ReplicaError::format(format!("chunk in {key}")))?;
+        for (block, data) in blocks {
             file.write_all_at(&data, block * BLOCK_SIZE)
                 .map_err(|e| ReplicaError::Internal(format!("write {}: {e}", path.display())))?;
         }
         Ok(())
     })
     .await
-    .map_err(|e| ReplicaError::Internal(format!("unpack {pack:016x}: {e}")))?
+    .map_err(|e| ReplicaError::Internal(format!("write {pack:016x}: {e}")))?
 }
