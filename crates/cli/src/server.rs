@@ -33,6 +33,10 @@ struct ConfigFile {
     /// How often garbage collection takes a step (default 60).
     #[serde(default)]
     gc_interval_seconds: Option<f64>,
+    /// How long a segment may be missing from the cache while a later one is there before the
+    /// item goes to `resync-required` (default 30).
+    #[serde(default)]
+    gap_grace_seconds: Option<f64>,
 }
 
 /// A running server.
@@ -124,6 +128,15 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
                 );
             }
             cfg.processor.gc_interval = std::time::Duration::from_secs_f64(secs);
+        }
+        if let Some(secs) = file.gap_grace_seconds {
+            if !(0.0..=86_400.0).contains(&secs) {
+                bail!(
+                    "config {}: gap_grace_seconds must be between 0 and 24 h",
+                    path.display()
+                );
+            }
+            cfg.processor.gap_grace = std::time::Duration::from_secs_f64(secs);
         }
     }
     let addr: SocketAddr = listen.parse().with_context(|| {

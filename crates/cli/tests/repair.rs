@@ -131,3 +131,89 @@ fn a_disk_changed_behind_the_agent_needs_a_repair_that_sends_only_the_difference
             .contains("info, warning or critical")
     );
 }
+
+/// A segment that vanishes from the cache account before it is applied leaves a hole in the
+/// stream that nothing can fill: the item goes to `resync-required` naming the gap, and a
+/// repair brings it back to a latest point equal to the disk.
+#[test]
+fn a_segment_lost_from_the_cache_needs_a_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The processor takes 1.5 s per segment, so segments wait in the cache.
+    let slow = vec![(
+        "FERRY_FAILPOINTS".to_string(),
+        "processor-after-journal=delay:1500".to_string(),
+    )];
+    let s = Server::start_with_config(
+        &d.join("data"),
+        slow,
+        r#"{"gap_grace_seconds": 1, "seal_interval_seconds": 0.2}"#,
+    );
+    s.base_resources(None);
+    s.create_vm("rg1/db1", "db", &["16MiB@sa1"]);
+    let uri = s.disk_uri("rg1/db1", 0);
+    assert!(qemu_io(&uri, "write -P 0x11 0 1M"));
+    s.protect("rg1/db1");
+
+    // Several writes, each in its own segment, queue up in the cache; one of the later ones
+    // is lost.
+    let cache = s.data.join("regions/east/storage/rg1/cache-east");
+    let segments = || {
+        let mut found = Vec::new();
+        collect_segments(&cache, &mut found);
+        found.sort();
+        found
+    };
+    let shipped = || {
+        s.replication("rg1/db1")["stats"]["segments_shipped"]
+            .as_u64()
+            .unwrap()
+    };
+    for i in 0..6 {
+        let before = shipped();
+        assert!(qemu_io(
+            &uri,
+            &format!("write -P 0x{:x} {}M 64k", 0x40 + i, 2 + i)
+        ));
+        wait_until(30, "the write's segment to be shipped", || {
+            shipped() > before
+        });
+    }
+    wait_until(30, "segments queued in the cache", || segments().len() >= 3);
+    let queued = segments();
+    std::fs::remove_file(&queued[queued.len() - 2]).unwrap();
+
+    wait_until(120, "the item to need a resync", || {
+        s.replication("rg1/db1")["state"] == "resync-required"
+    });
+    let r = s.replication("rg1/db1");
+    assert_eq!(r["health"], "critical", "{r}");
+    let reasons = r["health_reasons"].to_string();
+    assert!(
+        reasons.contains("sequence gap") && reasons.contains("repair"),
+        "{reasons}"
+    );
+
+    let job = s.json(&["replication", "repair", "rg1/db1", "--wait"]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let after = s.wait_point_after("rg1/db1", now(), 120);
+    let (point, source) = (d.join("p.raw"), d.join("s.raw"));
+    s.export("rg1/db1", 0, after["id"].as_str().unwrap(), &point);
+    read_disk(&uri, &source);
+    assert!(
+        same_image(&point, &source),
+        "the point after the repair differs from the disk"
+    );
+    assert_eq!(s.replication("rg1/db1")["state"], "protected");
+}
+
+fn collect_segments(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            collect_segments(&p, out);
+        } else if p.extension().is_some_and(|x| x == "seg") {
+            out.push(p);
+        }
+    }
+}

@@ -33,6 +33,11 @@ pub enum ReplicaError {
         since: ferry_types::Timestamp,
         until: Option<ferry_types::Timestamp>,
     },
+    #[error(
+        "sequence gap: segment {missing:016x} is missing from the cache account while segment \
+         {present:016x} is there; the records in between can never be applied"
+    )]
+    SequenceGap { missing: u64, present: u64 },
     #[error("{0}")]
     Internal(String),
 }

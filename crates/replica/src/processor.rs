@@ -42,7 +42,13 @@ pub struct ProcessorConfig {
     pub gc_interval: Duration,
     /// How long unreferenced objects stay before they are deleted.
     pub gc_grace: Duration,
+    /// How long the next segment may be missing while a later one is in the cache before the
+    /// stream is declared broken (a sequence gap: the missing records can never be applied).
+    pub gap_grace: Duration,
 }
+
+/// How often a processor waiting for its next segment looks for a gap.
+const GAP_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
@@ -55,6 +61,7 @@ impl Default for ProcessorConfig {
             retry_delay: Duration::from_secs(2),
             gc_interval: Duration::from_secs(60),
             gc_grace: Duration::from_secs(600),
+            gap_grace: Duration::from_secs(30),
         }
     }
 }
@@ -82,6 +89,9 @@ pub struct ProcessorStatus {
     pub gc_deleted: u64,
     /// Segments of a stale (fenced) generation found in the cache and deleted.
     pub stale_segments_deleted: u64,
+    /// A persistent sequence gap: `(missing, next present)`, the first sequence of the segment
+    /// that never came and of the first later one in the cache. Only a repair recovers.
+    pub gap: Option<(u64, u64)>,
 }
 
 /// The processor of one item.
@@ -226,6 +236,8 @@ impl Processor {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<(), ReplicaError> {
         let mut last_gc = Instant::now();
+        let mut last_gap_check = Instant::now();
+        let mut gap_since: Option<(Seq, Instant)> = None;
         while !*shutdown.borrow() {
             if last_gc.elapsed() >= self.config.gc_interval {
                 last_gc = Instant::now();
@@ -233,12 +245,21 @@ impl Processor {
             }
             let key = Key::parse(&segment::object_name(pos.next_segment))?;
             let bytes = match self.cache.get(&key).await {
-                Ok(b) => b,
+                Ok(b) => {
+                    if gap_since.take().is_some() {
+                        self.update(|s| s.gap = None);
+                    }
+                    b
+                }
                 Err(StoreError::NotFound { .. }) => {
                     if !pos.pending.is_empty()
                         && pos.last_durable.elapsed() >= self.config.checkpoint_interval
                     {
                         self.publish(&mut pos, PointKind::Checkpoint, None).await?;
+                    }
+                    if last_gap_check.elapsed() >= GAP_CHECK_EVERY {
+                        last_gap_check = Instant::now();
+                        self.check_gap(pos.next_segment, &mut gap_since).await?;
                     }
                     wait(shutdown, self.config.poll_interval).await;
                     continue;
@@ -292,6 +313,43 @@ impl Processor {
             {
                 self.publish(&mut pos, PointKind::Checkpoint, None).await?;
             }
+        }
+        Ok(())
+    }
+
+    /// While segment `next` is missing: whether a later one is in the cache (the agent stores
+    /// segments in order, so that is a hole in the stream), for longer than the grace.
+    async fn check_gap(
+        &self,
+        next: Seq,
+        since: &mut Option<(Seq, Instant)>,
+    ) -> Result<(), ReplicaError> {
+        let later = self
+            .cache
+            .list(None)
+            .await?
+            .iter()
+            .filter_map(|o| segment::parse_object_name(o.key.file_name()))
+            .filter(|first| *first > next)
+            .min();
+        let Some(later) = later else {
+            *since = None;
+            return Ok(());
+        };
+        let first_seen = match since {
+            Some((at, t)) if *at == next => *t,
+            _ => since.insert((next, Instant::now())).1,
+        };
+        if first_seen.elapsed() >= self.config.gap_grace {
+            let e = ReplicaError::SequenceGap {
+                missing: next.0,
+                present: later.0,
+            };
+            tracing::error!(stream = %self.layout.stream, error = %e, "sequence gap");
+            self.update(|s| {
+                s.error = Some(e.to_string());
+                s.gap = Some((next.0, later.0));
+            });
         }
         Ok(())
     }

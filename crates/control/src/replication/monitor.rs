@@ -35,6 +35,36 @@ async fn restart_missing(control: &Arc<Control>) {
     }
 }
 
+/// An item whose processor found a persistent sequence gap cannot go on from its stream: it is
+/// stopped and goes to `resync-required` with the reason, until a repair.
+async fn resync_on_gap(control: &Arc<Control>) -> crate::error::Result<()> {
+    for rep in control.db.list::<Replication>(Kind::Replication)? {
+        let item = rep.item_key();
+        if !state::replicating(&rep.state) || rep.state == state::RESYNCHRONIZING {
+            continue;
+        }
+        let Some((missing, present)) = control.processor_status(&item).and_then(|s| s.gap) else {
+            continue;
+        };
+        control.stop_item(&rep).await;
+        let reason = format!(
+            "sequence gap: segment {missing:016x} of the stream is missing from the cache account \
+             while segment {present:016x} is there"
+        );
+        control.event(
+            "critical",
+            "resync-required",
+            &item,
+            format!("{reason}; replication is stopped until `ferry replication repair {item}`"),
+        );
+        control.update_replication(&item, |r| {
+            r.state = state::RESYNC_REQUIRED.into();
+            r.resync_reason = Some(reason.clone());
+        })?;
+    }
+    Ok(())
+}
+
 /// How often points past their policy's retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(5);
 
@@ -48,6 +78,9 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
         }
         if let Err(e) = tick(&control) {
             tracing::warn!(error = %e, "monitor replicated items");
+        }
+        if let Err(e) = resync_on_gap(&control).await {
+            tracing::warn!(error = %e, "check the items' streams for sequence gaps");
         }
         if let Err(e) = control.hydrations_done() {
             tracing::warn!(error = %e, "check the VMs whose disks are being restored");
