@@ -74,8 +74,11 @@ pub fn run(
         }
         if stream.close_window()?.is_some() {
             progress.completed.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
-        // Otherwise the buffer overflowed again (or a block was dirtied behind the pass):
-        // go round once more.
+        // Otherwise the buffer overflowed again, a block was dirtied behind the pass, or a
+        // repair's compare still holds the window open: go round once more, after a pause (a
+        // pass over clean bitmaps would otherwise spin on the stream's lock).
+        std::thread::sleep(BUSY_POLL);
     }
 }

@@ -265,6 +265,11 @@ impl Disk {
     /// As [`Disk::copy_to_stream`], but only the 64 KiB blocks whose BLAKE3 digest differs
     /// from `seed` (the replica's digests of the same blocks, [`Digest::ZERO`] for zero
     /// blocks; `offset` block-aligned). Returns the bytes appended.
+    ///
+    /// The range is first read and compared without the order lock (hashed on two threads): a
+    /// block found equal to the replica's needs nothing, since any write to it from now on is
+    /// in the stream after this point. Only blocks that differ are read again and appended
+    /// under the lock, so a live write is never overtaken by older data.
     pub(crate) fn copy_delta_to_stream(
         &self,
         stream: &Stream,
@@ -272,34 +277,78 @@ impl Disk {
         buf: &mut [u8],
         seed: &[Digest],
     ) -> Result<u64, AgentError> {
-        let _order = self.lock_range(offset, buf.len() as u64);
-        self.read_for_copy(buf, offset)?;
         let first = (offset / BLOCK_SIZE) as usize;
+        let theirs = |i: usize| seed.get(first + i).copied().unwrap_or(Digest::ZERO);
+        let differing: Vec<usize> = if self.hydration().is_some() {
+            // Blocks still restoring are read under the lock (it fills them).
+            (0..buf.len().div_ceil(BLOCK_SIZE as usize)).collect()
+        } else {
+            self.file
+                .read_exact_at(buf, offset)
+                .map_err(AgentError::io("read disk image", &self.path))?;
+            let equal = same_blocks(buf, &theirs);
+            (0..equal.len()).filter(|&i| !equal[i]).collect()
+        };
         let mut sent = 0;
-        for (i, block) in buf.chunks(BLOCK_SIZE as usize).enumerate() {
-            let theirs = seed.get(first + i).copied().unwrap_or(Digest::ZERO);
-            let zero = is_zero(block);
-            if (zero && theirs == Digest::ZERO) || (!zero && Digest::of(block) == theirs) {
-                continue;
-            }
-            let at = offset + (i as u64) * BLOCK_SIZE;
-            if zero {
-                let len = block.len() as u64;
-                stream.append(self.index, OpRef::Zero { offset: at, len }, false)?;
-            } else {
-                stream.append(
-                    self.index,
+        if !differing.is_empty() {
+            let _order = self.lock_range(offset, buf.len() as u64);
+            self.read_for_copy(buf, offset)?;
+            for i in differing {
+                let at = offset + (i as u64) * BLOCK_SIZE;
+                let block =
+                    &buf[i * BLOCK_SIZE as usize..((i + 1) * BLOCK_SIZE as usize).min(buf.len())];
+                if block_matches(block, theirs(i)) {
+                    continue;
+                }
+                let op = if is_zero(block) {
+                    OpRef::Zero {
+                        offset: at,
+                        len: block.len() as u64,
+                    }
+                } else {
                     OpRef::Write {
                         offset: at,
                         data: block,
-                    },
-                    false,
-                )?;
+                    }
+                };
+                stream.append(self.index, op, false)?;
+                sent += block.len() as u64;
             }
-            sent += block.len() as u64;
+        } else {
+            // Advice only: if the kernel declines, the copy is still correct.
+            let _ = drop_cached(&self.file, offset, buf.len() as u64);
         }
         Ok(sent)
     }
+}
+
+/// True when a block holds what the replica's digest says (`Digest::ZERO`: all zero).
+fn block_matches(block: &[u8], theirs: Digest) -> bool {
+    let zero = is_zero(block);
+    (zero && theirs == Digest::ZERO) || (!zero && Digest::of(block) == theirs)
+}
+
+/// For each 64 KiB block of `buf`, whether it matches `theirs(i)`: the two halves of the
+/// range are compared on two threads.
+fn same_blocks(buf: &[u8], theirs: &(impl Fn(usize) -> Digest + Sync)) -> Vec<bool> {
+    let blocks: Vec<&[u8]> = buf.chunks(BLOCK_SIZE as usize).collect();
+    let half = blocks.len().div_ceil(2);
+    let compare = |from: usize, part: &[&[u8]]| -> Vec<bool> {
+        part.iter()
+            .enumerate()
+            .map(|(i, b)| block_matches(b, theirs(from + i)))
+            .collect()
+    };
+    if blocks.len() < 2 {
+        return compare(0, &blocks);
+    }
+    let (a, b) = blocks.split_at(half);
+    std::thread::scope(|s| {
+        let second = s.spawn(|| compare(half, b));
+        let mut out = compare(0, a);
+        out.extend(second.join().unwrap_or_else(|_| vec![false; b.len()]));
+        out
+    })
 }
 
 impl Export for Disk {

@@ -289,8 +289,14 @@ fn a_minute_without_the_cache_account_is_caught_up_without_a_full_resync() {
     );
 
     // The outage is in the events: the buffer overflowed, health went critical, the catch-up
-    // completed and health came back.
-    let events = s.json(&["event", "list", "--target", "rg1/app1", "--limit", "10000"]);
+    // completed and health came back (the monitor records a change within its 250 ms tick).
+    let events = || s.json(&["event", "list", "--target", "rg1/app1", "--limit", "10000"]);
+    wait_until(30, "the health-changed event back to healthy", || {
+        events().as_array().unwrap().iter().any(|e| {
+            e["kind"] == "health-changed" && e["message"].as_str().unwrap().ends_with("→ healthy")
+        })
+    });
+    let events = events();
     let kinds: Vec<&str> = events
         .as_array()
         .unwrap()

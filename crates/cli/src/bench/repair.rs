@@ -105,8 +105,9 @@ async fn measure(control: &Arc<Control>, size: u64, pool: &Arc<Pool>) -> Result<
     drop_cache(&image)?;
     let t = Instant::now();
     let job = control.repair_replication(GROUP, "db").await?;
-    wait_job(control, job.id, "repair").await?;
+    let steps = step_times(control, job.id, t).await?;
     let secs = t.elapsed().as_secs_f64();
+    progress(format!("repair: steps done at {steps}"));
     let view = control.show_replication(GROUP, "db")?;
     let sent = view.initial_replication.map_or(0, |i| i.sent_bytes);
     let rate = size as f64 / MB / secs;
@@ -133,6 +134,32 @@ async fn measure(control: &Arc<Control>, size: u64, pool: &Arc<Pool>) -> Result<
             Target::AtMost(0.0),
         ),
     ])
+}
+
+/// Waits for a job to succeed, noting when each step finished: `name at S s, ...`.
+async fn step_times(control: &Arc<Control>, id: u64, t: Instant) -> Result<String> {
+    let mut done: Vec<(String, f64)> = Vec::new();
+    loop {
+        let j = control.job(id)?;
+        for s in &j.steps {
+            if s.state == "succeeded" && !done.iter().any(|(n, _)| *n == s.name) {
+                done.push((s.name.clone(), t.elapsed().as_secs_f64()));
+            }
+        }
+        match j.state.as_str() {
+            "succeeded" => break,
+            "failed" => anyhow::bail!("repair (job {id}) failed: {}", j.error.unwrap_or_default()),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+        if t.elapsed() > std::time::Duration::from_secs(600) {
+            anyhow::bail!("repair (job {id}) did not finish in 10 minutes");
+        }
+    }
+    Ok(done
+        .iter()
+        .map(|(n, s)| format!("{n:?} {s:.2} s"))
+        .collect::<Vec<_>>()
+        .join(", "))
 }
 
 /// Write back and drop a file's cached pages, so the next read comes from the disk.
