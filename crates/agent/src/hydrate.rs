@@ -369,7 +369,7 @@ pub(crate) async fn run(disk: Arc<Disk>, h: Arc<Hydration>, mut shutdown: watch:
             continue;
         };
         match ferry_types::failpoint::check("agent-hydrate-batch") {
-            ferry_types::failpoint::Action::Continue => {}
+            ferry_types::failpoint::Action::Continue | ferry_types::failpoint::Action::Error => {}
             ferry_types::failpoint::Action::Abort => {
                 ferry_types::failpoint::abort("agent-hydrate-batch")
             }

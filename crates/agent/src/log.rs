@@ -46,6 +46,9 @@ pub(crate) struct LogWriter {
     pub first_time: Timestamp,
     pub bytes: u64,
     buf: Vec<u8>,
+    /// Tests: the next append fails half-way, as on a full disk.
+    #[cfg(test)]
+    pub fail_next: bool,
 }
 
 impl LogWriter {
@@ -64,6 +67,8 @@ impl LogWriter {
             first_time,
             bytes: 0,
             buf: Vec::with_capacity(64 * 1024),
+            #[cfg(test)]
+            fail_next: false,
         })
     }
 
@@ -87,11 +92,40 @@ impl LogWriter {
         self.buf[..4].copy_from_slice(&len.to_le_bytes());
         self.buf[4..8].copy_from_slice(&crc.to_le_bytes());
         let total = self.buf.len() + payload.len();
-        write_all_vectored(&mut self.file, &self.buf, payload)
-            .map_err(AgentError::io("append to stream log", &self.path))?;
+        let inject = matches!(op, OpRef::Write { .. })
+            && ferry_types::failpoint::check("agent-log-append")
+                == ferry_types::failpoint::Action::Error;
+        let written = if inject || self.take_injected_failure() {
+            // As a full disk does: part of the record lands, then the write fails.
+            let _ = std::io::Write::write_all(&mut self.file, &self.buf[..self.buf.len() / 2]);
+            Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
+        } else {
+            write_all_vectored(&mut self.file, &self.buf, payload)
+        };
+        if let Err(e) = written {
+            // Cut what landed of the record, so the records appended after this one are not
+            // behind a torn frame (a reader stops at the first bad frame).
+            self.file.set_len(self.bytes).map_err(AgentError::io(
+                "cut a failed append from stream log",
+                &self.path,
+            ))?;
+            return Err(AgentError::io("append to stream log", &self.path)(e));
+        }
         self.last_seq = seq;
         self.bytes += total as u64;
         Ok(())
+    }
+}
+
+impl LogWriter {
+    #[cfg(test)]
+    fn take_injected_failure(&mut self) -> bool {
+        std::mem::take(&mut self.fail_next)
+    }
+
+    #[cfg(not(test))]
+    fn take_injected_failure(&mut self) -> bool {
+        false
     }
 }
 
@@ -314,6 +348,41 @@ mod tests {
         let (recs, dropped) = read(&path).unwrap();
         assert!(recs.is_empty());
         assert_eq!(dropped as usize, full.len());
+    }
+
+    #[test]
+    fn a_failed_append_is_cut_so_later_records_stay_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = LogWriter::create(dir.path(), Seq(1), Timestamp(1)).unwrap();
+        let write = |data: &'static [u8]| OpRef::Write { offset: 0, data };
+        w.append(Seq(1), Timestamp(1), 0, write(&[1; 4096]))
+            .unwrap();
+        let good = w.bytes;
+        w.fail_next = true;
+        let e = w
+            .append(Seq(2), Timestamp(2), 0, write(&[2; 4096]))
+            .unwrap_err();
+        assert!(e.to_string().contains("append to stream log"), "{e}");
+        assert_eq!(std::fs::metadata(&w.path).unwrap().len(), good);
+        // The sequence that failed is appended again once there is room.
+        w.append(Seq(2), Timestamp(3), 0, write(&[3; 4096]))
+            .unwrap();
+        let (records, dropped) = read(&w.path).unwrap();
+        assert_eq!(dropped, 0);
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            records[1].op,
+            Op::Write {
+                offset: 0,
+                data: vec![3; 4096].into()
+            }
+        );
+        log_raw_ok(&w.path);
+    }
+
+    fn log_raw_ok(path: &Path) {
+        let log = read_raw(path, &mut Vec::new(), |_| Ok(())).unwrap();
+        assert_eq!((log.first.0, log.last.0), (Seq(1), Seq(2)));
     }
 
     #[test]

@@ -118,6 +118,9 @@ pub struct StreamStatus {
     pub unordered_since: Option<Timestamp>,
     /// Bytes of blocks still to copy by the catch-up.
     pub dirty_bytes: u64,
+    /// Why the stream no longer holds every change of the disks (a write reached the image
+    /// but could not be recorded): only a repair makes the replica whole again.
+    pub tracking_lost: Option<String>,
 }
 
 #[derive(Default)]
@@ -140,6 +143,8 @@ pub struct Stream {
     /// Serialises the stores of `state.json`, which happen outside the stream's lock (an
     /// fsync there would stall every write): taken before that lock, never while holding it.
     state_io: Mutex<()>,
+    /// Set when a change of a disk could not be recorded (see [`StreamStatus::tracking_lost`]).
+    tracking_lost: Mutex<Option<String>>,
     /// One shipper at a time (the sealer, or a caller of [`crate::sealer::seal_and_ship`]).
     pub(crate) shipping: tokio::sync::Mutex<()>,
 }
@@ -204,6 +209,7 @@ impl Stream {
             counters: Counters::default(),
             last_error: Mutex::new(None),
             state_io: Mutex::new(()),
+            tracking_lost: Mutex::new(None),
             shipping: tokio::sync::Mutex::new(()),
         });
         let resyncing = stream.lock().state.resync;
@@ -266,12 +272,14 @@ impl Stream {
             let mut g = self.lock();
             let size = log::record_size(op);
             let overflowing = g.window.as_ref().is_some_and(|w| w.overflowing);
-            if overflowing || g.buffered + size > self.config.buffer_bytes {
-                self.track_locked(&mut g, disk, offset, len, durable)?;
-                None
+            let recorded = if overflowing || g.buffered + size > self.config.buffer_bytes {
+                self.track_locked(&mut g, disk, offset, len, durable)
+                    .map(|()| None)
             } else {
-                Some(self.log_locked(&mut g, disk, op, durable)?.1)
-            }
+                self.log_locked(&mut g, disk, op, durable)
+                    .map(|(_, p)| Some(p))
+            };
+            recorded.inspect_err(|e| self.lose_tracking(disk, offset, e))?
         };
         self.count_written(op);
         if let Some(pending) = pending {
@@ -279,6 +287,19 @@ impl Stream {
             ferry_types::failpoint::hit("agent-after-log-append");
         }
         Ok(())
+    }
+
+    /// A change reached disk `disk`'s image but not the stream (nor its bitmap): from now on
+    /// the replica cannot be made equal to the disk from the stream.
+    fn lose_tracking(&self, disk: u16, offset: u64, e: &AgentError) {
+        let reason = format!(
+            "a write to disk {disk} at byte {offset} could not be recorded ({e}); free space on the source host"
+        );
+        tracing::error!(dir = %self.dir.display(), %reason, "tracking lost");
+        self.tracking_lost
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert(reason);
     }
 
     fn count_written(&self, op: OpRef<'_>) {
@@ -569,6 +590,11 @@ impl Stream {
                 .clone(),
             buffered_bytes: g.buffered,
             buffer_limit: self.config.buffer_bytes,
+            tracking_lost: self
+                .tracking_lost
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             tracking,
             unordered_since,
             dirty_bytes,

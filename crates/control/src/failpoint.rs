@@ -6,7 +6,7 @@ use ferry_types::failpoint::{self, Action};
 /// Die or pause here if the failpoint `name` is armed.
 pub(crate) async fn hit(name: &str) {
     match failpoint::check(name) {
-        Action::Continue => {}
+        Action::Continue | Action::Error => {}
         Action::Abort => failpoint::abort(name),
         Action::Delay(d) => tokio::time::sleep(d).await,
     }

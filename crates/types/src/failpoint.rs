@@ -4,7 +4,9 @@
 //!
 //! - `NAME`: die on the spot (`abort`, as with `kill -9`) the first time `NAME` is reached;
 //! - `NAME=abort-after:N`: die the `N`-th time (`N >= 1`), so a test can crash mid-stream;
-//! - `NAME=delay:MS`: pause `MS` milliseconds every time.
+//! - `NAME=delay:MS`: pause `MS` milliseconds every time;
+//! - `NAME=error-after:N`: fail the `N`-th time with an injected I/O error (where the code
+//!   has such a failure: `agent-log-append`).
 //!
 //! An unarmed failpoint costs a lookup in an empty list. [`hit`] pauses the calling thread;
 //! async code that must not block a runtime thread asks [`check`] what to do and sleeps its own
@@ -14,6 +16,7 @@
 //!
 //! | name | where | the moment |
 //! |---|---|---|
+//! | `agent-log-append` | `ferry-agent` stream log (`LogWriter::append`) | a record is being written to the local log (`error-after:N` writes half of it, then fails as a full disk does) |
 //! | `agent-after-log-append` | `ferry-agent` stream (`append`, `record`) | a record is in the local log (synced if the write asked for it), the write not yet acknowledged |
 //! | `agent-before-segment-put` | `ferry-agent` shipper | a closed log is sealed as a segment, not yet stored |
 //! | `agent-after-segment-put` | `ferry-agent` shipper | the segment is stored in the cache account; the stream state is not updated and the log not removed |
@@ -32,6 +35,7 @@ use std::time::Duration;
 
 /// The failpoints ferry's code has (the table above); naming another one warns on stderr.
 pub const NAMES: &[&str] = &[
+    "agent-log-append",
     "agent-after-log-append",
     "agent-before-segment-put",
     "agent-after-segment-put",
@@ -52,6 +56,8 @@ pub enum Spec {
     AbortAfter(u64),
     /// Pause on every hit.
     Delay(Duration),
+    /// Fail on the `N`-th hit.
+    ErrorAfter(u64),
 }
 
 /// What the caller must do at this hit.
@@ -60,6 +66,8 @@ pub enum Action {
     Continue,
     Abort,
     Delay(Duration),
+    /// Fail as the code's own error would (injected fault).
+    Error,
 }
 
 struct Armed {
@@ -118,6 +126,13 @@ impl Failpoints {
                     Action::Continue
                 }
             }
+            Spec::ErrorAfter(n) => {
+                if a.hits.fetch_add(1, Ordering::SeqCst) + 1 == n {
+                    Action::Error
+                } else {
+                    Action::Continue
+                }
+            }
         }
     }
 }
@@ -128,13 +143,18 @@ fn parse_spec(spec: &str) -> Result<Spec, String> {
             Ok(n) if n >= 1 => Ok(Spec::AbortAfter(n)),
             _ => Err(format!("abort-after needs a count of 1 or more, not {n:?}")),
         }
+    } else if let Some(n) = spec.strip_prefix("error-after:") {
+        match n.parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(Spec::ErrorAfter(n)),
+            _ => Err(format!("error-after needs a count of 1 or more, not {n:?}")),
+        }
     } else if let Some(ms) = spec.strip_prefix("delay:") {
         ms.parse::<u64>()
             .map(|ms| Spec::Delay(Duration::from_millis(ms)))
             .map_err(|_| format!("delay needs milliseconds, not {ms:?}"))
     } else {
         Err(format!(
-            "unknown action {spec:?} (use abort-after:N or delay:MS)"
+            "unknown action {spec:?} (use abort-after:N, error-after:N or delay:MS)"
         ))
     }
 }
@@ -175,7 +195,7 @@ pub fn abort(name: &str) -> ! {
 /// Die or pause (this thread) here if the failpoint `name` is armed.
 pub fn hit(name: &str) {
     match check(name) {
-        Action::Continue => {}
+        Action::Continue | Action::Error => {}
         Action::Abort => abort(name),
         Action::Delay(d) => std::thread::sleep(d),
     }

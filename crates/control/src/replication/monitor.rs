@@ -35,22 +35,30 @@ async fn restart_missing(control: &Arc<Control>) {
     }
 }
 
-/// An item whose processor found a persistent sequence gap cannot go on from its stream: it is
-/// stopped and goes to `resync-required` with the reason, until a repair.
-async fn resync_on_gap(control: &Arc<Control>) -> crate::error::Result<()> {
+/// An item whose stream can no longer be trusted (the processor found a persistent sequence
+/// gap, or the agent could not record a write) cannot go on from it: it is stopped and goes to
+/// `resync-required` with the reason, until a repair.
+async fn resync_when_untrusted(control: &Arc<Control>) -> crate::error::Result<()> {
     for rep in control.db.list::<Replication>(Kind::Replication)? {
         let item = rep.item_key();
         if !state::replicating(&rep.state) || rep.state == state::RESYNCHRONIZING {
             continue;
         }
-        let Some((missing, present)) = control.processor_status(&item).and_then(|s| s.gap) else {
-            continue;
+        let gap = control.processor_status(&item).and_then(|s| s.gap);
+        let lost = control
+            .agent(&rep.source_region)
+            .ok()
+            .and_then(|a| a.status(&rep.source_key()))
+            .and_then(|s| s.stream.tracking_lost);
+        let reason = match (gap, lost) {
+            (_, Some(lost)) => lost,
+            (Some((missing, present)), None) => format!(
+                "sequence gap: segment {missing:016x} of the stream is missing from the cache \
+                 account while segment {present:016x} is there"
+            ),
+            (None, None) => continue,
         };
         control.stop_item(&rep).await;
-        let reason = format!(
-            "sequence gap: segment {missing:016x} of the stream is missing from the cache account \
-             while segment {present:016x} is there"
-        );
         control.event(
             "critical",
             "resync-required",
@@ -79,8 +87,8 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
         if let Err(e) = tick(&control) {
             tracing::warn!(error = %e, "monitor replicated items");
         }
-        if let Err(e) = resync_on_gap(&control).await {
-            tracing::warn!(error = %e, "check the items' streams for sequence gaps");
+        if let Err(e) = resync_when_untrusted(&control).await {
+            tracing::warn!(error = %e, "check whether the items' streams can be trusted");
         }
         if let Err(e) = control.hydrations_done() {
             tracing::warn!(error = %e, "check the VMs whose disks are being restored");
