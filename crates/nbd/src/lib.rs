@@ -17,6 +17,7 @@ mod exports;
 mod file_export;
 mod handshake;
 mod listener;
+pub mod metrics;
 pub mod protocol;
 mod transmission;
 

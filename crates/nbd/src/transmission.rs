@@ -190,7 +190,9 @@ where
         let buffers = buffers.clone();
         tokio::task::spawn_blocking(move || {
             for (handle, job, permits) in batch {
+                let (command, started) = (job.name(), std::time::Instant::now());
                 let (error, data) = execute(&export, job, &buffers);
+                crate::metrics::observe(command, started.elapsed());
                 send(&tx, handle, error, data, Some(permits));
             }
         });
@@ -205,6 +207,16 @@ where
 }
 
 impl Job {
+    fn name(&self) -> &'static str {
+        match self {
+            Job::Read { .. } => "read",
+            Job::Write { .. } => "write",
+            Job::Flush => "flush",
+            Job::Trim { .. } => "trim",
+            Job::Zero { .. } => "write_zeroes",
+        }
+    }
+
     /// A request that may take long (it syncs): the ones behind it go to another worker.
     fn ends_batch(&self) -> bool {
         match self {

@@ -47,6 +47,14 @@ pub struct ProcessorConfig {
     pub gap_grace: Duration,
 }
 
+/// How long applying a verified segment takes, for every processor of the process.
+static APPLY_LATENCY: ferry_types::histogram::Histogram = ferry_types::histogram::Histogram::new();
+
+/// The latency histogram of segment applies (every item of this process).
+pub fn apply_latency() -> ferry_types::histogram::Snapshot {
+    APPLY_LATENCY.snapshot()
+}
+
 /// How often a processor waiting for its next segment looks for a gap.
 const GAP_CHECK_EVERY: Duration = Duration::from_secs(2);
 
@@ -300,7 +308,9 @@ impl Processor {
             };
             self.journal(&seg, bytes.clone()).await?;
             ferry_types::failpoint::hit("processor-after-journal");
+            let started = Instant::now();
             self.apply(&mut pos, &seg, bytes.len() as u64).await?;
+            APPLY_LATENCY.observe(started.elapsed());
             ferry_types::failpoint::hit("processor-after-apply");
             let dirty: u64 = pos
                 .disks

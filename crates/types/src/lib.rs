@@ -3,6 +3,7 @@
 //! crash points tests arm through the environment, shared by every crate.
 
 pub mod failpoint;
+pub mod histogram;
 mod names;
 mod sizes;
 mod stream;

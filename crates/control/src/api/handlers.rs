@@ -380,3 +380,19 @@ pub(crate) async fn verify_replication(
 ) -> R {
     ok(s.control.verify_replication(&g, &v, b.repair).await?)
 }
+
+pub(crate) async fn metrics(State(s): State<ApiState>) -> R {
+    let text = super::metrics::render(&s.control)?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+pub(crate) async fn openapi_document(State(s): State<ApiState>) -> R {
+    ok(s.openapi.as_ref())
+}

@@ -1,111 +1,288 @@
 //! The REST API: JSON over HTTP, every route but `/healthz` behind a bearer token.
+//!
+//! The routes are declared once, in [`router`], each with a one-line summary: the same table
+//! builds the router and the OpenAPI description served at `/openapi.json`, so the description
+//! lists exactly the routes the server has.
 
 mod auth;
 mod error;
 mod handlers;
+mod metrics;
+mod openapi;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::get;
+use axum::routing::{MethodRouter, delete, get, post};
 
 use crate::Control;
 
 pub use auth::{load_or_create_token, token_matches};
 pub use error::ApiError;
+pub use openapi::Route;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct ApiState {
     pub control: Arc<Control>,
     pub token: Arc<String>,
+    /// The OpenAPI document of these routes.
+    pub openapi: Arc<serde_json::Value>,
 }
 
-/// The API's routes.
-pub fn router(control: Arc<Control>, token: String) -> Router {
+/// Routes being declared: the router, and what each route is for.
+struct Routes {
+    router: Router<ApiState>,
+    table: Vec<Route>,
+}
+
+impl Routes {
+    /// Add `path` served by `handler`, with a `summary` per method (`"get"`, `"post"`, ...).
+    fn add(
+        mut self,
+        path: &'static str,
+        methods: &[(&'static str, &'static str)],
+        handler: MethodRouter<ApiState>,
+    ) -> Self {
+        self.router = self.router.route(path, handler);
+        for (method, summary) in methods {
+            self.table.push(Route {
+                method,
+                path,
+                summary,
+            });
+        }
+        self
+    }
+}
+
+/// Every route the server has, with its summary (`/healthz` last).
+pub fn routes() -> Vec<Route> {
+    let mut table = declare().table;
+    table.push(openapi::HEALTHZ);
+    table
+}
+
+fn declare() -> Routes {
     use handlers::*;
-    let state = ApiState {
-        control,
-        token: Arc::new(token),
+    let r = Routes {
+        router: Router::new(),
+        table: Vec::new(),
     };
-    let api = Router::new()
-        .route("/v1/regions", get(regions))
-        .route("/v1/groups", get(groups).post(create_group))
-        .route("/v1/groups/{g}", get(group))
-        .route("/v1/networks", get(networks))
-        .route(
+    r.add("/v1/regions", &[("get", "List the regions")], get(regions))
+        .add(
+            "/v1/groups",
+            &[
+                ("get", "List resource groups"),
+                ("post", "Create a resource group"),
+            ],
+            get(groups).post(create_group),
+        )
+        .add(
+            "/v1/groups/{g}",
+            &[("get", "Show a resource group")],
+            get(group),
+        )
+        .add("/v1/networks", &[("get", "List networks")], get(networks))
+        .add(
             "/v1/groups/{g}/networks",
-            axum::routing::post(create_network),
+            &[("post", "Create a network with its subnets")],
+            post(create_network),
         )
-        .route("/v1/groups/{g}/networks/{n}", get(network))
-        .route("/v1/storage", get(storage_accounts))
-        .route(
+        .add(
+            "/v1/groups/{g}/networks/{n}",
+            &[("get", "Show a network")],
+            get(network),
+        )
+        .add(
+            "/v1/storage",
+            &[("get", "List storage accounts")],
+            get(storage_accounts),
+        )
+        .add(
             "/v1/groups/{g}/storage",
-            axum::routing::post(create_storage),
+            &[("post", "Create a storage account")],
+            post(create_storage),
         )
-        .route("/v1/groups/{g}/storage/{a}", get(storage))
-        .route("/v1/availability-sets", get(availability_sets))
-        .route(
+        .add(
+            "/v1/groups/{g}/storage/{a}",
+            &[("get", "Show a storage account")],
+            get(storage),
+        )
+        .add(
+            "/v1/availability-sets",
+            &[("get", "List availability sets")],
+            get(availability_sets),
+        )
+        .add(
             "/v1/groups/{g}/availability-sets",
-            axum::routing::post(create_availability_set),
+            &[("post", "Create an availability set")],
+            post(create_availability_set),
         )
-        .route(
+        .add(
             "/v1/groups/{g}/availability-sets/{s}",
+            &[("get", "Show an availability set")],
             get(availability_set),
         )
-        .route("/v1/policies", get(policies).post(create_policy))
-        .route("/v1/policies/{p}", get(policy))
-        .route("/v1/vms", get(vms))
-        .route("/v1/groups/{g}/vms", axum::routing::post(create_vm))
-        .route("/v1/groups/{g}/vms/{vm}", get(vm).delete(delete_vm))
-        .route("/v1/replications", get(replications))
-        .route(
+        .add(
+            "/v1/policies",
+            &[
+                ("get", "List replication policies"),
+                ("post", "Create a replication policy"),
+            ],
+            get(policies).post(create_policy),
+        )
+        .add(
+            "/v1/policies/{p}",
+            &[("get", "Show a replication policy")],
+            get(policy),
+        )
+        .add("/v1/vms", &[("get", "List VMs")], get(vms))
+        .add(
+            "/v1/groups/{g}/vms",
+            &[("post", "Create a VM")],
+            post(create_vm),
+        )
+        .add(
+            "/v1/groups/{g}/vms/{vm}",
+            &[
+                ("get", "Show a VM (disks, NBD URIs, hydration)"),
+                ("delete", "Delete a VM"),
+            ],
+            get(vm).delete(delete_vm),
+        )
+        .add(
+            "/v1/replications",
+            &[("get", "List protected items with health and RPO")],
+            get(replications),
+        )
+        .add(
             "/v1/groups/{g}/vms/{vm}/replication",
+            &[
+                ("get", "Show a protected item: state, health, RPO, stats"),
+                ("post", "Enable replication to another region (a job)"),
+                (
+                    "delete",
+                    "Disable replication (a job; ?dry_run=true shows the plan)",
+                ),
+            ],
             get(replication)
                 .post(enable_replication)
                 .delete(disable_replication),
         )
-        .route(
+        .add(
             "/v1/groups/{g}/vms/{vm}/recovery-points",
+            &[("get", "List recovery points")],
             get(recovery_points),
         )
-        .route("/v1/groups/{g}/vms/{vm}/disks/{n}/export", get(export_disk))
-        .route(
+        .add(
+            "/v1/groups/{g}/vms/{vm}/disks/{n}/export",
+            &[("get", "Export a disk at a recovery point (raw bytes)")],
+            get(export_disk),
+        )
+        .add(
             "/v1/groups/{g}/vms/{vm}/replication/verify",
-            axum::routing::post(verify_replication),
+            &[(
+                "post",
+                "Verify every chunk and map page behind the retained points (a job)",
+            )],
+            post(verify_replication),
         )
-        .route(
+        .add(
             "/v1/groups/{g}/vms/{vm}/replication/repair",
-            axum::routing::post(repair_replication),
+            &[(
+                "post",
+                "Repair: compare every block, send those that differ (a job)",
+            )],
+            post(repair_replication),
         )
-        .route(
+        .add(
             "/v1/groups/{g}/vms/{vm}/start",
-            axum::routing::post(start_vm),
+            &[("post", "Start a VM")],
+            post(start_vm),
         )
-        .route("/v1/groups/{g}/vms/{vm}/stop", axum::routing::post(stop_vm))
-        .route("/v1/groups/{g}/vms/{vm}/console", get(vm_console))
-        .route(
+        .add(
+            "/v1/groups/{g}/vms/{vm}/stop",
+            &[("post", "Stop a VM")],
+            post(stop_vm),
+        )
+        .add(
+            "/v1/groups/{g}/vms/{vm}/console",
+            &[("get", "A VM's serial console log")],
+            get(vm_console),
+        )
+        .add(
             "/v1/groups/{g}/vms/{vm}/failover",
-            axum::routing::post(failover),
+            &[("post", "Fail over to a recovery point (a job)")],
+            post(failover),
         )
-        .route(
+        .add(
             "/v1/groups/{g}/vms/{vm}/failover/commit",
-            axum::routing::post(commit_failover),
+            &[("post", "Commit a failover (a job)")],
+            post(commit_failover),
         )
-        .route(
+        .add(
             "/v1/groups/{g}/vms/{vm}/test-failover",
-            axum::routing::post(test_failover).delete(test_failover_cleanup),
+            &[
+                (
+                    "post",
+                    "Start a test failover in an isolated network (a job)",
+                ),
+                ("delete", "Clean up a test failover (a job)"),
+            ],
+            post(test_failover).delete(test_failover_cleanup),
         )
-        .route(
+        .add(
             "/v1/groups/{g}/vms/{vm}/reprotect",
-            axum::routing::post(reprotect),
+            &[("post", "Replicate a failed-over VM back (a job)")],
+            post(reprotect),
         )
-        .route("/v1/jobs", get(jobs))
-        .route("/v1/events", get(events))
-        .route("/v1/alerts", get(alerts).post(create_alert))
-        .route("/v1/alerts/{name}", axum::routing::delete(delete_alert))
-        .route("/v1/jobs/{id}", get(job))
-        .fallback(not_found)
+        .add("/v1/jobs", &[("get", "List jobs")], get(jobs))
+        .add(
+            "/v1/jobs/{id}",
+            &[("get", "Show a job with its steps")],
+            get(job),
+        )
+        .add(
+            "/v1/events",
+            &[("get", "List events (?target=&kind=&severity=&limit=)")],
+            get(events),
+        )
+        .add(
+            "/v1/alerts",
+            &[
+                ("get", "List alert rules"),
+                ("post", "Create an alert rule (webhook)"),
+            ],
+            get(alerts).post(create_alert),
+        )
+        .add(
+            "/v1/alerts/{name}",
+            &[("delete", "Delete an alert rule")],
+            delete(delete_alert),
+        )
+        .add(
+            "/metrics",
+            &[("get", "Metrics in the Prometheus text format")],
+            get(metrics),
+        )
+        .add(
+            "/openapi.json",
+            &[("get", "This API's OpenAPI 3.1 description")],
+            get(openapi_document),
+        )
+}
+
+/// The API's routes.
+pub fn router(control: Arc<Control>, token: String) -> Router {
+    let Routes { router, table } = declare();
+    let state = ApiState {
+        control,
+        token: Arc::new(token),
+        openapi: Arc::new(openapi::document(&table)),
+    };
+    let api = router
+        .fallback(handlers::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
