@@ -36,6 +36,7 @@ pub struct Cli {
 pub enum Output {
     Table,
     Json,
+    Yaml,
 }
 
 /// A section of `ferry bench`.
@@ -107,6 +108,11 @@ pub enum Cmd {
     Event(EventCmd),
     #[command(subcommand)]
     Alert(AlertCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -155,7 +155,9 @@ pub async fn run(quick: bool, only: &[BenchSection], out: Output) -> Result<()> 
     let figures = result?;
     progress(format!("done in {:.0} s", started.elapsed().as_secs_f64()));
     match out {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&figures)?),
+        Output::Json | Output::Yaml => {
+            crate::output::print(out, &serde_json::to_value(&figures)?, &[])
+        }
         Output::Table => print_table(&figures),
     }
     Ok(())

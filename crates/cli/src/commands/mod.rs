@@ -14,6 +14,18 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Demo => return crate::demo::run(cli.data.clone()).await,
         Cmd::Server(args) => return crate::server::run(cli.data.clone(), args).await,
         Cmd::Bench { quick, only } => return crate::bench::run(*quick, only, cli.output).await,
+        Cmd::Completions { shell } => {
+            let mut cmd = crate::examples::command();
+            let mut script = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "ferry", &mut script);
+            // A reader that stops early (`| head`) is not an error.
+            return match std::io::Write::write_all(&mut std::io::stdout(), &script) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    Err(anyhow!("write the completion script: {e}"))
+                }
+                _ => Ok(()),
+            };
+        }
         _ => {}
     }
     let client = Client::new(&cli)?;
@@ -34,7 +46,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Alert(c) => replication::alerts(&client, out, c).await,
         Cmd::Failover(c) => replication::failover(&client, out, c).await,
         Cmd::Reprotect { name, wait } => replication::reprotect(&client, out, &name, wait).await,
-        Cmd::Demo | Cmd::Server(_) | Cmd::Bench { .. } => unreachable!("handled above"),
+        Cmd::Demo | Cmd::Server(_) | Cmd::Bench { .. } | Cmd::Completions { .. } => {
+            unreachable!("handled above")
+        }
     }
 }
 

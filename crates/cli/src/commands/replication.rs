@@ -153,7 +153,7 @@ pub async fn disk(c: &Client, out: Output, cmd: DiskCmd) -> Result<()> {
         .with_context(|| format!("sync {}", path.display()))?;
     let summary = serde_json::json!({"vm": name, "disk": disk, "recovery_point": point, "time": time, "bytes": size, "out": path});
     match out {
-        Output::Json => print(out, &summary, &[]),
+        Output::Json | Output::Yaml => print(out, &summary, &[]),
         Output::Table => println!(
             "exported disk {disk} of {name} at recovery point {point} ({time}): {size} bytes to {}",
             path.display()
@@ -231,7 +231,7 @@ pub async fn wait_job(c: &Client, out: Output, id: u64) -> Result<()> {
 
 fn finish(out: Output, job: &Value) {
     match out {
-        Output::Json => print(out, job, &[]),
+        Output::Json | Output::Yaml => print(out, job, &[]),
         Output::Table => println!(
             "job {}: {}",
             job["id"],
@@ -344,7 +344,7 @@ async fn verify(c: &Client, out: Output, name: &str, repair: bool) -> Result<()>
         .post(&path, &serde_json::json!({ "repair": repair }))
         .await?;
     match out {
-        Output::Json => print(out, &report, &[]),
+        Output::Json | Output::Yaml => print(out, &report, &[]),
         Output::Table => print_verify(name, &report),
     }
     let left = report["unrepaired"].as_u64().unwrap_or(0);
