@@ -180,7 +180,6 @@ fn test_failover_failover_commit_reprotect_and_failback() {
 fn failover_and_reprotect_jobs_resume_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let failpoints = |names: &str| vec![("FERRY_FAILPOINTS".to_string(), names.to_string())];
     let mut s = Server::start_with(
         &data,
         free_port(),
@@ -293,10 +292,7 @@ fn disable_plans_then_deletes_all_but_the_source() {
 #[test]
 fn a_second_failover_while_one_runs_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![(
-        "FERRY_FAILPOINTS".to_string(),
-        "failover-after-select-point=delay:4000".to_string(),
-    )];
+    let env = failpoints("failover-after-select-point=delay:4000");
     let s = Server::start_with(&dir.path().join("data"), free_port(), env);
     s.base_resources(None);
     s.create_vm(ITEM, "default", &["16MiB@sa1"]);
@@ -331,10 +327,7 @@ fn a_failed_over_vm_runs_from_disks_still_being_restored_and_survives_a_crash() 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     // Each restored batch (8 MiB) waits 2 s: the restore takes many seconds.
-    let slow = vec![(
-        "FERRY_FAILPOINTS".to_string(),
-        "agent-hydrate-batch=delay:2000".to_string(),
-    )];
+    let slow = failpoints("agent-hydrate-batch=delay:2000");
     let mut s = Server::start_with(&dir.join("data"), free_port(), slow);
     s.base_resources(None);
     s.create_vm(ITEM, "default", &["64MiB@sa1", "32MiB@sa2"]);

@@ -140,10 +140,7 @@ fn a_segment_lost_from_the_cache_needs_a_repair() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // The processor takes 1.5 s per segment, so segments wait in the cache.
-    let slow = vec![(
-        "FERRY_FAILPOINTS".to_string(),
-        "processor-after-journal=delay:1500".to_string(),
-    )];
+    let slow = failpoints("processor-after-journal=delay:1500");
     let s = Server::start_with_config(
         &d.join("data"),
         slow,
@@ -194,17 +191,24 @@ fn a_segment_lost_from_the_cache_needs_a_repair() {
         "{reasons}"
     );
 
+    repair_and_compare(&s, d, &uri);
+}
+
+/// Repair `rg1/db1`; the next point equals its disk 0 (`uri`). Returns the point's export.
+fn repair_and_compare(s: &Server, d: &std::path::Path, uri: &str) -> std::path::PathBuf {
     let job = s.json(&["replication", "repair", "rg1/db1", "--wait"]);
     assert_eq!(job["state"], "succeeded", "{job}");
+    assert!(qemu_io(uri, "write -P 0x54 3M 64k"));
     let after = s.wait_point_after("rg1/db1", now(), 120);
     let (point, source) = (d.join("p.raw"), d.join("s.raw"));
     s.export("rg1/db1", 0, after["id"].as_str().unwrap(), &point);
-    read_disk(&uri, &source);
+    read_disk(uri, &source);
     assert!(
         same_image(&point, &source),
         "the point after the repair differs from the disk"
     );
     assert_eq!(s.replication("rg1/db1")["state"], "protected");
+    point
 }
 
 fn collect_segments(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
@@ -226,10 +230,7 @@ fn a_write_the_agent_cannot_record_needs_a_repair() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // The third write recorded in a log fails half-way, as on a full disk.
-    let full = vec![(
-        "FERRY_FAILPOINTS".to_string(),
-        "agent-log-append=error-after:3".to_string(),
-    )];
+    let full = failpoints("agent-log-append=error-after:3");
     let s = Server::start_with(&d.join("data"), free_port(), full);
     s.base_resources(None);
     s.create_vm("rg1/db1", "db", &["16MiB@sa1"]);
@@ -252,16 +253,6 @@ fn a_write_the_agent_cannot_record_needs_a_repair() {
         "{reasons}"
     );
 
-    let job = s.json(&["replication", "repair", "rg1/db1", "--wait"]);
-    assert_eq!(job["state"], "succeeded", "{job}");
-    assert!(qemu_io(&uri, "write -P 0x54 3M 64k"));
-    let after = s.wait_point_after("rg1/db1", now(), 120);
-    let (point, source) = (d.join("p.raw"), d.join("s.raw"));
-    s.export("rg1/db1", 0, after["id"].as_str().unwrap(), &point);
-    read_disk(&uri, &source);
-    assert!(
-        same_image(&point, &source),
-        "the point after the repair differs from the disk"
-    );
+    let point = repair_and_compare(&s, d, &uri);
     assert!(qemu_io(point.to_str().unwrap(), "read -P 0x52 1M 64k"));
 }

@@ -25,6 +25,11 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The environment that arms failpoints, e.g. `failpoints("agent-log-append=error-after:3")`.
+pub fn failpoints(list: &str) -> Vec<(String, String)> {
+    vec![("FERRY_FAILPOINTS".to_string(), list.to_string())]
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
