@@ -374,7 +374,7 @@ mod tests {
             records[1].op,
             Op::Write {
                 offset: 0,
-                data: vec![3; 4096].into()
+                data: vec![3; 4096]
             }
         );
         log_raw_ok(&w.path);
