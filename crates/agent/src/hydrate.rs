@@ -288,11 +288,13 @@ impl Hydration {
                 self.image.display()
             ))
         })?;
-        for (b, data) in &fetched {
-            if *b == block {
-                write_block(image, size, block, data)?;
-            }
-        }
+        let (_, data) = fetched.iter().find(|(b, _)| *b == block).ok_or_else(|| {
+            std::io::Error::other(format!(
+                "the replica returned no data for block {block} of {}",
+                self.image.display()
+            ))
+        })?;
+        write_block(image, size, block, data)?;
         image.sync_data()?;
         self.clear(&[block]).map_err(std::io::Error::other)
     }

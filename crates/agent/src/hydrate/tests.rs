@@ -167,3 +167,36 @@ fn a_damaged_bitmap_is_refused_with_its_reason() {
     std::fs::write(&path, &data).unwrap();
     assert!(open(8 * BLOCK_SIZE).contains("bad magic"));
 }
+
+/// A source that answers without the block asked for.
+struct Forgetful;
+
+impl BlockSource for Forgetful {
+    fn fetch(&self, _blocks: Vec<u64>) -> BoxFuture<Fetched> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_block_the_replica_does_not_return_stays_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk0.raw");
+    let size = 4 * BLOCK_SIZE;
+    prepare(&image, size, &[2]).unwrap();
+    let disk = Arc::new(Disk::open_or_create(&image, size, 0).unwrap());
+    let h = Hydration::open(
+        &image,
+        size,
+        Arc::new(Forgetful),
+        tokio::runtime::Handle::current(),
+    )
+    .unwrap()
+    .unwrap();
+    disk.set_hydration(Some(Arc::new(h)));
+    let d = disk.clone();
+    let err = blocking(move || d.read(2 * BLOCK_SIZE, &mut vec![0u8; 512]))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no data for block 2"), "{err}");
+    assert!(disk.hydration().unwrap().is_pending(2));
+}
