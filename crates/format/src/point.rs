@@ -1,6 +1,6 @@
 //! Recovery-point records: the small object whose create-only write publishes a point.
 //!
-//! A record names, for each disk of the item, the pages of its block map at the point's
+//! A record names, for each disk of the item, the root of its block map at the point's
 //! instant. Checkpoints use the same record with kind [`PointKind::Checkpoint`]: they are the
 //! processor's own restart positions and are never shown to users.
 //! Spec: `docs/formats/recovery-point.md`.
@@ -12,8 +12,9 @@ use crate::{Digest, FormatError};
 
 const FORMAT: &str = "recovery point";
 pub const MAGIC: &[u8; 8] = b"FERRYRPT";
-pub const VERSION: u16 = 2;
-/// The oldest version still read (version 1 has no `catch_up_seq`).
+pub const VERSION: u16 = 3;
+/// The oldest version still read (version 1 has no `catch_up_seq`; versions 1 and 2 list every
+/// page of a flat block map).
 const OLDEST: u16 = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -47,8 +48,22 @@ impl PointKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskMap {
     pub size: u64,
-    pub pages: Vec<Digest>,
+    pub map: MapRoot,
 }
+
+/// How a record names a disk's block map.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MapRoot {
+    /// Every page of a flat map, [`crate::map::FLAT_PAGE_ENTRIES`] blocks each, in block order
+    /// (records before version 3).
+    Pages(Vec<Digest>),
+    /// The root node of the disk's map tree ([`crate::map::tree_shape`]);
+    /// [`Digest::ZERO`] when the whole disk reads as zeroes.
+    Tree(Digest),
+}
+
+const FORM_PAGES: u8 = 1;
+const FORM_TREE: u8 = 2;
 
 /// A recovery point (or a checkpoint).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,9 +101,18 @@ impl PointRecord {
         w.u16(self.disks.len() as u16);
         for d in &self.disks {
             w.u64(d.size);
-            w.u32(d.pages.len() as u32);
-            for p in &d.pages {
-                w.bytes(&p.0);
+            match &d.map {
+                MapRoot::Pages(pages) => {
+                    w.u8(FORM_PAGES);
+                    w.u32(pages.len() as u32);
+                    for p in pages {
+                        w.bytes(&p.0);
+                    }
+                }
+                MapRoot::Tree(root) => {
+                    w.u8(FORM_TREE);
+                    w.bytes(&root.0);
+                }
             }
         }
         w.u64(self.catch_up_seq.map_or(u64::MAX, |s| s.0));
@@ -112,15 +136,27 @@ impl PointRecord {
         let mut disks = Vec::with_capacity(ndisks as usize);
         for _ in 0..ndisks {
             let size = r.u64()?;
-            let npages = r.u32()? as usize;
-            if npages.saturating_mul(32) > r.remaining() {
-                return Err(FormatError::Truncated {
-                    format: FORMAT,
-                    len: data.len(),
-                });
-            }
-            let pages = (0..npages).map(|_| r.digest()).collect::<Result<_, _>>()?;
-            disks.push(DiskMap { size, pages });
+            let form = if version >= 3 { r.u8()? } else { FORM_PAGES };
+            let map = match form {
+                FORM_PAGES => {
+                    let npages = r.u32()? as usize;
+                    if npages.saturating_mul(32) > r.remaining() {
+                        return Err(FormatError::Truncated {
+                            format: FORMAT,
+                            len: data.len(),
+                        });
+                    }
+                    MapRoot::Pages((0..npages).map(|_| r.digest()).collect::<Result<_, _>>()?)
+                }
+                FORM_TREE => MapRoot::Tree(r.digest()?),
+                other => {
+                    return Err(FormatError::invalid(
+                        FORMAT,
+                        format!("unknown block-map form {other}"),
+                    ));
+                }
+            };
+            disks.push(DiskMap { size, map });
         }
         let catch_up = if version >= 2 { r.u64()? } else { u64::MAX };
         if r.remaining() != 0 {

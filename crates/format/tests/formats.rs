@@ -1,7 +1,7 @@
 //! Every format refuses corruption and survives round trips of arbitrary content.
 
 use ferry_format::map::{self, ChunkRef};
-use ferry_format::point::{DiskMap, PointKind, PointRecord};
+use ferry_format::point::{DiskMap, MapRoot, PointKind, PointRecord};
 use ferry_format::{Digest, FormatError, pack};
 use ferry_types::{Generation, Seq, StreamId, Timestamp};
 use proptest::prelude::*;
@@ -19,13 +19,32 @@ fn chunk_ref() -> impl Strategy<Value = ChunkRef> {
 
 proptest! {
     #[test]
-    fn map_pages_round_trip(entries in proptest::collection::vec(chunk_ref(), 0..map::ENTRIES_PER_PAGE)) {
-        let (bytes, digest) = map::encode(&entries).unwrap();
-        prop_assert_eq!(map::decode(&bytes, &digest).unwrap(), entries);
+    fn map_leaves_round_trip(entries in proptest::collection::vec(chunk_ref(), 0..map::FLAT_PAGE_ENTRIES)) {
+        let (bytes, digest) = map::encode_leaf(&entries).unwrap();
+        prop_assert_eq!(map::decode(&bytes, &digest).unwrap(), map::Node::Leaf(entries));
     }
 
     #[test]
-    fn points_round_trip(seq in any::<u64>(), t in any::<i64>(), catch_up in proptest::option::of(0..u64::MAX), pages in proptest::collection::vec(any::<[u8; 32]>(), 0..50)) {
+    fn map_index_nodes_round_trip(level in 1..=map::MAX_LEVEL, children in proptest::collection::vec(any::<[u8; 32]>(), 0..map::FANOUT)) {
+        let children: Vec<Digest> = children.into_iter().map(Digest).collect();
+        let (bytes, digest) = map::encode_index(level, &children).unwrap();
+        prop_assert_eq!(map::decode(&bytes, &digest).unwrap(), map::Node::Index { level, children });
+        prop_assert!(map::decode_leaf(&bytes, &digest).is_err());
+    }
+
+    #[test]
+    fn tree_shapes_end_in_one_root(blocks in 0..u64::from(u32::MAX)) {
+        let shape = map::tree_shape(blocks);
+        prop_assert_eq!(shape[0] as u64, blocks.div_ceil(map::LEAF_ENTRIES as u64).max(1));
+        prop_assert_eq!(*shape.last().unwrap(), 1);
+        prop_assert!(shape.len() <= map::MAX_LEVEL as usize + 1);
+        for w in shape.windows(2) {
+            prop_assert_eq!(w[1], w[0].div_ceil(map::FANOUT));
+        }
+    }
+
+    #[test]
+    fn points_round_trip(seq in any::<u64>(), t in any::<i64>(), catch_up in proptest::option::of(0..u64::MAX), pages in proptest::collection::vec(any::<[u8; 32]>(), 0..50), root in any::<[u8; 32]>()) {
         let rec = PointRecord {
             kind: PointKind::AppConsistent,
             stream: StreamId([1; 16]),
@@ -36,7 +55,10 @@ proptest! {
             segment_prev_digest: Digest::ZERO,
             initial_sync_seq: None,
             catch_up_seq: catch_up.map(Seq),
-            disks: vec![DiskMap { size: 1 << 30, pages: pages.into_iter().map(Digest).collect() }],
+            disks: vec![
+                DiskMap { size: 1 << 30, map: MapRoot::Pages(pages.into_iter().map(Digest).collect()) },
+                DiskMap { size: 1 << 40, map: MapRoot::Tree(Digest(root)) },
+            ],
         };
         prop_assert_eq!(PointRecord::decode(&rec.encode()).unwrap(), rec);
     }
@@ -81,11 +103,11 @@ fn corrupt_objects_are_refused_with_a_named_format() {
         }
     );
     assert!(err.to_string().contains("corrupt"));
-    let mut v3 = rec.encode();
-    v3[8] = 3;
+    let mut v4 = rec.encode();
+    v4[8] = 4;
     assert!(matches!(
-        PointRecord::decode(&v3),
-        Err(FormatError::UnsupportedVersion { version: 3, .. })
+        PointRecord::decode(&v4),
+        Err(FormatError::UnsupportedVersion { version: 4, .. })
     ));
 }
 

@@ -2,7 +2,7 @@
 //! Regenerate (only when adding a new version's fixture) with `FERRY_BLESS=1 cargo test -p ferry-format --test golden`.
 
 use ferry_format::map::{self, ChunkRef};
-use ferry_format::point::{DiskMap, PointKind, PointRecord};
+use ferry_format::point::{DiskMap, MapRoot, PointKind, PointRecord};
 use ferry_format::segment::{self, MarkerKind, Op, Record};
 use ferry_format::{Digest, pack};
 use ferry_types::{Generation, Seq, StreamId, Timestamp};
@@ -91,11 +91,41 @@ fn map_page_v1_decodes() {
             len: 700,
         },
     ];
-    let bytes = fixture("map-page-v1.page", || map::encode(&entries).unwrap().0);
-    assert_eq!(map::decode(&bytes, &Digest::of(&bytes)).unwrap(), entries);
+    let bytes = std::fs::read(format!("{DIR}/map-page-v1.page")).unwrap();
+    assert_eq!(
+        map::decode(&bytes, &Digest::of(&bytes)).unwrap(),
+        map::Node::Leaf(entries)
+    );
     assert!(
         map::decode(&bytes, &Digest::ZERO).is_err(),
         "a page must match its name"
+    );
+}
+
+#[test]
+fn map_nodes_v2_decode() {
+    let entries = vec![
+        ChunkRef::ZERO,
+        ChunkRef {
+            hash: Digest([1; 32]),
+            pack: 0x1234,
+            offset: 18,
+            len: 700,
+        },
+    ];
+    let leaf = fixture("map-leaf-v2.page", || map::encode_leaf(&entries).unwrap().0);
+    let leaf_name = Digest::of(&leaf);
+    assert_eq!(
+        map::decode(&leaf, &leaf_name).unwrap(),
+        map::Node::Leaf(entries)
+    );
+    let children = vec![leaf_name, Digest::ZERO];
+    let index = fixture("map-index-v2.page", || {
+        map::encode_index(1, &children).unwrap().0
+    });
+    assert_eq!(
+        map::decode(&index, &Digest::of(&index)).unwrap(),
+        map::Node::Index { level: 1, children }
     );
 }
 
@@ -133,11 +163,11 @@ fn point_record() -> PointRecord {
         disks: vec![
             DiskMap {
                 size: 64 << 20,
-                pages: vec![Digest([4; 32])],
+                map: MapRoot::Pages(vec![Digest([4; 32])]),
             },
             DiskMap {
                 size: 1 << 20,
-                pages: vec![],
+                map: MapRoot::Pages(vec![]),
             },
         ],
     }
@@ -158,6 +188,15 @@ fn recovery_point_v2_decodes() {
         catch_up_seq: Some(Seq(95)),
         ..point_record()
     };
-    let bytes = fixture("recovery-point-v2.point", || rec.encode());
+    let bytes = std::fs::read(format!("{DIR}/recovery-point-v2.point")).unwrap();
+    assert_eq!(PointRecord::decode(&bytes).unwrap(), rec);
+}
+
+#[test]
+fn recovery_point_v3_decodes() {
+    let mut rec = point_record();
+    rec.disks[0].map = MapRoot::Tree(Digest([4; 32]));
+    rec.disks[1].map = MapRoot::Tree(Digest::ZERO);
+    let bytes = fixture("recovery-point-v3.point", || rec.encode());
     assert_eq!(PointRecord::decode(&bytes).unwrap(), rec);
 }

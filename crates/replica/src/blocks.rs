@@ -3,12 +3,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use ferry_format::map::{self, ChunkRef, ENTRIES_PER_PAGE};
-use ferry_format::point::DiskMap;
+use ferry_format::map::ChunkRef;
+use ferry_format::point::{DiskMap, MapRoot};
 use ferry_format::segment::Op;
 use ferry_format::{BLOCK_SIZE, Digest};
-use futures::{StreamExt, TryStreamExt};
 
+use crate::tree::{self, MapTree};
 use crate::{ReplicaError, ReplicaLayout};
 
 const BS: usize = BLOCK_SIZE as usize;
@@ -23,23 +23,20 @@ pub(crate) struct DiskState {
     pub index: usize,
     pub size: u64,
     pub map: Vec<ChunkRef>,
-    pub pages: Vec<Digest>,
-    dirty_pages: BTreeSet<usize>,
+    pub tree: MapTree,
     pub dirty: HashMap<u64, Block>,
     pub known: HashMap<Digest, ChunkRef>,
 }
 
 impl DiskState {
-    /// A disk that reads as zeroes and has no stored pages yet.
+    /// A disk that reads as zeroes (its map needs no stored node).
     pub fn empty(index: usize, size: u64) -> Self {
-        let blocks = size.div_ceil(BLOCK_SIZE) as usize;
-        let npages = blocks.div_ceil(ENTRIES_PER_PAGE);
+        let blocks = tree::blocks_of(size);
         DiskState {
             index,
             size,
-            map: vec![ChunkRef::ZERO; blocks],
-            pages: vec![Digest::ZERO; npages],
-            dirty_pages: (0..npages).collect(),
+            map: vec![ChunkRef::ZERO; blocks as usize],
+            tree: MapTree::empty(blocks),
             dirty: HashMap::new(),
             known: HashMap::new(),
         }
@@ -51,38 +48,25 @@ impl DiskState {
         index: usize,
         disk: &DiskMap,
     ) -> Result<Self, ReplicaError> {
-        let mut s = DiskState::empty(index, disk.size);
-        if s.pages.len() != disk.pages.len() {
-            return Err(ReplicaError::Internal(format!(
-                "disk {index}: record names {} map pages, a {}-byte disk needs {}",
-                disk.pages.len(),
-                disk.size,
-                s.pages.len()
-            )));
-        }
-        let pages: Vec<Vec<ChunkRef>> = futures::stream::iter(disk.pages.iter().copied())
-            .map(|d| load_page(layout, index, d))
-            .buffered(16)
-            .try_collect()
-            .await?;
-        for (p, entries) in pages.into_iter().enumerate() {
-            let base = p * ENTRIES_PER_PAGE;
-            let n = entries.len().min(s.map.len() - base);
-            s.map[base..base + n].copy_from_slice(&entries[..n]);
-        }
-        s.pages = disk.pages.clone();
-        s.dirty_pages.clear();
-        for r in &s.map {
-            if !r.is_zero() {
-                s.known.insert(r.hash, *r);
-            }
-        }
-        Ok(s)
+        let (map, tree) = tree::load(layout, index, disk).await?;
+        let known = map
+            .iter()
+            .filter(|r| !r.is_zero())
+            .map(|r| (r.hash, *r))
+            .collect();
+        Ok(DiskState {
+            index,
+            size: disk.size,
+            map,
+            tree,
+            dirty: HashMap::new(),
+            known,
+        })
     }
 
     /// True when changes are held that no stored page reflects yet.
     pub fn needs_flush(&self) -> bool {
-        !self.dirty.is_empty() || !self.dirty_pages.is_empty()
+        !self.dirty.is_empty() || self.tree.is_dirty()
     }
 
     /// Check that an operation fits this disk (done for a whole segment before applying any).
@@ -159,54 +143,33 @@ impl DiskState {
     pub fn commit_refs(&mut self, refs: Vec<(u64, ChunkRef)>) {
         for (b, r) in refs {
             self.map[b as usize] = r;
-            self.dirty_pages.insert(b as usize / ENTRIES_PER_PAGE);
+            self.tree.mark(b);
             if !r.is_zero() {
                 self.known.insert(r.hash, r);
             }
         }
     }
 
-    /// Encode every page changed since the last call; returns the new pages to store.
-    pub fn encode_dirty_pages(&mut self) -> Result<Vec<(Digest, Vec<u8>)>, ReplicaError> {
-        let mut out = Vec::new();
-        for p in std::mem::take(&mut self.dirty_pages) {
-            let base = p * ENTRIES_PER_PAGE;
-            let end = (base + ENTRIES_PER_PAGE).min(self.map.len());
-            let (bytes, digest) = map::encode(&self.map[base..end])
-                .map_err(ReplicaError::format("encode map page"))?;
-            if self.pages[p] != digest {
-                self.pages[p] = digest;
-                out.push((digest, bytes));
-            }
-        }
-        Ok(out)
+    /// Encode every map node changed since the last call; returns the new nodes to store.
+    pub fn encode_dirty_nodes(&mut self) -> Result<Vec<(Digest, Vec<u8>)>, ReplicaError> {
+        self.tree.encode(&self.map)
     }
 
     pub fn disk_map(&self) -> DiskMap {
         DiskMap {
             size: self.size,
-            pages: self.pages.clone(),
+            map: MapRoot::Tree(self.tree.root()),
         }
     }
 }
 
-async fn load_page(
-    layout: &ReplicaLayout,
-    disk: usize,
-    digest: Digest,
-) -> Result<Vec<ChunkRef>, ReplicaError> {
-    let key = layout.page_key(disk, &digest);
-    let bytes = layout.disks[disk].get(&key).await?;
-    map::decode(&bytes, &digest).map_err(ReplicaError::format(format!("map page {key}")))
-}
-
-/// Load every page of a disk map into one flat list of block references.
+/// Load a disk map into one flat list of block references.
 pub(crate) async fn load_map(
     layout: &ReplicaLayout,
     disk: usize,
     dm: &DiskMap,
 ) -> Result<Vec<ChunkRef>, ReplicaError> {
-    Ok(DiskState::load(layout, disk, dm).await?.map)
+    Ok(tree::load(layout, disk, dm).await?.0)
 }
 
 fn extent(op: &Op) -> (u64, u64) {

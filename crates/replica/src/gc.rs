@@ -10,18 +10,18 @@
 //! pruned keeps every object it reads for at least the grace period, and nothing a new record
 //! references is ever deleted.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_format::Digest;
 use ferry_format::point::PointRecord;
-use ferry_format::{Digest, map};
 use ferry_storage::{Key, StoreError};
 use ferry_types::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::points;
 use crate::{ReplicaError, ReplicaLayout};
+use crate::{points, tree};
 
 /// Objects that must stay: `(disk, page digest)` and `(disk, pack id)`.
 #[derive(Debug, Default, Clone)]
@@ -168,22 +168,30 @@ async fn referenced(
     let mut refs = in_memory.clone();
     let mut records: Vec<PointRecord> = points::list(layout).await?;
     records.extend(points::list_checkpoints(layout).await?);
-    let mut seen: HashMap<(usize, Digest), ()> = HashMap::new();
+    let mut seen: Vec<HashSet<Digest>> = vec![HashSet::new(); layout.disks.len()];
     for rec in &records {
         for (disk, dm) in rec.disks.iter().enumerate() {
-            for page in &dm.pages {
-                refs.pages.insert((disk, *page));
-                if *page == Digest::ZERO || seen.insert((disk, *page), ()).is_some() {
-                    continue;
-                }
-                let bytes = layout.disks[disk].get(&layout.page_key(disk, page)).await?;
-                let entries = map::decode(&bytes, page)
-                    .map_err(ReplicaError::format(format!("map page {}", page.to_hex())))?;
-                for r in entries.iter().filter(|r| !r.is_zero()) {
-                    refs.packs.insert((disk, r.pack));
-                }
-            }
+            let Some(seen) = seen.get_mut(disk) else {
+                return Err(ReplicaError::Internal(format!(
+                    "record {} names disk {disk}, the replica has {}",
+                    rec.object_name(),
+                    layout.disks.len()
+                )));
+            };
+            let packs = &mut refs.packs;
+            tree::walk(layout, disk, dm, seen, |entries| {
+                packs.extend(
+                    entries
+                        .iter()
+                        .filter(|r| !r.is_zero())
+                        .map(|r| (disk, r.pack)),
+                );
+            })
+            .await?;
         }
+    }
+    for (disk, nodes) in seen.into_iter().enumerate() {
+        refs.pages.extend(nodes.into_iter().map(|d| (disk, d)));
     }
     Ok(refs)
 }

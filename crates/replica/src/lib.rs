@@ -6,9 +6,9 @@
 //! recovery point at every marker, and deletes cache segments once a durable record covers them.
 //!
 //! The replica, per disk: content-addressed chunks (BLAKE3 of a 64 KiB block, zstd) packed into
-//! pack objects, and a block map split into content-addressed pages shared by every point that
-//! did not change them. A recovery point is a small record naming each disk's pages; its
-//! create-only write is the commit point. Nothing here depends on the agent: only on
+//! pack objects, and a block map kept as a tree of content-addressed nodes shared by every point
+//! that did not change them. A recovery point is a small record naming the root of each disk's
+//! map; its create-only write is the commit point. Nothing here depends on the agent: only on
 //! `ferry-format` and `ferry-storage`.
 
 mod blocks;
@@ -21,6 +21,7 @@ pub mod points;
 pub mod processor;
 pub mod resync;
 pub mod retention;
+pub mod tree;
 pub mod verify;
 
 pub use error::ReplicaError;

@@ -497,7 +497,7 @@ impl Processor {
     async fn collect_garbage(&self, pos: &mut Position) -> Result<(), ReplicaError> {
         let mut refs = crate::gc::Referenced::default();
         for d in &pos.disks {
-            refs.pages.extend(d.pages.iter().map(|p| (d.index, *p)));
+            refs.pages.extend(d.tree.nodes().map(|p| (d.index, p)));
             refs.packs.extend(
                 d.map
                     .iter()
@@ -639,7 +639,7 @@ impl Processor {
             .await?;
         let mut pages = Vec::new();
         for d in disks.iter_mut() {
-            for (digest, bytes) in d.encode_dirty_pages()? {
+            for (digest, bytes) in d.encode_dirty_nodes()? {
                 pages.push((d.index, digest, bytes));
             }
         }

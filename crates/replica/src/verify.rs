@@ -12,7 +12,8 @@ mod repair;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use ferry_format::map::{self, ChunkRef, ENTRIES_PER_PAGE};
+use ferry_format::map::{self, ChunkRef, FANOUT, FLAT_PAGE_ENTRIES, LEAF_ENTRIES, Node};
+use ferry_format::point::MapRoot;
 use ferry_format::{BLOCK_SIZE, Digest, pack};
 use ferry_storage::StoreError;
 use futures::{StreamExt, TryStreamExt};
@@ -21,6 +22,7 @@ use serde::Serialize;
 pub use repair::{BlockSource, ImageFiles};
 
 use crate::points::{self, PointInfo};
+use crate::tree;
 use crate::{ReplicaError, ReplicaLayout};
 
 /// Pages and ranged chunk reads in flight at once.
@@ -116,11 +118,20 @@ pub async fn check_and_repair(
     Ok(scan.report(layout, outcomes.into_iter().map(Some).collect()))
 }
 
-/// Which points read an object, and at which block (or page) positions.
+/// Which points read an object, and at which block (or node) positions.
 #[derive(Debug, Default)]
 struct Uses {
     points: BTreeSet<usize>,
     positions: BTreeSet<u64>,
+    /// For a map node: where the points' maps put it.
+    place: Option<Place>,
+}
+
+/// Where a map node sits: a page of a flat list, or a node of a tree over `blocks` blocks.
+#[derive(Debug, Clone, Copy)]
+enum Place {
+    Flat,
+    Tree { blocks: u64, level: usize },
 }
 
 impl Uses {
@@ -185,23 +196,36 @@ struct Scan {
 }
 
 async fn scan(layout: &ReplicaLayout) -> Result<Scan, ReplicaError> {
-    let mut inv = inventory_pages(layout).await?;
+    let mut inv = inventory_roots(layout).await?;
     let mut findings = Vec::new();
     let mut bytes_read = 0;
-    let keys: Vec<(usize, Digest)> = inv.pages.keys().copied().collect();
-    let pages: Vec<_> = futures::stream::iter(keys)
-        .map(|(d, g)| read_page(layout, d, g))
-        .buffer_unordered(PARALLEL)
-        .try_collect()
-        .await?;
-    for (d, g, bytes, entries) in pages {
-        bytes_read += bytes;
-        match entries {
-            Ok(entries) => add_chunks(&mut inv, d, g, &entries),
-            Err(error) => findings.push(Finding {
-                damage: Damage::Page(d, g),
-                error,
-            }),
+    let mut read: BTreeSet<(usize, Digest)> = BTreeSet::new();
+    // Level by level: each round reads the nodes the previous one found.
+    loop {
+        let keys: Vec<(usize, Digest)> = inv
+            .pages
+            .keys()
+            .filter(|k| !read.contains(*k))
+            .copied()
+            .collect();
+        if keys.is_empty() {
+            break;
+        }
+        read.extend(keys.iter().copied());
+        let pages: Vec<_> = futures::stream::iter(keys)
+            .map(|(d, g)| read_page(layout, d, g))
+            .buffer_unordered(PARALLEL)
+            .try_collect()
+            .await?;
+        for (d, g, bytes, node) in pages {
+            bytes_read += bytes;
+            match node.and_then(|n| inv.check_place(d, g, n)) {
+                Ok(node) => inv.add_below(d, g, node),
+                Err(error) => findings.push(Finding {
+                    damage: Damage::Page(d, g),
+                    error,
+                }),
+            }
         }
     }
     let mut packs: BTreeMap<(usize, u64), Vec<ChunkRef>> = BTreeMap::new();
@@ -224,8 +248,8 @@ async fn scan(layout: &ReplicaLayout) -> Result<Scan, ReplicaError> {
     })
 }
 
-/// List the points and the distinct pages they name.
-async fn inventory_pages(layout: &ReplicaLayout) -> Result<Inventory, ReplicaError> {
+/// List the points and the map nodes their records name (tree roots, or flat pages).
+async fn inventory_roots(layout: &ReplicaLayout) -> Result<Inventory, ReplicaError> {
     let records = points::list(layout).await?;
     let mut inv = Inventory {
         ids: records
@@ -243,35 +267,102 @@ async fn inventory_pages(layout: &ReplicaLayout) -> Result<Inventory, ReplicaErr
                     layout.disks.len()
                 )));
             }
-            for (p, digest) in dm.pages.iter().enumerate() {
-                inv.pages
-                    .entry((d, *digest))
-                    .or_default()
-                    .add([i], p as u64);
+            match &dm.map {
+                MapRoot::Pages(pages) => {
+                    for (p, digest) in pages.iter().enumerate() {
+                        inv.add_node(d, *digest, [i], p as u64, Place::Flat);
+                    }
+                }
+                MapRoot::Tree(root) => {
+                    let blocks = tree::blocks_of(dm.size);
+                    let level = map::tree_shape(blocks).len() - 1;
+                    inv.add_node(d, *root, [i], 0, Place::Tree { blocks, level });
+                }
             }
         }
     }
     Ok(inv)
 }
 
-/// Record the chunks one good page references, for the points that read it.
-fn add_chunks(inv: &mut Inventory, disk: usize, digest: Digest, entries: &[ChunkRef]) {
-    let Some(page) = inv.pages.get(&(disk, digest)) else {
-        return;
-    };
-    for &p in &page.positions {
-        let base = p * ENTRIES_PER_PAGE as u64;
-        for (i, r) in entries.iter().enumerate().filter(|(_, r)| !r.is_zero()) {
-            inv.chunks
-                .entry((disk, *r))
-                .or_default()
-                .add(page.points.iter().copied(), base + i as u64);
+impl Inventory {
+    fn add_node(
+        &mut self,
+        disk: usize,
+        digest: Digest,
+        points: impl IntoIterator<Item = usize>,
+        position: u64,
+        place: Place,
+    ) {
+        if digest == Digest::ZERO {
+            return;
+        }
+        let uses = self.pages.entry((disk, digest)).or_default();
+        uses.add(points, position);
+        uses.place.get_or_insert(place);
+    }
+
+    /// Check that a good node is what its place in the tree needs.
+    fn check_place(&self, disk: usize, digest: Digest, node: Node) -> Result<Node, String> {
+        let Some(uses) = self.pages.get(&(disk, digest)) else {
+            return Ok(node);
+        };
+        let position = uses.positions.first().copied().unwrap_or(0) as usize;
+        match uses.place {
+            Some(Place::Tree { blocks, level }) => {
+                tree::check_node(&node, &map::tree_shape(blocks), blocks, level, position)?;
+            }
+            Some(Place::Flat) | None => {
+                if !matches!(node, Node::Leaf(_)) {
+                    return Err("an index node where a flat map names a page".into());
+                }
+            }
+        }
+        Ok(node)
+    }
+
+    /// Record what one good node reaches (its children, or its chunks) for the points that
+    /// read it.
+    fn add_below(&mut self, disk: usize, digest: Digest, node: Node) {
+        let Some(uses) = self.pages.get(&(disk, digest)) else {
+            return;
+        };
+        let points: Vec<usize> = uses.points.iter().copied().collect();
+        let positions: Vec<u64> = uses.positions.iter().copied().collect();
+        let place = uses.place;
+        match (node, place) {
+            (Node::Index { children, .. }, Some(Place::Tree { blocks, level })) => {
+                for &p in &positions {
+                    for (i, c) in children.iter().enumerate() {
+                        let below = Place::Tree {
+                            blocks,
+                            level: level - 1,
+                        };
+                        let at = p * FANOUT as u64 + i as u64;
+                        self.add_node(disk, *c, points.iter().copied(), at, below);
+                    }
+                }
+            }
+            (Node::Leaf(entries), place) => {
+                let per = match place {
+                    Some(Place::Flat) | None => FLAT_PAGE_ENTRIES,
+                    Some(Place::Tree { .. }) => LEAF_ENTRIES,
+                } as u64;
+                for &p in &positions {
+                    for (i, r) in entries.iter().enumerate().filter(|(_, r)| !r.is_zero()) {
+                        self.chunks
+                            .entry((disk, *r))
+                            .or_default()
+                            .add(points.iter().copied(), p * per + i as u64);
+                    }
+                }
+            }
+            (Node::Index { .. }, _) => {}
         }
     }
 }
 
-/// One page: its disk, digest, bytes read, and its entries or what is wrong with it.
-type PageRead = (usize, Digest, u64, Result<Vec<ChunkRef>, String>);
+/// One node: its disk, digest, bytes read, and the node or what is wrong with it.
+type PageRead = (usize, Digest, u64, Result<Node, String>);
 
 async fn read_page(
     layout: &ReplicaLayout,

@@ -13,7 +13,8 @@ use ferry_types::{Generation, Seq, StreamId, Timestamp};
 use futures::StreamExt;
 use proptest::prelude::*;
 
-const SIZES: [u64; 3] = [1 << 20, 2 << 20, 1 << 20];
+/// Disk 1 spans two map leaves, so its map has an index node above them.
+const SIZES: [u64; 3] = [1 << 20, 9 << 20, 1 << 20];
 
 #[derive(Debug, Clone)]
 enum Step {
@@ -41,7 +42,7 @@ enum Step {
 }
 
 fn step() -> impl Strategy<Value = Step> {
-    let extent = (0u16..3, 0u64..(1 << 20), 1u64..200_000);
+    let extent = (0u16..3, 0u64..(16 << 20), 1u64..200_000);
     prop_oneof![
         6 => (extent.clone(), any::<u8>(), prop::bool::weighted(0.1)).prop_map(|((disk, offset, len), seed, zero_data)| Step::Write { disk, offset, len, seed, zero_data }),
         1 => extent.clone().prop_map(|(disk, offset, len)| Step::Zero { disk, offset, len }),
