@@ -258,8 +258,9 @@ impl AgentHost {
         tasks.push(tokio::spawn(mark_every(
             stream.clone(),
             cfg.crash_consistent_every,
-            rx,
+            rx.clone(),
         )));
+        tasks.push(tokio::spawn(crate::alive::run(dir.clone(), rx)));
         let catch_up = Arc::new(CatchUpProgress::default());
         {
             let (disks, s, p, c) = (

@@ -14,6 +14,7 @@
 //! The agent only makes outbound connections: to the cache account (through a store confined to
 //! its own prefix) and to the control plane.
 
+mod alive;
 pub mod catch_up;
 mod dirty;
 pub mod disk;

@@ -26,10 +26,10 @@ use ferry_types::{Generation, Seq, StreamId, Timestamp};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::AgentError;
 use crate::dirty::{self, DirtyMap};
 use crate::log::{self, LogWriter};
 use crate::state::{self, ImageStamp, StreamState};
+use crate::{AgentError, alive};
 
 /// How a stream is cut into segments.
 #[derive(Debug, Clone)]
@@ -185,6 +185,7 @@ impl Stream {
             Some(s) if s.stream == stream && s.generation == generation => s,
             _ => {
                 remove_logs(dir)?;
+                alive::forget(dir)?;
                 state::store(dir, &fresh)?;
                 fresh
             }
@@ -625,11 +626,14 @@ impl Stream {
     }
 
     /// At a start: an error naming the first disk image that changed since the stream stopped
-    /// (nothing tracked that change, so the replica cannot catch up from the stream); the
-    /// stamp stays until a repair replaces the stream. Otherwise the stamp is cleared.
+    /// (nothing tracked that change, so the replica cannot catch up from the stream). After a
+    /// clean stop the images' stamps are compared; they stay until a repair replaces the
+    /// stream. After an unclean one (no stamps), each image's modification time is compared
+    /// with the stream's last sign of life ([`alive`]).
     pub(crate) fn check_stopped(&self, images: &[&Path]) -> Result<(), AgentError> {
         let Some(stamps) = self.lock().state.stopped_with.clone() else {
-            return Ok(());
+            self.check_crashed(images)?;
+            return alive::touch(&self.dir);
         };
         for (i, (path, then)) in images.iter().zip(&stamps).enumerate() {
             let now = ImageStamp::of(path).map_err(AgentError::io("stat disk image", *path))?;
@@ -642,7 +646,31 @@ impl Stream {
                 });
             }
         }
-        self.update_state(|s| s.stopped_with = None)
+        self.update_state(|s| s.stopped_with = None)?;
+        alive::touch(&self.dir)
+    }
+
+    fn check_crashed(&self, images: &[&Path]) -> Result<(), AgentError> {
+        let Some(alive) = alive::last(&self.dir)? else {
+            return Ok(());
+        };
+        for (i, path) in images.iter().enumerate() {
+            let modified = std::fs::metadata(path)
+                .and_then(|m| m.modified())
+                .map_err(AgentError::io("stat disk image", *path))?;
+            if modified > alive + alive::SLACK {
+                return Err(AgentError::TrackingLost {
+                    reason: format!(
+                        "disk {i} ({}) was modified at {} while the agent was down (it stopped \
+                         without a clean shutdown; its last sign of life was at {})",
+                        path.display(),
+                        Timestamp::from_system(modified),
+                        Timestamp::from_system(alive)
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// True while a repair's resync has not compared every block yet.

@@ -132,6 +132,59 @@ fn a_disk_changed_behind_the_agent_needs_a_repair_that_sends_only_the_difference
     );
 }
 
+/// No clean stop records the images' stamps when the server is killed with `kill -9`: an
+/// image modified after the agent's last sign of life is still found at the next start. A
+/// restart long after a kill, with the image untouched, goes on without a repair.
+#[test]
+fn a_disk_changed_after_a_kill_9_needs_a_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut s = Server::start(&d.join("data"));
+    s.base_resources(None);
+    s.create_vm("rg1/db1", "db", &["16MiB@sa1"]);
+    let uri = s.disk_uri("rg1/db1", 0);
+    assert!(qemu_io(&uri, "write -P 0x11 0 1M"));
+    s.protect("rg1/db1");
+    s.wait_point_after("rg1/db1", now(), 60);
+    let image = s.json(&["vm", "show", "rg1/db1"]);
+    let image = image["disks"][0]["image"].as_str().unwrap().to_string();
+    // Longer than the slack the agent allows between its last sign of life and its own
+    // last write to an image.
+    let down = |s: &mut Server| {
+        s.kill9();
+        let until = std::time::SystemTime::now() + std::time::Duration::from_secs(7);
+        wait_until(30, "the agent to be down for 7 s", || {
+            std::time::SystemTime::now() > until
+        });
+    };
+
+    down(&mut s);
+    s.restart();
+    assert!(qemu_io(&uri, "write -P 0x12 2M 64k"));
+    s.wait_point_after("rg1/db1", now(), 60);
+    assert_eq!(s.replication("rg1/db1")["state"], "protected");
+
+    down(&mut s);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    f.write_all_at(&[0x77; 4096], 8 << 20).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    s.restart();
+    wait_until(60, "the item to need a resync", || {
+        s.replication("rg1/db1")["state"] == "resync-required"
+    });
+    let reasons = s.replication("rg1/db1")["health_reasons"].to_string();
+    assert!(
+        reasons.contains("disk 0") && reasons.contains("while the agent was down"),
+        "{reasons}"
+    );
+    let point = repair_and_compare(&s, d, &uri);
+    assert!(qemu_io(point.to_str().unwrap(), "read -P 0x77 8M 4k"));
+}
+
 /// A segment that vanishes from the cache account before it is applied leaves a hole in the
 /// stream that nothing can fill: the item goes to `resync-required` naming the gap, and a
 /// repair brings it back to a latest point equal to the disk.
