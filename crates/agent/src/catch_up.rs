@@ -34,6 +34,20 @@ fn low_water(stream: &Stream) -> u64 {
     stream.config.buffer_bytes / 2
 }
 
+/// What one [`pass`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// No window is open.
+    Idle,
+    /// The buffer is over its low-water mark: nothing was copied.
+    Waiting,
+    /// Blocks were copied, but the window stays open (the buffer filled up again, a block was
+    /// dirtied behind the pass, or a repair's compare still holds it).
+    Open,
+    /// Every dirty block is in the stream; the catch-up-done marker has this sequence.
+    Closed(ferry_types::Seq),
+}
+
 /// Run until `cancel` is set: wait for a window, copy its blocks, close it. Blocking; run it
 /// on a blocking thread.
 pub fn run(
@@ -42,43 +56,54 @@ pub fn run(
     progress: &CatchUpProgress,
     cancel: &AtomicBool,
 ) -> Result<(), AgentError> {
-    let mut buf = vec![0u8; BLOCK_SIZE as usize];
     loop {
         if cancel.load(Ordering::Relaxed) {
             return Ok(());
         }
-        if stream.unordered_since().is_none() || stream.buffered() > low_water(stream) {
-            std::thread::sleep(if stream.unordered_since().is_none() {
-                IDLE_POLL
-            } else {
-                BUSY_POLL
-            });
-            continue;
+        match pass(disks, stream, progress, cancel)? {
+            Pass::Closed(_) => {}
+            Pass::Idle => std::thread::sleep(IDLE_POLL),
+            // A pass over clean bitmaps would otherwise spin on the stream's lock.
+            Pass::Waiting | Pass::Open => std::thread::sleep(BUSY_POLL),
         }
-        if !stream.resume_logging() {
-            continue;
-        }
-        for disk in disks {
-            let mut from = 0;
-            while let Some(block) = stream.next_dirty(disk.index(), from) {
-                while stream.buffered() > low_water(stream) {
-                    if cancel.load(Ordering::Relaxed) {
-                        return Ok(());
-                    }
-                    std::thread::sleep(BUSY_POLL);
-                }
-                let n = disk.copy_dirty_block(stream, block, &mut buf)?;
-                progress.copied_bytes.fetch_add(n, Ordering::Relaxed);
-                from = block + 1;
+    }
+}
+
+/// One attempt: when a window is open and the buffer has room, copy every dirty block into
+/// the stream (stopping early when the buffer passes its low-water mark again, or at
+/// `cancel`), then close the window if nothing is left. Blocking.
+pub fn pass(
+    disks: &[Arc<Disk>],
+    stream: &Stream,
+    progress: &CatchUpProgress,
+    cancel: &AtomicBool,
+) -> Result<Pass, AgentError> {
+    if stream.unordered_since().is_none() {
+        return Ok(Pass::Idle);
+    }
+    if stream.buffered() > low_water(stream) {
+        return Ok(Pass::Waiting);
+    }
+    if !stream.resume_logging() {
+        return Ok(Pass::Idle);
+    }
+    let mut buf = vec![0u8; BLOCK_SIZE as usize];
+    for disk in disks {
+        let mut from = 0;
+        while let Some(block) = stream.next_dirty(disk.index(), from) {
+            if stream.buffered() > low_water(stream) || cancel.load(Ordering::Relaxed) {
+                return Ok(Pass::Open);
             }
+            let n = disk.copy_dirty_block(stream, block, &mut buf)?;
+            progress.copied_bytes.fetch_add(n, Ordering::Relaxed);
+            from = block + 1;
         }
-        if stream.close_window()?.is_some() {
+    }
+    match stream.close_window()? {
+        Some(seq) => {
             progress.completed.fetch_add(1, Ordering::Relaxed);
-            continue;
+            Ok(Pass::Closed(seq))
         }
-        // Otherwise the buffer overflowed again, a block was dirtied behind the pass, or a
-        // repair's compare still holds the window open: go round once more, after a pause (a
-        // pass over clean bitmaps would otherwise spin on the stream's lock).
-        std::thread::sleep(BUSY_POLL);
+        None => Ok(Pass::Open),
     }
 }

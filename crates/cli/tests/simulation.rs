@@ -9,7 +9,10 @@
 //! shutdown and reopened from the same directory, as after `kill -9`; sometimes during the
 //! initial copy), processor crashes (its task aborted mid-work, restarted later), cache and
 //! target outages, flaky calls, replays to an instant while replication runs, points deleted
-//! as retention does and the journal pruned to a window. At the end everything is drained, and
+//! as retention does and the journal pruned to a window. Some seeds give the agent a small ship
+//! buffer, so an outage of the cache account overflows it: changes are then only tracked as
+//! dirty blocks (the model places each before the next record), markers are refused, and a
+//! catch-up step copies the blocks and closes the window with a catch-up-done point. At the end everything is drained, and
 //! every recovery point and every sampled instant in the window (replayed from the journal)
 //! must export byte-equal to the model at its sequence; a replay may refuse an instant it has
 //! nothing to rebuild from, never answer with another one.
@@ -20,10 +23,11 @@
 
 use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_agent::catch_up::{self, CatchUpProgress, Pass};
 use ferry_agent::disk::Disk;
 use ferry_agent::initial_sync::{self, Progress};
 use ferry_agent::sealer;
@@ -83,13 +87,14 @@ fn replicas_match_the_model_through_crashes_and_outages() {
 fn an_instant_whose_window_base_was_deleted_is_rebuilt_or_refused() {
     runtime().block_on(async {
         let mut sim = Sim::new(0);
+        sim.knobs.stream.buffer_bytes = 2 << 30;
         sim.start_agent_and_copy().await;
         sim.start_processor();
         sim.step(Step::Write).await;
         sim.mark(MarkerKind::CrashConsistent);
         sim.settle().await;
         sim.step(Step::Write).await;
-        let p2 = sim.mark(MarkerKind::CrashConsistent);
+        let p2 = sim.mark(MarkerKind::CrashConsistent).unwrap();
         sim.settle().await;
         sim.step(Step::Write).await;
         sim.step(Step::Instant).await;
@@ -192,6 +197,7 @@ fn stream_config(rng: &mut StdRng, mut c: StreamConfig) -> StreamConfig {
     c.seal_interval = ms(pick(rng, &[5, 30, 150]));
     c.seal_bytes = pick(rng, &[48 << 10, 512 << 10, 8 << 20]);
     c.zstd_level = rng.random_range(1..=3);
+    c.buffer_bytes = pick(rng, &[2 << 30, 2 << 30, 1 << 20, 256 << 10]);
     c
 }
 
@@ -309,9 +315,10 @@ enum Step {
     Flaky,
     Retention,
     PruneJournal,
+    CatchUp,
 }
 
-const STEPS: [(Step, u32); 15] = [
+const STEPS: [(Step, u32); 16] = [
     (Step::Write, 50),
     (Step::Zero, 5),
     (Step::Trim, 5),
@@ -327,6 +334,7 @@ const STEPS: [(Step, u32); 15] = [
     (Step::Flaky, 2),
     (Step::Retention, 2),
     (Step::PruneJournal, 1),
+    (Step::CatchUp, 3),
 ];
 
 /// What a seed did, for its summary line.
@@ -348,6 +356,10 @@ struct Counts {
     flaky: usize,
     points_deleted: usize,
     journal_prunes: usize,
+    /// Changes tracked as dirty blocks while the ship buffer was full.
+    tracked: usize,
+    /// Catch-up windows closed.
+    catch_ups: usize,
     /// Steps at which the agent's last shipment had failed.
     ship_errors: usize,
     /// Steps at which the processor was stopped by an error.
@@ -506,11 +518,15 @@ impl Sim {
         .unwrap();
         let status = stream.status();
         if !fresh {
+            // A catch-up window open at the crash stays open, and its overflow marker is
+            // logged again.
+            let reopened = status.tracking != "ordered";
             assert_eq!(
                 status.next_seq,
-                self.last_seq.0 + 1,
+                self.last_seq.0 + 1 + u64::from(reopened),
                 "seed {seed}: after the agent's crash the stream must go on right after the last acknowledged record: {status:?}"
             );
+            self.last_seq = Seq(status.next_seq - 1);
             for (i, want) in self.model.disks.iter().enumerate() {
                 let got = std::fs::read(self.image(i)).unwrap();
                 if let Some(d) = difference(&got, want) {
@@ -694,12 +710,20 @@ impl Sim {
         }
     }
 
-    /// The sequence the next record gets, checked against the stream after the change.
+    /// Where the change just made stands in the stream: the sequence of its record, checked
+    /// against the stream; or, when the full ship buffer had it tracked as a dirty block, the
+    /// sequence the next record will get (every state from that record on holds the change).
     fn acknowledged(&mut self, what: &str) -> Seq {
+        let status = self.agent().stream.status();
+        if status.tracking == "overflow" {
+            // Opening the window logged an overflow marker.
+            self.last_seq = Seq(status.next_seq - 1);
+            self.counts.tracked += 1;
+            return Seq(status.next_seq);
+        }
         let seq = self.last_seq.next();
-        let next = self.agent().stream.status().next_seq;
         assert_eq!(
-            next,
+            status.next_seq,
             seq.0 + 1,
             "seed {}: the {what} was not logged as record {seq:?}",
             self.seed
@@ -708,8 +732,18 @@ impl Sim {
         seq
     }
 
-    fn mark(&mut self, kind: MarkerKind) -> Seq {
-        let seq = self.agent().stream.mark(kind).unwrap();
+    /// Cut a point marker; inside a catch-up window it must be refused (`None`).
+    fn mark(&mut self, kind: MarkerKind) -> Option<Seq> {
+        let stream = self.agent().stream.clone();
+        if stream.unordered_since().is_some() {
+            assert!(
+                stream.mark(kind).is_err(),
+                "seed {}: a point marker inside a catch-up window",
+                self.seed
+            );
+            return None;
+        }
+        let seq = stream.mark(kind).unwrap();
         assert_eq!(
             seq,
             self.last_seq.next(),
@@ -719,7 +753,21 @@ impl Sim {
         self.last_seq = seq;
         self.markers.push((seq, kind));
         self.counts.markers += 1;
-        seq
+        Some(seq)
+    }
+
+    /// One catch-up pass, as the agent's catch-up task makes them; a closed window is a point.
+    fn catch_up(&mut self) -> Pass {
+        let a = self.agent();
+        let progress = CatchUpProgress::default();
+        let pass = catch_up::pass(&a.disks, &a.stream, &progress, &AtomicBool::new(false))
+            .unwrap_or_else(|e| panic!("seed {}: catch-up: {e}", self.seed));
+        self.last_seq = Seq(a.stream.status().next_seq - 1);
+        if let Pass::Closed(seq) = pass {
+            self.markers.push((seq, MarkerKind::CatchUpDone));
+            self.counts.catch_ups += 1;
+        }
+        pass
     }
 
     async fn step(&mut self, step: Step) {
@@ -761,6 +809,10 @@ impl Sim {
                 self.mark(kind);
             }
             Step::Instant => {
+                if self.agent().stream.unordered_since().is_some() {
+                    // No instant inside a catch-up window can be rebuilt.
+                    return;
+                }
                 // Every record so far was timed before it was acknowledged, the next one will
                 // be timed after this.
                 self.instants.push((Timestamp::now(), self.last_seq));
@@ -811,6 +863,15 @@ impl Sim {
             }
             Step::Retention => self.delete_a_point().await,
             Step::PruneJournal => self.prune_journal().await,
+            Step::CatchUp => {
+                // The agent's catch-up task runs beside the VM: give it a little while.
+                for _ in 0..40 {
+                    match self.catch_up() {
+                        Pass::Idle | Pass::Closed(_) => break,
+                        Pass::Waiting | Pass::Open => tokio::time::sleep(ms(5)).await,
+                    }
+                }
+            }
         }
     }
 
@@ -995,7 +1056,19 @@ impl Sim {
         if self.processor.is_none() {
             self.start_processor();
         }
-        let last = self.mark(MarkerKind::CrashConsistent).0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.agent().stream.unordered_since().is_some() {
+            if !matches!(self.catch_up(), Pass::Closed(_)) {
+                assert!(
+                    Instant::now() < deadline,
+                    "seed {}: the catch-up window did not close: {:?}",
+                    self.seed,
+                    self.agent().stream.status()
+                );
+                tokio::time::sleep(ms(5)).await;
+            }
+        }
+        let last = self.mark(MarkerKind::CrashConsistent).unwrap().0;
         let stream = self.agent().stream.clone();
         until(self.seed, "the agent to ship every record", 60, || {
             let s = stream.status();
