@@ -380,9 +380,13 @@ impl AgentHost {
 
     pub fn status(&self, vm: &str) -> Option<VmStatus> {
         let vms = self.vms();
-        let rep = vms.get(vm)?.replication.as_ref()?;
+        let entry = vms.get(vm)?;
+        let rep = entry.replication.as_ref()?;
+        let mut stream = rep.stream.status();
+        let disks = entry.disks.len().max(stream.bytes_changed_per_disk.len());
+        stream.bytes_changed_per_disk.resize(disks, 0);
         Some(VmStatus {
-            stream: rep.stream.status(),
+            stream,
             initial_sync: rep.progress.view(),
             catch_up_copied_bytes: rep
                 .catch_up

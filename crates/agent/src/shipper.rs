@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ferry_format::{Digest, segment};
 use ferry_storage::{DynStore, Key, StoreError};
+use ferry_types::failpoint::Action;
 
 use crate::AgentError;
 use crate::log;
@@ -84,7 +85,12 @@ async fn put(
     digest: Digest,
 ) -> Result<Digest, AgentError> {
     let key = Key::parse(&segment::object_name(closed.first_seq))?;
-    ferry_types::failpoint::hit("agent-before-segment-put");
+    // Paused the async way: a delay here must not hold one of the runtime's workers.
+    match ferry_types::failpoint::check("agent-before-segment-put") {
+        Action::Delay(d) => tokio::time::sleep(d).await,
+        Action::Abort => ferry_types::failpoint::abort("agent-before-segment-put"),
+        Action::Continue | Action::Error => {}
+    }
     let digest = match cache.put_new(&key, data).await {
         Ok(_) => digest,
         Err(StoreError::AlreadyExists { .. }) => already_shipped(cache, &key, closed, prev).await?,

@@ -90,6 +90,8 @@ struct Inner {
     /// Bytes of logs not shipped yet (the ship buffer's fill).
     buffered: u64,
     window: Option<Window>,
+    /// Bytes the VM changed (written, zeroed or trimmed) per disk since the stream opened.
+    changed: Vec<u64>,
 }
 
 /// What the stream has done, for health and RPO.
@@ -102,6 +104,9 @@ pub struct StreamStatus {
     pub oldest_unshipped: Option<Timestamp>,
     pub pending_logs: usize,
     pub bytes_written: u64,
+    /// Bytes the VM changed (written, zeroed or trimmed) per disk since the stream opened:
+    /// churn is its rate.
+    pub bytes_changed_per_disk: Vec<u64>,
     pub bytes_logged: u64,
     pub bytes_shipped: u64,
     pub segments_shipped: u64,
@@ -205,6 +210,7 @@ impl Stream {
                 state,
                 buffered,
                 window: None,
+                changed: Vec::new(),
             }),
             seal_now: Notify::new(),
             counters: Counters::default(),
@@ -271,6 +277,11 @@ impl Stream {
         };
         let pending = {
             let mut g = self.lock();
+            let d = disk as usize;
+            if g.changed.len() <= d {
+                g.changed.resize(d + 1, 0);
+            }
+            g.changed[d] += len;
             let size = log::record_size(op);
             let overflowing = g.window.as_ref().is_some_and(|w| w.overflowing);
             let recorded = if overflowing || g.buffered + size > self.config.buffer_bytes {
@@ -580,6 +591,7 @@ impl Stream {
             oldest_unshipped: oldest,
             pending_logs: g.closed.len() + usize::from(g.open.is_some()),
             bytes_written: self.counters.bytes_written.load(Ordering::Relaxed),
+            bytes_changed_per_disk: g.changed.clone(),
             bytes_logged: self.counters.bytes_logged.load(Ordering::Relaxed),
             bytes_shipped: self.counters.bytes_shipped.load(Ordering::Relaxed),
             segments_shipped: self.counters.segments_shipped.load(Ordering::Relaxed),

@@ -302,32 +302,45 @@ pub struct VmCreate {
     pub post_thaw_script: Option<String>,
 }
 
+#[derive(Debug, Args)]
+pub struct PolicyCreateArgs {
+    pub name: String,
+    /// How long points are kept (default 24h).
+    #[arg(long)]
+    pub retention: Option<String>,
+    /// Cadence of crash-consistent points (default 5min, at least 1s).
+    #[arg(long)]
+    pub crash_consistent_every: Option<String>,
+    /// Cadence of app-consistent points (default 4h).
+    #[arg(long)]
+    pub app_consistent_every: Option<String>,
+    /// Journal window: any instant within it can be recovered (default 24h, at most the
+    /// retention).
+    #[arg(long)]
+    pub journal: Option<String>,
+    /// Thinning rung for crash-consistent points, AFTER:EVERY (e.g. 2h:1h keeps one point
+    /// per hour among those older than 2 h); repeatable, in increasing AFTER.
+    #[arg(long = "thin")]
+    pub thin: Vec<String>,
+    /// Thinning rung for app-consistent points, AFTER:EVERY; repeatable.
+    #[arg(long = "app-thin")]
+    pub app_thin: Vec<String>,
+    /// RPO over which an item's health is warning (default 2m).
+    #[arg(long)]
+    pub rpo_warning: Option<String>,
+    /// RPO over which an item's health is critical (default 10m).
+    #[arg(long)]
+    pub rpo_critical: Option<String>,
+    /// Time without a new recovery point after which health is warning (default three
+    /// crash-consistent intervals, at least 10m).
+    #[arg(long)]
+    pub no_point_warning: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum PolicyCmd {
     /// Create a replication policy.
-    Create {
-        name: String,
-        /// How long points are kept (default 24h).
-        #[arg(long)]
-        retention: Option<String>,
-        /// Cadence of crash-consistent points (default 5min, at least 1s).
-        #[arg(long)]
-        crash_consistent_every: Option<String>,
-        /// Cadence of app-consistent points (default 4h).
-        #[arg(long)]
-        app_consistent_every: Option<String>,
-        /// Journal window: any instant within it can be recovered (default 24h, at most the
-        /// retention).
-        #[arg(long)]
-        journal: Option<String>,
-        /// Thinning rung for crash-consistent points, AFTER:EVERY (e.g. 2h:1h keeps one point
-        /// per hour among those older than 2 h); repeatable, in increasing AFTER.
-        #[arg(long = "thin")]
-        thin: Vec<String>,
-        /// Thinning rung for app-consistent points, AFTER:EVERY; repeatable.
-        #[arg(long = "app-thin")]
-        app_thin: Vec<String>,
-    },
+    Create(Box<PolicyCreateArgs>),
     List,
     Show {
         name: String,
@@ -372,6 +385,14 @@ pub enum ReplicationCmd {
         /// Wait for the job to finish.
         #[arg(long)]
         wait: bool,
+    },
+    /// The item's RPO over time: one sample every 30 s, kept for 7 days.
+    RpoHistory {
+        /// GROUP/VM
+        name: String,
+        /// How far back (e.g. 1h, 7d).
+        #[arg(long, default_value = "24h")]
+        since: String,
     },
 }
 

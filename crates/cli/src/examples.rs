@@ -59,7 +59,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ("vm console", "  ferry vm console rg1/app1"),
     (
         "policy create",
-        "  ferry policy create fast --crash-consistent-every 5s --retention 1h --thin 10m:5m\n  ferry policy create days --retention 7d --journal 24h --app-consistent-every 1h",
+        "  ferry policy create fast --crash-consistent-every 5s --retention 1h --thin 10m:5m\n  ferry policy create days --retention 7d --journal 24h --app-consistent-every 1h\n  ferry policy create strict --rpo-warning 30s --rpo-critical 2m --no-point-warning 15m",
     ),
     ("policy list", "  ferry policy list"),
     ("policy show", "  ferry policy show fast"),
@@ -86,6 +86,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     (
         "replication repair",
         "  ferry replication repair rg1/web1 --wait",
+    ),
+    (
+        "replication rpo-history",
+        "  ferry replication rpo-history rg1/web1 --since 1h\n  ferry replication rpo-history rg1/web1 --since 7d -o json",
     ),
     (
         "recovery-point list",

@@ -51,6 +51,8 @@ pub struct Control {
     pub(crate) app_attempts: Mutex<HashMap<String, crate::replication::app_consistent::Attempt>>,
     /// What the monitor last saw of each item, to record what changes as events.
     pub(crate) observed: Mutex<HashMap<String, crate::events::Observed>>,
+    /// Each item's recent samples: churn and whether replication keeps up.
+    pub(crate) rates: Mutex<crate::replication::rates::Rates>,
 }
 
 impl Control {
@@ -75,6 +77,7 @@ impl Control {
             layouts: Mutex::new(HashMap::new()),
             shutdown,
             app_attempts: Mutex::new(HashMap::new()),
+            rates: Mutex::new(Default::default()),
             observed: Mutex::new(HashMap::new()),
         });
         control.reconcile().await?;

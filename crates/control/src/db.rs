@@ -57,7 +57,10 @@ impl Db {
              CREATE TABLE IF NOT EXISTS jobs (
                  id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS events (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);",
+                 id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS rpo_history (
+                 item TEXT NOT NULL, time INTEGER NOT NULL, rpo REAL,
+                 PRIMARY KEY (item, time));",
         )?;
         Ok(Db {
             conn: Mutex::new(conn),
@@ -130,6 +133,44 @@ impl Db {
             params![kind.as_str(), key],
         )?;
         Ok(n > 0)
+    }
+
+    /// Record an item's RPO (none: the item had no RPO, e.g. not protected) at `time`
+    /// (Unix seconds), and forget samples older than `keep_after`.
+    pub fn add_rpo_sample(
+        &self,
+        item: &str,
+        time: i64,
+        rpo: Option<f64>,
+        keep_after: i64,
+    ) -> Result<()> {
+        let conn = self.conn();
+        conn.execute(
+            "INSERT OR REPLACE INTO rpo_history (item, time, rpo) VALUES (?1, ?2, ?3)",
+            params![item, time, rpo],
+        )?;
+        conn.execute(
+            "DELETE FROM rpo_history WHERE item = ?1 AND time < ?2",
+            params![item, keep_after],
+        )?;
+        Ok(())
+    }
+
+    /// An item's RPO samples from `since` (Unix seconds) on, oldest first.
+    pub fn rpo_history(&self, item: &str, since: i64) -> Result<Vec<(i64, Option<f64>)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT time, rpo FROM rpo_history WHERE item = ?1 AND time >= ?2 ORDER BY time",
+        )?;
+        let rows = stmt.query_map(params![item, since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Forget everything recorded about an item that no longer exists.
+    pub fn forget_rpo_history(&self, item: &str) -> Result<()> {
+        self.conn()
+            .execute("DELETE FROM rpo_history WHERE item = ?1", params![item])?;
+        Ok(())
     }
 
     pub fn new_job(&self, job: &mut Job) -> Result<()> {

@@ -239,6 +239,8 @@ async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     }
     control.job_step(job, 2, "succeeded", None)?;
     control.db.delete(Kind::Replication, &vm_key)?;
+    control.db.forget_rpo_history(&vm_key)?;
+    control.rates().forget(&vm_key);
     control.job_step(job, 3, "succeeded", None)?;
     control.job_succeed(job)
 }

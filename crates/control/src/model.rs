@@ -61,10 +61,27 @@ pub struct Policy {
     /// Thinning ladder of app-consistent points (default: all for 2 h, then one per 4 h).
     #[serde(default = "ferry_replica::retention::default_app_ladder")]
     pub app_thinning: Vec<ferry_replica::retention::Rung>,
+    /// Health turns `warning` when the RPO is over this, `critical` over the next.
+    #[serde(default = "default_rpo_warning")]
+    pub rpo_warning_seconds: f64,
+    #[serde(default = "default_rpo_critical")]
+    pub rpo_critical_seconds: f64,
+    /// Health turns `warning` when no recovery point was published for this long (default:
+    /// three crash-consistent intervals, at least 10 minutes).
+    #[serde(default)]
+    pub no_point_warning_seconds: Option<f64>,
 }
 
 fn default_journal() -> u64 {
     24 * 3600
+}
+
+fn default_rpo_warning() -> f64 {
+    120.0
+}
+
+fn default_rpo_critical() -> f64 {
+    600.0
 }
 
 impl Policy {
@@ -77,6 +94,12 @@ impl Policy {
         }
     }
 
+    /// How long an item may go without a new recovery point before its health warns.
+    pub fn no_point_warning(&self) -> f64 {
+        self.no_point_warning_seconds
+            .unwrap_or((3.0 * self.crash_consistent_every_seconds).max(600.0))
+    }
+
     pub fn default_named(name: &str) -> Self {
         Policy {
             name: name.to_string(),
@@ -86,6 +109,9 @@ impl Policy {
             journal_seconds: default_journal(),
             thinning: ferry_replica::retention::default_crash_ladder(),
             app_thinning: ferry_replica::retention::default_app_ladder(),
+            rpo_warning_seconds: default_rpo_warning(),
+            rpo_critical_seconds: default_rpo_critical(),
+            no_point_warning_seconds: None,
         }
     }
 }

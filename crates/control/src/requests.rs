@@ -98,6 +98,15 @@ pub struct CreatePolicy {
     /// Thinning ladder of app-consistent points.
     #[serde(default)]
     pub app_thinning: Option<Vec<ferry_replica::retention::Rung>>,
+    /// RPO over which health is `warning` (default 120 s) and `critical` (default 600 s).
+    #[serde(default)]
+    pub rpo_warning_seconds: Option<f64>,
+    #[serde(default)]
+    pub rpo_critical_seconds: Option<f64>,
+    /// Time without a new recovery point after which health is `warning` (default three
+    /// crash-consistent intervals, at least 10 minutes).
+    #[serde(default)]
+    pub no_point_warning_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

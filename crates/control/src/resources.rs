@@ -229,6 +229,25 @@ impl Control {
                 *ladder = g.clone();
             }
         }
+        p.rpo_warning_seconds = req.rpo_warning_seconds.unwrap_or(p.rpo_warning_seconds);
+        p.rpo_critical_seconds = req.rpo_critical_seconds.unwrap_or(p.rpo_critical_seconds);
+        if !(p.rpo_warning_seconds > 0.0 && p.rpo_warning_seconds < p.rpo_critical_seconds) {
+            return Err(ControlError::invalid(format!(
+                "the RPO warning threshold ({} s) must be above zero and below the critical one \
+                 ({} s)",
+                p.rpo_warning_seconds, p.rpo_critical_seconds
+            )));
+        }
+        if let Some(n) = req.no_point_warning_seconds {
+            if n < p.crash_consistent_every_seconds {
+                return Err(ControlError::invalid(format!(
+                    "the no-point warning ({n} s) must be at least the crash-consistent cadence \
+                     ({} s), or every interval would warn",
+                    p.crash_consistent_every_seconds
+                )));
+            }
+            p.no_point_warning_seconds = Some(n);
+        }
         p.journal_seconds = req.journal_seconds.unwrap_or(p.journal_seconds);
         if req.journal_seconds.is_none() {
             p.journal_seconds = p.journal_seconds.min(p.retention_seconds);

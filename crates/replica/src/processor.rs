@@ -86,6 +86,8 @@ pub struct ProcessorStatus {
     pub catch_up_seq: Option<u64>,
     pub catch_up_since: Option<Timestamp>,
     pub last_point: Option<PointInfo>,
+    /// The newest app-consistent point published by this run.
+    pub last_app_point: Option<PointInfo>,
     pub segments_applied: u64,
     pub segment_bytes_applied: u64,
     pub points_published: u64,
@@ -610,6 +612,9 @@ impl Processor {
         self.update(|s| {
             if kind != PointKind::Checkpoint {
                 s.points_published += 1;
+                if kind == PointKind::AppConsistent {
+                    s.last_app_point = Some(info.clone());
+                }
                 s.last_point = Some(info);
             }
             s.initial_sync_seq = pos.initial_sync_seq.map(|q| q.0);

@@ -15,7 +15,7 @@ use futures::{StreamExt, TryStreamExt};
 use crate::{ReplicaError, ReplicaLayout};
 
 /// Nodes fetched at once.
-const PARALLEL: usize = 16;
+const PARALLEL: usize = 32;
 
 /// The names of every node of one disk's tree, level by level, and the leaves whose blocks
 /// changed since the last [`MapTree::encode`].

@@ -1,5 +1,6 @@
 //! Dispatch of the client commands.
 
+mod item_view;
 mod replication;
 mod resources;
 

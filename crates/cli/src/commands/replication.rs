@@ -55,11 +55,24 @@ pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result
             }
         }
         ReplicationCmd::List => print(out, &c.get("/v1/replications").await?, &cols),
-        ReplicationCmd::Show { name } => print(
-            out,
-            &c.get(&format!("{}/replication", item_path(&name)?)).await?,
-            &cols,
-        ),
+        ReplicationCmd::Show { name } => {
+            let v = c.get(&format!("{}/replication", item_path(&name)?)).await?;
+            match out {
+                Output::Table => super::item_view::render(&v)
+                    .iter()
+                    .for_each(|l| println!("{l}")),
+                _ => print(out, &v, &cols),
+            }
+        }
+        ReplicationCmd::RpoHistory { name, since } => {
+            let since = super::seconds("since", &Some(since))?.unwrap_or(86_400.0);
+            let path = format!(
+                "{}/replication/rpo-history?since_seconds={}",
+                item_path(&name)?,
+                since.round() as u64
+            );
+            print(out, &c.get(&path).await?, &["time", "rpo_seconds"]);
+        }
         ReplicationCmd::Disable {
             name,
             dry_run: true,

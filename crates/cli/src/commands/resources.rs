@@ -149,17 +149,23 @@ pub async fn policy(c: &Client, out: Output, cmd: PolicyCmd) -> Result<()> {
         "crash_consistent_every_seconds",
         "app_consistent_every_seconds",
         "journal_seconds",
+        "rpo_warning_seconds",
+        "rpo_critical_seconds",
     ];
     match cmd {
-        PolicyCmd::Create {
-            name,
-            retention,
-            crash_consistent_every,
-            app_consistent_every,
-            journal,
-            thin,
-            app_thin,
-        } => {
+        PolicyCmd::Create(a) => {
+            let PolicyCreateArgs {
+                name,
+                retention,
+                crash_consistent_every,
+                app_consistent_every,
+                journal,
+                thin,
+                app_thin,
+                rpo_warning,
+                rpo_critical,
+                no_point_warning,
+            } = *a;
             let body = CreatePolicy {
                 name,
                 retention_seconds: seconds("retention", &retention)?.map(|s| s.round() as u64),
@@ -175,6 +181,9 @@ pub async fn policy(c: &Client, out: Output, cmd: PolicyCmd) -> Result<()> {
                 journal_seconds: seconds("journal", &journal)?.map(|s| s.round() as u64),
                 thinning: ladder("thin", &thin)?,
                 app_thinning: ladder("app-thin", &app_thin)?,
+                rpo_warning_seconds: seconds("rpo-warning", &rpo_warning)?,
+                rpo_critical_seconds: seconds("rpo-critical", &rpo_critical)?,
+                no_point_warning_seconds: seconds("no-point-warning", &no_point_warning)?,
             };
             print(out, &c.post("/v1/policies", &body).await?, &cols);
         }

@@ -199,6 +199,25 @@ pub(crate) async fn disable_replication(
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RpoHistoryQuery {
+    /// How far back, in seconds (default one day).
+    #[serde(default)]
+    since_seconds: Option<u64>,
+}
+
+pub(crate) async fn rpo_history(
+    State(s): State<ApiState>,
+    Path((g, v)): Path<(String, String)>,
+    query: Result<Query<RpoHistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> R {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    ok(s.control
+        .rpo_history(&g, &v, q.since_seconds.unwrap_or(86_400))?)
+}
+
 pub(crate) async fn recovery_points(
     State(s): State<ApiState>,
     Path((g, v)): Path<(String, String)>,

@@ -171,6 +171,14 @@ fn declare() -> Routes {
                 .delete(disable_replication),
         )
         .add(
+            "/v1/groups/{g}/vms/{vm}/replication/rpo-history",
+            &[(
+                "get",
+                "The item's RPO, sampled every 30 s and kept 7 days (?since_seconds=, default a day)",
+            )],
+            get(rpo_history),
+        )
+        .add(
             "/v1/groups/{g}/vms/{vm}/recovery-points",
             &[("get", "List recovery points")],
             get(recovery_points),

@@ -3,6 +3,7 @@
 
 pub(crate) mod app_consistent;
 pub(crate) mod monitor;
+pub(crate) mod rates;
 pub(crate) mod repair;
 pub(crate) mod runtime;
 mod targets;
@@ -21,7 +22,7 @@ use crate::model::{Job, Replication, state};
 use crate::requests::EnableReplication;
 use crate::resources::key;
 
-pub use view::{PointView, ReplicationView};
+pub use view::{PointView, ReplicationView, RpoSample};
 
 impl Control {
     pub(crate) fn replication(&self, group: &str, vm: &str) -> Result<Replication> {
@@ -128,9 +129,28 @@ impl Control {
         Ok(reps.iter().map(|r| self.view(r)).collect())
     }
 
+    /// An item with everything known about it, its RPO over the last hour included.
     pub fn show_replication(&self, group: &str, vm: &str) -> Result<ReplicationView> {
         let rep = self.replication(group, vm)?;
-        Ok(self.view(&rep))
+        let mut v = self.view(&rep);
+        v.rpo_history = Some(self.rpo_history(group, vm, 3600)?);
+        Ok(v)
+    }
+
+    /// An item's stored RPO samples (one every 30 s) over the last `seconds`, oldest first.
+    pub fn rpo_history(&self, group: &str, vm: &str, seconds: u64) -> Result<Vec<RpoSample>> {
+        let rep = self.replication(group, vm)?;
+        let now = ferry_types::Timestamp::now().0 / 1_000_000_000;
+        let rows = self
+            .db
+            .rpo_history(&rep.item_key(), now - seconds.min(i64::MAX as u64) as i64)?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, rpo)| RpoSample {
+                time: ferry_types::Timestamp(t * 1_000_000_000).to_string(),
+                rpo_seconds: rpo,
+            })
+            .collect())
     }
 
     /// The accounts of an item's replica.

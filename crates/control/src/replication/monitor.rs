@@ -93,6 +93,9 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
         if let Err(e) = control.hydrations_done() {
             tracing::warn!(error = %e, "check the VMs whose disks are being restored");
         }
+        if let Err(e) = control.sample_rates() {
+            tracing::warn!(error = %e, "sample the items' churn and RPO");
+        }
         if let Err(e) = control.observe() {
             tracing::warn!(error = %e, "record the items' changes as events");
         }

@@ -5,12 +5,9 @@ use ferry_replica::PointInfo;
 use ferry_types::Timestamp;
 use serde::Serialize;
 
+use super::rates::{self, ChurnView};
 use crate::control::Control;
-use crate::model::{Replication, Target, state};
-
-/// RPO above which an item is in warning, and in critical.
-const RPO_WARNING_SECONDS: f64 = 120.0;
-const RPO_CRITICAL_SECONDS: f64 = 600.0;
+use crate::model::{Policy, Replication, Target, state};
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PointView {
@@ -60,6 +57,16 @@ pub struct StatsView {
     pub segments_applied: u64,
     pub pending_local_logs: usize,
     pub applied_seq: Option<u64>,
+    /// Shipped to the cache account and not applied yet (since the server started).
+    pub cache_backlog_segments: u64,
+    pub cache_backlog_bytes: u64,
+}
+
+/// One stored RPO sample (none: the item had no RPO then, e.g. it was not protected).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RpoSample {
+    pub time: String,
+    pub rpo_seconds: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -74,7 +81,17 @@ pub struct ReplicationView {
     pub health: String,
     pub health_reasons: Vec<String>,
     pub rpo_seconds: Option<f64>,
+    /// The RPO thresholds of the item's policy.
+    pub rpo_warning_seconds: f64,
+    pub rpo_critical_seconds: f64,
+    /// RPO samples of the last hour (in `replication show` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpo_history: Option<Vec<RpoSample>>,
     pub last_recovery_point: Option<PointView>,
+    /// The newest app-consistent point the processor published since the server started.
+    pub last_app_consistent_point: Option<PointView>,
+    /// Churn per disk and what replication ships, over the last 30 s.
+    pub churn: Option<ChurnView>,
     pub policy: String,
     pub target: Target,
     pub initial_replication: Option<InitialReplicationView>,
@@ -172,17 +189,53 @@ impl Control {
                 .unwrap_or(now);
             shipped_through.min(stuck).min(unordered).seconds_until(now)
         });
+        let policy = self
+            .policy(&rep.policy)
+            .unwrap_or_else(|_| Policy::default_named(&rep.policy));
         if let Some(r) = rpo {
-            if r > RPO_CRITICAL_SECONDS {
+            if r > policy.rpo_critical_seconds {
                 reasons.push(format!(
-                    "RPO {r:.0} s is over the critical threshold of {RPO_CRITICAL_SECONDS:.0} s"
+                    "RPO {r:.1} s is over the critical threshold of {} s",
+                    policy.rpo_critical_seconds
                 ));
                 critical = true;
-            } else if r > RPO_WARNING_SECONDS {
+            } else if r > policy.rpo_warning_seconds {
                 reasons.push(format!(
-                    "RPO {r:.0} s is over the warning threshold of {RPO_WARNING_SECONDS:.0} s"
+                    "RPO {r:.1} s is over the warning threshold of {} s",
+                    policy.rpo_warning_seconds
                 ));
             }
+        }
+        let last_point = proc.as_ref().and_then(|p| p.last_point.clone());
+        if protected
+            && let Some(p) = &last_point
+            && agent
+                .as_ref()
+                .is_some_and(|a| a.stream.unordered_since.is_none())
+        {
+            let age = p.time.seconds_until(now);
+            if age > policy.no_point_warning() {
+                let age = if age < 120.0 {
+                    format!("{age:.0} s")
+                } else {
+                    format!("{:.0} min", age / 60.0)
+                };
+                reasons.push(format!(
+                    "no recovery point for {age} (the last at {}); the policy cuts one every \
+                     {:.0} s and warns after {:.0} s",
+                    p.time,
+                    policy.crash_consistent_every_seconds,
+                    policy.no_point_warning()
+                ));
+            }
+        }
+        let churn = self.rates().churn(&vm_key);
+        if let (Some(c), Some(a)) = (&churn, &agent)
+            && a.stream.unordered_since.is_none()
+            && let Some(r) =
+                rates::above_capacity(c, a.stream.buffered_bytes, a.stream.buffer_limit)
+        {
+            reasons.push(r);
         }
         if !self
             .items
@@ -231,6 +284,14 @@ impl Control {
             segments_applied: proc.as_ref().map_or(0, |p| p.segments_applied),
             pending_local_logs: agent.as_ref().map_or(0, |a| a.stream.pending_logs),
             applied_seq: proc.as_ref().and_then(|p| p.applied_seq),
+            cache_backlog_segments: agent
+                .as_ref()
+                .map_or(0, |a| a.stream.segments_shipped)
+                .saturating_sub(proc.as_ref().map_or(0, |p| p.segments_applied)),
+            cache_backlog_bytes: agent
+                .as_ref()
+                .map_or(0, |a| a.stream.bytes_shipped)
+                .saturating_sub(proc.as_ref().map_or(0, |p| p.segment_bytes_applied)),
         };
         ReplicationView {
             name: vm_key,
@@ -242,10 +303,15 @@ impl Control {
             health: health.into(),
             health_reasons: reasons,
             rpo_seconds: rpo.map(|r| (r * 1000.0).round() / 1000.0),
-            last_recovery_point: proc
+            rpo_warning_seconds: policy.rpo_warning_seconds,
+            rpo_critical_seconds: policy.rpo_critical_seconds,
+            rpo_history: None,
+            last_recovery_point: last_point.as_ref().map(PointView::from),
+            last_app_consistent_point: proc
                 .as_ref()
-                .and_then(|p| p.last_point.as_ref())
+                .and_then(|p| p.last_app_point.as_ref())
                 .map(PointView::from),
+            churn,
             policy: rep.policy.clone(),
             target: rep.target.clone(),
             initial_replication: initial,
