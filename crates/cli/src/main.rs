@@ -8,6 +8,7 @@ mod commands;
 mod demo;
 mod examples;
 mod output;
+mod progress;
 mod server;
 
 use std::process::ExitCode;

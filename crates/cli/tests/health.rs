@@ -1,8 +1,11 @@
 //! Health follows the item's policy: its RPO thresholds and how long an item may go without a
 //! new point are user settings, `replication show` explains them with churn per disk, the
-//! backlogs and the RPO of the last hour, and the RPO history is kept.
+//! backlogs and the RPO of the last hour, and the RPO history is kept. A job that moves data
+//! reports its percent and bytes, and `--wait` on a terminal draws a progress bar.
 
 mod support;
+
+use std::process::Command;
 
 use support::*;
 
@@ -127,4 +130,42 @@ fn health_thresholds_come_from_the_policy_and_show_explains_them() {
     assert!(history.iter().all(|h| h["time"].is_string()), "{history:?}");
     let refused = s.fails(&["replication", "rpo-history", "rg1/db9"]);
     assert!(refused.contains("rg1/db9"), "{refused}");
+
+    // On a terminal (`script` gives the CLI one), `--wait` draws a progress bar.
+    s.create_vm("rg1/db2", "db", &["8MiB@sa1"]);
+    let cmd =
+        format!("{FERRY} replication enable rg1/db2 --target-region west --policy tight --wait");
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("FERRY_URL", &s.url)
+        .env("FERRY_TOKEN", &s.token)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("\r\x1b[2Kjob ") && text.contains("%") && text.contains("] "),
+        "a progress bar: {text:?}"
+    );
+    assert!(text.contains(": succeeded"), "{text:?}");
+
+    // The job carries its percent, and the bytes its data-moving step moved.
+    let jobs = s.json(&["job", "list"]);
+    let job = jobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|j| j["target"] == "rg1/db2")
+        .unwrap()
+        .clone();
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["percent"], 100.0, "{job}");
+    assert_eq!(job["bytes_total"], 8 << 20, "{job}");
+    let moved = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["percent"].is_number())
+        .expect("a step with a percent");
+    assert_eq!(moved["percent"], 100.0, "{job}");
 }

@@ -37,10 +37,13 @@ impl Control {
                     name: s.to_string(),
                     state: "pending".into(),
                     detail: None,
+                    percent: None,
                 })
                 .collect(),
             error: None,
             percent: Some(0.0),
+            bytes_done: None,
+            bytes_total: None,
             params,
             created: now,
             updated: now,
@@ -61,11 +64,44 @@ impl Control {
             if detail.is_some() {
                 s.detail = detail;
             }
+            if st == "succeeded" && s.percent.is_some() {
+                s.percent = Some(100.0);
+            }
         }
-        let done = job.steps.iter().filter(|s| s.state == "succeeded").count();
-        job.percent = Some((done as f64 / job.steps.len().max(1) as f64 * 100.0).round());
+        let done: f64 = job
+            .steps
+            .iter()
+            .map(|s| match s.state.as_str() {
+                "succeeded" => 1.0,
+                "running" => s.percent.unwrap_or(0.0) / 100.0,
+                _ => 0.0,
+            })
+            .sum();
+        job.percent = Some((done / job.steps.len().max(1) as f64 * 1000.0).round() / 10.0);
         job.updated = Timestamp::now();
         self.db.put_job(job)
+    }
+
+    /// A running step that moves data has moved `done` of `total` bytes: its percent, the
+    /// job's percent and bytes, and `detail` for people.
+    pub(crate) fn job_progress(
+        &self,
+        job: &mut Job,
+        step: usize,
+        (done, total): (u64, u64),
+        detail: String,
+    ) -> Result<()> {
+        let pct = if total == 0 {
+            0.0
+        } else {
+            (done as f64 / total as f64 * 100.0).min(100.0)
+        };
+        if let Some(s) = job.steps.get_mut(step) {
+            s.percent = Some((pct * 10.0).round() / 10.0);
+        }
+        job.bytes_done = Some(done);
+        job.bytes_total = Some(total);
+        self.job_step(job, step, "running", Some(detail))
     }
 
     pub(crate) fn job_fail(&self, job: &mut Job, step: usize, error: &str) -> Result<()> {
@@ -191,7 +227,7 @@ async fn run_enable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
                 "{:.0}% ({} of {} bytes read, {} sent)",
                 init.percent, init.scanned_bytes, init.total_bytes, init.sent_bytes
             );
-            control.job_step(job, 3, "running", Some(detail))?;
+            control.job_progress(job, 3, (init.scanned_bytes, init.total_bytes), detail)?;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }

@@ -334,6 +334,9 @@ pub struct JobStep {
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For a step that moves data: how far it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percent: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -344,7 +347,13 @@ pub struct Job {
     pub state: String,
     pub steps: Vec<JobStep>,
     pub error: Option<String>,
+    /// Done, counting a running step that moves data by its own progress.
     pub percent: Option<f64>,
+    /// Bytes the running (or last) data-moving step has moved, of how many.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
     /// What the job was asked to do (for resuming it after a restart).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub params: serde_json::Value,

@@ -202,16 +202,29 @@ pub async fn job(c: &Client, out: Output, cmd: JobCmd) -> Result<()> {
 }
 
 /// Follow a job until it ends, printing each step change; fails when the job fails.
+/// Follow a job to its end: on a terminal a progress bar with the steps as they change,
+/// otherwise a plain line per step change.
 pub async fn wait_job(c: &Client, out: Output, id: u64) -> Result<()> {
+    use std::io::IsTerminal;
     let mut seen: Vec<(String, String, Option<String>)> = Vec::new();
+    let mut bar =
+        (out == Output::Table && std::io::stdout().is_terminal()).then(crate::progress::Bar::new);
     loop {
         let job = c.get(&format!("/v1/jobs/{id}")).await?;
+        if let Some(b) = bar.as_mut() {
+            b.clear();
+        }
         if out == Output::Table {
             for s in job["steps"].as_array().into_iter().flatten() {
+                let state = s["state"].as_str().unwrap_or("");
+                // Under a bar, a running step's progress is the bar's, not a line each.
+                let detail = s["detail"]
+                    .as_str()
+                    .filter(|_| bar.is_none() || state != "running");
                 let key = (
                     s["name"].as_str().unwrap_or("").to_string(),
-                    s["state"].as_str().unwrap_or("").to_string(),
-                    s["detail"].as_str().map(str::to_string),
+                    state.to_string(),
+                    detail.map(str::to_string),
                 );
                 if !seen.contains(&key) && key.1 != "pending" {
                     let detail = key
@@ -225,7 +238,12 @@ pub async fn wait_job(c: &Client, out: Output, id: u64) -> Result<()> {
             }
         }
         match job["state"].as_str() {
-            Some("running") => tokio::time::sleep(Duration::from_millis(300)).await,
+            Some("running") => {
+                if let Some(b) = bar.as_mut() {
+                    b.draw(&job);
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await
+            }
             Some("succeeded") => {
                 finish(out, &job);
                 return Ok(());

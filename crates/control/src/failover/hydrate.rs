@@ -197,14 +197,14 @@ impl Control {
         Ok(())
     }
 
-    /// Wait until a VM's disks are whole, calling `progress` with the percent done; fails when
-    /// nothing moves for `stall`.
+    /// Wait until a VM's disks are whole, calling `progress` with the bytes restored, of how
+    /// many, and the percent; fails when nothing moves for `stall`.
     pub(crate) async fn wait_hydrated(
         &self,
         group: &str,
         name: &str,
         stall: Duration,
-        mut progress: impl FnMut(f64),
+        mut progress: impl FnMut(u64, u64, f64),
     ) -> Result<()> {
         let mut last = (u64::MAX, Instant::now());
         loop {
@@ -212,7 +212,7 @@ impl Control {
             let Some(h) = vm.hydration else {
                 return Ok(());
             };
-            progress(h.percent);
+            progress(h.done_bytes, h.total_bytes, h.percent);
             if h.done_bytes != last.0 {
                 last = (h.done_bytes, Instant::now());
             } else if last.1.elapsed() > stall {

@@ -104,8 +104,18 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
                 failover.vm
             )),
         )?;
+        let mut last = -1.0;
         control
-            .wait_hydrated(&fg, &fv, HYDRATION_STALL, |_| {})
+            .wait_hydrated(&fg, &fv, HYDRATION_STALL, |done, total, pct| {
+                if pct - last >= 1.0 {
+                    last = pct;
+                    let detail =
+                        format!("restoring the disks first: {pct:.0}% ({done} of {total} bytes)");
+                    if let Err(e) = control.job_progress(job, 0, (done, total), detail) {
+                        tracing::warn!(error = %e, "record the job's progress");
+                    }
+                }
+            })
             .await?;
         let new_source = control.vm(&fg, &fv)?;
         let original = control.source_vm(&rep)?;
@@ -192,7 +202,8 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
                 "{:.0}% ({} of {} bytes compared, {} sent)",
                 init.percent, init.scanned_bytes, init.total_bytes, init.sent_bytes
             );
-            control.job_step(job, 6, "running", Some(detail.clone()))?;
+            let bytes = (init.scanned_bytes, init.total_bytes);
+            control.job_progress(job, 6, bytes, detail.clone())?;
             if view.state == state::PROTECTED {
                 control.job_step(job, 6, "succeeded", Some(detail))?;
                 break;

@@ -127,19 +127,16 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
                 view.state
             )));
         }
-        let detail = view
-            .initial_replication
-            .as_ref()
-            .map(|i| {
-                format!(
-                    "{:.0}% ({} of {} bytes compared, {} sent)",
-                    i.percent, i.scanned_bytes, i.total_bytes, i.sent_bytes
-                )
-            })
-            .unwrap_or_default();
-        if detail != last_detail {
-            control.job_step(job, 3, "running", Some(detail.clone()))?;
-            last_detail = detail;
+        if let Some(i) = &view.initial_replication {
+            let detail = format!(
+                "{:.0}% ({} of {} bytes compared, {} sent)",
+                i.percent, i.scanned_bytes, i.total_bytes, i.sent_bytes
+            );
+            if detail != last_detail {
+                let bytes = (i.scanned_bytes, i.total_bytes);
+                control.job_progress(job, 3, bytes, detail.clone())?;
+                last_detail = detail;
+            }
         }
         let caught_up = control.processor_status(&item).is_some_and(|p| {
             p.catch_up_seq.is_none() && p.last_point.as_ref().is_some_and(|l| l.seq >= start.0)
