@@ -1,4 +1,5 @@
-//! The REST API: JSON over HTTP, every route but `/healthz` behind a bearer token.
+//! The REST API: JSON over HTTP, every route but `/healthz` and the web portal behind a bearer
+//! token.
 //!
 //! The routes are declared once, in [`router`], each with a one-line summary: the same table
 //! builds the router and the OpenAPI description served at `/openapi.json`, so the description
@@ -9,6 +10,7 @@ mod error;
 mod handlers;
 mod metrics;
 mod openapi;
+mod portal;
 
 use std::sync::Arc;
 
@@ -56,10 +58,11 @@ impl Routes {
     }
 }
 
-/// Every route the server has, with its summary (`/healthz` last).
+/// Every route the server has, with its summary (those without a token last: `/healthz` and
+/// the portal's page and assets).
 pub fn routes() -> Vec<Route> {
     let mut table = declare().table;
-    table.push(openapi::HEALTHZ);
+    table.extend(openapi::PUBLIC);
     table
 }
 
@@ -297,6 +300,9 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(portal::index))
+        .route("/portal/app.js", get(portal::script))
+        .route("/portal/app.css", get(portal::style))
         .merge(api)
         .with_state(state)
 }

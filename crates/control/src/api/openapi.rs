@@ -20,10 +20,18 @@ pub const HEALTHZ: Route = Route {
     summary: "Liveness probe (no token)",
 };
 
-/// The document for `routes` (plus `/healthz`).
+/// Routes that need no token: the liveness probe and the portal (which holds no data).
+pub const PUBLIC: [Route; 4] = [
+    HEALTHZ,
+    super::portal::ROUTES[0],
+    super::portal::ROUTES[1],
+    super::portal::ROUTES[2],
+];
+
+/// The document for `routes` (plus the routes without a token).
 pub fn document(routes: &[Route]) -> Value {
     let mut paths = serde_json::Map::new();
-    for r in routes.iter().chain([&HEALTHZ]) {
+    for r in routes.iter().chain(PUBLIC.iter()) {
         let params: Vec<Value> = r
             .path
             .split('/')
@@ -42,7 +50,7 @@ pub fn document(routes: &[Route]) -> Value {
                 "5XX": {"description": "A server error: `{\"error\": message}`", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             },
         });
-        if r.path == HEALTHZ.path {
+        if PUBLIC.iter().any(|p| p.path == r.path) {
             op["security"] = json!([]);
         }
         if r.method == "post" {
@@ -56,7 +64,7 @@ pub fn document(routes: &[Route]) -> Value {
         "info": {
             "title": "ferry",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Disaster recovery for virtual machines: continuous replication between regions, recovery points, failover and failback. Every route but /healthz needs `Authorization: Bearer TOKEN` (the admin token is in DATA/admin-token).",
+            "description": "Disaster recovery for virtual machines: continuous replication between regions, recovery points, failover and failback. Every route but /healthz and the web portal (/ and /portal/*, which hold no data) needs `Authorization: Bearer TOKEN` (the admin token is in DATA/admin-token).",
         },
         "components": {
             "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
