@@ -54,14 +54,63 @@ fn table(rows: &[Value], columns: &[&str]) {
     let widths: Vec<usize> = (0..columns.len())
         .map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
+    let widths = match terminal_width() {
+        Some(total) => fit(&widths, total),
+        None => widths,
+    };
     for row in grid {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+            .map(|(c, w)| format!("{:<w$}", clip(c, *w)))
             .collect();
         println!("{}", line.join("  ").trim_end());
     }
+}
+
+/// The width of the terminal standard output is, if it is one.
+#[allow(unsafe_code)]
+fn terminal_width() -> Option<usize> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one `winsize` into `ws`, which lives across the call.
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
+    (ok && ws.ws_col > 0).then_some(ws.ws_col as usize)
+}
+
+/// Column widths that fit `total` characters with two spaces between columns: the widest
+/// columns give way first, none below 8 characters (or its own width).
+fn fit(widths: &[usize], total: usize) -> Vec<usize> {
+    let mut w = widths.to_vec();
+    let gaps = 2 * w.len().saturating_sub(1);
+    while w.iter().sum::<usize>() + gaps > total {
+        let Some((i, &max)) = w.iter().enumerate().max_by_key(|(_, x)| **x) else {
+            break;
+        };
+        if max <= 8 {
+            break;
+        }
+        w[i] = max - 1;
+    }
+    w
+}
+
+/// `s` cut to `width` characters, ending in `…` when cut.
+fn clip(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 fn fields(v: &Value) {
@@ -171,5 +220,21 @@ mod yaml_tests {
             yaml(&v),
             "\"disks\":\n  -\n    \"index\": 0\n    \"nbd_uri\": \"nbd+unix:///a\"\n  -\n    \"index\": 1\n    \"tags\": []\n\"empty\": {}\n\"health\":\n  \"ok\": true\n  \"reasons\":\n    - \"a: \\\"b\\\"\"\n  \"rpo\": null\n\"name\": \"rg1/app1\"\n"
         );
+    }
+}
+
+#[cfg(test)]
+mod fit_tests {
+    use super::*;
+
+    #[test]
+    fn wide_tables_shrink_their_widest_columns_to_the_terminal() {
+        assert_eq!(fit(&[10, 60, 20], 120), vec![10, 60, 20]);
+        let w = fit(&[10, 60, 20], 60);
+        assert_eq!(w.iter().sum::<usize>() + 4, 60, "{w:?}");
+        assert_eq!(w[0], 10, "narrow columns keep their width: {w:?}");
+        assert_eq!(fit(&[9, 9, 9], 10), vec![8, 8, 8], "no column goes below 8");
+        assert_eq!(clip("rg1/a-very-long-name", 8), "rg1/a-v…");
+        assert_eq!(clip("short", 8), "short");
     }
 }

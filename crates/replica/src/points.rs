@@ -113,6 +113,21 @@ pub async fn latest_point(layout: &ReplicaLayout) -> Result<Option<PointInfo>, R
     }
 }
 
+/// The newest app-consistent point among the newest `limit` points (none found there: none).
+pub async fn latest_app_point(
+    layout: &ReplicaLayout,
+    limit: usize,
+) -> Result<Option<PointInfo>, ReplicaError> {
+    let prefix = layout.points_prefix();
+    for seq in list_seqs(layout, &prefix).await?.iter().rev().take(limit) {
+        let rec = read_record(layout, &prefix.join(&point::object_name(*seq))).await?;
+        if rec.kind == ferry_format::point::PointKind::AppConsistent {
+            return Ok(Some(PointInfo::from_record(&rec)));
+        }
+    }
+    Ok(None)
+}
+
 /// The newest durable record, point or checkpoint: where processing resumes.
 pub async fn latest_record(layout: &ReplicaLayout) -> Result<Option<PointRecord>, ReplicaError> {
     let points = layout.points_prefix();

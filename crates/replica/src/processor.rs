@@ -86,7 +86,7 @@ pub struct ProcessorStatus {
     pub catch_up_seq: Option<u64>,
     pub catch_up_since: Option<Timestamp>,
     pub last_point: Option<PointInfo>,
-    /// The newest app-consistent point published by this run.
+    /// The newest app-consistent point (found among the newest 500 at start).
     pub last_app_point: Option<PointInfo>,
     pub segments_applied: u64,
     pub segment_bytes_applied: u64,
@@ -230,12 +230,15 @@ impl Processor {
         }
         pos.pending.clear();
         let last = points::latest_point(&self.layout).await?;
+        // Looked for among the newest points only: a restart need not read every record.
+        let last_app = points::latest_app_point(&self.layout, 500).await?;
         self.update(|s| {
             s.applied_seq = (pos.applied.0 > 0).then_some(pos.applied.0);
             s.applied_time = (pos.applied.0 > 0).then_some(pos.applied_time);
             s.initial_sync_seq = pos.initial_sync_seq.map(|q| q.0);
             s.catch_up_seq = pos.catch_up.map(|(q, _)| q.0);
             s.last_point = last;
+            s.last_app_point = last_app;
         });
         Ok(pos)
     }

@@ -88,7 +88,7 @@ pub struct ReplicationView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rpo_history: Option<Vec<RpoSample>>,
     pub last_recovery_point: Option<PointView>,
-    /// The newest app-consistent point the processor published since the server started.
+    /// The newest app-consistent point.
     pub last_app_consistent_point: Option<PointView>,
     /// Churn per disk and what replication ships, over the last 30 s.
     pub churn: Option<ChurnView>,
@@ -245,6 +245,16 @@ impl Control {
             && state::replicating(&rep.state)
         {
             reasons.push("the processor is not running".into());
+        }
+        if agent.is_none()
+            && (rep.state == state::PROTECTED || rep.state == state::INITIAL_REPLICATION)
+        {
+            reasons.push(format!(
+                "no status from the agent in {} (its heartbeat is lost): the VM's writes may not \
+                 be replicated; the server restarts the stream within seconds",
+                rep.source_region
+            ));
+            critical = true;
         }
         let health = if critical {
             "critical"
