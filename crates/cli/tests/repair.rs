@@ -30,18 +30,9 @@ fn a_disk_changed_behind_the_agent_needs_a_repair_that_sends_only_the_difference
     let image = s.json(&["vm", "show", "rg1/db1"]);
     let image = image["disks"][0]["image"].as_str().unwrap().to_string();
     s.terminate();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&image)
-        .unwrap();
-    f.write_all_at(&[0x77; 4096], 8 << 20).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_behind_ferry(&image);
     s.restart();
-
-    wait_until(60, "the item to need a resync", || {
-        s.replication("rg1/db1")["state"] == "resync-required"
-    });
+    wait_resync_required(&s);
     let r = s.replication("rg1/db1");
     assert_eq!(r["health"], "critical");
     let reasons = r["health_reasons"].to_string();
@@ -165,17 +156,9 @@ fn a_disk_changed_after_a_kill_9_needs_a_repair() {
     assert_eq!(s.replication("rg1/db1")["state"], "protected");
 
     down(&mut s);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&image)
-        .unwrap();
-    f.write_all_at(&[0x77; 4096], 8 << 20).unwrap();
-    f.sync_all().unwrap();
-    drop(f);
+    write_behind_ferry(&image);
     s.restart();
-    wait_until(60, "the item to need a resync", || {
-        s.replication("rg1/db1")["state"] == "resync-required"
-    });
+    wait_resync_required(&s);
     let reasons = s.replication("rg1/db1")["health_reasons"].to_string();
     assert!(
         reasons.contains("disk 0") && reasons.contains("while the agent was down"),
@@ -245,6 +228,19 @@ fn a_segment_lost_from_the_cache_needs_a_repair() {
     );
 
     repair_and_compare(&s, d, &uri);
+}
+
+/// Write 4 KiB of 0x77 at 8 MiB straight into a disk image, as something other than ferry would.
+fn write_behind_ferry(image: &str) {
+    let f = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+    f.write_all_at(&[0x77; 4096], 8 << 20).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn wait_resync_required(s: &Server) {
+    wait_until(60, "the item to need a resync", || {
+        s.replication("rg1/db1")["state"] == "resync-required"
+    });
 }
 
 /// Repair `rg1/db1`; the next point equals its disk 0 (`uri`). Returns the point's export.

@@ -80,9 +80,9 @@ fn segment_v1_decodes() {
     assert_eq!(seg.records, segment_records());
 }
 
-#[test]
-fn map_page_v1_decodes() {
-    let entries = vec![
+/// The two entries of the map fixtures: a zero block and one chunk.
+fn map_entries() -> Vec<ChunkRef> {
+    vec![
         ChunkRef::ZERO,
         ChunkRef {
             hash: Digest([1; 32]),
@@ -90,7 +90,12 @@ fn map_page_v1_decodes() {
             offset: 18,
             len: 700,
         },
-    ];
+    ]
+}
+
+#[test]
+fn map_page_v1_decodes() {
+    let entries = map_entries();
     let bytes = std::fs::read(format!("{DIR}/map-page-v1.page")).unwrap();
     assert_eq!(
         map::decode(&bytes, &Digest::of(&bytes)).unwrap(),
@@ -104,15 +109,7 @@ fn map_page_v1_decodes() {
 
 #[test]
 fn map_nodes_v2_decode() {
-    let entries = vec![
-        ChunkRef::ZERO,
-        ChunkRef {
-            hash: Digest([1; 32]),
-            pack: 0x1234,
-            offset: 18,
-            len: 700,
-        },
-    ];
+    let entries = map_entries();
     let leaf = fixture("map-leaf-v2.page", || map::encode_leaf(&entries).unwrap().0);
     let leaf_name = Digest::of(&leaf);
     assert_eq!(
