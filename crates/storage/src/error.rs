@@ -51,7 +51,7 @@ pub enum StoreError {
     },
     /// The store cannot be reached right now (connection refused, timeout, 5xx, throttling).
     /// Worth retrying.
-    #[error("storage account {url} is unreachable; retry later")]
+    #[error("storage account {url} is unreachable ({source}); retry later")]
     Unreachable {
         /// The account URL.
         url: String,
@@ -59,7 +59,7 @@ pub enum StoreError {
         source: Cause,
     },
     /// Any other failure (permissions, bad configuration, unexpected response).
-    #[error("{op} on storage account {url} failed")]
+    #[error("{op} on storage account {url} failed: {source}")]
     Other {
         /// The account URL.
         url: String,
