@@ -450,6 +450,8 @@ fn figures(cases: &[Measured], r: &Reprotected, no_guest: Option<String>) -> Vec
             Target::AtMost(RTO_TARGET),
         ));
     }
+    // The target is a booting VM within 10 s at any size (instant serving, above) or, without
+    // instant serving, disks whole at 1 GB/s: with instant serving this is reported only.
     for m in cases {
         out.push(Figure::new(
             &format!("failover_hydration_{}", m.label),
@@ -460,7 +462,7 @@ fn figures(cases: &[Measured], r: &Reprotected, no_guest: Option<String>) -> Vec
                 m.size / MIB
             ),
             m.copy_rate,
-            Target::AtLeast(1000.0),
+            Target::None,
         ));
     }
     let small = &cases[0];
