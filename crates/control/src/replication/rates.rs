@@ -10,13 +10,13 @@ use serde::Serialize;
 
 use crate::control::Control;
 use crate::db::Kind;
-use crate::model::Replication;
+use crate::model::{Replication, state};
 
 /// How often an item is sampled, and how far back rates look.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(30);
 /// How often the RPO is stored, and for how long.
-pub(crate) const RPO_EVERY: Duration = Duration::from_secs(30);
+const RPO_EVERY: Duration = Duration::from_secs(30);
 const RPO_KEEP: Duration = Duration::from_secs(7 * 86_400);
 const MB: f64 = 1e6;
 
@@ -144,15 +144,20 @@ impl Control {
                     },
                 );
             }
-            let rpo = self.view(rep).rpo_seconds;
-            let due = self.rates().rpo_stored.get(&item).is_none_or(|(t, had)| {
-                now.duration_since(*t) >= RPO_EVERY || *had != rpo.is_some()
-            });
+            // An item has an RPO exactly while it is protected: the whole view is built only
+            // when a sample is due, not on every tick.
+            let has_rpo = rep.state == state::PROTECTED;
+            let due = self
+                .rates()
+                .rpo_stored
+                .get(&item)
+                .is_none_or(|(t, had)| now.duration_since(*t) >= RPO_EVERY || *had != has_rpo);
             if due {
+                let rpo = self.view(rep).rpo_seconds;
                 let t = ferry_types::Timestamp::now().0 / 1_000_000_000;
                 let keep = t - RPO_KEEP.as_secs() as i64;
                 self.db.add_rpo_sample(&item, t, rpo, keep)?;
-                self.rates().rpo_stored.insert(item, (now, rpo.is_some()));
+                self.rates().rpo_stored.insert(item, (now, has_rpo));
             }
         }
         Ok(())
