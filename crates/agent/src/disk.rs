@@ -16,6 +16,7 @@ use ferry_format::{BLOCK_SIZE, Digest};
 use ferry_nbd::Export;
 
 use crate::AgentError;
+use crate::hold::Hold;
 use crate::hydrate::Hydration;
 use crate::stream::Stream;
 
@@ -35,6 +36,8 @@ pub struct Disk {
     stream: RwLock<Option<Arc<Stream>>>,
     /// While the image is restored from a recovery point: the blocks still to fetch.
     hydration: RwLock<Option<Arc<Hydration>>>,
+    /// At a start, until the stream attaches: writes wait ([`crate::hold`]).
+    hold: Hold,
 }
 
 impl Disk {
@@ -72,6 +75,7 @@ impl Disk {
             order: (0..STRIPES).map(|_| Mutex::new(())).collect(),
             stream: RwLock::new(None),
             hydration: RwLock::new(None),
+            hold: Hold::default(),
         })
     }
 
@@ -83,9 +87,27 @@ impl Disk {
         &self.path
     }
 
-    /// Start (or stop, with `None`) appending this disk's writes to a stream.
+    /// Start (or stop, with `None`) appending this disk's writes to a stream. Either way,
+    /// writes held for the stream go on.
     pub fn attach(&self, stream: Option<Arc<Stream>>) {
         *self.stream.write().unwrap_or_else(|p| p.into_inner()) = stream;
+        self.hold.release();
+    }
+
+    /// Make writes wait, for at most `deadline`, until a stream attaches (its directory is
+    /// `stream_dir`): the disk is served before its stream starts.
+    pub(crate) fn hold(&self, deadline: std::time::Duration, stream_dir: &Path) {
+        self.hold.hold(deadline, stream_dir);
+    }
+
+    /// Let held writes go without a stream (the item cannot start; a repair follows).
+    pub(crate) fn release(&self) {
+        self.hold.release();
+    }
+
+    /// True while writes wait for the stream.
+    pub fn is_held(&self) -> bool {
+        self.hold.is_held()
     }
 
     pub(crate) fn file(&self) -> &File {
@@ -160,6 +182,7 @@ impl Disk {
             OpRef::Zero { offset, len } | OpRef::Trim { offset, len } => (offset, len),
             OpRef::Marker(_) => (0, 0),
         };
+        self.hold.wait(self.index)?;
         let _order = self.lock_range(offset, len);
         if let Some(h) = self.hydration() {
             self.fill_locked(&h, offset, len)?;

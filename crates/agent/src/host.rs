@@ -31,6 +31,9 @@ pub struct DiskSpec {
     /// hydration bitmap ([`crate::hydrate::prepare`]), it is served at once and filled from
     /// this source on demand and in the background.
     pub hydrate_from: Option<Arc<dyn BlockSource>>,
+    /// The VM is replicated and its stream is about to start: its writes wait for the stream,
+    /// for at most this long ([`crate::hold`]).
+    pub hold: Option<Duration>,
 }
 
 impl DiskSpec {
@@ -40,6 +43,7 @@ impl DiskSpec {
             image: image.into(),
             size,
             hydrate_from: None,
+            hold: None,
         }
     }
 }
@@ -165,6 +169,11 @@ impl AgentHost {
                 hydrating.push((d.clone(), h));
             }
         }
+        for (d, spec) in disks.iter().zip(specs) {
+            if let Some(deadline) = spec.hold {
+                d.hold(deadline, &self.stream_dir(vm));
+            }
+        }
         let hydration = (!hydrating.is_empty()).then(|| {
             let (tx, rx) = watch::channel(false);
             let tasks = hydrating
@@ -235,7 +244,7 @@ impl AgentHost {
         {
             return Ok(());
         }
-        let dir = self.root.join("streams").join(vm.replace('/', "."));
+        let dir = self.stream_dir(vm);
         let stream = Stream::open_at(
             &dir,
             cfg.stream,
@@ -244,7 +253,18 @@ impl AgentHost {
             cfg.resync_from,
         )?;
         let images: Vec<&Path> = entry.disks.iter().map(|d| d.path()).collect();
-        stream.check_stopped(&images)?;
+        let trusted = stream
+            .check_stopped(&images)
+            .and_then(|()| crate::hold::check(&dir, stream.initial_sync_done()));
+        if let Err(e) = trusted {
+            if matches!(e, AgentError::TrackingLost { .. }) {
+                // The stream cannot continue; a repair compares every block. The VM goes on.
+                for d in &entry.disks {
+                    d.release();
+                }
+            }
+            return Err(e);
+        }
         for d in &entry.disks {
             d.attach(Some(stream.clone()));
         }
@@ -356,10 +376,31 @@ impl AgentHost {
         }
     }
 
+    /// Let a VM's held writes go without a stream: its item will not start now (a reprotect
+    /// still seeding, a repair to come), and what starts later copies every block.
+    pub fn release_vm(&self, vm: &str) {
+        if let Some(v) = self.vms().get(vm) {
+            for d in &v.disks {
+                d.release();
+            }
+        }
+    }
+
+    /// True while a VM's writes wait for its stream.
+    pub fn held(&self, vm: &str) -> bool {
+        self.vms()
+            .get(vm)
+            .is_some_and(|v| v.disks.iter().any(|d| d.is_held()))
+    }
+
+    fn stream_dir(&self, vm: &str) -> PathBuf {
+        self.root.join("streams").join(vm.replace('/', "."))
+    }
+
     /// Stop a VM's stream and delete its local logs.
     pub async fn forget_replication(&self, vm: &str) -> Result<(), AgentError> {
         self.stop_replication(vm).await;
-        let dir = self.root.join("streams").join(vm.replace('/', "."));
+        let dir = self.stream_dir(vm);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(AgentError::io("remove stream logs", &dir)(e))

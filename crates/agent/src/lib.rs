@@ -19,6 +19,7 @@ pub mod catch_up;
 mod dirty;
 pub mod disk;
 mod error;
+mod hold;
 mod host;
 pub mod hydrate;
 pub mod initial_sync;

@@ -43,6 +43,9 @@ pub struct StreamConfig {
     /// The ship buffer: at most this many bytes of logs wait to be shipped; writes beyond it
     /// are tracked in a dirty bitmap until a catch-up copies them.
     pub buffer_bytes: u64,
+    /// At a start, how long a replicated VM's writes wait for its stream before they go on
+    /// untracked (and the item needs a repair); see [`crate::hold`].
+    pub start_hold: Duration,
 }
 
 impl Default for StreamConfig {
@@ -52,6 +55,7 @@ impl Default for StreamConfig {
             seal_bytes: 8 << 20,
             zstd_level: 1,
             buffer_bytes: 2 << 30,
+            start_hold: Duration::from_secs(20),
         }
     }
 }
@@ -191,6 +195,7 @@ impl Stream {
             _ => {
                 remove_logs(dir)?;
                 alive::forget(dir)?;
+                crate::hold::forget(dir)?;
                 state::store(dir, &fresh)?;
                 fresh
             }

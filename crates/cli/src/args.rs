@@ -166,7 +166,8 @@ pub enum FailoverCmd {
 pub struct ServerArgs {
     /// Configuration file, JSON (not needed for the embedded default):
     /// `{"regions": ["east", "west"], "seal_interval_seconds": 1, "seal_bytes": 8388608,
-    /// "gc_grace_seconds": 600, "gc_interval_seconds": 60}`.
+    /// "ship_buffer_bytes": 2147483648, "gc_grace_seconds": 600, "gc_interval_seconds": 60,
+    /// "gap_grace_seconds": 30, "start_hold_seconds": 20}`.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Address to listen on.

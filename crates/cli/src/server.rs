@@ -26,6 +26,10 @@ struct ConfigFile {
     /// (default 2 GiB); writes beyond it are tracked as dirty blocks and caught up later.
     #[serde(default)]
     ship_buffer_bytes: Option<u64>,
+    /// At a start, how long a protected VM's writes wait for its stream to attach before they
+    /// go on untracked and the item needs a repair (default 20).
+    #[serde(default)]
+    start_hold_seconds: Option<f64>,
     /// Unreferenced chunks and map pages are deleted this long after garbage collection
     /// found them (default 600).
     #[serde(default)]
@@ -110,6 +114,15 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
                 );
             }
             cfg.stream.buffer_bytes = bytes;
+        }
+        if let Some(secs) = file.start_hold_seconds {
+            if !(0.0..=600.0).contains(&secs) {
+                bail!(
+                    "config {}: start_hold_seconds must be between 0 and 600",
+                    path.display()
+                );
+            }
+            cfg.stream.start_hold = std::time::Duration::from_secs_f64(secs);
         }
         if let Some(secs) = file.gc_grace_seconds {
             if !(0.0..=7.0 * 86_400.0).contains(&secs) {

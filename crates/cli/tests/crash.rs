@@ -365,3 +365,41 @@ fn crash_at_each_failpoint_loses_no_acknowledged_write() {
         started.elapsed()
     );
 }
+
+/// After a `kill -9` the restarted server serves the VM's disks a moment before it starts the
+/// VM's stream (here four seconds, at a failpoint). A write that arrives in between waits for
+/// the stream instead of reaching the disk unrecorded, and the next point holds it.
+#[test]
+fn a_write_during_a_restart_waits_for_the_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut s = Server::start(&d.join("data"));
+    s.base_resources(None);
+    s.create_vm("rg1/db1", "db", &["16MiB@sa1"]);
+    let uri = s.disk_uri("rg1/db1", 0);
+    assert!(qemu_io(&uri, "write -P 0x11 0 64k"));
+    s.protect("rg1/db1");
+    s.wait_point_after("rg1/db1", now(), 60);
+
+    s.kill9();
+    let slow = failpoints("reconcile-before-streams=delay:4000");
+    let took = s.restart_while_writing(slow, &uri, "write -P 0x22 1M 19456");
+    assert!(
+        took >= Duration::from_secs(2),
+        "the write sent while the stream was not started was held ({took:?})"
+    );
+
+    let after = s.wait_point_after("rg1/db1", now(), 60);
+    let out = d.join("after.raw");
+    s.export("rg1/db1", 0, after["id"].as_str().unwrap(), &out);
+    let out = out.to_str().unwrap();
+    assert!(qemu_io(out, "read -P 0x11 0 64k"));
+    assert!(
+        qemu_io(out, "read -P 0x22 1M 19456"),
+        "the write acknowledged during the restart is missing from the replica"
+    );
+    read_disk(&uri, &d.join("src.raw"));
+    assert!(same_image(Path::new(out), &d.join("src.raw")));
+    let rep = s.replication("rg1/db1");
+    assert_eq!(rep["state"], "protected", "{rep}");
+}

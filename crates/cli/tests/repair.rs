@@ -231,6 +231,33 @@ fn a_segment_lost_from_the_cache_needs_a_repair() {
 }
 
 /// Write 4 KiB of 0x77 at 8 MiB straight into a disk image, as something other than ferry would.
+/// When the stream does not start within the hold (one second here; the failpoint holds the
+/// start for five), the VM's write goes on untracked rather than stall the VM: the item says so
+/// and needs a repair, which makes the replica equal to the disk.
+#[test]
+fn a_write_held_past_the_deadline_needs_a_repair() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut s =
+        Server::start_with_config(&d.join("data"), Vec::new(), r#"{"start_hold_seconds": 1}"#);
+    s.base_resources(None);
+    s.create_vm("rg1/db1", "db", &["16MiB@sa1"]);
+    let uri = s.disk_uri("rg1/db1", 0);
+    s.protect("rg1/db1");
+    s.wait_point_after("rg1/db1", now(), 60);
+
+    let slow = failpoints("reconcile-before-streams=delay:5000");
+    s.restart_while_writing(slow, &uri, "write -P 0x61 5M 64k");
+    wait_resync_required(&s);
+    let reasons = s.replication("rg1/db1")["health_reasons"].to_string();
+    assert!(
+        reasons.contains("disk 0") && reasons.contains("no stream recorded"),
+        "{reasons}"
+    );
+    let point = repair_and_compare(&s, d, &uri);
+    assert!(qemu_io(point.to_str().unwrap(), "read -P 0x61 5M 64k"));
+}
+
 fn write_behind_ferry(image: &str) {
     let f = std::fs::OpenOptions::new().write(true).open(image).unwrap();
     f.write_all_at(&[0x77; 4096], 8 << 20).unwrap();

@@ -96,6 +96,8 @@ impl Control {
                 tracing::error!(vm = %format!("{}/{}", vm.group, vm.name), error = %e, "serve the disks of a VM");
             }
         }
+        // Served, a replicated VM's writes wait until its stream starts here.
+        crate::failpoint::hit("reconcile-before-streams").await;
         for rep in self
             .db
             .list::<crate::model::Replication>(crate::db::Kind::Replication)?

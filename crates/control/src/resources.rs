@@ -486,6 +486,14 @@ impl Control {
     pub(crate) fn attach_vm(&self, vm: &Vm) -> Result<()> {
         let agent = self.agent(&vm.region)?;
         let sources = self.hydration_sources(vm)?;
+        let vm_key = key(&vm.group, &vm.name);
+        // A replicated VM's writes wait for its stream, which starts a moment later.
+        let replicated = self
+            .db
+            .list::<Replication>(Kind::Replication)?
+            .iter()
+            .any(|r| r.source_key() == vm_key && crate::model::state::replicating(&r.state));
+        let hold = replicated.then_some(self.cfg.stream.start_hold);
         let specs: Vec<DiskSpec> = vm
             .disks
             .iter()
@@ -494,9 +502,10 @@ impl Control {
                 image: d.image.clone().into(),
                 size: d.size_bytes,
                 hydrate_from: source,
+                hold,
             })
             .collect();
-        agent.attach_vm(&key(&vm.group, &vm.name), &specs)?;
+        agent.attach_vm(&vm_key, &specs)?;
         Ok(())
     }
 

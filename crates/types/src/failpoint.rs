@@ -28,6 +28,7 @@
 //! | `failover-after-create-vm` | `ferry-control` failover | the target VM is materialised, the job's step not yet recorded |
 //! | `materialise-after-vm-record` | `ferry-control` failover | the target VM's record is written, its disks not yet |
 //! | `reprotect-after-turn` | `ferry-control` reprotect | the item is turned around (new stream), the new replica not yet seeded |
+//! | `reconcile-before-streams` | `ferry-control` start | every VM's disks are served (a replicated VM's writes held), no stream started yet |
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,7 @@ pub const NAMES: &[&str] = &[
     "failover-after-create-vm",
     "materialise-after-vm-record",
     "reprotect-after-turn",
+    "reconcile-before-streams",
 ];
 
 /// What an armed failpoint does.

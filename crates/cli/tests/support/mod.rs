@@ -165,6 +165,37 @@ impl Server {
         self.restart();
     }
 
+    /// Start again (with `env`) while a client writes `cmd` to the NBD `uri`: the client
+    /// tries from before the server is back, so its write arrives as soon as the disk is
+    /// served. Returns how long the attempt that was acknowledged took.
+    pub fn restart_while_writing(
+        &mut self,
+        env: Vec<(String, String)>,
+        uri: &str,
+        cmd: &str,
+    ) -> Duration {
+        self.kill9();
+        let (uri, cmd) = (uri.to_string(), cmd.to_string());
+        let writer = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let started = Instant::now();
+                if qemu_io(&uri, &cmd) {
+                    return Some(started.elapsed());
+                }
+                if Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        self.restart_with(env);
+        writer
+            .join()
+            .unwrap()
+            .expect("the write to be acknowledged within 90 s of the restart")
+    }
+
     /// Start again on the same data dir and port.
     pub fn restart(&mut self) {
         self.kill9();

@@ -54,7 +54,10 @@ impl Control {
         let seed = if rep.state == state::REPROTECTING || rep.state == state::RESYNCHRONIZING {
             let hashes = ferry_replica::block_hashes(&layout).await?;
             if hashes.is_empty() {
-                // Not seeded yet: the reprotect job starts the item once the seed is stored.
+                // Not seeded yet: the reprotect job starts the item once the seed is stored,
+                // and its copy compares every block, so the VM's writes need not wait.
+                self.agent(&rep.source_region)?
+                    .release_vm(&rep.source_key());
                 return Ok(());
             }
             Some(std::sync::Arc::new(hashes))
