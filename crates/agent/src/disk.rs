@@ -95,9 +95,18 @@ impl Disk {
     }
 
     /// Make writes wait, for at most `deadline`, until a stream attaches (its directory is
-    /// `stream_dir`): the disk is served before its stream starts.
+    /// `stream_dir`): the disk is served before its stream starts, or its stream stops for a
+    /// while (the host shuts down).
     pub(crate) fn hold(&self, deadline: std::time::Duration, stream_dir: &Path) {
         self.hold.hold(deadline, stream_dir);
+    }
+
+    /// Stop appending writes to the stream, between writes: once this returns, every write
+    /// made to the image before is in the stream, and every later one waits if the disk is
+    /// held. Unlike `attach(None)`, a hold stays.
+    pub(crate) fn detach(&self) {
+        let _all = self.lock_range(0, STRIPES as u64 * (1 << REGION_SHIFT));
+        *self.stream.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// Let held writes go without a stream (the item cannot start; a repair follows).
@@ -182,8 +191,15 @@ impl Disk {
             OpRef::Zero { offset, len } | OpRef::Trim { offset, len } => (offset, len),
             OpRef::Marker(_) => (0, 0),
         };
-        self.hold.wait(self.index)?;
-        let _order = self.lock_range(offset, len);
+        let _order = loop {
+            self.hold.wait(self.index)?;
+            let order = self.lock_range(offset, len);
+            // Held again while this write waited for its locks (the stream is stopping): wait
+            // for the stream to come back rather than change the image unrecorded.
+            if self.stream().is_some() || !self.hold.is_held() {
+                break order;
+            }
+        };
         if let Some(h) = self.hydration() {
             self.fill_locked(&h, offset, len)?;
         }

@@ -253,9 +253,8 @@ impl AgentHost {
             cfg.resync_from,
         )?;
         let images: Vec<&Path> = entry.disks.iter().map(|d| d.path()).collect();
-        let trusted = stream
-            .check_stopped(&images)
-            .and_then(|()| crate::hold::check(&dir, stream.initial_sync_done()));
+        let trusted = crate::hold::check(&dir, stream.initial_sync_done())
+            .and_then(|()| stream.check_stopped(&images));
         if let Err(e) = trusted {
             if matches!(e, AgentError::TrackingLost { .. }) {
                 // The stream cannot continue; a repair compares every block. The VM goes on.
@@ -344,11 +343,22 @@ impl AgentHost {
     /// with the images' stamps: a write the disks take while the stream is stopped is seen
     /// at the next start.
     pub async fn stop_replication(&self, vm: &str) {
+        self.stop(vm, None).await
+    }
+
+    /// Stop a VM's stream; with `hold`, the VM's later writes wait (for at most that long)
+    /// instead of reaching the images unrecorded after their stamps are taken.
+    async fn stop(&self, vm: &str, hold: Option<Duration>) {
+        let dir = self.stream_dir(vm);
         let (rep, images) = {
             let mut vms = self.vms();
             let Some(entry) = vms.get_mut(vm) else { return };
             for d in &entry.disks {
-                d.attach(None);
+                match hold {
+                    Some(deadline) if entry.replication.is_some() => d.hold(deadline, &dir),
+                    _ => d.release(),
+                }
+                d.detach();
             }
             let images: Vec<PathBuf> = entry.disks.iter().map(|d| d.path().to_path_buf()).collect();
             (entry.replication.take(), images)
@@ -368,11 +378,13 @@ impl AgentHost {
         }
     }
 
-    /// Stop every stream (a clean shutdown of the host).
-    pub async fn stop_all(&self) {
+    /// Stop every stream (a clean shutdown of the host). Writes made from now on wait, for at
+    /// most `hold`, for the streams to start again (in the next process, after a reconnect):
+    /// none reaches an image unrecorded after its stamp is taken.
+    pub async fn stop_all(&self, hold: Duration) {
         let vms: Vec<String> = self.vms().keys().cloned().collect();
         for vm in vms {
-            self.stop_replication(&vm).await;
+            self.stop(&vm, Some(hold)).await;
         }
     }
 

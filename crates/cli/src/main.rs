@@ -29,7 +29,12 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(cli)) {
+    let result = runtime.block_on(commands::run(cli));
+    // A server's shutdown leaves the VMs' writes that arrived after it stopped the streams
+    // waiting on blocking threads (never acknowledged, sent again after a restart): exit
+    // without waiting for them.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let msg = format!("{e:#}");

@@ -126,7 +126,7 @@ impl Control {
         // Streams stop cleanly too, so a change to a disk while the server is down is seen at
         // the next start.
         for agent in self.agents.values() {
-            agent.stop_all().await;
+            agent.stop_all(self.cfg.stream.start_hold).await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
