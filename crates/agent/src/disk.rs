@@ -101,12 +101,15 @@ impl Disk {
         self.hold.hold(deadline, stream_dir);
     }
 
-    /// Stop appending writes to the stream, between writes: once this returns, every write
-    /// made to the image before is in the stream, and every later one waits if the disk is
-    /// held. Unlike `attach(None)`, a hold stays.
-    pub(crate) fn detach(&self) {
+    /// Stop appending writes to `stream` (unless another stream replaced it), between writes:
+    /// once this returns, every write made to the image before is in the stream, and every
+    /// later one waits if the disk is held. Unlike `attach(None)`, a hold stays.
+    pub(crate) fn detach_from(&self, stream: &Arc<Stream>) {
         let _all = self.lock_range(0, STRIPES as u64 * (1 << REGION_SHIFT));
-        *self.stream.write().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut current = self.stream.write().unwrap_or_else(|p| p.into_inner());
+        if current.as_ref().is_some_and(|s| Arc::ptr_eq(s, stream)) {
+            *current = None;
+        }
     }
 
     /// Let held writes go without a stream (the item cannot start; a repair follows).

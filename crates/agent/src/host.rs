@@ -350,7 +350,7 @@ impl AgentHost {
     /// instead of reaching the images unrecorded after their stamps are taken.
     async fn stop(&self, vm: &str, hold: Option<Duration>) {
         let dir = self.stream_dir(vm);
-        let (rep, images) = {
+        let (rep, disks) = {
             let mut vms = self.vms();
             let Some(entry) = vms.get_mut(vm) else { return };
             for d in &entry.disks {
@@ -358,23 +358,31 @@ impl AgentHost {
                     Some(deadline) if entry.replication.is_some() => d.hold(deadline, &dir),
                     _ => d.release(),
                 }
-                d.detach();
             }
-            let images: Vec<PathBuf> = entry.disks.iter().map(|d| d.path().to_path_buf()).collect();
-            (entry.replication.take(), images)
+            (entry.replication.take(), entry.disks.clone())
         };
-        if let Some(r) = rep {
-            let paths: Vec<&Path> = images.iter().map(PathBuf::as_path).collect();
-            if let Err(e) = r.stream.record_stop(&paths) {
-                tracing::warn!(vm, error = %e, "record the disk images' stamps at stop");
+        let Some(r) = rep else { return };
+        // Between writes: a write in progress may be fetching a block of a restoring disk
+        // through this runtime, so the wait for it is not on one of its workers.
+        let (stream, images) = (r.stream.clone(), disks.clone());
+        let detached = tokio::task::spawn_blocking(move || {
+            for d in &disks {
+                d.detach_from(&stream);
             }
-            r.progress
-                .cancelled
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = r.shutdown.send(true);
-            for t in r.tasks {
-                let _ = t.await;
-            }
+        });
+        if let Err(e) = detached.await {
+            tracing::error!(vm, error = %e, "detach the stream from the disks");
+        }
+        let paths: Vec<&Path> = images.iter().map(|d| d.path()).collect();
+        if let Err(e) = r.stream.record_stop(&paths) {
+            tracing::warn!(vm, error = %e, "record the disk images' stamps at stop");
+        }
+        r.progress
+            .cancelled
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = r.shutdown.send(true);
+        for t in r.tasks {
+            let _ = t.await;
         }
     }
 
