@@ -81,7 +81,7 @@ pub fn pass(
     if stream.unordered_since().is_none() {
         return Ok(Pass::Idle);
     }
-    if stream.buffered() > low_water(stream) {
+    if stream.buffered() > low_water(stream) || !stream.has_room() {
         return Ok(Pass::Waiting);
     }
     if !stream.resume_logging() {
@@ -94,7 +94,12 @@ pub fn pass(
             if stream.buffered() > low_water(stream) || cancel.load(Ordering::Relaxed) {
                 return Ok(Pass::Open);
             }
-            let n = disk.copy_dirty_block(stream, block, &mut buf)?;
+            let n = match disk.copy_dirty_block(stream, block, &mut buf) {
+                Ok(n) => n,
+                // The block is dirty again and writes are tracked: wait for space.
+                Err(e) if crate::reserve::is_no_space(&e) => return Ok(Pass::Waiting),
+                Err(e) => return Err(e),
+            };
             progress.copied_bytes.fetch_add(n, Ordering::Relaxed);
             from = block + 1;
         }
@@ -105,5 +110,70 @@ pub fn pass(
             Ok(Pass::Closed(seq))
         }
         None => Ok(Pass::Open),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_nbd::Export;
+    use ferry_types::{Generation, StreamId};
+
+    use super::*;
+    use crate::stream::StreamConfig;
+
+    /// A full disk: the write is acknowledged and tracked; a catch-up whose copy also meets the
+    /// full disk puts the block back and waits; the next pass copies it and closes the window.
+    #[test]
+    fn a_full_disk_is_tracked_and_a_failed_copy_is_tried_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Arc::new(Disk::open_or_create(&dir.path().join("d0.raw"), 4 << 20, 0).unwrap());
+        let stream = Stream::open(
+            &dir.path().join("stream"),
+            StreamId([5; 16]),
+            Generation(1),
+            StreamConfig::default(),
+        )
+        .unwrap();
+        stream.set_disk_sizes(vec![4 << 20]);
+        disk.attach(Some(stream.clone()));
+        let reserve = dir.path().join("stream").join("reserve");
+        assert!(reserve.exists(), "a stream keeps a space reserve");
+
+        disk.write(0, &[1; 4096], false).unwrap();
+        stream.fail_next_append();
+        disk.write(1 << 20, &[2; 4096], true)
+            .expect("a write the full disk could not log is still acknowledged");
+        let st = stream.status();
+        assert_eq!(st.tracking, "overflow");
+        assert!(st.disk_full_since.is_some());
+        assert_eq!(st.disk_full_count, 1);
+        assert_eq!(st.dirty_bytes, BLOCK_SIZE);
+        assert!(
+            !reserve.exists(),
+            "the reserve gave its space to the bitmap"
+        );
+
+        // The copy meets the full disk too: the block stays dirty, writes are tracked again.
+        let (progress, cancel) = (CatchUpProgress::default(), AtomicBool::new(false));
+        stream.fail_next_append();
+        let disks = [disk.clone()];
+        assert_eq!(
+            pass(&disks, &stream, &progress, &cancel).unwrap(),
+            Pass::Waiting
+        );
+        let st = stream.status();
+        assert_eq!((st.tracking, st.dirty_bytes), ("overflow", BLOCK_SIZE));
+        assert!(st.disk_full_since.is_some());
+
+        // Room again: the block is copied and the window closes.
+        assert!(matches!(
+            pass(&disks, &stream, &progress, &cancel).unwrap(),
+            Pass::Closed(_)
+        ));
+        let st = stream.status();
+        assert_eq!((st.tracking, st.dirty_bytes), ("ordered", 0));
+        assert!(st.disk_full_since.is_none());
+        assert!(reserve.exists(), "the reserve is made again");
+        assert_eq!(progress.copied_bytes.load(Ordering::Relaxed), BLOCK_SIZE);
     }
 }

@@ -45,8 +45,9 @@ pub(crate) struct DirtyMap {
 }
 
 impl DirtyMap {
-    /// Create the bitmap file of `disk` (empty).
-    pub fn create(dir: &Path, disk: u16) -> Result<DirtyMap, AgentError> {
+    /// Create the bitmap file of `disk` (empty); given the disk's size, the file's space is
+    /// allocated whole, so setting a bit later needs no new space.
+    pub fn create(dir: &Path, disk: u16, disk_size: Option<u64>) -> Result<DirtyMap, AgentError> {
         let path = dir.join(file_name(disk));
         let file = OpenOptions::new()
             .read(true)
@@ -58,6 +59,11 @@ impl DirtyMap {
         let mut head = [0u8; HEADER as usize];
         head[..8].copy_from_slice(MAGIC);
         head[8..10].copy_from_slice(&VERSION.to_le_bytes());
+        if let Some(size) = disk_size {
+            let words = size.div_ceil(BLOCK_SIZE).div_ceil(64);
+            crate::reserve::allocate_file(&file, HEADER + words * 8)
+                .map_err(AgentError::io("allocate dirty bitmap", &path))?;
+        }
         file.write_all_at(&head, 0)
             .map_err(AgentError::io("write dirty bitmap", &path))?;
         Ok(DirtyMap {
@@ -160,6 +166,19 @@ impl DirtyMap {
         }
     }
 
+    /// Set block `block` again in memory after a `take` whose copy failed (the file still
+    /// has it).
+    pub fn untake(&mut self, block: u64) {
+        let (w, bit) = ((block / 64) as usize, block % 64);
+        if self.words.len() <= w {
+            self.words.resize(w + 1, 0);
+        }
+        if self.words[w] & (1 << bit) == 0 {
+            self.words[w] |= 1 << bit;
+            self.count += 1;
+        }
+    }
+
     /// The first set block at or after `from`.
     pub fn next_set(&self, from: u64) -> Option<u64> {
         let mut w = (from / 64) as usize;
@@ -203,7 +222,7 @@ mod tests {
     #[test]
     fn bits_survive_a_reopen_and_take_clears_only_in_memory() {
         let dir = tempfile::tempdir().unwrap();
-        let mut m = DirtyMap::create(dir.path(), 2).unwrap();
+        let mut m = DirtyMap::create(dir.path(), 2, Some(100 * BLOCK_SIZE)).unwrap();
         m.set_range(0, 1).unwrap();
         m.set_range(BLOCK_SIZE * 70 - 1, 2).unwrap(); // blocks 69 and 70
         m.set_range(BLOCK_SIZE * 70, BLOCK_SIZE).unwrap(); // 70 again
@@ -214,6 +233,8 @@ mod tests {
         assert!(m.take(69));
         assert!(!m.take(69));
         assert_eq!(m.count(), 2);
+        m.untake(69);
+        assert!(m.take(69), "a block put back is dirty again");
         let path = m.path().to_path_buf();
         drop(m);
         let m = DirtyMap::open(&path).unwrap();

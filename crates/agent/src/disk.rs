@@ -249,7 +249,10 @@ impl Disk {
         } else {
             OpRef::Write { offset, data: buf }
         };
-        stream.append(self.index, op, false)?;
+        if let Err(e) = stream.append(self.index, op, false) {
+            stream.copy_failed(self.index, block, &e);
+            return Err(e);
+        }
         Ok(len as u64)
     }
 

@@ -252,6 +252,7 @@ impl AgentHost {
             cfg.stream_config.clone(),
             cfg.resync_from,
         )?;
+        stream.set_disk_sizes(entry.disks.iter().map(|d| d.size()).collect());
         let images: Vec<&Path> = entry.disks.iter().map(|d| d.path()).collect();
         let trusted = crate::hold::check(&dir, stream.initial_sync_done())
             .and_then(|()| stream.check_stopped(&images));

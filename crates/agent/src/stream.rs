@@ -96,6 +96,8 @@ struct Inner {
     window: Option<Window>,
     /// Bytes the VM changed (written, zeroed or trimmed) per disk since the stream opened.
     changed: Vec<u64>,
+    /// Since when the source host's disk has been too full to log writes ([`crate::reserve`]).
+    disk_full_since: Option<Timestamp>,
 }
 
 /// What the stream has done, for health and RPO.
@@ -130,6 +132,11 @@ pub struct StreamStatus {
     /// Why the stream no longer holds every change of the disks (a write reached the image
     /// but could not be recorded): only a repair makes the replica whole again.
     pub tracking_lost: Option<String>,
+    /// Since when the source host's disk has been too full to log writes: they are tracked as
+    /// dirty blocks, and the catch-up waits for space.
+    pub disk_full_since: Option<Timestamp>,
+    /// Times the disk was found full since the stream opened.
+    pub disk_full_count: u64,
 }
 
 #[derive(Default)]
@@ -138,6 +145,7 @@ struct Counters {
     bytes_logged: AtomicU64,
     bytes_shipped: AtomicU64,
     segments_shipped: AtomicU64,
+    disk_full: AtomicU64,
 }
 
 /// The ordered write stream of one VM.
@@ -156,6 +164,9 @@ pub struct Stream {
     tracking_lost: Mutex<Option<String>>,
     /// One shipper at a time (the sealer, or a caller of [`crate::sealer::seal_and_ship`]).
     pub(crate) shipping: tokio::sync::Mutex<()>,
+    /// The size of each disk, once known: a dirty bitmap is then allocated whole when created,
+    /// so setting its bits never needs space the disk may no longer have.
+    disk_sizes: std::sync::OnceLock<Vec<u64>>,
 }
 
 impl Stream {
@@ -216,6 +227,7 @@ impl Stream {
                 buffered,
                 window: None,
                 changed: Vec::new(),
+                disk_full_since: None,
             }),
             seal_now: Notify::new(),
             counters: Counters::default(),
@@ -223,7 +235,11 @@ impl Stream {
             state_io: Mutex::new(()),
             tracking_lost: Mutex::new(None),
             shipping: tokio::sync::Mutex::new(()),
+            disk_sizes: std::sync::OnceLock::new(),
         });
+        if let Err(e) = crate::reserve::ensure(dir) {
+            tracing::warn!(error = %e, "no space reserve for a full disk: a write that cannot be logged will need a repair");
+        }
         let resyncing = stream.lock().state.resync;
         if !maps.is_empty() || resyncing {
             // A window was open when the agent stopped (or a resync starts): it stays open
@@ -293,8 +309,15 @@ impl Stream {
                 self.track_locked(&mut g, disk, offset, len, durable)
                     .map(|()| None)
             } else {
-                self.log_locked(&mut g, disk, op, durable)
-                    .map(|(_, p)| Some(p))
+                match self.log_locked(&mut g, disk, op, durable) {
+                    Ok((_, p)) => Ok(Some(p)),
+                    Err(e) if crate::reserve::is_no_space(&e) => {
+                        self.disk_full_locked(&mut g, &e);
+                        self.track_locked(&mut g, disk, offset, len, durable)
+                            .map(|()| None)
+                    }
+                    Err(e) => Err(e),
+                }
             };
             recorded.inspect_err(|e| self.lose_tracking(disk, offset, e))?
         };
@@ -304,6 +327,61 @@ impl Stream {
             ferry_types::failpoint::hit("agent-after-log-append");
         }
         Ok(())
+    }
+
+    /// The source host's disk is full: give the stream the reserve's space and track writes
+    /// as dirty blocks (the caller does) until the catch-up finds room again.
+    fn disk_full_locked(&self, g: &mut Inner, e: &AgentError) {
+        let released = crate::reserve::release(&self.dir);
+        if let Some(w) = g.window.as_mut() {
+            w.overflowing = true;
+        }
+        if g.disk_full_since.is_none() {
+            g.disk_full_since = Some(Timestamp::now());
+            self.counters.disk_full.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(dir = %self.dir.display(), error = %e, released, "the source host's disk is full: tracking dirty blocks until there is space");
+        }
+    }
+
+    /// A catch-up's copy of `block` could not be logged: the block is dirty again (its bit
+    /// never left the file), and on a full disk writes go back to the bitmap.
+    pub(crate) fn copy_failed(&self, disk: u16, block: u64, e: &AgentError) {
+        let mut g = self.lock();
+        if let Some(m) = g.window.as_mut().and_then(|w| w.maps.get_mut(&disk)) {
+            m.untake(block);
+        }
+        if crate::reserve::is_no_space(e) {
+            self.disk_full_locked(&mut g, e);
+        }
+    }
+
+    /// True when there is room to log again: the disk was not full, or the reserve could be
+    /// made again (then the disk is no longer counted as full).
+    pub(crate) fn has_room(&self) -> bool {
+        if self.lock().disk_full_since.is_none() {
+            return true;
+        }
+        match crate::reserve::ensure(&self.dir) {
+            Ok(()) => {
+                self.lock().disk_full_since = None;
+                tracing::info!(dir = %self.dir.display(), "the source host's disk has room again: catching up");
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Make the next append to the open log fail as on a full disk.
+    #[cfg(test)]
+    pub(crate) fn fail_next_append(&self) {
+        if let Some((w, _)) = self.lock().open.as_mut() {
+            w.fail_next = true;
+        }
+    }
+
+    /// The sizes of the stream's disks (set once, at the start).
+    pub(crate) fn set_disk_sizes(&self, sizes: Vec<u64>) {
+        let _ = self.disk_sizes.set(sizes);
     }
 
     /// A change reached disk `disk`'s image but not the stream (nor its bitmap): from now on
@@ -407,7 +485,8 @@ impl Stream {
         let map = match window.maps.entry(disk) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
-                let mut m = DirtyMap::create(&self.dir, disk)?;
+                let size = self.disk_sizes.get().and_then(|s| s.get(disk as usize));
+                let mut m = DirtyMap::create(&self.dir, disk, size.copied())?;
                 m.sync()?;
                 sync_dir(&self.dir)?;
                 e.insert(m)
@@ -616,6 +695,8 @@ impl Stream {
             tracking,
             unordered_since,
             dirty_bytes,
+            disk_full_since: g.disk_full_since,
+            disk_full_count: self.counters.disk_full.load(Ordering::Relaxed),
         }
     }
 

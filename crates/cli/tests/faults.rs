@@ -1,6 +1,7 @@
 //! Faults a user can meet: the target account unreachable (segments wait in the cache account,
-//! visible there, and are removed once applied) and a corrupt segment (refused, nothing of it
-//! applied, health critical with the reason).
+//! visible there, and are removed once applied), a corrupt segment (refused, nothing of it
+//! applied, health critical with the reason) and a full disk on the source host (writes tracked
+//! as dirty blocks, caught up once there is space).
 
 mod support;
 
@@ -131,4 +132,75 @@ fn segments_wait_in_the_cache_and_a_corrupt_one_is_refused() {
         d.join("after.raw").to_str().unwrap(),
         "read -P 0x62 1M 64k"
     ));
+}
+
+/// The source host's disk fills up: a write whose record cannot be logged is still acknowledged,
+/// tracked as a dirty block; the catch-up waits until the stream's space reserve can be made
+/// again, then copies the block. The item never needs a repair, and the next point equals the
+/// disk.
+#[test]
+fn a_full_source_disk_falls_back_to_dirty_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The third write's log append fails as on a full disk (half of it written); the first
+    // attempt to make the space reserve again fails too: the disk is still full.
+    let full = failpoints("agent-log-append=error-after:3,agent-reserve=error-after:2");
+    let s = Server::start_with(&d.join("data"), free_port(), full);
+    s.base_resources(None);
+    s.create_vm("rg1/db1", "db", &["16MiB@sa1"]);
+    let uri = s.disk_uri("rg1/db1", 0);
+    s.protect("rg1/db1");
+    let generation = s.replication("rg1/db1")["generation"].clone();
+    assert!(qemu_io(&uri, "write -P 0x51 0 64k"));
+    assert!(qemu_io(&uri, "write -P 0x52 1M 64k"));
+    assert!(
+        qemu_io(&uri, "write -P 0x53 2M 64k"),
+        "a write the full disk could not log is tracked and acknowledged"
+    );
+
+    let events = |kind: &str| {
+        s.json(&["event", "list", "--target", "rg1/db1", "--kind", kind])
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    wait_until(30, "a source-disk-full event", || {
+        events("source-disk-full").iter().any(|e| {
+            e["severity"] == "critical"
+                && e["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("free space on the source host")
+        })
+    });
+    wait_until(60, "the catch-up after the full disk", || {
+        let r = s.replication("rg1/db1");
+        r["stats"]["tracking"] == "ordered" && r["stats"]["disk_full_since"].is_null()
+    });
+    let copied = s.replication("rg1/db1")["stats"]["catch_up_copied_bytes"].clone();
+    assert!(
+        copied.as_u64().unwrap() >= 64 << 10,
+        "the catch-up copied the block: {copied}"
+    );
+    assert!(
+        events("ship-buffer-overflow").is_empty(),
+        "a full disk is not reported as a full ship buffer"
+    );
+
+    let p = s.wait_point_after("rg1/db1", now(), 60);
+    let (point, source) = (d.join("p.raw"), d.join("s.raw"));
+    s.export("rg1/db1", 0, p["id"].as_str().unwrap(), &point);
+    read_disk(&uri, &source);
+    assert!(
+        same_image(&point, &source),
+        "the point differs from the disk"
+    );
+    assert!(qemu_io(point.to_str().unwrap(), "read -P 0x53 2M 64k"));
+    let r = s.replication("rg1/db1");
+    assert_eq!(r["state"], "protected");
+    assert_eq!(r["generation"], generation, "no repair was needed");
+    assert_eq!(r["stats"]["disk_full_count"], 1);
+    wait_until(30, "health back to healthy", || {
+        s.replication("rg1/db1")["health"] == "healthy"
+    });
 }

@@ -297,38 +297,3 @@ fn collect_segments(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
         }
     }
 }
-
-/// A write that reaches the image but cannot be recorded in the stream (the source host's disk
-/// is full: the local log append fails) is refused to the VM, the item goes to
-/// `resync-required` naming the write, and a repair makes the replica equal to the disk.
-#[test]
-fn a_write_the_agent_cannot_record_needs_a_repair() {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
-    // The third write recorded in a log fails half-way, as on a full disk.
-    let full = failpoints("agent-log-append=error-after:3");
-    let s = Server::start_with(&d.join("data"), free_port(), full);
-    s.base_resources(None);
-    s.create_vm("rg1/db1", "db", &["16MiB@sa1"]);
-    let uri = s.disk_uri("rg1/db1", 0);
-    s.protect("rg1/db1");
-    assert!(qemu_io(&uri, "write -P 0x51 0 64k"));
-    assert!(qemu_io(&uri, "write -P 0x52 1M 64k"));
-    assert!(
-        !qemu_io(&uri, "write -P 0x53 2M 64k"),
-        "a write that could not be recorded is not acknowledged"
-    );
-
-    wait_until(60, "the item to need a resync", || {
-        s.replication("rg1/db1")["state"] == "resync-required"
-    });
-    let r = s.replication("rg1/db1");
-    let reasons = r["health_reasons"].to_string();
-    assert!(
-        reasons.contains("could not be recorded") && reasons.contains("disk 0"),
-        "{reasons}"
-    );
-
-    let point = repair_and_compare(&s, d, &uri);
-    assert!(qemu_io(point.to_str().unwrap(), "read -P 0x52 1M 64k"));
-}

@@ -24,6 +24,7 @@ pub(crate) struct Observed {
     tracking: String,
     refused_segment: Option<u64>,
     stale_segments_deleted: u64,
+    disk_full_count: u64,
 }
 
 /// Which events to list.
@@ -133,6 +134,7 @@ impl Control {
                 health: v.health.clone(),
                 reasons: v.health_reasons.iter().map(|r| shape(r)).collect(),
                 tracking: v.stats.tracking.clone(),
+                disk_full_count: v.stats.disk_full_count,
                 refused_segment: self
                     .processor_status(&v.name)
                     .and_then(|p| p.refused_segment),
@@ -198,7 +200,12 @@ impl Control {
                 self.alert_health(item, &before.health, &now.health, reasons);
             }
         }
-        if now.tracking != before.tracking && now.tracking != "resyncing" {
+        // A full disk has its own event (below), not the ship buffer's.
+        let disk_full = now.disk_full_count > before.disk_full_count;
+        if now.tracking != before.tracking
+            && now.tracking != "resyncing"
+            && !(disk_full && now.tracking == "overflow")
+        {
             let (severity, kind, message) = match now.tracking.as_str() {
                 "overflow" => (
                     "critical",
@@ -241,6 +248,17 @@ impl Control {
                     "segment {:016x} refused, nothing of it applied: {why}",
                     now.refused_segment.unwrap_or(0)
                 ),
+            );
+        }
+        if disk_full {
+            self.event(
+                "critical",
+                "source-disk-full",
+                item,
+                "the source host's disk was full: a write could not be logged, so writes are \
+                 tracked as dirty blocks until there is space; no instant is point-in-time \
+                 recoverable until the catch-up completes; free space on the source host"
+                    .to_string(),
             );
         }
         if now.stale_segments_deleted > before.stale_segments_deleted && !first {

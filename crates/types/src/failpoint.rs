@@ -6,7 +6,7 @@
 //! - `NAME=abort-after:N`: die the `N`-th time (`N >= 1`), so a test can crash mid-stream;
 //! - `NAME=delay:MS`: pause `MS` milliseconds every time;
 //! - `NAME=error-after:N`: fail the `N`-th time with an injected I/O error (where the code
-//!   has such a failure: `agent-log-append`).
+//!   has such a failure: `agent-log-append`, `agent-reserve`).
 //!
 //! An unarmed failpoint costs a lookup in an empty list. [`hit`] pauses the calling thread;
 //! async code that must not block a runtime thread asks [`check`] what to do and sleeps its own
@@ -17,6 +17,7 @@
 //! | name | where | the moment |
 //! |---|---|---|
 //! | `agent-log-append` | `ferry-agent` stream log (`LogWriter::append`) | a record is being written to the local log (`error-after:N` writes half of it, then fails as a full disk does) |
+//! | `agent-reserve` | `ferry-agent` stream (`reserve::ensure`) | the space reserve for a full disk is being made (`error-after:N` fails as a full disk does) |
 //! | `agent-after-log-append` | `ferry-agent` stream (`append`, `record`) | a record is in the local log (synced if the write asked for it), the write not yet acknowledged |
 //! | `agent-before-segment-put` | `ferry-agent` shipper | a closed log is sealed as a segment, not yet stored |
 //! | `agent-after-segment-put` | `ferry-agent` shipper | the segment is stored in the cache account; the stream state is not updated and the log not removed |
@@ -37,6 +38,7 @@ use std::time::Duration;
 /// The failpoints ferry's code has (the table above); naming another one warns on stderr.
 pub const NAMES: &[&str] = &[
     "agent-log-append",
+    "agent-reserve",
     "agent-after-log-append",
     "agent-before-segment-put",
     "agent-after-segment-put",

@@ -52,6 +52,10 @@ pub struct StatsView {
     pub tracking: String,
     pub dirty_bytes: u64,
     pub catch_up_copied_bytes: u64,
+    /// Since when the source host's disk has been too full to log writes (they are tracked as
+    /// dirty blocks), and how often it was found full since the server started.
+    pub disk_full_since: Option<String>,
+    pub disk_full_count: u64,
     pub bytes_shipped: u64,
     pub segments_shipped: u64,
     pub segments_applied: u64,
@@ -132,7 +136,12 @@ impl Control {
             && s.tracking != "resyncing"
         {
             const MIB: f64 = (1 << 20) as f64;
-            let what = if s.tracking == "overflow" {
+            let what = if let Some(full) = s.disk_full_since {
+                format!(
+                    "the source host's disk is full (since {full}): writes are tracked as dirty \
+                     blocks, and the catch-up waits for space; free space on the source host"
+                )
+            } else if s.tracking == "overflow" {
                 format!(
                     "the ship buffer ({:.0} MiB) is full: writes are tracked as dirty blocks",
                     s.buffer_limit as f64 / MIB
@@ -288,6 +297,11 @@ impl Control {
                 .map_or("ordered", |a| a.stream.tracking)
                 .into(),
             dirty_bytes: agent.as_ref().map_or(0, |a| a.stream.dirty_bytes),
+            disk_full_since: agent
+                .as_ref()
+                .and_then(|a| a.stream.disk_full_since)
+                .map(|t| t.to_string()),
+            disk_full_count: agent.as_ref().map_or(0, |a| a.stream.disk_full_count),
             catch_up_copied_bytes: agent.as_ref().map_or(0, |a| a.catch_up_copied_bytes),
             bytes_shipped: agent.as_ref().map_or(0, |a| a.stream.bytes_shipped),
             segments_shipped: agent.as_ref().map_or(0, |a| a.stream.segments_shipped),
