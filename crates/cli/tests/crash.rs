@@ -387,12 +387,7 @@ fn a_write_during_a_restart_waits_for_the_stream() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut s = Server::start(&d.join("data"));
-    s.base_resources(None);
-    s.create_vm("rg1/db1", "db", &["16MiB@sa1"]);
-    let uri = s.disk_uri("rg1/db1", 0);
-    assert!(qemu_io(&uri, "write -P 0x11 0 64k"));
-    s.protect("rg1/db1");
-    s.wait_point_after("rg1/db1", now(), 60);
+    let uri = s.protected_db1(Some("write -P 0x11 0 64k"));
 
     s.kill9();
     let slow = failpoints("reconcile-before-streams=delay:4000");

@@ -131,12 +131,7 @@ fn a_disk_changed_after_a_kill_9_needs_a_repair() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut s = Server::start(&d.join("data"));
-    s.base_resources(None);
-    s.create_vm("rg1/db1", "db", &["16MiB@sa1"]);
-    let uri = s.disk_uri("rg1/db1", 0);
-    assert!(qemu_io(&uri, "write -P 0x11 0 1M"));
-    s.protect("rg1/db1");
-    s.wait_point_after("rg1/db1", now(), 60);
+    let uri = s.protected_db1(Some("write -P 0x11 0 1M"));
     let image = s.json(&["vm", "show", "rg1/db1"]);
     let image = image["disks"][0]["image"].as_str().unwrap().to_string();
     // Longer than the slack the agent allows between its last sign of life and its own
@@ -240,11 +235,7 @@ fn a_write_held_past_the_deadline_needs_a_repair() {
     let d = dir.path();
     let mut s =
         Server::start_with_config(&d.join("data"), Vec::new(), r#"{"start_hold_seconds": 1}"#);
-    s.base_resources(None);
-    s.create_vm("rg1/db1", "db", &["16MiB@sa1"]);
-    let uri = s.disk_uri("rg1/db1", 0);
-    s.protect("rg1/db1");
-    s.wait_point_after("rg1/db1", now(), 60);
+    let uri = s.protected_db1(None);
 
     let slow = failpoints("reconcile-before-streams=delay:5000");
     s.restart_while_writing(slow, &uri, "write -P 0x61 5M 64k");

@@ -377,6 +377,20 @@ impl Server {
     }
 
     /// Create a VM on network vnet1 (from `base_resources`) with the given `--disk` specs.
+    /// With the base resources, `rg1/db1`: one 16 MiB disk, written by the qemu-io `fill`
+    /// first (if any), protected, with a first point. Returns the disk's NBD URI.
+    pub fn protected_db1(&self, fill: Option<&str>) -> String {
+        self.base_resources(None);
+        self.create_vm("rg1/db1", "db", &["16MiB@sa1"]);
+        let uri = self.disk_uri("rg1/db1", 0);
+        if let Some(cmd) = fill {
+            assert!(qemu_io(&uri, cmd));
+        }
+        self.protect("rg1/db1");
+        self.wait_point_after("rg1/db1", now(), 60);
+        uri
+    }
+
     pub fn create_vm(&self, name: &str, subnet: &str, disks: &[&str]) {
         let mut args = vec![
             "vm",
