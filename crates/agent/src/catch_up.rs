@@ -140,7 +140,7 @@ mod tests {
         assert!(reserve.exists(), "a stream keeps a space reserve");
 
         disk.write(0, &[1; 4096], false).unwrap();
-        stream.fail_next_append();
+        stream.inject_disk_full();
         disk.write(1 << 20, &[2; 4096], true)
             .expect("a write the full disk could not log is still acknowledged");
         let st = stream.status();
@@ -155,7 +155,7 @@ mod tests {
 
         // The copy meets the full disk too: the block stays dirty, writes are tracked again.
         let (progress, cancel) = (CatchUpProgress::default(), AtomicBool::new(false));
-        stream.fail_next_append();
+        stream.inject_disk_full();
         let disks = [disk.clone()];
         assert_eq!(
             pass(&disks, &stream, &progress, &cancel).unwrap(),

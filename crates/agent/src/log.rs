@@ -46,8 +46,7 @@ pub(crate) struct LogWriter {
     pub first_time: Timestamp,
     pub bytes: u64,
     buf: Vec<u8>,
-    /// Tests: the next append fails half-way, as on a full disk.
-    #[cfg(test)]
+    /// Fault injection: the next append fails half-way, as on a full disk.
     pub fail_next: bool,
 }
 
@@ -67,7 +66,6 @@ impl LogWriter {
             first_time,
             bytes: 0,
             buf: Vec::with_capacity(64 * 1024),
-            #[cfg(test)]
             fail_next: false,
         })
     }
@@ -95,7 +93,7 @@ impl LogWriter {
         let inject = matches!(op, OpRef::Write { .. })
             && ferry_types::failpoint::check("agent-log-append")
                 == ferry_types::failpoint::Action::Error;
-        let written = if inject || self.take_injected_failure() {
+        let written = if inject || std::mem::take(&mut self.fail_next) {
             // As a full disk does: part of the record lands, then the write fails.
             let _ = std::io::Write::write_all(&mut self.file, &self.buf[..self.buf.len() / 2]);
             Err(std::io::Error::from_raw_os_error(libc::ENOSPC))
@@ -114,18 +112,6 @@ impl LogWriter {
         self.last_seq = seq;
         self.bytes += total as u64;
         Ok(())
-    }
-}
-
-impl LogWriter {
-    #[cfg(test)]
-    fn take_injected_failure(&mut self) -> bool {
-        std::mem::take(&mut self.fail_next)
-    }
-
-    #[cfg(not(test))]
-    fn take_injected_failure(&mut self) -> bool {
-        false
     }
 }
 

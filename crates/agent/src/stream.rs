@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -167,6 +167,8 @@ pub struct Stream {
     /// The size of each disk, once known: a dirty bitmap is then allocated whole when created,
     /// so setting its bits never needs space the disk may no longer have.
     disk_sizes: std::sync::OnceLock<Vec<u64>>,
+    /// See [`Stream::inject_disk_full`].
+    inject_full: AtomicBool,
 }
 
 impl Stream {
@@ -236,6 +238,7 @@ impl Stream {
             tracking_lost: Mutex::new(None),
             shipping: tokio::sync::Mutex::new(()),
             disk_sizes: std::sync::OnceLock::new(),
+            inject_full: AtomicBool::new(false),
         });
         if let Err(e) = crate::reserve::ensure(dir) {
             tracing::warn!(error = %e, "no space reserve for a full disk: a write that cannot be logged will need a repair");
@@ -371,12 +374,10 @@ impl Stream {
         }
     }
 
-    /// Make the next append to the open log fail as on a full disk.
-    #[cfg(test)]
-    pub(crate) fn fail_next_append(&self) {
-        if let Some((w, _)) = self.lock().open.as_mut() {
-            w.fail_next = true;
-        }
+    /// Fault injection (tests, drills): the next change appended to the log (not a marker)
+    /// fails half-way with `ENOSPC`, as on a full disk.
+    pub fn inject_disk_full(&self) {
+        self.inject_full.store(true, Ordering::Relaxed);
     }
 
     /// The sizes of the stream's disks (set once, at the start).
@@ -423,6 +424,9 @@ impl Stream {
             g.open = Some((w, f));
         }
         let (w, f) = g.open.as_mut().expect("open log exists");
+        if !matches!(op, OpRef::Marker(_)) && self.inject_full.swap(false, Ordering::Relaxed) {
+            w.fail_next = true;
+        }
         let before = w.bytes;
         w.append(seq, now, disk, op)?;
         let added = w.bytes - before;
@@ -563,6 +567,12 @@ impl Stream {
         let Some((w, f)) = g.open.take() else {
             return Ok(());
         };
+        if w.bytes == 0 {
+            // A log whose first append failed (a full disk) holds nothing to ship. Removed
+            // under the lock: the next log has the same name.
+            return std::fs::remove_file(&w.path)
+                .map_err(AgentError::io("remove empty stream log", &w.path));
+        }
         g.closed.push_back(ClosedLog {
             path: w.path.clone(),
             first_seq: w.first_seq,
@@ -985,6 +995,36 @@ mod tests {
             false,
         )
         .unwrap();
+    }
+
+    #[test]
+    fn a_log_whose_first_append_failed_is_never_shipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Stream::open(
+            dir.path(),
+            StreamId([6; 16]),
+            Generation(1),
+            Default::default(),
+        )
+        .unwrap();
+        s.inject_disk_full();
+        let data = [7u8; 512];
+        let e = s
+            .append(
+                0,
+                OpRef::Write {
+                    offset: 0,
+                    data: &data,
+                },
+                false,
+            )
+            .unwrap_err();
+        assert!(crate::reserve::is_no_space(&e), "{e}");
+        s.rotate().unwrap();
+        assert_eq!(s.status().pending_logs, 0, "no empty log is closed");
+        assert!(list_logs(dir.path()).unwrap().is_empty());
+        write(&s, 1);
+        assert_eq!(s.status().next_seq, 2, "the failed append took no sequence");
     }
 
     #[test]

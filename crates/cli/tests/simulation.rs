@@ -12,7 +12,9 @@
 //! as retention does and the journal pruned to a window. Some seeds give the agent a small ship
 //! buffer, so an outage of the cache account overflows it: changes are then only tracked as
 //! dirty blocks (the model places each before the next record), markers are refused, and a
-//! catch-up step copies the blocks and closes the window with a catch-up-done point. At the end everything is drained, and
+//! catch-up step copies the blocks and closes the window with a catch-up-done point. The source
+//! host's disk also fills up now and then: the next change (or catch-up copy) cannot be logged,
+//! and is tracked as a dirty block the same way. At the end everything is drained, and
 //! every recovery point and every sampled instant in the window (replayed from the journal)
 //! must export byte-equal to the model at its sequence; a replay may refuse an instant it has
 //! nothing to rebuild from, never answer with another one.
@@ -316,9 +318,10 @@ enum Step {
     Retention,
     PruneJournal,
     CatchUp,
+    DiskFull,
 }
 
-const STEPS: [(Step, u32); 16] = [
+const STEPS: [(Step, u32); 17] = [
     (Step::Write, 50),
     (Step::Zero, 5),
     (Step::Trim, 5),
@@ -335,6 +338,7 @@ const STEPS: [(Step, u32); 16] = [
     (Step::Retention, 2),
     (Step::PruneJournal, 1),
     (Step::CatchUp, 3),
+    (Step::DiskFull, 2),
 ];
 
 /// What a seed did, for its summary line.
@@ -360,6 +364,8 @@ struct Counts {
     tracked: usize,
     /// Catch-up windows closed.
     catch_ups: usize,
+    /// Times the source disk was made full for the next change or copy.
+    disk_fulls: usize,
     /// Steps at which the agent's last shipment had failed.
     ship_errors: usize,
     /// Steps at which the processor was stopped by an error.
@@ -863,6 +869,11 @@ impl Sim {
             }
             Step::Retention => self.delete_a_point().await,
             Step::PruneJournal => self.prune_journal().await,
+            Step::DiskFull => {
+                // The next change (or catch-up copy) cannot be logged: it is tracked.
+                self.agent().stream.inject_disk_full();
+                self.counts.disk_fulls += 1;
+            }
             Step::CatchUp => {
                 // The agent's catch-up task runs beside the VM: give it a little while.
                 for _ in 0..40 {
