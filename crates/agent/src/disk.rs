@@ -199,7 +199,7 @@ impl Disk {
             let order = self.lock_range(offset, len);
             // Held again while this write waited for its locks (the stream is stopping): wait
             // for the stream to come back rather than change the image unrecorded.
-            if self.stream().is_some() || !self.hold.is_held() {
+            if !self.hold.is_held() || self.stream().is_some() {
                 break order;
             }
         };

@@ -13,6 +13,7 @@
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,9 @@ const FILE: &str = "untracked";
 pub(crate) struct Hold {
     held: Mutex<Option<Held>>,
     released: Condvar,
+    /// Whether `held` is set, read without the lock: every write asks, and almost always the
+    /// answer is no. Changed only under the lock.
+    on: AtomicBool,
 }
 
 struct Held {
@@ -39,26 +43,36 @@ struct Held {
 impl Hold {
     /// Hold writes for at most `deadline` from now.
     pub fn hold(&self, deadline: Duration, dir: &Path) {
-        *self.lock() = Some(Held {
+        let mut held = self.lock();
+        *held = Some(Held {
             until: Instant::now() + deadline,
             deadline,
             dir: dir.to_path_buf(),
         });
+        self.on.store(true, Ordering::SeqCst);
     }
 
     /// Let writes go (the stream is attached, stopped on purpose, or cannot start).
     pub fn release(&self) {
-        *self.lock() = None;
+        Self::open(&mut self.lock(), &self.on);
         self.released.notify_all();
     }
 
     pub fn is_held(&self) -> bool {
-        self.lock().is_some()
+        self.on.load(Ordering::SeqCst)
+    }
+
+    fn open(held: &mut Option<Held>, on: &AtomicBool) {
+        *held = None;
+        on.store(false, Ordering::SeqCst);
     }
 
     /// Wait while held. At the deadline, record that disk `index` took a write no stream
     /// tracked, then release: the record is durable before the write is made.
     pub fn wait(&self, index: u16) -> io::Result<()> {
+        if !self.is_held() {
+            return Ok(());
+        }
         let mut held = self.lock();
         loop {
             let Some(h) = held.as_ref() else {
@@ -67,7 +81,7 @@ impl Hold {
             let now = Instant::now();
             if now >= h.until {
                 record(&h.dir, index, h.deadline)?;
-                *held = None;
+                Self::open(&mut held, &self.on);
                 self.released.notify_all();
                 return Ok(());
             }
