@@ -194,6 +194,13 @@ impl DirtyMap {
         None
     }
 
+    /// True when `block` is dirty.
+    pub fn is_set(&self, block: u64) -> bool {
+        self.words
+            .get((block / 64) as usize)
+            .is_some_and(|w| w & (1 << (block % 64)) != 0)
+    }
+
     /// Number of dirty blocks.
     pub fn count(&self) -> u64 {
         self.count

@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use ferry_format::segment::OpRef;
@@ -38,6 +39,8 @@ pub struct Disk {
     hydration: RwLock<Option<Arc<Hydration>>>,
     /// At a start, until the stream attaches: writes wait ([`crate::hold`]).
     hold: Hold,
+    /// See [`Disk::inject_crash_before_image_write`].
+    crash_next: std::sync::atomic::AtomicBool,
 }
 
 impl Disk {
@@ -76,6 +79,7 @@ impl Disk {
             stream: RwLock::new(None),
             hydration: RwLock::new(None),
             hold: Hold::default(),
+            crash_next: Default::default(),
         })
     }
 
@@ -110,6 +114,13 @@ impl Disk {
         if current.as_ref().is_some_and(|s| Arc::ptr_eq(s, stream)) {
             *current = None;
         }
+    }
+
+    /// Fault injection (simulations of a crash): the next change is recorded in the stream and
+    /// then fails without reaching the image, as if the agent died in between; its log is
+    /// never retired by this process. Drop the agent next, as a `kill -9` would.
+    pub fn inject_crash_before_image_write(&self) {
+        self.crash_next.store(true, Ordering::Relaxed);
     }
 
     /// Let held writes go without a stream (the item cannot start; a repair follows).
@@ -182,7 +193,12 @@ impl Disk {
             .collect()
     }
 
-    /// Apply a change to the image and the stream, in order with every overlapping change.
+    /// Record a change in the stream, then apply it to the image, in order with every
+    /// overlapping change.
+    ///
+    /// The record comes first (write-ahead): a `kill -9` between the two leaves a change the
+    /// log holds and the image may lack, which [`crate::redo`] makes again before the disk is
+    /// served, never one the image holds and the stream does not.
     fn change(
         &self,
         fua: bool,
@@ -194,29 +210,83 @@ impl Disk {
             OpRef::Zero { offset, len } | OpRef::Trim { offset, len } => (offset, len),
             OpRef::Marker(_) => (0, 0),
         };
-        let _order = loop {
+        let (_order, stream) = loop {
             self.hold.wait(self.index)?;
             let order = self.lock_range(offset, len);
+            let stream = self.stream();
             // Held again while this write waited for its locks (the stream is stopping): wait
             // for the stream to come back rather than change the image unrecorded.
-            if !self.hold.is_held() || self.stream().is_some() {
-                break order;
+            if !self.hold.is_held() || stream.is_some() {
+                break (order, stream);
             }
         };
         if let Some(h) = self.hydration() {
             self.fill_locked(&h, offset, len)?;
         }
-        apply(&self.file)?;
-        if fua {
-            self.file.sync_data()?;
-        }
-        if let Some(stream) = self.stream() {
-            stream.record(self.index, record, fua).map_err(|e| {
+        let applying = match &stream {
+            Some(stream) => stream.record(self.index, record, fua).map_err(|e| {
                 stream.set_error(Some(e.to_string()));
                 to_io(e)
-            })?;
+            })?,
+            None => None,
+        };
+        ferry_types::failpoint::hit("agent-before-image-write");
+        if self.crash_next.swap(false, Ordering::Relaxed) {
+            // As if the agent died here: the change is recorded, its log held, the image not
+            // changed.
+            std::mem::forget(applying);
+            return Err(io::Error::other(
+                "injected: the agent died before the image write",
+            ));
         }
-        Ok(())
+        let applied =
+            apply(&self.file).and_then(|()| if fua { self.file.sync_data() } else { Ok(()) });
+        if let (Err(_), Some(stream), Some(_)) = (&applied, &stream, &applying) {
+            // The log holds a change the image did not take (whole): record what the image
+            // holds now, after it, so the stream ends where the image is.
+            self.record_image(stream, offset, len);
+        }
+        drop(applying);
+        applied
+    }
+
+    /// After a failed change of `offset..offset + len`: append what the image holds there to
+    /// the stream (under the range's order lock, which the caller holds). Should that fail too,
+    /// the stream no longer matches the image and the item needs a repair.
+    fn record_image(&self, stream: &Stream, offset: u64, len: u64) {
+        let end = (offset + len).min(self.size);
+        let mut at = offset;
+        let mut buf = vec![0u8; (end - offset).min(1 << 20) as usize];
+        while at < end {
+            let n = (end - at).min(buf.len() as u64) as usize;
+            let piece = &mut buf[..n];
+            let recorded = self
+                .file
+                .read_exact_at(piece, at)
+                .map_err(AgentError::io("read disk image", &self.path))
+                .and_then(|()| {
+                    let op = if is_zero(piece) {
+                        OpRef::Zero {
+                            offset: at,
+                            len: n as u64,
+                        }
+                    } else {
+                        OpRef::Write {
+                            offset: at,
+                            data: piece,
+                        }
+                    };
+                    stream.record(self.index, op, false)
+                });
+            match recorded {
+                Ok(applying) => drop(applying),
+                Err(e) => {
+                    stream.lose_tracking(self.index, at, &e);
+                    return;
+                }
+            }
+            at += n as u64;
+        }
     }
 
     /// Copy one block the dirty bitmap holds into the stream (a catch-up), under the block's
@@ -453,7 +523,7 @@ pub fn is_zero(buf: &[u8]) -> bool {
 }
 
 /// Make a range read as zeroes: punch a hole, or write zeroes where holes are unsupported.
-fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
+pub(crate) fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
     if punch_hole(file, offset, len).is_ok() {
         return Ok(());
     }

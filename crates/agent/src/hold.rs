@@ -104,17 +104,23 @@ fn path(dir: &Path) -> PathBuf {
 }
 
 fn record(dir: &Path, index: u16, deadline: Duration) -> io::Result<()> {
-    let p = path(dir);
-    if p.exists() {
-        return Ok(());
-    }
-    std::fs::create_dir_all(dir)?;
     let reason = format!(
         "disk {index} took writes from {} on that no stream recorded: replication did not \
          start within {} s of the agent's start",
         Timestamp::now(),
         deadline.as_secs_f64()
     );
+    record_reason(dir, &reason)
+}
+
+/// Record, durably, why the stream kept in `dir` no longer holds every change of its disks:
+/// it refuses to continue ([`check`]) until a repair. The first reason stays.
+pub(crate) fn record_reason(dir: &Path, reason: &str) -> io::Result<()> {
+    let p = path(dir);
+    if p.exists() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(dir)?;
     let tmp = dir.join(format!("{FILE}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(reason.as_bytes())?;

@@ -99,6 +99,8 @@ pub struct AgentHost {
     socket: PathBuf,
     tcp: SocketAddr,
     vms: Mutex<HashMap<String, Vm>>,
+    /// Held while a VM is being attached.
+    attaching: Mutex<()>,
     _shutdown: watch::Sender<bool>,
 }
 
@@ -124,6 +126,7 @@ impl AgentHost {
             socket,
             tcp: tcp_addr,
             vms: Mutex::new(HashMap::new()),
+            attaching: Mutex::new(()),
             _shutdown: tx,
         }))
     }
@@ -146,9 +149,15 @@ impl AgentHost {
     }
 
     /// Serve a VM's disks (creating missing images). Serving an attached VM again is a no-op.
+    ///
+    /// If the VM's stream stopped without a clean shutdown, its logged changes are first made
+    /// again on the images ([`crate::redo`]), before anything can read them. That may read and
+    /// write up to the ship buffer's worth of logs: call it off the async workers.
     pub fn attach_vm(&self, vm: &str, disks: &[DiskSpec]) -> Result<(), AgentError> {
-        let mut vms = self.vms();
-        if vms.contains_key(vm) {
+        // One attach at a time, so no redo runs on disks another attach has started serving;
+        // the VMs' table is not locked meanwhile (a redo can take a while).
+        let _attaching = self.attaching.lock().unwrap_or_else(|p| p.into_inner());
+        if self.vms().contains_key(vm) {
             return Ok(());
         }
         let specs = disks;
@@ -157,6 +166,7 @@ impl AgentHost {
             .enumerate()
             .map(|(i, d)| Disk::open_or_create(&d.image, d.size, i as u16).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
+        crate::redo::after_unclean_stop(&self.stream_dir(vm), &disks);
         let mut hydrating = Vec::new();
         for (d, spec) in disks.iter().zip(specs) {
             let Some(source) = &spec.hydrate_from else {
@@ -182,6 +192,7 @@ impl AgentHost {
                 .collect();
             (tx, tasks)
         });
+        let mut vms = self.vms();
         for d in &disks {
             self.exports.insert(
                 Self::export_name(vm, d.index() as usize),

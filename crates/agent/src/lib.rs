@@ -24,6 +24,7 @@ mod host;
 pub mod hydrate;
 pub mod initial_sync;
 mod log;
+pub mod redo;
 mod reserve;
 pub mod sealer;
 pub mod shipper;

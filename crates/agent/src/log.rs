@@ -48,6 +48,9 @@ pub(crate) struct LogWriter {
     buf: Vec<u8>,
     /// Fault injection: the next append fails half-way, as on a full disk.
     pub fail_next: bool,
+    /// A failed append left part of its record that could not be cut back: a reader would
+    /// stop there, so nothing more is appended.
+    pub torn: bool,
 }
 
 impl LogWriter {
@@ -67,6 +70,7 @@ impl LogWriter {
             bytes: 0,
             buf: Vec::with_capacity(64 * 1024),
             fail_next: false,
+            torn: false,
         })
     }
 
@@ -78,6 +82,14 @@ impl LogWriter {
         disk: u16,
         op: OpRef<'_>,
     ) -> Result<(), AgentError> {
+        if self.torn {
+            return Err(AgentError::CorruptLog {
+                path: self.path.clone(),
+                offset: self.bytes,
+                reason: "a failed append could not be cut back; nothing more can be appended"
+                    .into(),
+            });
+        }
         self.buf.clear();
         self.buf.extend_from_slice(&[0u8; FRAME]);
         segment::encode_record_header(&mut self.buf, seq, time, disk, op);
@@ -103,10 +115,13 @@ impl LogWriter {
         if let Err(e) = written {
             // Cut what landed of the record, so the records appended after this one are not
             // behind a torn frame (a reader stops at the first bad frame).
-            self.file.set_len(self.bytes).map_err(AgentError::io(
-                "cut a failed append from stream log",
-                &self.path,
-            ))?;
+            if let Err(cut) = self.file.set_len(self.bytes) {
+                self.torn = true;
+                return Err(AgentError::io(
+                    "cut a failed append from stream log",
+                    &self.path,
+                )(cut));
+            }
             return Err(AgentError::io("append to stream log", &self.path)(e));
         }
         self.last_seq = seq;

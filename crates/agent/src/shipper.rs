@@ -66,6 +66,14 @@ pub async fn ship_pending(stream: &Arc<Stream>, cache: &DynStore) -> Result<(), 
             }
         }
         if done > 0 {
+            // A change recorded in these logs may still be on its way to its image; after a
+            // crash, the logs left on the host are what is made again (`crate::redo`), so they
+            // stay until it is there (a matter of microseconds: the order lock is held).
+            for log in &batch[..done] {
+                while !log.applied() {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
             // Not on a blocking thread: a sealer stopped at an await point (a task aborted as
             // a crash is) must leave nothing running that still changes the stream.
             stream.shipped(&batch[..done], prev, bytes)?;

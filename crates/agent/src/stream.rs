@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,10 +26,17 @@ use ferry_types::{Generation, Seq, StreamId, Timestamp};
 use serde::Serialize;
 use tokio::sync::Notify;
 
-use crate::dirty::{self, DirtyMap};
+use crate::dirty::DirtyMap;
 use crate::log::{self, LogWriter};
-use crate::state::{self, ImageStamp, StreamState};
+use crate::state::{self, StreamState};
 use crate::{AgentError, alive};
+
+mod recover;
+mod stop;
+mod window;
+
+pub(crate) use recover::{list_logs, recover_bitmaps, sync_dir};
+use recover::{recover_logs, remove_logs};
 
 /// How a stream is cut into segments.
 #[derive(Debug, Clone)]
@@ -69,6 +76,47 @@ pub(crate) struct ClosedLog {
     pub first_time: Timestamp,
     /// Size of the log file.
     pub bytes: u64,
+    /// Changes recorded in this log that have not reached their image yet.
+    pub applying: Arc<InFlight>,
+}
+
+impl ClosedLog {
+    /// True when every change recorded in the log has reached its image: only then may the
+    /// log be retired, since after a crash the logs still on the host are what
+    /// [`crate::redo`] makes again.
+    pub fn applied(&self) -> bool {
+        self.applying.0.load(Ordering::Acquire) == 0
+    }
+}
+
+/// How many changes recorded in one log are still on their way to their image.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight(AtomicUsize);
+
+/// A change whose record is in a log and which is being applied to its image: until this is
+/// dropped, the log is not retired ([`ClosedLog::applied`]).
+#[must_use = "drop it once the change is in the image"]
+pub(crate) struct Applying(Arc<InFlight>);
+
+impl Applying {
+    fn new(log: &Arc<InFlight>) -> Applying {
+        log.0.fetch_add(1, Ordering::AcqRel);
+        Applying(log.clone())
+    }
+}
+
+impl Drop for Applying {
+    fn drop(&mut self) {
+        self.0.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The log being appended to.
+struct OpenLog {
+    writer: LogWriter,
+    /// The same file, to sync it without the stream's lock.
+    file: Arc<File>,
+    applying: Arc<InFlight>,
 }
 
 /// A catch-up window: the blocks written while the ship buffer was full.
@@ -85,7 +133,7 @@ struct Window {
 struct Inner {
     next_seq: Seq,
     last_time: Timestamp,
-    open: Option<(LogWriter, Arc<File>)>,
+    open: Option<OpenLog>,
     closed: VecDeque<ClosedLog>,
     /// Closed logs not synced yet: the next FUA or FLUSH syncs them before the open log, so a
     /// synced record never follows one that could be lost.
@@ -286,26 +334,32 @@ impl Stream {
         Ok(seq)
     }
 
-    /// Record a change of the VM's disk: appended to the log, or, when the ship buffer is full
-    /// (or a catch-up has not started yet), tracked in the disk's dirty bitmap. Either way it
-    /// is on stable storage when this returns with `durable`. Call it under the disk's order
-    /// lock of the range.
-    pub(crate) fn record(&self, disk: u16, op: OpRef<'_>, durable: bool) -> Result<(), AgentError> {
+    /// Record a change of the VM's disk **before** it is applied to the image: appended to the
+    /// log, or, when the ship buffer is full (or a catch-up has not started yet), tracked in the
+    /// disk's dirty bitmap. Either way it is on stable storage when this returns with
+    /// `durable`. Call it under the disk's order lock of the range, and apply the change while
+    /// the returned [`Applying`] (set when the change was logged) is alive.
+    ///
+    /// An error means nothing was recorded, so the image must not change: the write is
+    /// refused. Only when what was recorded cannot be relied on any more (a record half in a
+    /// log that could not be cut back, a log that could not be synced) is tracking lost and a
+    /// repair needed.
+    pub(crate) fn record(
+        &self,
+        disk: u16,
+        op: OpRef<'_>,
+        durable: bool,
+    ) -> Result<Option<Applying>, AgentError> {
         let (offset, len) = match op {
             OpRef::Write { offset, data } => (offset, data.len() as u64),
             OpRef::Zero { offset, len } | OpRef::Trim { offset, len } => (offset, len),
             OpRef::Marker(_) => {
                 self.append(disk, op, durable)?;
-                return Ok(());
+                return Ok(None);
             }
         };
-        let pending = {
+        let logged = {
             let mut g = self.lock();
-            let d = disk as usize;
-            if g.changed.len() <= d {
-                g.changed.resize(d + 1, 0);
-            }
-            g.changed[d] += len;
             let size = log::record_size(op);
             let overflowing = g.window.as_ref().is_some_and(|w| w.overflowing);
             let recorded = if overflowing || g.buffered + size > self.config.buffer_bytes {
@@ -313,8 +367,11 @@ impl Stream {
                     .map(|()| None)
             } else {
                 match self.log_locked(&mut g, disk, op, durable) {
-                    Ok((_, p)) => Ok(Some(p)),
-                    Err(e) if crate::reserve::is_no_space(&e) => {
+                    Ok((_, p)) => {
+                        let log = &g.open.as_ref().expect("the record's log is open").applying;
+                        Ok(Some((p, Applying::new(log))))
+                    }
+                    Err(e) if crate::reserve::is_no_space(&e) && !self.log_torn(&g) => {
                         self.disk_full_locked(&mut g, &e);
                         self.track_locked(&mut g, disk, offset, len, durable)
                             .map(|()| None)
@@ -322,56 +379,35 @@ impl Stream {
                     Err(e) => Err(e),
                 }
             };
-            recorded.inspect_err(|e| self.lose_tracking(disk, offset, e))?
+            if let Err(e) = &recorded
+                && self.log_torn(&g)
+            {
+                self.lose_tracking(disk, offset, e);
+            }
+            let logged = recorded?;
+            let d = disk as usize;
+            if g.changed.len() <= d {
+                g.changed.resize(d + 1, 0);
+            }
+            g.changed[d] += len;
+            logged
         };
         self.count_written(op);
-        if let Some(pending) = pending {
-            self.finish_append(pending)?;
-            ferry_types::failpoint::hit("agent-after-log-append");
-        }
-        Ok(())
+        let Some((pending, applying)) = logged else {
+            return Ok(None);
+        };
+        // The record is in the log: from here on, a failure leaves the log holding a change
+        // the caller will not make.
+        self.finish_append(pending)
+            .inspect_err(|e| self.lose_tracking(disk, offset, e))?;
+        ferry_types::failpoint::hit("agent-after-log-append");
+        Ok(Some(applying))
     }
 
-    /// The source host's disk is full: give the stream the reserve's space and track writes
-    /// as dirty blocks (the caller does) until the catch-up finds room again.
-    fn disk_full_locked(&self, g: &mut Inner, e: &AgentError) {
-        let released = crate::reserve::release(&self.dir);
-        if let Some(w) = g.window.as_mut() {
-            w.overflowing = true;
-        }
-        if g.disk_full_since.is_none() {
-            g.disk_full_since = Some(Timestamp::now());
-            self.counters.disk_full.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(dir = %self.dir.display(), error = %e, released, "the source host's disk is full: tracking dirty blocks until there is space");
-        }
-    }
-
-    /// A catch-up's copy of `block` could not be logged: the block is dirty again (its bit
-    /// never left the file), and on a full disk writes go back to the bitmap.
-    pub(crate) fn copy_failed(&self, disk: u16, block: u64, e: &AgentError) {
-        let mut g = self.lock();
-        if let Some(m) = g.window.as_mut().and_then(|w| w.maps.get_mut(&disk)) {
-            m.untake(block);
-        }
-        if crate::reserve::is_no_space(e) {
-            self.disk_full_locked(&mut g, e);
-        }
-    }
-
-    /// True when there is room to log again: the disk was not full, or the reserve could be
-    /// made again (then the disk is no longer counted as full).
-    pub(crate) fn has_room(&self) -> bool {
-        if self.lock().disk_full_since.is_none() {
-            return true;
-        }
-        match crate::reserve::ensure(&self.dir) {
-            Ok(()) => {
-                self.lock().disk_full_since = None;
-                tracing::info!(dir = %self.dir.display(), "the source host's disk has room again: catching up");
-                true
-            }
-            Err(_) => false,
-        }
+    /// True when the open log holds part of a record it could not cut back: nothing appended
+    /// after it could be read.
+    fn log_torn(&self, g: &Inner) -> bool {
+        g.open.as_ref().is_some_and(|o| o.writer.torn)
     }
 
     /// Fault injection (tests, drills): the next change appended to the log (not a marker)
@@ -385,11 +421,12 @@ impl Stream {
         let _ = self.disk_sizes.set(sizes);
     }
 
-    /// A change reached disk `disk`'s image but not the stream (nor its bitmap): from now on
-    /// the replica cannot be made equal to the disk from the stream.
-    fn lose_tracking(&self, disk: u16, offset: u64, e: &AgentError) {
+    /// What the stream holds no longer matches what the VM's disks hold or will hold (a
+    /// record half in a log that could not be cut back, a log that could not be synced): from
+    /// now on the replica cannot be made equal to the disks from the stream.
+    pub(crate) fn lose_tracking(&self, disk: u16, offset: u64, e: &AgentError) {
         let reason = format!(
-            "a write to disk {disk} at byte {offset} could not be recorded ({e}); free space on the source host"
+            "a write to disk {disk} at byte {offset} could not be recorded reliably ({e}); check the source host's disk"
         );
         tracing::error!(dir = %self.dir.display(), %reason, "tracking lost");
         self.tracking_lost
@@ -418,12 +455,20 @@ impl Stream {
         let now = Timestamp::now().max(g.last_time);
         let seq = g.next_seq;
         if g.open.is_none() {
-            let w = LogWriter::create(&self.dir, seq, now)?;
-            let f =
-                Arc::new(File::open(&w.path).map_err(AgentError::io("open stream log", &w.path))?);
-            g.open = Some((w, f));
+            let writer = LogWriter::create(&self.dir, seq, now)?;
+            let file = Arc::new(
+                File::open(&writer.path)
+                    .map_err(AgentError::io("open stream log", &writer.path))?,
+            );
+            g.open = Some(OpenLog {
+                writer,
+                file,
+                applying: Arc::default(),
+            });
         }
-        let (w, f) = g.open.as_mut().expect("open log exists");
+        let OpenLog {
+            writer: w, file: f, ..
+        } = g.open.as_mut().expect("open log exists");
         if !matches!(op, OpRef::Marker(_)) && self.inject_full.swap(false, Ordering::Relaxed) {
             w.fail_next = true;
         }
@@ -467,48 +512,6 @@ impl Stream {
         Ok(())
     }
 
-    /// Track a change in the dirty bitmap, opening a catch-up window if none is open: the
-    /// bitmap file is durable before the overflow marker is logged, so a window the processor
-    /// has seen open is always found again after a crash.
-    fn track_locked(
-        &self,
-        g: &mut Inner,
-        disk: u16,
-        offset: u64,
-        len: u64,
-        durable: bool,
-    ) -> Result<(), AgentError> {
-        let opening = g.window.is_none();
-        let window = g.window.get_or_insert_with(|| Window {
-            maps: BTreeMap::new(),
-            overflowing: true,
-            resyncing: false,
-            since: Timestamp::now(),
-        });
-        window.overflowing = true;
-        let map = match window.maps.entry(disk) {
-            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let size = self.disk_sizes.get().and_then(|s| s.get(disk as usize));
-                let mut m = DirtyMap::create(&self.dir, disk, size.copied())?;
-                m.sync()?;
-                sync_dir(&self.dir)?;
-                e.insert(m)
-            }
-        };
-        map.set_range(offset, len)?;
-        if durable {
-            map.sync()?;
-        }
-        if opening {
-            tracing::warn!(dir = %self.dir.display(), limit = self.config.buffer_bytes, "the ship buffer is full: tracking dirty blocks until the cache account catches up");
-            let (_, pending) = self.log_locked(g, 0, OpRef::Marker(MarkerKind::Overflow), false)?;
-            // The marker needs no sync of its own: until it is durable, the bitmap is.
-            debug_assert!(pending.sync.is_none());
-        }
-        Ok(())
-    }
-
     /// Append a marker and ask for it to be sealed at once; returns its sequence. A point
     /// marker is refused inside a catch-up window (no instant there is consistent).
     pub fn mark(&self, kind: MarkerKind) -> Result<Seq, AgentError> {
@@ -536,7 +539,7 @@ impl Stream {
                     m.sync()?;
                 }
             }
-            (g.unsynced.clone(), g.open.as_ref().map(|(_, f)| f.clone()))
+            (g.unsynced.clone(), g.open.as_ref().map(|o| o.file.clone()))
         };
         self.sync_files(&closed)?;
         if let Some(f) = open {
@@ -564,7 +567,12 @@ impl Stream {
     /// Close the open log (if it holds records) and queue it for shipping.
     pub(crate) fn rotate(&self) -> Result<(), AgentError> {
         let mut g = self.lock();
-        let Some((w, f)) = g.open.take() else {
+        let Some(OpenLog {
+            writer: w,
+            file: f,
+            applying,
+        }) = g.open.take()
+        else {
             return Ok(());
         };
         if w.bytes == 0 {
@@ -579,6 +587,7 @@ impl Stream {
             last_seq: w.last_seq,
             first_time: w.first_time,
             bytes: w.bytes,
+            applying,
         });
         // Not synced here (that would force writeback of every segment's worth of writes);
         // the next FUA or FLUSH syncs it.
@@ -663,7 +672,7 @@ impl Stream {
             .closed
             .front()
             .map(|c| c.first_time)
-            .or_else(|| g.open.as_ref().map(|(w, _)| w.first_time));
+            .or_else(|| g.open.as_ref().map(|o| o.writer.first_time));
         let shipped_next = g.state.shipped_next.0;
         let (tracking, unordered_since, dirty_bytes) = match &g.window {
             None => ("ordered", None, 0),
@@ -718,154 +727,6 @@ impl Stream {
     pub fn buffered(&self) -> u64 {
         self.lock().buffered
     }
-
-    /// The start of the open catch-up window, if one is open.
-    pub fn unordered_since(&self) -> Option<Timestamp> {
-        self.lock().window.as_ref().map(|w| w.since)
-    }
-
-    /// Remember how the disk images look as the stream stops (see [`Stream::check_stopped`]).
-    pub(crate) fn record_stop(&self, images: &[&Path]) -> Result<(), AgentError> {
-        let stamps = images
-            .iter()
-            .map(|p| ImageStamp::of(p).map_err(AgentError::io("stat disk image", *p)))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.update_state(|s| s.stopped_with = Some(stamps))
-    }
-
-    /// At a start: an error naming the first disk image that changed since the stream stopped
-    /// (nothing tracked that change, so the replica cannot catch up from the stream). After a
-    /// clean stop the images' stamps are compared; they stay until a repair replaces the
-    /// stream. After an unclean one (no stamps), each image's modification time is compared
-    /// with the stream's last sign of life ([`alive`]).
-    pub(crate) fn check_stopped(&self, images: &[&Path]) -> Result<(), AgentError> {
-        let Some(stamps) = self.lock().state.stopped_with.clone() else {
-            self.check_crashed(images)?;
-            return alive::touch(&self.dir);
-        };
-        for (i, (path, then)) in images.iter().zip(&stamps).enumerate() {
-            let now = ImageStamp::of(path).map_err(AgentError::io("stat disk image", *path))?;
-            if now != *then {
-                return Err(AgentError::TrackingLost {
-                    reason: format!(
-                        "disk {i} ({}) changed while its replication was stopped",
-                        path.display()
-                    ),
-                });
-            }
-        }
-        self.update_state(|s| s.stopped_with = None)?;
-        alive::touch(&self.dir)
-    }
-
-    fn check_crashed(&self, images: &[&Path]) -> Result<(), AgentError> {
-        let Some(alive) = alive::last(&self.dir)? else {
-            return Ok(());
-        };
-        for (i, path) in images.iter().enumerate() {
-            let modified = std::fs::metadata(path)
-                .and_then(|m| m.modified())
-                .map_err(AgentError::io("stat disk image", *path))?;
-            if modified > alive + alive::SLACK {
-                return Err(AgentError::TrackingLost {
-                    reason: format!(
-                        "disk {i} ({}) was modified at {} while the agent was down (it stopped \
-                         without a clean shutdown; its last sign of life was at {})",
-                        path.display(),
-                        Timestamp::from_system(modified),
-                        Timestamp::from_system(alive)
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// True while a repair's resync has not compared every block yet.
-    pub fn resyncing(&self) -> bool {
-        self.lock().window.as_ref().is_some_and(|w| w.resyncing)
-    }
-
-    /// The resync has compared every block: close the window as soon as nothing is dirty.
-    pub(crate) fn finish_resync(&self) -> Result<(), AgentError> {
-        if let Some(w) = self.lock().window.as_mut() {
-            w.resyncing = false;
-        }
-        self.close_window().map(|_| ())
-    }
-
-    /// Start the catch-up of the open window: from now on writes are logged again (until the
-    /// buffer fills again). False when no window is open.
-    pub(crate) fn resume_logging(&self) -> bool {
-        match self.lock().window.as_mut() {
-            Some(w) => {
-                w.overflowing = false;
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// The first dirty block of `disk` at or after `from`.
-    pub(crate) fn next_dirty(&self, disk: u16, from: u64) -> Option<u64> {
-        let g = self.lock();
-        g.window.as_ref()?.maps.get(&disk)?.next_set(from)
-    }
-
-    /// Clear a dirty block before copying it (under the disk's order lock); true when it was
-    /// dirty.
-    pub(crate) fn take_dirty(&self, disk: u16, block: u64) -> bool {
-        let mut g = self.lock();
-        g.window
-            .as_mut()
-            .and_then(|w| w.maps.get_mut(&disk))
-            .is_some_and(|m| m.take(block))
-    }
-
-    /// Close the window when nothing is left to copy: the copies and a catch-up-done marker
-    /// are made durable, then the bitmaps are removed. Returns the marker's sequence, or
-    /// `None` when blocks are still dirty (or the buffer overflowed again).
-    pub(crate) fn close_window(&self) -> Result<Option<Seq>, AgentError> {
-        // The state may be stored below, under the stream's lock: `state_io` comes first.
-        let _io = self.state_io.lock().unwrap_or_else(|p| p.into_inner());
-        let mut g = self.lock();
-        let Some(w) = g.window.as_ref() else {
-            return Ok(None);
-        };
-        if w.overflowing || w.resyncing || w.maps.values().any(|m| m.count() > 0) {
-            return Ok(None);
-        }
-        let (seq, pending) =
-            self.log_locked(&mut g, 0, OpRef::Marker(MarkerKind::CatchUpDone), true)?;
-        // Synced under the lock: no new window may open (and recreate a bitmap file) before
-        // the old files are gone.
-        if let Some((earlier, f)) = &pending.sync {
-            for (_, e) in earlier {
-                e.sync_data()
-                    .map_err(AgentError::io("sync stream log", &self.dir))?;
-            }
-            f.sync_data()
-                .map_err(AgentError::io("sync stream log", &self.dir))?;
-            let synced: Vec<Seq> = earlier.iter().map(|(s, _)| *s).collect();
-            g.unsynced.retain(|(first, _)| !synced.contains(first));
-        }
-        let w = g.window.take().expect("window is open");
-        for m in w.maps.values() {
-            std::fs::remove_file(m.path())
-                .map_err(AgentError::io("remove dirty bitmap", m.path()))?;
-        }
-        if g.state.resync {
-            g.state.resync = false;
-            state::store(&self.dir, &g.state)?;
-        }
-        drop(g);
-        if pending.full {
-            self.rotate()?;
-        }
-        self.seal_now.notify_one();
-        tracing::info!(dir = %self.dir.display(), seq = %seq, "catch-up complete: the stream is ordered again");
-        Ok(Some(seq))
-    }
 }
 
 /// Closed logs not synced yet, by first sequence.
@@ -877,108 +738,6 @@ struct PendingAppend {
     sync: Option<(Unsynced, Arc<File>)>,
     /// The open log reached the seal size.
     full: bool,
-}
-
-fn sync_dir(dir: &Path) -> Result<(), AgentError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(AgentError::io("sync stream directory", dir))
-}
-
-/// The dirty bitmaps an earlier run left (a catch-up window that was open).
-fn recover_bitmaps(dir: &Path) -> Result<BTreeMap<u16, DirtyMap>, AgentError> {
-    let mut maps = BTreeMap::new();
-    for entry in std::fs::read_dir(dir).map_err(AgentError::io("list stream directory", dir))? {
-        let entry = entry.map_err(AgentError::io("list stream directory", dir))?;
-        if let Some(disk) = entry.file_name().to_str().and_then(dirty::parse_file_name) {
-            maps.insert(disk, DirtyMap::open(&entry.path())?);
-        }
-    }
-    Ok(maps)
-}
-
-fn remove_logs(dir: &Path) -> Result<(), AgentError> {
-    for name in list_logs(dir)? {
-        let p = dir.join(log::file_name(name));
-        std::fs::remove_file(&p).map_err(AgentError::io("remove old stream log", &p))?;
-    }
-    for disk in recover_bitmaps(dir)?.keys() {
-        let p = dir.join(dirty::file_name(*disk));
-        std::fs::remove_file(&p).map_err(AgentError::io("remove old dirty bitmap", &p))?;
-    }
-    Ok(())
-}
-
-fn list_logs(dir: &Path) -> Result<Vec<Seq>, AgentError> {
-    let mut seqs = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(AgentError::io("list stream logs", dir))? {
-        let entry = entry.map_err(AgentError::io("list stream logs", dir))?;
-        if let Some(seq) = entry.file_name().to_str().and_then(log::parse_file_name) {
-            seqs.push(seq);
-        }
-    }
-    seqs.sort();
-    Ok(seqs)
-}
-
-/// Queue every log left by an earlier run: logs already shipped are removed, everything from
-/// the first torn record on (power loss) is cut, and the rest wait to be shipped in order.
-fn recover_logs(
-    dir: &Path,
-    state: &StreamState,
-) -> Result<(VecDeque<ClosedLog>, Seq, Timestamp), AgentError> {
-    let mut closed = VecDeque::new();
-    let mut next = state.shipped_next;
-    let mut last_time = Timestamp(0);
-    let mut torn = false;
-    for first in list_logs(dir)? {
-        let path = dir.join(log::file_name(first));
-        if torn {
-            // Nothing after a torn record was ever synced (a sync covers every earlier log),
-            // so no write acknowledged with FUA or FLUSH is among what is dropped here.
-            tracing::warn!(path = %path.display(), "drop a stream log that follows a torn one");
-            std::fs::remove_file(&path).map_err(AgentError::io("remove stream log", &path))?;
-            continue;
-        }
-        let (records, dropped) = log::read(&path)?;
-        torn = dropped > 0;
-        if dropped > 0 {
-            tracing::warn!(path = %path.display(), dropped, "cut a torn tail off the stream log");
-            let keep = std::fs::metadata(&path)
-                .map_err(AgentError::io("stat stream log", &path))?
-                .len()
-                - dropped;
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&path)
-                .map_err(AgentError::io("open stream log", &path))?;
-            f.set_len(keep)
-                .map_err(AgentError::io("truncate stream log", &path))?;
-        }
-        let (Some(first_rec), Some(last_rec)) = (records.first(), records.last()) else {
-            std::fs::remove_file(&path)
-                .map_err(AgentError::io("remove empty stream log", &path))?;
-            continue;
-        };
-        if last_rec.seq < state.shipped_next {
-            std::fs::remove_file(&path)
-                .map_err(AgentError::io("remove shipped stream log", &path))?;
-            continue;
-        }
-        next = last_rec.seq.next();
-        last_time = last_rec.time;
-        let bytes = std::fs::metadata(&path)
-            .map_err(AgentError::io("stat stream log", &path))?
-            .len();
-        closed.push_back(ClosedLog {
-            path,
-            first_seq: first_rec.seq,
-            last_seq: last_rec.seq,
-            first_time: first_rec.time,
-            bytes,
-        });
-    }
-    Ok((closed, next, last_time))
 }
 
 #[cfg(test)]

@@ -18,7 +18,8 @@
 //! |---|---|---|
 //! | `agent-log-append` | `ferry-agent` stream log (`LogWriter::append`) | a record is being written to the local log (`error-after:N` writes half of it, then fails as a full disk does) |
 //! | `agent-reserve` | `ferry-agent` stream (`reserve::ensure`) | the space reserve for a full disk is being made (`error-after:N` fails as a full disk does) |
-//! | `agent-after-log-append` | `ferry-agent` stream (`append`, `record`) | a record is in the local log (synced if the write asked for it), the write not yet acknowledged |
+//! | `agent-after-log-append` | `ferry-agent` stream (`append`, `record`) | a record is in the local log (synced if the write asked for it), the write not yet acknowledged (for a VM's write: not yet in the disk image either) |
+//! | `agent-before-image-write` | `ferry-agent` disk (`Disk::change`) | a VM's write is recorded in the stream (log or dirty bitmap), the disk image not yet changed |
 //! | `agent-before-segment-put` | `ferry-agent` shipper | a closed log is sealed as a segment, not yet stored |
 //! | `agent-after-segment-put` | `ferry-agent` shipper | the segment is stored in the cache account; the stream state is not updated and the log not removed |
 //! | `processor-after-journal` | `ferry-replica` processor | a verified segment is in the target's journal, nothing of it applied |
@@ -40,6 +41,7 @@ pub const NAMES: &[&str] = &[
     "agent-log-append",
     "agent-reserve",
     "agent-after-log-append",
+    "agent-before-image-write",
     "agent-before-segment-put",
     "agent-after-segment-put",
     "processor-after-journal",
