@@ -319,9 +319,10 @@ enum Step {
     PruneJournal,
     CatchUp,
     DiskFull,
+    CrashMidWrite,
 }
 
-const STEPS: [(Step, u32); 17] = [
+const STEPS: [(Step, u32); 18] = [
     (Step::Write, 50),
     (Step::Zero, 5),
     (Step::Trim, 5),
@@ -339,6 +340,7 @@ const STEPS: [(Step, u32); 17] = [
     (Step::PruneJournal, 1),
     (Step::CatchUp, 3),
     (Step::DiskFull, 2),
+    (Step::CrashMidWrite, 2),
 ];
 
 /// What a seed did, for its summary line.
@@ -353,6 +355,7 @@ struct Counts {
     instants: usize,
     replays: usize,
     agent_crashes: usize,
+    crashes_mid_write: usize,
     copies_interrupted: usize,
     processor_crashes: usize,
     cache_outages: usize,
@@ -414,6 +417,9 @@ struct Sim {
     processor: Option<Running>,
     model: Model,
     last_seq: Seq,
+    /// The blocks (disk, block) the open catch-up window's bitmaps hold (a tracked change sets
+    /// them; only the window's close clears them).
+    window_dirty: std::collections::BTreeSet<(usize, u64)>,
     markers: Vec<(Seq, MarkerKind)>,
     /// Instants taken between steps, with the last sequence at or before each.
     instants: Vec<(Timestamp, Seq)>,
@@ -460,6 +466,7 @@ impl Sim {
                 log: Vec::new(),
             },
             last_seq: Seq(0),
+            window_dirty: Default::default(),
             markers: Vec::new(),
             instants: Vec::new(),
             replayed: Vec::new(),
@@ -515,13 +522,23 @@ impl Sim {
                     .change(Seq(0), Change::Write { disk, offset, data });
             }
         }
+        let dir = self.dir.path().join("stream");
+        if !fresh {
+            // As the host does before it serves the disks again: the changes the stream
+            // logged are made again on the images.
+            ferry_agent::redo::after_unclean_stop(&dir, &disks);
+        }
         let stream = Stream::open(
-            &self.dir.path().join("stream"),
+            &dir,
             self.stream_id,
             Generation(1),
             self.knobs.stream.clone(),
         )
         .unwrap();
+        let images: Vec<_> = disks.iter().map(|d| d.path()).collect();
+        stream
+            .check_stopped(&images)
+            .unwrap_or_else(|e| panic!("seed {seed}: the stream cannot go on: {e}"));
         let status = stream.status();
         if !fresh {
             // A catch-up window open at the crash stays open, and its overflow marker is
@@ -719,12 +736,17 @@ impl Sim {
     /// Where the change just made stands in the stream: the sequence of its record, checked
     /// against the stream; or, when the full ship buffer had it tracked as a dirty block, the
     /// sequence the next record will get (every state from that record on holds the change).
-    fn acknowledged(&mut self, what: &str) -> Seq {
+    fn acknowledged(&mut self, what: &str, (disk, offset, len): (usize, u64, u64)) -> Seq {
         let status = self.agent().stream.status();
         if status.tracking == "overflow" {
             // Opening the window logged an overflow marker.
             self.last_seq = Seq(status.next_seq - 1);
             self.counts.tracked += 1;
+            if len > 0 {
+                for block in offset / BLOCK..=(offset + len - 1) / BLOCK {
+                    self.window_dirty.insert((disk, block));
+                }
+            }
             return Seq(status.next_seq);
         }
         let seq = self.last_seq.next();
@@ -770,6 +792,7 @@ impl Sim {
             .unwrap_or_else(|e| panic!("seed {}: catch-up: {e}", self.seed));
         self.last_seq = Seq(a.stream.status().next_seq - 1);
         if let Pass::Closed(seq) = pass {
+            self.window_dirty.clear();
             self.markers.push((seq, MarkerKind::CatchUpDone));
             self.counts.catch_ups += 1;
         }
@@ -784,7 +807,7 @@ impl Sim {
                 let (offset, len) = self.extent(disk);
                 let data = self.data(len as usize);
                 self.agent().disks[disk].write(offset, &data, fua).unwrap();
-                let seq = self.acknowledged("write");
+                let seq = self.acknowledged("write", (disk, offset, len));
                 self.model.change(seq, Change::Write { disk, offset, data });
                 self.counts.writes += 1;
                 self.counts.fua += usize::from(fua);
@@ -799,7 +822,7 @@ impl Sim {
                     d.trim(offset, len, fua).unwrap();
                     self.counts.trims += 1;
                 }
-                let seq = self.acknowledged("zero or trim");
+                let seq = self.acknowledged("zero or trim", (disk, offset, len));
                 self.model.change(seq, Change::Zero { disk, offset, len });
             }
             Step::Flush => {
@@ -826,6 +849,47 @@ impl Sim {
             }
             Step::Settle => self.settle().await,
             Step::Replay => self.replay_now().await,
+            Step::CrashMidWrite => {
+                // The agent dies between a change's record and its write to the image.
+                let (offset, len) = self.extent(disk);
+                let data = self.data(len as usize);
+                let d = self.agent().disks[disk].clone();
+                d.inject_crash_before_image_write();
+                assert!(
+                    d.write(offset, &data, fua).is_err(),
+                    "the write never completes"
+                );
+                drop(d);
+                let status = self.agent().stream.status();
+                let seq = self.acknowledged("write the agent died in", (disk, offset, len));
+                if status.tracking != "overflow" {
+                    // In the log: made again on the image before the disk is served, but for
+                    // the blocks the window's bitmaps hold (which the catch-up copies as the
+                    // image holds them). Only a dirty bit: nothing changes.
+                    let mut at = offset;
+                    while at < offset + len {
+                        let next = ((at / BLOCK + 1) * BLOCK).min(offset + len);
+                        if !self.window_dirty.contains(&(disk, at / BLOCK)) {
+                            let part =
+                                data[(at - offset) as usize..(next - offset) as usize].to_vec();
+                            self.model.change(
+                                seq,
+                                Change::Write {
+                                    disk,
+                                    offset: at,
+                                    data: part,
+                                },
+                            );
+                        }
+                        at = next;
+                    }
+                }
+                self.counts.crashes_mid_write += 1;
+                // The sealer goes on meanwhile: it must not retire the change's log.
+                tokio::time::sleep(ms(self.rng.random_range(0..15))).await;
+                self.crash_agent().await;
+                assert!(self.start_agent(false), "the initial copy is done");
+            }
             Step::CrashAgent => {
                 // Let the sealer get into the middle of something.
                 tokio::time::sleep(ms(self.rng.random_range(0..15))).await;
