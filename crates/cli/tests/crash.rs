@@ -411,3 +411,164 @@ fn a_write_during_a_restart_waits_for_the_stream() {
     let rep = s.replication("rg1/db1");
     assert_eq!(rep["state"], "protected", "{rep}");
 }
+
+/// One write of the client that never retries: `len` bytes of `pattern` at `offset`.
+#[derive(Debug, Clone, Copy)]
+struct Once {
+    disk: usize,
+    offset: u64,
+    len: u64,
+    pattern: u8,
+}
+
+/// Two 32 MiB disks written with 4 KiB to 8 MiB at random (sector-aligned) offsets, the server
+/// killed with `kill -9` at a random moment or at the failpoint between a write's record in the
+/// stream and its write to the image, 20 times. The client sends one write per `qemu-io`
+/// command and stops at its first error: the write in flight at the kill is never sent again,
+/// so whether it reached the image is up to the server. After each restart the item is
+/// `protected` in the same generation (no repair, no full resync), and a fresh point equals
+/// the source disks byte for byte and holds every acknowledged write (the one in flight may
+/// hold either content, as long as point and source agree).
+#[test]
+fn a_client_that_never_retries_finds_the_replica_equal_after_every_kill() {
+    const SIZE: u64 = 32 << 20;
+    const CYCLES: usize = 20;
+    let mut rng = Rng::from_env("a_client_that_never_retries");
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut s = Server::start(&d.join("data"));
+    s.base_resources(None);
+    s.create_vm(ITEM, "db", &["32MiB@sa1", "32MiB@sa2"]);
+    let uris = [s.disk_uri(ITEM, 0), s.disk_uri(ITEM, 1)];
+    s.protect(ITEM);
+    let generation = s.replication(ITEM)["generation"].clone();
+    // What each disk must hold: every acknowledged write, in order.
+    let mut model = vec![vec![0u8; SIZE as usize]; 2];
+    let (mut acked_total, mut in_flight_kills) = (0, 0);
+    let mut pattern = 0u8;
+
+    for cycle in 0..CYCLES {
+        let at_failpoint = cycle % 2 == 1;
+        let plan: Vec<Once> = (0..200)
+            .map(|_| {
+                // 4 KiB to 8 MiB, most of them small.
+                let len = 4096u64 << rng.below(12);
+                let offset = rng.below((SIZE - len) / 512 + 1) * 512;
+                pattern = pattern % 254 + 1;
+                Once {
+                    disk: rng.below(2) as usize,
+                    offset,
+                    len,
+                    pattern,
+                }
+            })
+            .collect();
+        if at_failpoint {
+            let n = 1 + rng.below(8);
+            s.restart_with(failpoints(&format!(
+                "agent-before-image-write=abort-after:{n}"
+            )));
+        }
+        let client = {
+            let uris = uris.clone();
+            std::thread::spawn(move || {
+                let mut acked = Vec::new();
+                for w in plan {
+                    let cmd = format!("write -P {} {} {}", w.pattern, w.offset, w.len);
+                    if !qemu_io(&uris[w.disk], &cmd) {
+                        return (acked, Some(w));
+                    }
+                    acked.push(w);
+                }
+                (acked, None)
+            })
+        };
+        let how = if at_failpoint {
+            s.wait_died(120);
+            "died at agent-before-image-write".to_string()
+        } else {
+            let pause = Duration::from_millis(100 + rng.below(1400));
+            std::thread::sleep(pause);
+            s.kill9();
+            format!("killed after {pause:?}")
+        };
+        let (acked, failed) = client.join().expect("the client");
+        assert!(
+            failed.is_some(),
+            "cycle {cycle}: the client wrote its whole plan before the kill"
+        );
+        acked_total += acked.len();
+        for w in &acked {
+            model[w.disk][w.offset as usize..(w.offset + w.len) as usize].fill(w.pattern);
+        }
+        s.restart_with(Vec::new());
+
+        // A fresh point equals the source, which holds every acknowledged write.
+        let p = s.wait_point_after(ITEM, now(), 90);
+        let id = p["id"].as_str().unwrap();
+        let failed = failed.unwrap();
+        let mut torn = false;
+        for (disk, uri) in uris.iter().enumerate() {
+            let (out, src) = (d.join("point.raw"), d.join("source.raw"));
+            s.export(ITEM, disk, id, &out);
+            read_disk(uri, &src);
+            let (got, source) = (std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+            if let Some(at) = got.iter().zip(&source).position(|(a, b)| a != b) {
+                panic!(
+                    "cycle {cycle} ({how}): disk {disk} at point {id} differs from the source \
+                     from byte {at}"
+                );
+            }
+            // The write in flight may or may not be there; the rest is exactly the model.
+            let range = if failed.disk == disk {
+                failed.offset as usize..(failed.offset + failed.len) as usize
+            } else {
+                0..0
+            };
+            torn |= !range.is_empty() && source[range.clone()] != model[disk][range.clone()];
+            model[disk][range.clone()].copy_from_slice(&source[range]);
+            if let Some(at) = got.iter().zip(&model[disk]).position(|(a, b)| a != b) {
+                let w = acked.iter().rev().find(|w| {
+                    w.disk == disk && (w.offset..w.offset + w.len).contains(&(at as u64))
+                });
+                panic!(
+                    "cycle {cycle} ({how}): disk {disk} at point {id}: byte {at} is {:#04x}, \
+                     not {:#04x} (acknowledged write: {w:?})",
+                    got[at], model[disk][at]
+                );
+            }
+        }
+        in_flight_kills += usize::from(torn);
+        let rep = s.replication(ITEM);
+        assert_eq!(rep["state"], "protected", "cycle {cycle} ({how}): {rep}");
+        assert_eq!(
+            rep["generation"], generation,
+            "cycle {cycle} ({how}): no repair, no new generation"
+        );
+        eprintln!(
+            "cycle {cycle}: {how}, {} writes acknowledged, the one in flight ({} bytes) {}",
+            acked.len(),
+            failed.len,
+            if torn {
+                "reached the disk"
+            } else {
+                "did not change the disk"
+            }
+        );
+    }
+    let events = s.json(&[
+        "event",
+        "list",
+        "--target",
+        ITEM,
+        "--kind",
+        "resync-required",
+    ]);
+    assert_eq!(events, serde_json::json!([]), "no resync was required");
+    eprintln!(
+        "a_client_that_never_retries: {CYCLES} kills, {acked_total} writes acknowledged, \
+         {in_flight_kills} writes in flight reached the disk, {:?}",
+        started.elapsed()
+    );
+}
