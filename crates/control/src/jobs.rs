@@ -10,17 +10,17 @@ use ferry_types::Timestamp;
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{Job, JobStep, Replication, state};
+use crate::model::{ItemState, Job, JobKind, JobState, JobStep, Replication, Severity, StepState};
 
 impl Control {
-    pub(crate) fn new_job(&self, kind: &str, target: &str, steps: &[&str]) -> Result<Job> {
+    pub(crate) fn new_job(&self, kind: JobKind, target: &str, steps: &[&str]) -> Result<Job> {
         self.new_job_with(kind, target, steps, serde_json::Value::Null)
     }
 
     /// A job with the parameters it needs to run again after a restart.
     pub(crate) fn new_job_with(
         &self,
-        kind: &str,
+        kind: JobKind,
         target: &str,
         steps: &[&str],
         params: serde_json::Value,
@@ -28,14 +28,14 @@ impl Control {
         let now = Timestamp::now();
         let mut job = Job {
             id: 0,
-            kind: kind.into(),
+            kind,
             target: target.into(),
-            state: "running".into(),
+            state: JobState::Running,
             steps: steps
                 .iter()
                 .map(|s| JobStep {
                     name: s.to_string(),
-                    state: "pending".into(),
+                    state: StepState::Pending,
                     detail: None,
                     percent: None,
                 })
@@ -56,25 +56,25 @@ impl Control {
         &self,
         job: &mut Job,
         step: usize,
-        st: &str,
+        st: StepState,
         detail: Option<String>,
     ) -> Result<()> {
         if let Some(s) = job.steps.get_mut(step) {
-            s.state = st.into();
+            s.state = st;
             if detail.is_some() {
                 s.detail = detail;
             }
-            if st == "succeeded" && s.percent.is_some() {
+            if st == StepState::Succeeded && s.percent.is_some() {
                 s.percent = Some(100.0);
             }
         }
         let done: f64 = job
             .steps
             .iter()
-            .map(|s| match s.state.as_str() {
-                "succeeded" => 1.0,
-                "running" => s.percent.unwrap_or(0.0) / 100.0,
-                _ => 0.0,
+            .map(|s| match s.state {
+                StepState::Succeeded => 1.0,
+                StepState::Running => s.percent.unwrap_or(0.0) / 100.0,
+                StepState::Pending | StepState::Failed => 0.0,
             })
             .sum();
         job.percent = Some((done / job.steps.len().max(1) as f64 * 1000.0).round() / 10.0);
@@ -101,20 +101,20 @@ impl Control {
         }
         job.bytes_done = Some(done);
         job.bytes_total = Some(total);
-        self.job_step(job, step, "running", Some(detail))
+        self.job_step(job, step, StepState::Running, Some(detail))
     }
 
     pub(crate) fn job_fail(&self, job: &mut Job, step: usize, error: &str) -> Result<()> {
-        job.state = "failed".into();
+        job.state = JobState::Failed;
         job.error = Some(error.to_string());
         let name = job
             .steps
             .get(step)
             .map_or("", |s| s.name.as_str())
             .to_string();
-        self.job_step(job, step, "failed", None)?;
+        self.job_step(job, step, StepState::Failed, None)?;
         self.event(
-            "warning",
+            Severity::Warning,
             "job-failed",
             &job.target,
             format!(
@@ -126,12 +126,12 @@ impl Control {
     }
 
     pub(crate) fn job_succeed(&self, job: &mut Job) -> Result<()> {
-        job.state = "succeeded".into();
+        job.state = JobState::Succeeded;
         job.percent = Some(100.0);
         job.updated = Timestamp::now();
         self.db.put_job(job)?;
         self.event(
-            "info",
+            Severity::Info,
             "job-succeeded",
             &job.target,
             format!("job {} ({}) succeeded", job.id, job.kind),
@@ -154,25 +154,26 @@ impl Control {
 pub(crate) fn spawn(control: Arc<Control>, job: Job) {
     tokio::spawn(async move {
         let mut job = job;
-        let result = match job.kind.as_str() {
-            "enable-replication" => run_enable(&control, &mut job).await,
-            "disable-replication" => run_disable(&control, &mut job).await,
-            "failover" => crate::failover::run_failover(&control, &mut job).await,
-            "test-failover" => crate::failover::run_test_failover(&control, &mut job).await,
-            "test-failover-cleanup" => crate::failover::run_test_cleanup(&control, &mut job).await,
-            "failover-commit" => crate::failover::run_commit(&control, &mut job).await,
-            "reprotect" => crate::failover::run_reprotect(&control, &mut job).await,
-            "repair-replication" => {
+        let result = match job.kind {
+            JobKind::EnableReplication => run_enable(&control, &mut job).await,
+            JobKind::DisableReplication => run_disable(&control, &mut job).await,
+            JobKind::Failover => crate::failover::run_failover(&control, &mut job).await,
+            JobKind::TestFailover => crate::failover::run_test_failover(&control, &mut job).await,
+            JobKind::TestFailoverCleanup => {
+                crate::failover::run_test_cleanup(&control, &mut job).await
+            }
+            JobKind::FailoverCommit => crate::failover::run_commit(&control, &mut job).await,
+            JobKind::Reprotect => crate::failover::run_reprotect(&control, &mut job).await,
+            JobKind::RepairReplication => {
                 crate::replication::repair::run_repair(&control, &mut job).await
             }
-            other => Err(ControlError::Internal(format!("unknown job kind {other}"))),
         };
         if let Err(e) = result {
             tracing::error!(job = job.id, error = %e, "job failed");
             let step = job
                 .steps
                 .iter()
-                .position(|s| s.state != "succeeded")
+                .position(|s| s.state != StepState::Succeeded)
                 .unwrap_or(0);
             let _ = control.job_fail(&mut job, step, &e.to_string());
             if let Err(e) = crate::failover::roll_back(&control, &job) {
@@ -188,7 +189,7 @@ pub(crate) async fn resume(control: &Arc<Control>) -> Result<()> {
         .db
         .jobs()?
         .into_iter()
-        .filter(|j| j.state == "running")
+        .filter(|j| j.state == JobState::Running)
     {
         tracing::info!(job = job.id, kind = %job.kind, "resuming job after restart");
         spawn(control.clone(), job);
@@ -204,17 +205,17 @@ async fn run_enable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     let (group, vm) = split(&job.target);
     let (group, vm) = (group.to_string(), vm.to_string());
     let rep = control.replication(&group, &vm)?;
-    control.job_step(job, 2, "running", None)?;
+    control.job_step(job, 2, StepState::Running, None)?;
     control.ensure_running(&rep).await?;
-    control.job_step(job, 2, "succeeded", None)?;
-    control.job_step(job, 3, "running", None)?;
+    control.job_step(job, 2, StepState::Succeeded, None)?;
+    control.job_step(job, 3, StepState::Running, None)?;
     let mut last_percent = -1.0;
     loop {
         let view = control.show_replication(&group, &vm)?;
-        if view.state == state::PROTECTED {
+        if view.state == ItemState::Protected {
             break;
         }
-        if view.state == state::DISABLING {
+        if view.state == ItemState::Disabling {
             return Err(ControlError::conflict(
                 "replication was disabled before it was protected",
             ));
@@ -231,8 +232,8 @@ async fn run_enable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    control.job_step(job, 3, "succeeded", Some("100%".into()))?;
-    control.job_step(job, 4, "succeeded", None)?;
+    control.job_step(job, 3, StepState::Succeeded, Some("100%".into()))?;
+    control.job_step(job, 4, StepState::Succeeded, None)?;
     control.job_succeed(job)
 }
 
@@ -240,23 +241,23 @@ async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     let (group, vm) = split(&job.target);
     let (group, vm) = (group.to_string(), vm.to_string());
     let rep: Replication = control.replication(&group, &vm)?;
-    control.job_step(job, 0, "running", None)?;
+    control.job_step(job, 0, StepState::Running, None)?;
     control.stop_item(&rep).await;
     let vm_key = crate::resources::key(&group, &vm);
     control
         .agent(&rep.source_region)?
         .forget_replication(&rep.source_key())
         .await?;
-    control.job_step(job, 0, "succeeded", None)?;
+    control.job_step(job, 0, StepState::Succeeded, None)?;
     let plan = control.deletion_plan(&rep).await?;
     let count: usize = plan.iter().map(|(_, keys)| keys.len()).sum();
     control.job_step(
         job,
         1,
-        "succeeded",
+        StepState::Succeeded,
         Some(format!("{count} objects to delete")),
     )?;
-    control.job_step(job, 2, "running", None)?;
+    control.job_step(job, 2, StepState::Running, None)?;
     for (store, keys) in plan {
         for k in keys {
             store.delete(&k).await?;
@@ -273,11 +274,11 @@ async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
             )?;
         }
     }
-    control.job_step(job, 2, "succeeded", None)?;
+    control.job_step(job, 2, StepState::Succeeded, None)?;
     control.db.delete(Kind::Replication, &vm_key)?;
     control.db.forget_rpo_history(&vm_key)?;
     control.rates().forget(&vm_key);
-    control.job_step(job, 3, "succeeded", None)?;
+    control.job_step(job, 3, StepState::Succeeded, None)?;
     control.job_succeed(job)
 }
 
@@ -285,7 +286,7 @@ async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DisablePlan {
     pub item: String,
-    pub state: String,
+    pub state: ItemState,
     /// Objects to delete, per storage account.
     pub delete: Vec<PlannedDeletion>,
     /// VMs that ferry created for a test failover and deletes.
@@ -315,7 +316,7 @@ impl Control {
         keep_vms.dedup();
         Ok(DisablePlan {
             item: rep.item_key(),
-            state: rep.state.clone(),
+            state: rep.state,
             delete: plan
                 .iter()
                 .map(|(store, keys)| PlannedDeletion {

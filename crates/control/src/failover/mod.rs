@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{Job, Replication, state};
+use crate::model::{ItemState, Job, JobKind, JobState, Replication};
 
 pub(crate) use reprotect::{roll_back, run_commit, run_reprotect};
 pub(crate) use run::run_failover;
@@ -99,9 +99,9 @@ impl Control {
                 "--network is for test failovers; a failover boots in the target network",
             ));
         }
-        match rep.state.as_str() {
-            state::PROTECTED | state::FAILED_OVER => {}
-            state::FAILING_OVER => {
+        match rep.state {
+            ItemState::Protected | ItemState::FailedOver => {}
+            ItemState::FailingOver => {
                 return Err(refuse(
                     &rep,
                     "fail over",
@@ -116,7 +116,7 @@ impl Control {
                 ));
             }
         }
-        if rep.state == state::FAILED_OVER && req.shutdown_source {
+        if rep.state == ItemState::FailedOver && req.shutdown_source {
             return Err(ControlError::invalid(
                 "the item is already failed over; --shutdown-source only applies to the first failover",
             ));
@@ -128,12 +128,12 @@ impl Control {
         }
         self.check_point(&rep, req.point()).await?;
         let job = self.new_job_with(
-            "failover",
+            JobKind::Failover,
             &rep.item_key(),
             run::STEPS,
             serde_json::json!({ "request": req, "from_state": rep.state }),
         )?;
-        rep.state = state::FAILING_OVER.into();
+        rep.state = ItemState::FailingOver;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
         crate::jobs::spawn(self.clone(), job.clone());
@@ -148,7 +148,7 @@ impl Control {
         req: FailoverRequest,
     ) -> Result<Job> {
         let rep = self.replication(group, vm)?;
-        if rep.state != state::PROTECTED {
+        if rep.state != ItemState::Protected {
             return Err(refuse(
                 &rep,
                 "test-fail over",
@@ -178,7 +178,7 @@ impl Control {
         }
         self.check_point(&rep, req.point()).await?;
         let job = self.new_job_with(
-            "test-failover",
+            JobKind::TestFailover,
             &rep.item_key(),
             test::STEPS,
             serde_json::json!({ "request": req }),
@@ -201,7 +201,7 @@ impl Control {
             )));
         };
         if let Ok(j) = self.job(t.job)
-            && j.state == "running"
+            && j.state == JobState::Running
         {
             return Err(ControlError::conflict(format!(
                 "the test failover job {} is still running; wait for it (`ferry job show {} --wait`)",
@@ -209,7 +209,7 @@ impl Control {
             )));
         }
         let job = self.new_job_with(
-            "test-failover-cleanup",
+            JobKind::TestFailoverCleanup,
             &rep.item_key(),
             test::CLEANUP_STEPS,
             serde_json::Value::Null,
@@ -221,7 +221,7 @@ impl Control {
     /// `ferry failover commit`.
     pub async fn commit_failover(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
         let rep = self.replication(group, vm)?;
-        if rep.state != state::FAILED_OVER {
+        if rep.state != ItemState::FailedOver {
             return Err(refuse(
                 &rep,
                 "commit",
@@ -229,7 +229,7 @@ impl Control {
             ));
         }
         let job = self.new_job_with(
-            "failover-commit",
+            JobKind::FailoverCommit,
             &rep.item_key(),
             reprotect::COMMIT_STEPS,
             serde_json::Value::Null,
@@ -241,7 +241,7 @@ impl Control {
     /// `ferry reprotect`: replicate the failed-over VM back to where the item came from.
     pub async fn reprotect(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
         let mut rep = self.replication(group, vm)?;
-        if rep.state != state::FAILOVER_COMMITTED {
+        if rep.state != ItemState::FailoverCommitted {
             return Err(refuse(
                 &rep,
                 "reprotect",
@@ -249,12 +249,12 @@ impl Control {
             ));
         }
         let job = self.new_job_with(
-            "reprotect",
+            JobKind::Reprotect,
             &rep.item_key(),
             reprotect::STEPS,
             serde_json::Value::Null,
         )?;
-        rep.state = state::REPROTECTING.into();
+        rep.state = ItemState::Reprotecting;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
         crate::jobs::spawn(self.clone(), job.clone());

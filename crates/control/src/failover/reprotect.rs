@@ -17,7 +17,9 @@ use ferry_types::{Generation, StreamId, Timestamp};
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{Job, Replication, StorageAccount, Target, Vm, state, vm_state};
+use crate::model::{
+    ItemState, Job, JobKind, Replication, StepState, StorageAccount, Target, Vm, VmState,
+};
 use crate::resources::key;
 
 pub(crate) const COMMIT_STEPS: &[&str] = &[
@@ -48,9 +50,9 @@ pub(crate) async fn run_commit(control: &Arc<Control>, job: &mut Job) -> Result<
     let Some(failover) = rep.failover.clone() else {
         return Err(ControlError::conflict("there is no failover to commit"));
     };
-    control.job_step(job, 0, "succeeded", None)?;
+    control.job_step(job, 0, StepState::Succeeded, None)?;
 
-    control.job_step(job, 1, "running", None)?;
+    control.job_step(job, 1, StepState::Running, None)?;
     let layout = control.layout(&rep)?;
     let keep = failover.point.as_ref().map(|p| p.id.clone());
     let mut removed = 0;
@@ -65,17 +67,17 @@ pub(crate) async fn run_commit(control: &Arc<Control>, job: &mut Job) -> Result<
     control.job_step(
         job,
         1,
-        "succeeded",
+        StepState::Succeeded,
         Some(format!("{removed} points discarded")),
     )?;
 
     control.update_replication(&rep.item_key(), |r| {
-        r.state = state::FAILOVER_COMMITTED.into();
+        r.state = ItemState::FailoverCommitted;
         if let Some(f) = r.failover.as_mut() {
             f.committed = Some(Timestamp::now());
         }
     })?;
-    control.job_step(job, 2, "succeeded", Some(failover.vm))?;
+    control.job_step(job, 2, StepState::Succeeded, Some(failover.vm))?;
     control.job_succeed(job)
 }
 
@@ -85,7 +87,7 @@ const HYDRATION_STALL: std::time::Duration = std::time::Duration::from_secs(300)
 pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     let (group, vm) = split(&job.target);
     let rep = control.replication(&group, &vm)?;
-    let done = |job: &Job, i: usize| job.steps[i].state == "succeeded";
+    let done = |job: &Job, i: usize| job.steps[i].state == StepState::Succeeded;
 
     // Until the turn (step 4) the record still describes the failover being reversed.
     let turned = rep.failover.is_none();
@@ -98,7 +100,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         control.job_step(
             job,
             0,
-            "running",
+            StepState::Running,
             Some(format!(
                 "waiting until the disks of {} are restored",
                 failover.vm
@@ -122,31 +124,36 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         control.job_step(
             job,
             0,
-            "succeeded",
+            StepState::Succeeded,
             Some(format!(
                 "{} in {} → {}/{} in {}",
                 failover.vm, new_source.region, original.group, original.name, original.region
             )),
         )?;
 
-        control.job_step(job, 1, "running", None)?;
+        control.job_step(job, 1, StepState::Running, None)?;
         let (og, ov) = (original.group.clone(), original.name.clone());
         let original = control.stop_vm(&og, &ov).await?;
-        control.job_step(job, 1, "succeeded", Some(format!("{og}/{ov} is stopped")))?;
+        control.job_step(
+            job,
+            1,
+            StepState::Succeeded,
+            Some(format!("{og}/{ov} is stopped")),
+        )?;
 
-        control.job_step(job, 2, "running", None)?;
+        control.job_step(job, 2, StepState::Running, None)?;
         let target = control.reverse_target(&new_source, &original)?;
         control.job_step(
             job,
             2,
-            "succeeded",
+            StepState::Succeeded,
             Some(format!(
                 "{}/{} in {}",
                 target.group, target.network, target.region
             )),
         )?;
 
-        control.job_step(job, 3, "running", None)?;
+        control.job_step(job, 3, StepState::Running, None)?;
         control.stop_item(&rep).await;
         control
             .agent(&rep.source_region)?
@@ -162,11 +169,11 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         control.job_step(
             job,
             3,
-            "succeeded",
+            StepState::Succeeded,
             Some(format!("{count} objects deleted")),
         )?;
 
-        control.job_step(job, 4, "running", None)?;
+        control.job_step(job, 4, StepState::Running, None)?;
         let turned = control.update_replication(&rep.item_key(), |r| {
             r.source_vm = Some(failover.vm.clone());
             r.source_region = new_source.region.clone();
@@ -175,26 +182,36 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
             r.stream = StreamId::random();
             r.generation = Generation(r.generation.0 + 1);
             r.failover = None;
-            r.state = state::REPROTECTING.into();
+            r.state = ItemState::Reprotecting;
         })?;
         crate::failpoint::hit("reprotect-after-turn").await;
         control.seed(&turned, &original).await?;
-        control.job_step(job, 4, "succeeded", Some(format!("from {og}/{ov}")))?;
+        control.job_step(
+            job,
+            4,
+            StepState::Succeeded,
+            Some(format!("from {og}/{ov}")),
+        )?;
     } else if !done(job, 5) {
         // A restart after the turn: seeding again is a no-op once the seed is stored.
         let (og, ov) = split(&rep.failover_vm_key());
         let original = control.vm(&og, &ov)?;
-        control.job_step(job, 4, "running", None)?;
+        control.job_step(job, 4, StepState::Running, None)?;
         control.seed(&rep, &original).await?;
-        control.job_step(job, 4, "succeeded", Some(format!("from {og}/{ov}")))?;
+        control.job_step(
+            job,
+            4,
+            StepState::Succeeded,
+            Some(format!("from {og}/{ov}")),
+        )?;
     }
 
     let rep = control.replication(&group, &vm)?;
-    control.job_step(job, 5, "running", None)?;
+    control.job_step(job, 5, StepState::Running, None)?;
     control.ensure_running(&rep).await?;
-    control.job_step(job, 5, "succeeded", None)?;
+    control.job_step(job, 5, StepState::Succeeded, None)?;
 
-    control.job_step(job, 6, "running", None)?;
+    control.job_step(job, 6, StepState::Running, None)?;
     loop {
         let view = control.show_replication(&group, &vm)?;
         if let Some(init) = &view.initial_replication {
@@ -204,12 +221,12 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
             );
             let bytes = (init.scanned_bytes, init.total_bytes);
             control.job_progress(job, 6, bytes, detail.clone())?;
-            if view.state == state::PROTECTED {
-                control.job_step(job, 6, "succeeded", Some(detail))?;
+            if view.state == ItemState::Protected {
+                control.job_step(job, 6, StepState::Succeeded, Some(detail))?;
                 break;
             }
         }
-        if view.state != state::REPROTECTING && view.state != state::PROTECTED {
+        if view.state != ItemState::Reprotecting && view.state != ItemState::Protected {
             return Err(ControlError::conflict(format!(
                 "the item left reprotection (state {})",
                 view.state
@@ -217,7 +234,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    control.job_step(job, 7, "succeeded", None)?;
+    control.job_step(job, 7, StepState::Succeeded, None)?;
     control.job_succeed(job)
 }
 
@@ -263,7 +280,7 @@ impl Control {
 
     /// Seed the item's (new) replica from the disks of `original`, a stopped VM.
     async fn seed(&self, rep: &Replication, original: &Vm) -> Result<()> {
-        if original.state != vm_state::STOPPED {
+        if original.state != VmState::Stopped {
             return Err(ControlError::conflict(format!(
                 "{}/{} must be stopped to seed the replica from its disks",
                 original.group, original.name
@@ -292,14 +309,17 @@ pub(crate) fn roll_back(control: &Control, job: &Job) -> Result<()> {
     let Some(rep) = control.db.get::<Replication>(Kind::Replication, &item)? else {
         return Ok(());
     };
-    let from = job.params.get("from_state").and_then(|v| v.as_str());
-    match (job.kind.as_str(), rep.state.as_str()) {
-        ("failover", state::FAILING_OVER) => {
-            let back = from.unwrap_or(state::PROTECTED).to_string();
+    let from = job
+        .params
+        .get("from_state")
+        .and_then(|v| serde_json::from_value::<ItemState>(v.clone()).ok());
+    match (job.kind, rep.state) {
+        (JobKind::Failover, ItemState::FailingOver) => {
+            let back = from.unwrap_or(ItemState::Protected);
             control.update_replication(&item, |r| r.state = back)?;
         }
-        ("reprotect", state::REPROTECTING) if rep.failover.is_some() => {
-            control.update_replication(&item, |r| r.state = state::FAILOVER_COMMITTED.into())?;
+        (JobKind::Reprotect, ItemState::Reprotecting) if rep.failover.is_some() => {
+            control.update_replication(&item, |r| r.state = ItemState::FailoverCommitted)?;
         }
         _ => {}
     }

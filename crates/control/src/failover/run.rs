@@ -10,7 +10,7 @@ use super::FailoverRequest;
 use super::materialise::Placement;
 use crate::control::Control;
 use crate::error::{ControlError, Result};
-use crate::model::{Failover, Job, state};
+use crate::model::{Failover, ItemState, Job, StepState};
 use crate::replication::PointView;
 
 pub(crate) const STEPS: &[&str] = &[
@@ -32,12 +32,12 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
     let req: FailoverRequest =
         serde_json::from_value(job.params["request"].clone()).unwrap_or_default();
     let rep = control.replication(&group, &vm)?;
-    control.job_step(job, 0, "succeeded", None)?;
+    control.job_step(job, 0, StepState::Succeeded, None)?;
 
-    if job.steps[1].state != "succeeded" {
+    if job.steps[1].state != StepState::Succeeded {
         let detail = if req.shutdown_source {
             let (sg, sv) = split(&rep.source_key());
-            control.job_step(job, 1, "running", None)?;
+            control.job_step(job, 1, StepState::Running, None)?;
             let stopped = control.stop_vm(&sg, &sv).await?;
             Some(format!(
                 "{}/{} is {}",
@@ -46,7 +46,7 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         } else {
             Some("skipped (unplanned failover)".into())
         };
-        control.job_step(job, 1, "succeeded", detail)?;
+        control.job_step(job, 1, StepState::Succeeded, detail)?;
     }
 
     let point = match job.params.get("point_id").and_then(|v| v.as_str()) {
@@ -56,7 +56,7 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
             points::resolve(&control.layout(&rep)?, &sel).await?
         }
         None => {
-            control.job_step(job, 2, "running", Some(req.point().to_string()))?;
+            control.job_step(job, 2, StepState::Running, Some(req.point().to_string()))?;
             let p = control.select_point(&rep, req.point()).await?;
             let info = PointInfo::from_record(&p);
             job.params["point_id"] = info.id.clone().into();
@@ -64,18 +64,18 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
             control.job_step(
                 job,
                 2,
-                "succeeded",
+                StepState::Succeeded,
                 Some(format!("{} ({}, {})", info.id, info.kind, info.time)),
             )?;
             p
         }
     };
 
-    control.job_step(job, 3, "running", None)?;
+    control.job_step(job, 3, StepState::Running, None)?;
     control.stop_item(&rep).await;
-    control.job_step(job, 3, "succeeded", None)?;
+    control.job_step(job, 3, StepState::Succeeded, None)?;
 
-    control.job_step(job, 4, "running", None)?;
+    control.job_step(job, 4, StepState::Running, None)?;
     let target_key = rep.failover_vm_key();
     let (tg, tv) = split(&target_key);
     let place = Placement {
@@ -92,7 +92,7 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
     control.job_step(
         job,
         4,
-        "succeeded",
+        StepState::Succeeded,
         Some(format!(
             "{target_key} in {}, {} disks, {bytes} bytes",
             target.region,
@@ -100,18 +100,18 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         )),
     )?;
 
-    control.job_step(job, 5, "running", None)?;
+    control.job_step(job, 5, StepState::Running, None)?;
     control.boot(&mut target).await?;
     control.job_step(
         job,
         5,
-        "succeeded",
+        StepState::Succeeded,
         Some(format!("{target_key} is running")),
     )?;
 
     let view = PointView::from(&point);
     control.update_replication(&rep.item_key(), |r| {
-        r.state = state::FAILED_OVER.into();
+        r.state = ItemState::FailedOver;
         r.failover = Some(Failover {
             vm: target_key.clone(),
             point: Some(view),

@@ -11,7 +11,7 @@ use super::materialise::Placement;
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::Result;
-use crate::model::{Job, Network, Replication, TestFailover, Vm};
+use crate::model::{Job, Network, Replication, StepState, TestFailover, TestOutcome, Vm};
 use crate::replication::PointView;
 use crate::resources::key;
 
@@ -61,26 +61,26 @@ pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> 
             "the test failover was cleaned up before it ran",
         ));
     };
-    control.job_step(job, 0, "succeeded", None)?;
+    control.job_step(job, 0, StepState::Succeeded, None)?;
 
-    control.job_step(job, 1, "running", None)?;
+    control.job_step(job, 1, StepState::Running, None)?;
     if test.created_network {
         control.ensure_test_network(&rep, &test.network)?;
     }
     control.job_step(
         job,
         1,
-        "succeeded",
+        StepState::Succeeded,
         Some(format!("{}/{}", rep.target.group, test.network)),
     )?;
 
-    control.job_step(job, 2, "running", Some(req.point().to_string()))?;
+    control.job_step(job, 2, StepState::Running, Some(req.point().to_string()))?;
     let point = control.select_point(&rep, req.point()).await?;
     let info = PointInfo::from_record(&point);
     control.job_step(
         job,
         2,
-        "succeeded",
+        StepState::Succeeded,
         Some(format!("{} ({}, {})", info.id, info.kind, info.time)),
     )?;
     control.update_replication(&rep.item_key(), |r| {
@@ -89,7 +89,7 @@ pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> 
         }
     })?;
 
-    control.job_step(job, 3, "running", None)?;
+    control.job_step(job, 3, StepState::Running, None)?;
     let (tg, tv) = test.vm.split_once('/').unwrap_or((&test.vm, ""));
     let net = control.network(tg, &test.network)?;
     let subnet = net
@@ -108,11 +108,16 @@ pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> 
         created_by: "test-failover",
     };
     let mut target = control.materialise(&rep, &point, &place).await?;
-    control.job_step(job, 3, "succeeded", Some(test.vm.clone()))?;
+    control.job_step(job, 3, StepState::Succeeded, Some(test.vm.clone()))?;
 
-    control.job_step(job, 4, "running", None)?;
+    control.job_step(job, 4, StepState::Running, None)?;
     control.boot(&mut target).await?;
-    control.job_step(job, 4, "succeeded", Some(format!("{} is running", test.vm)))?;
+    control.job_step(
+        job,
+        4,
+        StepState::Succeeded,
+        Some(format!("{} is running", test.vm)),
+    )?;
     control.job_succeed(job)
 }
 
@@ -122,25 +127,25 @@ pub(crate) async fn run_test_cleanup(control: &Arc<Control>, job: &mut Job) -> R
     let rep = control.replication(&group, &vm)?;
     let Some(test) = rep.test_failover.clone() else {
         for i in 0..CLEANUP_STEPS.len() {
-            control.job_step(job, i, "succeeded", Some("nothing to do".into()))?;
+            control.job_step(job, i, StepState::Succeeded, Some("nothing to do".into()))?;
         }
         return control.job_succeed(job);
     };
     let vm_record: Option<Vm> = control.db.get(Kind::Vm, &test.vm)?;
 
-    control.job_step(job, 0, "running", None)?;
+    control.job_step(job, 0, StepState::Running, None)?;
     if let Some(v) = &vm_record {
         control.power_off(v).await?;
     }
-    control.job_step(job, 0, "succeeded", None)?;
+    control.job_step(job, 0, StepState::Succeeded, None)?;
 
-    control.job_step(job, 1, "running", None)?;
+    control.job_step(job, 1, StepState::Running, None)?;
     if let Some(v) = &vm_record {
         control.remove_vm(v).await?;
     }
-    control.job_step(job, 1, "succeeded", Some(test.vm.clone()))?;
+    control.job_step(job, 1, StepState::Succeeded, Some(test.vm.clone()))?;
 
-    control.job_step(job, 2, "running", None)?;
+    control.job_step(job, 2, StepState::Running, None)?;
     let detail = if test.created_network {
         control
             .db
@@ -152,25 +157,21 @@ pub(crate) async fn run_test_cleanup(control: &Arc<Control>, job: &mut Job) -> R
             rep.target.group, test.network
         )
     };
-    control.job_step(job, 2, "succeeded", Some(detail))?;
+    control.job_step(job, 2, StepState::Succeeded, Some(detail))?;
 
     let test_job = control.job(test.job).ok();
-    let outcome = match test_job.as_ref().map(|j| j.state.as_str()) {
-        Some("succeeded") => "succeeded",
-        Some("failed") => "failed",
-        _ => "cancelled",
-    };
+    let outcome = TestOutcome::of(test_job.as_ref().map(|j| j.state));
     control.update_replication(&rep.item_key(), |r| {
         let mut done = test.clone();
         done.cleaned_up = Some(Timestamp::now());
-        done.outcome = Some(outcome.into());
+        done.outcome = Some(outcome);
         r.last_test_failover = Some(done);
         r.test_failover = None;
     })?;
     control.job_step(
         job,
         3,
-        "succeeded",
+        StepState::Succeeded,
         Some(format!("test failover {outcome}")),
     )?;
     control.job_succeed(job)

@@ -18,7 +18,7 @@ use ferry_types::{Generation, StreamId, Timestamp};
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{Job, Replication, state};
+use crate::model::{ItemState, Job, JobKind, Replication, StepState};
 use crate::requests::EnableReplication;
 use crate::resources::key;
 
@@ -61,7 +61,7 @@ impl Control {
             None => self.default_policy()?,
         };
         let mut job = self.new_job(
-            "enable-replication",
+            JobKind::EnableReplication,
             &vm_key,
             &[
                 "Prerequisites check",
@@ -71,7 +71,7 @@ impl Control {
                 "Protect",
             ],
         )?;
-        self.job_step(&mut job, 0, "succeeded", None)?;
+        self.job_step(&mut job, 0, StepState::Succeeded, None)?;
         let target = match self.create_targets(&source, &req) {
             Ok(t) => t,
             Err(e) => {
@@ -82,7 +82,7 @@ impl Control {
         self.job_step(
             &mut job,
             1,
-            "succeeded",
+            StepState::Succeeded,
             Some(format!(
                 "{}/{} in {}",
                 target.group, target.network, target.region
@@ -94,7 +94,7 @@ impl Control {
             source_region: source.region.clone(),
             stream: StreamId::random(),
             generation: Generation(1),
-            state: state::ENABLING.into(),
+            state: ItemState::Enabling,
             policy: policy.name,
             target,
             job: Some(job.id),
@@ -291,7 +291,7 @@ impl Control {
         let vm_key = key(group, vm);
         self.refuse_if_hydrating_from(&vm_key, &format!("disable replication of {vm_key}"))?;
         let job = self.new_job(
-            "disable-replication",
+            JobKind::DisableReplication,
             &vm_key,
             &[
                 "Stop replication",
@@ -300,7 +300,7 @@ impl Control {
                 "Remove item",
             ],
         )?;
-        rep.state = state::DISABLING.into();
+        rep.state = ItemState::Disabling;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &vm_key, &rep)?;
         crate::jobs::spawn(self.clone(), job.clone());

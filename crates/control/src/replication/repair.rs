@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{Job, state};
+use crate::model::{ItemState, Job, JobKind, JobState, StepState};
 
 pub(crate) const STEPS: &[&str] = &[
     "Prerequisites check",
@@ -32,12 +32,12 @@ impl Control {
     pub async fn repair_replication(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
         let mut rep = self.replication(group, vm)?;
         let allowed = [
-            state::PROTECTED,
-            state::INITIAL_REPLICATION,
-            state::RESYNC_REQUIRED,
-            state::RESYNCHRONIZING,
+            ItemState::Protected,
+            ItemState::InitialReplication,
+            ItemState::ResyncRequired,
+            ItemState::Resynchronizing,
         ];
-        if !allowed.contains(&rep.state.as_str()) {
+        if !allowed.contains(&rep.state) {
             return Err(ControlError::conflict(format!(
                 "cannot repair {}: it is {}; repair applies to a replicating item (protected, \
                  initial-replication, resync-required)",
@@ -46,18 +46,18 @@ impl Control {
             )));
         }
         if let Some(running) = rep.job.and_then(|id| self.job(id).ok())
-            && running.kind == "repair-replication"
-            && running.state == "running"
+            && running.kind == JobKind::RepairReplication
+            && running.state == JobState::Running
         {
             return Ok(running);
         }
         let job = self.new_job_with(
-            "repair-replication",
+            JobKind::RepairReplication,
             &rep.item_key(),
             STEPS,
             json!({ "from_state": rep.state, "reason": rep.resync_reason }),
         )?;
-        rep.state = state::RESYNCHRONIZING.into();
+        rep.state = ItemState::Resynchronizing;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
         crate::jobs::spawn(self.clone(), job.clone());
@@ -69,20 +69,20 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
     let item = job.target.clone();
     let (group, vm) = item.split_once('/').unwrap_or((&item, ""));
     let (group, vm) = (group.to_string(), vm.to_string());
-    let done = |job: &Job, i: usize| job.steps[i].state == "succeeded";
+    let done = |job: &Job, i: usize| job.steps[i].state == StepState::Succeeded;
     let rep = control.replication(&group, &vm)?;
     let reason = rep
         .resync_reason
         .clone()
         .unwrap_or_else(|| "requested".into());
-    control.job_step(job, 0, "succeeded", Some(reason))?;
+    control.job_step(job, 0, StepState::Succeeded, Some(reason))?;
 
     if !done(job, 2) {
-        control.job_step(job, 1, "running", None)?;
+        control.job_step(job, 1, StepState::Running, None)?;
         control.stop_item(&rep).await;
-        control.job_step(job, 1, "succeeded", None)?;
+        control.job_step(job, 1, StepState::Succeeded, None)?;
 
-        control.job_step(job, 2, "running", None)?;
+        control.job_step(job, 2, StepState::Running, None)?;
         // A generation once per repair, kept in the job so a resumed job fences the same one.
         let generation = match job.params.get("generation").and_then(|g| g.as_u64()) {
             Some(g) => Generation(g),
@@ -105,14 +105,14 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
         control.job_step(
             job,
             2,
-            "succeeded",
+            StepState::Succeeded,
             Some(format!(
                 "generation {generation}, resuming at sequence {start}"
             )),
         )?;
     }
 
-    control.job_step(job, 3, "running", None)?;
+    control.job_step(job, 3, StepState::Running, None)?;
     let rep = control.replication(&group, &vm)?;
     let start = rep
         .resync_from
@@ -121,7 +121,7 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
     let mut last_detail = String::new();
     loop {
         let view = control.show_replication(&group, &vm)?;
-        if view.state != state::RESYNCHRONIZING {
+        if view.state != ItemState::Resynchronizing {
             return Err(ControlError::conflict(format!(
                 "the item left the repair (state {})",
                 view.state
@@ -152,12 +152,12 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
         .as_ref()
         .map(|i| format!("{} of {} bytes sent", i.sent_bytes, i.total_bytes))
         .unwrap_or_default();
-    control.job_step(job, 3, "succeeded", Some(sent))?;
+    control.job_step(job, 3, StepState::Succeeded, Some(sent))?;
     control.update_replication(&item, |r| {
-        r.state = state::PROTECTED.into();
+        r.state = ItemState::Protected;
         r.resync_reason = None;
         r.resync_from = None;
     })?;
-    control.job_step(job, 4, "succeeded", None)?;
+    control.job_step(job, 4, StepState::Succeeded, None)?;
     control.job_succeed(job)
 }
