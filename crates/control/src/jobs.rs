@@ -1,40 +1,70 @@
 //! Jobs: every long operation is a job with named steps, stored so that after a restart it is
 //! resumed (its steps are idempotent) rather than left half done.
+//!
+//! Each kind of job declares its steps as an enum with [`job_steps!`]; the job's code marks a
+//! step by its variant, which finds the stored step by its title.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use ferry_storage::Key;
 use ferry_types::Timestamp;
 
 use crate::control::Control;
-use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{ItemState, Job, JobKind, JobState, JobStep, Replication, Severity, StepState};
+use crate::model::{Job, JobKind, JobState, JobStep, Severity, StepState};
 
-impl Control {
-    pub(crate) fn new_job(&self, kind: JobKind, target: &str, steps: &[&str]) -> Result<Job> {
-        self.new_job_with(kind, target, steps, serde_json::Value::Null)
-    }
+/// The steps of one kind of job, in order. A stored job finds its steps again by their
+/// titles, so a released title does not change.
+pub(crate) trait JobSteps: Copy + 'static {
+    /// The kind of job these are the steps of.
+    const KIND: JobKind;
+    /// Every step, in the order the job runs them.
+    const ALL: &'static [Self];
+    /// The title people see, e.g. "Select recovery point".
+    fn title(self) -> &'static str;
+}
 
-    /// A job with the parameters it needs to run again after a restart.
-    pub(crate) fn new_job_with(
-        &self,
-        kind: JobKind,
-        target: &str,
-        steps: &[&str],
-        params: serde_json::Value,
-    ) -> Result<Job> {
+/// Declares the steps of a kind of job: an enum of them, each with its title, and its
+/// [`JobSteps`].
+macro_rules! job_steps {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident for $kind:ident {
+            $($variant:ident => $title:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        $vis enum $name {
+            $($variant,)+
+        }
+
+        impl $crate::jobs::JobSteps for $name {
+            const KIND: $crate::model::JobKind = $crate::model::JobKind::$kind;
+            const ALL: &'static [Self] = &[$($name::$variant,)+];
+
+            fn title(self) -> &'static str {
+                match self {
+                    $($name::$variant => $title,)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use job_steps;
+
+impl Job {
+    /// A new running job of the kind `S` is the steps of, every step pending.
+    fn start<S: JobSteps>(target: &str, params: serde_json::Value) -> Job {
         let now = Timestamp::now();
-        let mut job = Job {
+        Job {
             id: 0,
-            kind,
+            kind: S::KIND,
             target: target.into(),
             state: JobState::Running,
-            steps: steps
+            steps: S::ALL
                 .iter()
                 .map(|s| JobStep {
-                    name: s.to_string(),
+                    name: s.title().to_string(),
                     state: StepState::Pending,
                     detail: None,
                     percent: None,
@@ -47,24 +77,90 @@ impl Control {
             params,
             created: now,
             updated: now,
-        };
+        }
+    }
+
+    /// Where `step` is among the job's steps, found by its title. A job of another kind, or
+    /// stored without that step, is refused.
+    pub(crate) fn step_index<S: JobSteps>(&self, step: S) -> Result<usize> {
+        if self.kind != S::KIND {
+            return Err(ControlError::Internal(format!(
+                "job {} is a {} job, not a {} job",
+                self.id,
+                self.kind,
+                S::KIND
+            )));
+        }
+        self.steps
+            .iter()
+            .position(|s| s.name == step.title())
+            .ok_or_else(|| {
+                ControlError::Internal(format!(
+                    "job {} ({}) has no step \"{}\"",
+                    self.id,
+                    self.kind,
+                    step.title()
+                ))
+            })
+    }
+
+    /// Whether `step` has succeeded (a resumed job skips what it did before).
+    pub(crate) fn step_done<S: JobSteps>(&self, step: S) -> bool {
+        self.step_index(step)
+            .is_ok_and(|i| self.steps[i].state == StepState::Succeeded)
+    }
+
+    /// The step a failure is reported at: the first that has not succeeded.
+    fn failed_step(&self) -> usize {
+        self.steps
+            .iter()
+            .position(|s| s.state != StepState::Succeeded)
+            .unwrap_or(0)
+    }
+}
+
+impl Control {
+    /// A job of the kind `S` is the steps of, stored before it runs.
+    pub(crate) fn new_job<S: JobSteps>(&self, target: &str) -> Result<Job> {
+        self.new_job_with::<S>(target, serde_json::Value::Null)
+    }
+
+    /// A job with the parameters it needs to run again after a restart.
+    pub(crate) fn new_job_with<S: JobSteps>(
+        &self,
+        target: &str,
+        params: serde_json::Value,
+    ) -> Result<Job> {
+        let mut job = Job::start::<S>(target, params);
         self.db.new_job(&mut job)?;
         Ok(job)
     }
 
-    pub(crate) fn job_step(
+    /// Move a step to `state`, with `detail` for people when there is one.
+    pub(crate) fn job_step<S: JobSteps>(
         &self,
         job: &mut Job,
-        step: usize,
-        st: StepState,
+        step: S,
+        state: StepState,
         detail: Option<String>,
     ) -> Result<()> {
-        if let Some(s) = job.steps.get_mut(step) {
-            s.state = st;
+        let i = job.step_index(step)?;
+        self.set_step(job, i, state, detail)
+    }
+
+    fn set_step(
+        &self,
+        job: &mut Job,
+        i: usize,
+        state: StepState,
+        detail: Option<String>,
+    ) -> Result<()> {
+        if let Some(s) = job.steps.get_mut(i) {
+            s.state = state;
             if detail.is_some() {
                 s.detail = detail;
             }
-            if st == StepState::Succeeded && s.percent.is_some() {
+            if state == StepState::Succeeded && s.percent.is_some() {
                 s.percent = Some(100.0);
             }
         }
@@ -84,27 +180,28 @@ impl Control {
 
     /// A running step that moves data has moved `done` of `total` bytes: its percent, the
     /// job's percent and bytes, and `detail` for people.
-    pub(crate) fn job_progress(
+    pub(crate) fn job_progress<S: JobSteps>(
         &self,
         job: &mut Job,
-        step: usize,
+        step: S,
         (done, total): (u64, u64),
         detail: String,
     ) -> Result<()> {
+        let i = job.step_index(step)?;
         let pct = if total == 0 {
             0.0
         } else {
             (done as f64 / total as f64 * 100.0).min(100.0)
         };
-        if let Some(s) = job.steps.get_mut(step) {
-            s.percent = Some((pct * 10.0).round() / 10.0);
-        }
+        job.steps[i].percent = Some((pct * 10.0).round() / 10.0);
         job.bytes_done = Some(done);
         job.bytes_total = Some(total);
-        self.job_step(job, step, StepState::Running, Some(detail))
+        self.set_step(job, i, StepState::Running, Some(detail))
     }
 
-    pub(crate) fn job_fail(&self, job: &mut Job, step: usize, error: &str) -> Result<()> {
+    /// The job failed at its first step that has not succeeded.
+    pub(crate) fn job_fail(&self, job: &mut Job, error: &str) -> Result<()> {
+        let step = job.failed_step();
         job.state = JobState::Failed;
         job.error = Some(error.to_string());
         let name = job
@@ -112,7 +209,7 @@ impl Control {
             .get(step)
             .map_or("", |s| s.name.as_str())
             .to_string();
-        self.job_step(job, step, StepState::Failed, None)?;
+        self.set_step(job, step, StepState::Failed, None)?;
         self.event(
             Severity::Warning,
             "job-failed",
@@ -153,34 +250,37 @@ impl Control {
 /// Run a job in the background.
 pub(crate) fn spawn(control: Arc<Control>, job: Job) {
     tokio::spawn(async move {
-        let mut job = job;
-        let result = match job.kind {
-            JobKind::EnableReplication => run_enable(&control, &mut job).await,
-            JobKind::DisableReplication => run_disable(&control, &mut job).await,
-            JobKind::Failover => crate::failover::run_failover(&control, &mut job).await,
-            JobKind::TestFailover => crate::failover::run_test_failover(&control, &mut job).await,
-            JobKind::TestFailoverCleanup => {
-                crate::failover::run_test_cleanup(&control, &mut job).await
-            }
-            JobKind::FailoverCommit => crate::failover::run_commit(&control, &mut job).await,
-            JobKind::Reprotect => crate::failover::run_reprotect(&control, &mut job).await,
-            JobKind::RepairReplication => {
-                crate::replication::repair::run_repair(&control, &mut job).await
-            }
-        };
-        if let Err(e) = result {
-            tracing::error!(job = job.id, error = %e, "job failed");
-            let step = job
-                .steps
-                .iter()
-                .position(|s| s.state != StepState::Succeeded)
-                .unwrap_or(0);
-            let _ = control.job_fail(&mut job, step, &e.to_string());
-            if let Err(e) = crate::failover::roll_back(&control, &job) {
-                tracing::error!(job = job.id, error = %e, "roll back the item's state after a failed job");
-            }
-        }
+        run(&control, job).await;
     });
+}
+
+/// Run a job to its end: a job that fails is failed at its first step that has not succeeded,
+/// and the item goes back to where it was when that is still possible.
+async fn run(control: &Arc<Control>, mut job: Job) -> Job {
+    let result = match job.kind {
+        JobKind::EnableReplication => {
+            crate::replication::enable::run_enable(control, &mut job).await
+        }
+        JobKind::DisableReplication => {
+            crate::replication::disable::run_disable(control, &mut job).await
+        }
+        JobKind::Failover => crate::failover::run_failover(control, &mut job).await,
+        JobKind::TestFailover => crate::failover::run_test_failover(control, &mut job).await,
+        JobKind::TestFailoverCleanup => crate::failover::run_test_cleanup(control, &mut job).await,
+        JobKind::FailoverCommit => crate::failover::run_commit(control, &mut job).await,
+        JobKind::Reprotect => crate::failover::run_reprotect(control, &mut job).await,
+        JobKind::RepairReplication => {
+            crate::replication::repair::run_repair(control, &mut job).await
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(job = job.id, error = %e, "job failed");
+        let _ = control.job_fail(&mut job, &e.to_string());
+        if let Err(e) = crate::failover::roll_back(control, &job) {
+            tracing::error!(job = job.id, error = %e, "roll back the item's state after a failed job");
+        }
+    }
+    job
 }
 
 /// Resume every job a restart interrupted.
@@ -197,164 +297,161 @@ pub(crate) async fn resume(control: &Arc<Control>) -> Result<()> {
     Ok(())
 }
 
-fn split(target: &str) -> (&str, &str) {
-    target.split_once('/').unwrap_or((target, ""))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-async fn run_enable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
-    let (group, vm) = split(&job.target);
-    let (group, vm) = (group.to_string(), vm.to_string());
-    let rep = control.replication(&group, &vm)?;
-    control.job_step(job, 2, StepState::Running, None)?;
-    control.ensure_running(&rep).await?;
-    control.job_step(job, 2, StepState::Succeeded, None)?;
-    control.job_step(job, 3, StepState::Running, None)?;
-    let mut last_percent = -1.0;
-    loop {
-        let view = control.show_replication(&group, &vm)?;
-        if view.state == ItemState::Protected {
-            break;
-        }
-        if view.state == ItemState::Disabling {
-            return Err(ControlError::conflict(
-                "replication was disabled before it was protected",
-            ));
-        }
-        if let Some(init) = &view.initial_replication
-            && (init.percent - last_percent).abs() >= 1.0
-        {
-            last_percent = init.percent;
-            let detail = format!(
-                "{:.0}% ({} of {} bytes read, {} sent)",
-                init.percent, init.scanned_bytes, init.total_bytes, init.sent_bytes
-            );
-            control.job_progress(job, 3, (init.scanned_bytes, init.total_bytes), detail)?;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    control.job_step(job, 3, StepState::Succeeded, Some("100%".into()))?;
-    control.job_step(job, 4, StepState::Succeeded, None)?;
-    control.job_succeed(job)
-}
-
-async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
-    let (group, vm) = split(&job.target);
-    let (group, vm) = (group.to_string(), vm.to_string());
-    let rep: Replication = control.replication(&group, &vm)?;
-    control.job_step(job, 0, StepState::Running, None)?;
-    control.stop_item(&rep).await;
-    let vm_key = crate::resources::key(&group, &vm);
-    control
-        .agent(&rep.source_region)?
-        .forget_replication(&rep.source_key())
-        .await?;
-    control.job_step(job, 0, StepState::Succeeded, None)?;
-    let plan = control.deletion_plan(&rep).await?;
-    let count: usize = plan.iter().map(|(_, keys)| keys.len()).sum();
-    control.job_step(
-        job,
-        1,
-        StepState::Succeeded,
-        Some(format!("{count} objects to delete")),
-    )?;
-    control.job_step(job, 2, StepState::Running, None)?;
-    for (store, keys) in plan {
-        for k in keys {
-            store.delete(&k).await?;
+    job_steps! {
+        enum Steps for Failover {
+            First => "First step",
+            Second => "Second step",
         }
     }
-    if let Some(t) = &rep.test_failover {
-        if let Some(v) = control.db.get::<crate::model::Vm>(Kind::Vm, &t.vm)? {
-            control.remove_vm(&v).await?;
-        }
-        if t.created_network {
-            control.db.delete(
-                Kind::Network,
-                &crate::resources::key(&rep.target.group, &t.network),
-            )?;
+
+    job_steps! {
+        enum OtherSteps for Reprotect {
+            First => "First step",
         }
     }
-    control.job_step(job, 2, StepState::Succeeded, None)?;
-    control.db.delete(Kind::Replication, &vm_key)?;
-    control.db.forget_rpo_history(&vm_key)?;
-    control.rates().forget(&vm_key);
-    control.job_step(job, 3, StepState::Succeeded, None)?;
-    control.job_succeed(job)
-}
 
-/// What disabling an item would do, shown before anything is deleted (`--dry-run`).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct DisablePlan {
-    pub item: String,
-    pub state: ItemState,
-    /// Objects to delete, per storage account.
-    pub delete: Vec<PlannedDeletion>,
-    /// VMs that ferry created for a test failover and deletes.
-    pub delete_vms: Vec<String>,
-    /// VMs left untouched.
-    pub keep_vms: Vec<String>,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PlannedDeletion {
-    pub store: String,
-    pub objects: usize,
-}
-
-impl Control {
-    /// `ferry replication disable --dry-run`: the plan, with nothing changed.
-    pub async fn disable_plan(&self, group: &str, vm: &str) -> Result<DisablePlan> {
-        let rep = self.replication(group, vm)?;
-        let plan = self.deletion_plan(&rep).await?;
-        let mut keep_vms = vec![rep.source_key()];
-        if let Some(f) = &rep.failover {
-            keep_vms.push(f.vm.clone());
-        }
-        if let Some(t) = &rep.target_vm {
-            keep_vms.push(t.clone());
-        }
-        keep_vms.dedup();
-        Ok(DisablePlan {
-            item: rep.item_key(),
-            state: rep.state,
-            delete: plan
-                .iter()
-                .map(|(store, keys)| PlannedDeletion {
-                    store: store.url().to_string(),
-                    objects: keys.len(),
-                })
-                .collect(),
-            delete_vms: rep.test_failover.iter().map(|t| t.vm.clone()).collect(),
-            keep_vms,
-        })
+    fn titles<S: JobSteps>() -> Vec<&'static str> {
+        S::ALL.iter().map(|s| s.title()).collect()
     }
 
-    /// Every object that disabling an item deletes: its cache segments and its replica.
-    pub(crate) async fn deletion_plan(
-        &self,
-        rep: &Replication,
-    ) -> Result<Vec<(ferry_storage::DynStore, Vec<Key>)>> {
-        let mut plan = Vec::new();
-        let cache = self.item_cache(rep)?;
-        let keys = cache.list(None).await?.into_iter().map(|o| o.key).collect();
-        plan.push((cache, keys));
-        let layout = self.layout(rep)?;
-        let prefix = Key::from_segments(["replicas", &rep.stream.to_string()])
-            .expect("stream ids are valid key segments");
-        let mut seen: Vec<String> = Vec::new();
-        for store in std::iter::once(&layout.meta).chain(layout.disks.iter()) {
-            if seen.contains(&store.url().to_string()) {
-                continue;
-            }
-            seen.push(store.url().to_string());
-            let keys = store
-                .list(Some(&prefix))
-                .await?
-                .into_iter()
-                .map(|o| o.key)
-                .collect();
-            plan.push((store.clone(), keys));
+    /// Stored jobs find their steps by these titles: they stay as released, and are unique.
+    #[test]
+    fn every_kind_has_its_released_step_titles() {
+        use crate::failover::*;
+        use crate::replication::{disable::DisableStep, enable::EnableStep, repair::RepairStep};
+        let kinds = [
+            (EnableStep::KIND, titles::<EnableStep>()),
+            (DisableStep::KIND, titles::<DisableStep>()),
+            (FailoverStep::KIND, titles::<FailoverStep>()),
+            (TestFailoverStep::KIND, titles::<TestFailoverStep>()),
+            (TestCleanupStep::KIND, titles::<TestCleanupStep>()),
+            (CommitStep::KIND, titles::<CommitStep>()),
+            (ReprotectStep::KIND, titles::<ReprotectStep>()),
+            (RepairStep::KIND, titles::<RepairStep>()),
+        ];
+        let released: [(JobKind, &[&str]); 8] = [
+            (
+                JobKind::EnableReplication,
+                &[
+                    "Prerequisites check",
+                    "Create target resources",
+                    "Start replication",
+                    "Initial replication",
+                    "Protect",
+                ],
+            ),
+            (
+                JobKind::DisableReplication,
+                &[
+                    "Stop replication",
+                    "Plan deletion",
+                    "Delete cache and replica data",
+                    "Remove item",
+                ],
+            ),
+            (
+                JobKind::Failover,
+                &[
+                    "Prerequisites check",
+                    "Shut down source VM",
+                    "Select recovery point",
+                    "Stop replication",
+                    "Create VM and disks from recovery point",
+                    "Start VM",
+                ],
+            ),
+            (
+                JobKind::TestFailover,
+                &[
+                    "Prerequisites check",
+                    "Create test network",
+                    "Select recovery point",
+                    "Create test VM and disks from recovery point",
+                    "Start test VM",
+                ],
+            ),
+            (
+                JobKind::TestFailoverCleanup,
+                &[
+                    "Stop test VM",
+                    "Delete test VM and its disks",
+                    "Delete test network",
+                    "Record outcome",
+                ],
+            ),
+            (
+                JobKind::FailoverCommit,
+                &[
+                    "Prerequisites check",
+                    "Discard other recovery points",
+                    "Commit",
+                ],
+            ),
+            (
+                JobKind::Reprotect,
+                &[
+                    "Prerequisites check",
+                    "Stop the original VM",
+                    "Prepare the reverse target",
+                    "Delete the old replica",
+                    "Seed the replica from the original disks",
+                    "Start replication",
+                    "Delta replication (send blocks that differ)",
+                    "Protect",
+                ],
+            ),
+            (
+                JobKind::RepairReplication,
+                &[
+                    "Prerequisites check",
+                    "Stop replication",
+                    "Fence the old stream (new generation)",
+                    "Compare every block, send the ones that differ",
+                    "Protect",
+                ],
+            ),
+        ];
+        for ((kind, titles), (want_kind, want)) in kinds.iter().zip(released) {
+            assert_eq!(*kind, want_kind);
+            assert_eq!(titles.as_slice(), want, "{kind}");
+            let mut unique = titles.clone();
+            unique.sort();
+            unique.dedup();
+            assert_eq!(unique.len(), titles.len(), "{kind}");
         }
-        Ok(plan)
+        let mut all: Vec<JobKind> = kinds.iter().map(|(k, _)| *k).collect();
+        all.dedup();
+        assert_eq!(all, JobKind::ALL);
+    }
+
+    #[test]
+    fn a_step_is_found_by_its_title() {
+        let mut job = Job::start::<Steps>("rg1/vm1", serde_json::Value::Null);
+        assert_eq!(job.kind, JobKind::Failover);
+        let names: Vec<&str> = job.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["First step", "Second step"]);
+        assert_eq!(job.step_index(Steps::Second).unwrap(), 1);
+        assert!(!job.step_done(Steps::Second));
+        job.steps[1].state = StepState::Succeeded;
+        assert!(job.step_done(Steps::Second));
+        // Not the order of the stored steps: their titles.
+        job.steps.reverse();
+        assert_eq!(job.step_index(Steps::Second).unwrap(), 0);
+        assert_eq!(job.failed_step(), 1);
+    }
+
+    #[test]
+    fn a_step_of_another_kind_or_not_stored_is_refused() {
+        let mut job = Job::start::<Steps>("rg1/vm1", serde_json::Value::Null);
+        let e = job.step_index(OtherSteps::First).unwrap_err().to_string();
+        assert!(e.contains("is a failover job, not a reprotect job"), "{e}");
+        job.steps.pop();
+        let e = job.step_index(Steps::Second).unwrap_err().to_string();
+        assert!(e.contains("has no step \"Second step\""), "{e}");
+        assert!(!job.step_done(Steps::Second));
     }
 }

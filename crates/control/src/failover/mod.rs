@@ -26,11 +26,11 @@ use serde::{Deserialize, Serialize};
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{ItemState, Job, JobKind, JobState, Replication};
+use crate::model::{ItemState, Job, JobState, Replication};
 
-pub(crate) use reprotect::{roll_back, run_commit, run_reprotect};
-pub(crate) use run::run_failover;
-pub(crate) use test::{run_test_cleanup, run_test_failover};
+pub(crate) use reprotect::{CommitStep, ReprotectStep, roll_back, run_commit, run_reprotect};
+pub(crate) use run::{FailoverStep, run_failover};
+pub(crate) use test::{TestCleanupStep, TestFailoverStep, run_test_cleanup, run_test_failover};
 
 /// How long `latest` waits for the processor to reach the point it asked the agent to cut.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(180);
@@ -127,10 +127,8 @@ impl Control {
             ));
         }
         self.check_point(&rep, req.point()).await?;
-        let job = self.new_job_with(
-            JobKind::Failover,
+        let job = self.new_job_with::<FailoverStep>(
             &rep.item_key(),
-            run::STEPS,
             serde_json::json!({ "request": req, "from_state": rep.state }),
         )?;
         rep.state = ItemState::FailingOver;
@@ -177,10 +175,8 @@ impl Control {
             self.network(&rep.target.group, net)?;
         }
         self.check_point(&rep, req.point()).await?;
-        let job = self.new_job_with(
-            JobKind::TestFailover,
+        let job = self.new_job_with::<TestFailoverStep>(
             &rep.item_key(),
-            test::STEPS,
             serde_json::json!({ "request": req }),
         )?;
         self.update_replication(&rep.item_key(), |r| {
@@ -208,12 +204,7 @@ impl Control {
                 j.id, j.id
             )));
         }
-        let job = self.new_job_with(
-            JobKind::TestFailoverCleanup,
-            &rep.item_key(),
-            test::CLEANUP_STEPS,
-            serde_json::Value::Null,
-        )?;
+        let job = self.new_job::<TestCleanupStep>(&rep.item_key())?;
         crate::jobs::spawn(self.clone(), job.clone());
         Ok(job)
     }
@@ -228,12 +219,7 @@ impl Control {
                 "commit follows a finished `ferry failover run`",
             ));
         }
-        let job = self.new_job_with(
-            JobKind::FailoverCommit,
-            &rep.item_key(),
-            reprotect::COMMIT_STEPS,
-            serde_json::Value::Null,
-        )?;
+        let job = self.new_job::<CommitStep>(&rep.item_key())?;
         crate::jobs::spawn(self.clone(), job.clone());
         Ok(job)
     }
@@ -248,12 +234,7 @@ impl Control {
                 "reprotect follows `ferry failover commit`",
             ));
         }
-        let job = self.new_job_with(
-            JobKind::Reprotect,
-            &rep.item_key(),
-            reprotect::STEPS,
-            serde_json::Value::Null,
-        )?;
+        let job = self.new_job::<ReprotectStep>(&rep.item_key())?;
         rep.state = ItemState::Reprotecting;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &rep.item_key(), &rep)?;

@@ -17,27 +17,34 @@ use ferry_types::{Generation, StreamId, Timestamp};
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
+use crate::jobs::job_steps;
 use crate::model::{
     ItemState, Job, JobKind, Replication, StepState, StorageAccount, Target, Vm, VmState,
 };
 use crate::resources::key;
 
-pub(crate) const COMMIT_STEPS: &[&str] = &[
-    "Prerequisites check",
-    "Discard other recovery points",
-    "Commit",
-];
+job_steps! {
+    /// The steps of committing a failover.
+    pub(crate) enum CommitStep for FailoverCommit {
+        Prerequisites => "Prerequisites check",
+        DiscardPoints => "Discard other recovery points",
+        Commit => "Commit",
+    }
+}
 
-pub(crate) const STEPS: &[&str] = &[
-    "Prerequisites check",
-    "Stop the original VM",
-    "Prepare the reverse target",
-    "Delete the old replica",
-    "Seed the replica from the original disks",
-    "Start replication",
-    "Delta replication (send blocks that differ)",
-    "Protect",
-];
+job_steps! {
+    /// The reprotect job's steps.
+    pub(crate) enum ReprotectStep for Reprotect {
+        Prerequisites => "Prerequisites check",
+        StopOriginal => "Stop the original VM",
+        PrepareTarget => "Prepare the reverse target",
+        DeleteReplica => "Delete the old replica",
+        Seed => "Seed the replica from the original disks",
+        StartReplication => "Start replication",
+        DeltaReplication => "Delta replication (send blocks that differ)",
+        Protect => "Protect",
+    }
+}
 
 fn split(k: &str) -> (String, String) {
     let (g, v) = k.split_once('/').unwrap_or((k, ""));
@@ -50,9 +57,9 @@ pub(crate) async fn run_commit(control: &Arc<Control>, job: &mut Job) -> Result<
     let Some(failover) = rep.failover.clone() else {
         return Err(ControlError::conflict("there is no failover to commit"));
     };
-    control.job_step(job, 0, StepState::Succeeded, None)?;
+    control.job_step(job, CommitStep::Prerequisites, StepState::Succeeded, None)?;
 
-    control.job_step(job, 1, StepState::Running, None)?;
+    control.job_step(job, CommitStep::DiscardPoints, StepState::Running, None)?;
     let layout = control.layout(&rep)?;
     let keep = failover.point.as_ref().map(|p| p.id.clone());
     let mut removed = 0;
@@ -66,7 +73,7 @@ pub(crate) async fn run_commit(control: &Arc<Control>, job: &mut Job) -> Result<
     }
     control.job_step(
         job,
-        1,
+        CommitStep::DiscardPoints,
         StepState::Succeeded,
         Some(format!("{removed} points discarded")),
     )?;
@@ -77,7 +84,12 @@ pub(crate) async fn run_commit(control: &Arc<Control>, job: &mut Job) -> Result<
             f.committed = Some(Timestamp::now());
         }
     })?;
-    control.job_step(job, 2, StepState::Succeeded, Some(failover.vm))?;
+    control.job_step(
+        job,
+        CommitStep::Commit,
+        StepState::Succeeded,
+        Some(failover.vm),
+    )?;
     control.job_succeed(job)
 }
 
@@ -87,9 +99,8 @@ const HYDRATION_STALL: std::time::Duration = std::time::Duration::from_secs(300)
 pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     let (group, vm) = split(&job.target);
     let rep = control.replication(&group, &vm)?;
-    let done = |job: &Job, i: usize| job.steps[i].state == StepState::Succeeded;
 
-    // Until the turn (step 4) the record still describes the failover being reversed.
+    // Until the turn (seeding) the record still describes the failover being reversed.
     let turned = rep.failover.is_none();
     if !turned {
         let failover = rep
@@ -99,7 +110,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         let (fg, fv) = split(&failover.vm);
         control.job_step(
             job,
-            0,
+            ReprotectStep::Prerequisites,
             StepState::Running,
             Some(format!(
                 "waiting until the disks of {} are restored",
@@ -113,7 +124,12 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
                     last = pct;
                     let detail =
                         format!("restoring the disks first: {pct:.0}% ({done} of {total} bytes)");
-                    if let Err(e) = control.job_progress(job, 0, (done, total), detail) {
+                    if let Err(e) = control.job_progress(
+                        job,
+                        ReprotectStep::Prerequisites,
+                        (done, total),
+                        detail,
+                    ) {
                         tracing::warn!(error = %e, "record the job's progress");
                     }
                 }
@@ -123,7 +139,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         let original = control.source_vm(&rep)?;
         control.job_step(
             job,
-            0,
+            ReprotectStep::Prerequisites,
             StepState::Succeeded,
             Some(format!(
                 "{} in {} → {}/{} in {}",
@@ -131,21 +147,21 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
             )),
         )?;
 
-        control.job_step(job, 1, StepState::Running, None)?;
+        control.job_step(job, ReprotectStep::StopOriginal, StepState::Running, None)?;
         let (og, ov) = (original.group.clone(), original.name.clone());
         let original = control.stop_vm(&og, &ov).await?;
         control.job_step(
             job,
-            1,
+            ReprotectStep::StopOriginal,
             StepState::Succeeded,
             Some(format!("{og}/{ov} is stopped")),
         )?;
 
-        control.job_step(job, 2, StepState::Running, None)?;
+        control.job_step(job, ReprotectStep::PrepareTarget, StepState::Running, None)?;
         let target = control.reverse_target(&new_source, &original)?;
         control.job_step(
             job,
-            2,
+            ReprotectStep::PrepareTarget,
             StepState::Succeeded,
             Some(format!(
                 "{}/{} in {}",
@@ -153,7 +169,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
             )),
         )?;
 
-        control.job_step(job, 3, StepState::Running, None)?;
+        control.job_step(job, ReprotectStep::DeleteReplica, StepState::Running, None)?;
         control.stop_item(&rep).await;
         control
             .agent(&rep.source_region)?
@@ -168,12 +184,12 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         }
         control.job_step(
             job,
-            3,
+            ReprotectStep::DeleteReplica,
             StepState::Succeeded,
             Some(format!("{count} objects deleted")),
         )?;
 
-        control.job_step(job, 4, StepState::Running, None)?;
+        control.job_step(job, ReprotectStep::Seed, StepState::Running, None)?;
         let turned = control.update_replication(&rep.item_key(), |r| {
             r.source_vm = Some(failover.vm.clone());
             r.source_region = new_source.region.clone();
@@ -188,30 +204,45 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         control.seed(&turned, &original).await?;
         control.job_step(
             job,
-            4,
+            ReprotectStep::Seed,
             StepState::Succeeded,
             Some(format!("from {og}/{ov}")),
         )?;
-    } else if !done(job, 5) {
+    } else if !job.step_done(ReprotectStep::StartReplication) {
         // A restart after the turn: seeding again is a no-op once the seed is stored.
         let (og, ov) = split(&rep.failover_vm_key());
         let original = control.vm(&og, &ov)?;
-        control.job_step(job, 4, StepState::Running, None)?;
+        control.job_step(job, ReprotectStep::Seed, StepState::Running, None)?;
         control.seed(&rep, &original).await?;
         control.job_step(
             job,
-            4,
+            ReprotectStep::Seed,
             StepState::Succeeded,
             Some(format!("from {og}/{ov}")),
         )?;
     }
 
     let rep = control.replication(&group, &vm)?;
-    control.job_step(job, 5, StepState::Running, None)?;
+    control.job_step(
+        job,
+        ReprotectStep::StartReplication,
+        StepState::Running,
+        None,
+    )?;
     control.ensure_running(&rep).await?;
-    control.job_step(job, 5, StepState::Succeeded, None)?;
+    control.job_step(
+        job,
+        ReprotectStep::StartReplication,
+        StepState::Succeeded,
+        None,
+    )?;
 
-    control.job_step(job, 6, StepState::Running, None)?;
+    control.job_step(
+        job,
+        ReprotectStep::DeltaReplication,
+        StepState::Running,
+        None,
+    )?;
     loop {
         let view = control.show_replication(&group, &vm)?;
         if let Some(init) = &view.initial_replication {
@@ -220,9 +251,14 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
                 init.percent, init.scanned_bytes, init.total_bytes, init.sent_bytes
             );
             let bytes = (init.scanned_bytes, init.total_bytes);
-            control.job_progress(job, 6, bytes, detail.clone())?;
+            control.job_progress(job, ReprotectStep::DeltaReplication, bytes, detail.clone())?;
             if view.state == ItemState::Protected {
-                control.job_step(job, 6, StepState::Succeeded, Some(detail))?;
+                control.job_step(
+                    job,
+                    ReprotectStep::DeltaReplication,
+                    StepState::Succeeded,
+                    Some(detail),
+                )?;
                 break;
             }
         }
@@ -234,7 +270,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    control.job_step(job, 7, StepState::Succeeded, None)?;
+    control.job_step(job, ReprotectStep::Protect, StepState::Succeeded, None)?;
     control.job_succeed(job)
 }
 

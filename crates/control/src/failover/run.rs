@@ -10,17 +10,21 @@ use super::FailoverRequest;
 use super::materialise::Placement;
 use crate::control::Control;
 use crate::error::{ControlError, Result};
+use crate::jobs::job_steps;
 use crate::model::{Failover, ItemState, Job, StepState};
 use crate::replication::PointView;
 
-pub(crate) const STEPS: &[&str] = &[
-    "Prerequisites check",
-    "Shut down source VM",
-    "Select recovery point",
-    "Stop replication",
-    "Create VM and disks from recovery point",
-    "Start VM",
-];
+job_steps! {
+    /// The failover job's steps.
+    pub(crate) enum FailoverStep for Failover {
+        Prerequisites => "Prerequisites check",
+        ShutDownSource => "Shut down source VM",
+        SelectPoint => "Select recovery point",
+        StopReplication => "Stop replication",
+        CreateVm => "Create VM and disks from recovery point",
+        StartVm => "Start VM",
+    }
+}
 
 fn split(target: &str) -> (String, String) {
     let (g, v) = target.split_once('/').unwrap_or((target, ""));
@@ -32,12 +36,12 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
     let req: FailoverRequest =
         serde_json::from_value(job.params["request"].clone()).unwrap_or_default();
     let rep = control.replication(&group, &vm)?;
-    control.job_step(job, 0, StepState::Succeeded, None)?;
+    control.job_step(job, FailoverStep::Prerequisites, StepState::Succeeded, None)?;
 
-    if job.steps[1].state != StepState::Succeeded {
+    if !job.step_done(FailoverStep::ShutDownSource) {
         let detail = if req.shutdown_source {
             let (sg, sv) = split(&rep.source_key());
-            control.job_step(job, 1, StepState::Running, None)?;
+            control.job_step(job, FailoverStep::ShutDownSource, StepState::Running, None)?;
             let stopped = control.stop_vm(&sg, &sv).await?;
             Some(format!(
                 "{}/{} is {}",
@@ -46,7 +50,12 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         } else {
             Some("skipped (unplanned failover)".into())
         };
-        control.job_step(job, 1, StepState::Succeeded, detail)?;
+        control.job_step(
+            job,
+            FailoverStep::ShutDownSource,
+            StepState::Succeeded,
+            detail,
+        )?;
     }
 
     let point = match job.params.get("point_id").and_then(|v| v.as_str()) {
@@ -56,14 +65,19 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
             points::resolve(&control.layout(&rep)?, &sel).await?
         }
         None => {
-            control.job_step(job, 2, StepState::Running, Some(req.point().to_string()))?;
+            control.job_step(
+                job,
+                FailoverStep::SelectPoint,
+                StepState::Running,
+                Some(req.point().to_string()),
+            )?;
             let p = control.select_point(&rep, req.point()).await?;
             let info = PointInfo::from_record(&p);
             job.params["point_id"] = info.id.clone().into();
             crate::failpoint::hit("failover-after-select-point").await;
             control.job_step(
                 job,
-                2,
+                FailoverStep::SelectPoint,
                 StepState::Succeeded,
                 Some(format!("{} ({}, {})", info.id, info.kind, info.time)),
             )?;
@@ -71,11 +85,16 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         }
     };
 
-    control.job_step(job, 3, StepState::Running, None)?;
+    control.job_step(job, FailoverStep::StopReplication, StepState::Running, None)?;
     control.stop_item(&rep).await;
-    control.job_step(job, 3, StepState::Succeeded, None)?;
+    control.job_step(
+        job,
+        FailoverStep::StopReplication,
+        StepState::Succeeded,
+        None,
+    )?;
 
-    control.job_step(job, 4, StepState::Running, None)?;
+    control.job_step(job, FailoverStep::CreateVm, StepState::Running, None)?;
     let target_key = rep.failover_vm_key();
     let (tg, tv) = split(&target_key);
     let place = Placement {
@@ -91,7 +110,7 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
     let bytes: u64 = point.disks.iter().map(|d| d.size).sum();
     control.job_step(
         job,
-        4,
+        FailoverStep::CreateVm,
         StepState::Succeeded,
         Some(format!(
             "{target_key} in {}, {} disks, {bytes} bytes",
@@ -100,11 +119,11 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         )),
     )?;
 
-    control.job_step(job, 5, StepState::Running, None)?;
+    control.job_step(job, FailoverStep::StartVm, StepState::Running, None)?;
     control.boot(&mut target).await?;
     control.job_step(
         job,
-        5,
+        FailoverStep::StartVm,
         StepState::Succeeded,
         Some(format!("{target_key} is running")),
     )?;

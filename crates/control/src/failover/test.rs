@@ -11,24 +11,31 @@ use super::materialise::Placement;
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::Result;
+use crate::jobs::{JobSteps, job_steps};
 use crate::model::{Job, Network, Replication, StepState, TestFailover, TestOutcome, Vm};
 use crate::replication::PointView;
 use crate::resources::key;
 
-pub(crate) const STEPS: &[&str] = &[
-    "Prerequisites check",
-    "Create test network",
-    "Select recovery point",
-    "Create test VM and disks from recovery point",
-    "Start test VM",
-];
+job_steps! {
+    /// The test failover job's steps.
+    pub(crate) enum TestFailoverStep for TestFailover {
+        Prerequisites => "Prerequisites check",
+        CreateNetwork => "Create test network",
+        SelectPoint => "Select recovery point",
+        CreateVm => "Create test VM and disks from recovery point",
+        StartVm => "Start test VM",
+    }
+}
 
-pub(crate) const CLEANUP_STEPS: &[&str] = &[
-    "Stop test VM",
-    "Delete test VM and its disks",
-    "Delete test network",
-    "Record outcome",
-];
+job_steps! {
+    /// The steps of a test failover's cleanup.
+    pub(crate) enum TestCleanupStep for TestFailoverCleanup {
+        StopVm => "Stop test VM",
+        DeleteVm => "Delete test VM and its disks",
+        DeleteNetwork => "Delete test network",
+        RecordOutcome => "Record outcome",
+    }
+}
 
 /// The test failover's record before its job has run: names chosen up front so that a
 /// cleanup after a crash knows what to look for.
@@ -61,25 +68,40 @@ pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> 
             "the test failover was cleaned up before it ran",
         ));
     };
-    control.job_step(job, 0, StepState::Succeeded, None)?;
+    control.job_step(
+        job,
+        TestFailoverStep::Prerequisites,
+        StepState::Succeeded,
+        None,
+    )?;
 
-    control.job_step(job, 1, StepState::Running, None)?;
+    control.job_step(
+        job,
+        TestFailoverStep::CreateNetwork,
+        StepState::Running,
+        None,
+    )?;
     if test.created_network {
         control.ensure_test_network(&rep, &test.network)?;
     }
     control.job_step(
         job,
-        1,
+        TestFailoverStep::CreateNetwork,
         StepState::Succeeded,
         Some(format!("{}/{}", rep.target.group, test.network)),
     )?;
 
-    control.job_step(job, 2, StepState::Running, Some(req.point().to_string()))?;
+    control.job_step(
+        job,
+        TestFailoverStep::SelectPoint,
+        StepState::Running,
+        Some(req.point().to_string()),
+    )?;
     let point = control.select_point(&rep, req.point()).await?;
     let info = PointInfo::from_record(&point);
     control.job_step(
         job,
-        2,
+        TestFailoverStep::SelectPoint,
         StepState::Succeeded,
         Some(format!("{} ({}, {})", info.id, info.kind, info.time)),
     )?;
@@ -89,7 +111,7 @@ pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> 
         }
     })?;
 
-    control.job_step(job, 3, StepState::Running, None)?;
+    control.job_step(job, TestFailoverStep::CreateVm, StepState::Running, None)?;
     let (tg, tv) = test.vm.split_once('/').unwrap_or((&test.vm, ""));
     let net = control.network(tg, &test.network)?;
     let subnet = net
@@ -108,13 +130,18 @@ pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> 
         created_by: "test-failover",
     };
     let mut target = control.materialise(&rep, &point, &place).await?;
-    control.job_step(job, 3, StepState::Succeeded, Some(test.vm.clone()))?;
+    control.job_step(
+        job,
+        TestFailoverStep::CreateVm,
+        StepState::Succeeded,
+        Some(test.vm.clone()),
+    )?;
 
-    control.job_step(job, 4, StepState::Running, None)?;
+    control.job_step(job, TestFailoverStep::StartVm, StepState::Running, None)?;
     control.boot(&mut target).await?;
     control.job_step(
         job,
-        4,
+        TestFailoverStep::StartVm,
         StepState::Succeeded,
         Some(format!("{} is running", test.vm)),
     )?;
@@ -126,26 +153,41 @@ pub(crate) async fn run_test_cleanup(control: &Arc<Control>, job: &mut Job) -> R
     let (group, vm) = (group.to_string(), vm.to_string());
     let rep = control.replication(&group, &vm)?;
     let Some(test) = rep.test_failover.clone() else {
-        for i in 0..CLEANUP_STEPS.len() {
-            control.job_step(job, i, StepState::Succeeded, Some("nothing to do".into()))?;
+        for step in TestCleanupStep::ALL {
+            control.job_step(
+                job,
+                *step,
+                StepState::Succeeded,
+                Some("nothing to do".into()),
+            )?;
         }
         return control.job_succeed(job);
     };
     let vm_record: Option<Vm> = control.db.get(Kind::Vm, &test.vm)?;
 
-    control.job_step(job, 0, StepState::Running, None)?;
+    control.job_step(job, TestCleanupStep::StopVm, StepState::Running, None)?;
     if let Some(v) = &vm_record {
         control.power_off(v).await?;
     }
-    control.job_step(job, 0, StepState::Succeeded, None)?;
+    control.job_step(job, TestCleanupStep::StopVm, StepState::Succeeded, None)?;
 
-    control.job_step(job, 1, StepState::Running, None)?;
+    control.job_step(job, TestCleanupStep::DeleteVm, StepState::Running, None)?;
     if let Some(v) = &vm_record {
         control.remove_vm(v).await?;
     }
-    control.job_step(job, 1, StepState::Succeeded, Some(test.vm.clone()))?;
+    control.job_step(
+        job,
+        TestCleanupStep::DeleteVm,
+        StepState::Succeeded,
+        Some(test.vm.clone()),
+    )?;
 
-    control.job_step(job, 2, StepState::Running, None)?;
+    control.job_step(
+        job,
+        TestCleanupStep::DeleteNetwork,
+        StepState::Running,
+        None,
+    )?;
     let detail = if test.created_network {
         control
             .db
@@ -157,7 +199,12 @@ pub(crate) async fn run_test_cleanup(control: &Arc<Control>, job: &mut Job) -> R
             rep.target.group, test.network
         )
     };
-    control.job_step(job, 2, StepState::Succeeded, Some(detail))?;
+    control.job_step(
+        job,
+        TestCleanupStep::DeleteNetwork,
+        StepState::Succeeded,
+        Some(detail),
+    )?;
 
     let test_job = control.job(test.job).ok();
     let outcome = TestOutcome::of(test_job.as_ref().map(|j| j.state));
@@ -170,7 +217,7 @@ pub(crate) async fn run_test_cleanup(control: &Arc<Control>, job: &mut Job) -> R
     })?;
     control.job_step(
         job,
-        3,
+        TestCleanupStep::RecordOutcome,
         StepState::Succeeded,
         Some(format!("test failover {outcome}")),
     )?;

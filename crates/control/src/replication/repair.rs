@@ -17,15 +17,19 @@ use serde_json::json;
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
+use crate::jobs::job_steps;
 use crate::model::{ItemState, Job, JobKind, JobState, StepState};
 
-pub(crate) const STEPS: &[&str] = &[
-    "Prerequisites check",
-    "Stop replication",
-    "Fence the old stream (new generation)",
-    "Compare every block, send the ones that differ",
-    "Protect",
-];
+job_steps! {
+    /// The repair job's steps.
+    pub(crate) enum RepairStep for RepairReplication {
+        Prerequisites => "Prerequisites check",
+        StopReplication => "Stop replication",
+        Fence => "Fence the old stream (new generation)",
+        Compare => "Compare every block, send the ones that differ",
+        Protect => "Protect",
+    }
+}
 
 impl Control {
     /// Start a repair of `GROUP/VM`'s replication.
@@ -51,10 +55,8 @@ impl Control {
         {
             return Ok(running);
         }
-        let job = self.new_job_with(
-            JobKind::RepairReplication,
+        let job = self.new_job_with::<RepairStep>(
             &rep.item_key(),
-            STEPS,
             json!({ "from_state": rep.state, "reason": rep.resync_reason }),
         )?;
         rep.state = ItemState::Resynchronizing;
@@ -69,20 +71,24 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
     let item = job.target.clone();
     let (group, vm) = item.split_once('/').unwrap_or((&item, ""));
     let (group, vm) = (group.to_string(), vm.to_string());
-    let done = |job: &Job, i: usize| job.steps[i].state == StepState::Succeeded;
     let rep = control.replication(&group, &vm)?;
     let reason = rep
         .resync_reason
         .clone()
         .unwrap_or_else(|| "requested".into());
-    control.job_step(job, 0, StepState::Succeeded, Some(reason))?;
+    control.job_step(
+        job,
+        RepairStep::Prerequisites,
+        StepState::Succeeded,
+        Some(reason),
+    )?;
 
-    if !done(job, 2) {
-        control.job_step(job, 1, StepState::Running, None)?;
+    if !job.step_done(RepairStep::Fence) {
+        control.job_step(job, RepairStep::StopReplication, StepState::Running, None)?;
         control.stop_item(&rep).await;
-        control.job_step(job, 1, StepState::Succeeded, None)?;
+        control.job_step(job, RepairStep::StopReplication, StepState::Succeeded, None)?;
 
-        control.job_step(job, 2, StepState::Running, None)?;
+        control.job_step(job, RepairStep::Fence, StepState::Running, None)?;
         // A generation once per repair, kept in the job so a resumed job fences the same one.
         let generation = match job.params.get("generation").and_then(|g| g.as_u64()) {
             Some(g) => Generation(g),
@@ -104,7 +110,7 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
         control.update_replication(&item, |r| r.resync_from = Some(start))?;
         control.job_step(
             job,
-            2,
+            RepairStep::Fence,
             StepState::Succeeded,
             Some(format!(
                 "generation {generation}, resuming at sequence {start}"
@@ -112,7 +118,7 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
         )?;
     }
 
-    control.job_step(job, 3, StepState::Running, None)?;
+    control.job_step(job, RepairStep::Compare, StepState::Running, None)?;
     let rep = control.replication(&group, &vm)?;
     let start = rep
         .resync_from
@@ -134,7 +140,7 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
             );
             if detail != last_detail {
                 let bytes = (i.scanned_bytes, i.total_bytes);
-                control.job_progress(job, 3, bytes, detail.clone())?;
+                control.job_progress(job, RepairStep::Compare, bytes, detail.clone())?;
                 last_detail = detail;
             }
         }
@@ -152,12 +158,12 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
         .as_ref()
         .map(|i| format!("{} of {} bytes sent", i.sent_bytes, i.total_bytes))
         .unwrap_or_default();
-    control.job_step(job, 3, StepState::Succeeded, Some(sent))?;
+    control.job_step(job, RepairStep::Compare, StepState::Succeeded, Some(sent))?;
     control.update_replication(&item, |r| {
         r.state = ItemState::Protected;
         r.resync_reason = None;
         r.resync_from = None;
     })?;
-    control.job_step(job, 4, StepState::Succeeded, None)?;
+    control.job_step(job, RepairStep::Protect, StepState::Succeeded, None)?;
     control.job_succeed(job)
 }
