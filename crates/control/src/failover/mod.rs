@@ -131,7 +131,7 @@ impl Control {
             &rep.item_key(),
             serde_json::json!({ "request": req, "from_state": rep.state }),
         )?;
-        rep.state = ItemState::FailingOver;
+        rep.state = rep.state.move_to(ItemState::FailingOver)?;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
         crate::jobs::spawn(self.clone(), job.clone());
@@ -235,7 +235,7 @@ impl Control {
             ));
         }
         let job = self.new_job::<ReprotectStep>(&rep.item_key())?;
-        rep.state = ItemState::Reprotecting;
+        rep.state = rep.state.move_to(ItemState::Reprotecting)?;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
         crate::jobs::spawn(self.clone(), job.clone());
@@ -248,11 +248,40 @@ impl Control {
         item: &str,
         f: impl FnOnce(&mut Replication),
     ) -> Result<Replication> {
+        self.try_update_replication(item, |rep| {
+            f(rep);
+            Ok(())
+        })
+    }
+
+    /// Move an item to the state `to` and change its record with `f`, in one
+    /// read-modify-write. A move the state machine does not have (say, the item was disabled
+    /// meanwhile) is refused and nothing is written.
+    pub(crate) fn move_item(
+        &self,
+        item: &str,
+        to: ItemState,
+        f: impl FnOnce(&mut Replication),
+    ) -> Result<Replication> {
+        self.try_update_replication(item, |rep| {
+            rep.state = rep.state.move_to(to).map_err(|e| {
+                ControlError::conflict(format!("cannot move {item} from {} to {}", e.from, e.to))
+            })?;
+            f(rep);
+            Ok(())
+        })
+    }
+
+    fn try_update_replication(
+        &self,
+        item: &str,
+        f: impl FnOnce(&mut Replication) -> Result<()>,
+    ) -> Result<Replication> {
         let mut rep: Replication = self
             .db
             .get(Kind::Replication, item)?
             .ok_or_else(|| ControlError::not_found(format!("{item} is not replicated")))?;
-        f(&mut rep);
+        f(&mut rep)?;
         self.db.put(Kind::Replication, item, &rep)?;
         Ok(rep)
     }

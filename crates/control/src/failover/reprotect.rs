@@ -78,8 +78,7 @@ pub(crate) async fn run_commit(control: &Arc<Control>, job: &mut Job) -> Result<
         Some(format!("{removed} points discarded")),
     )?;
 
-    control.update_replication(&rep.item_key(), |r| {
-        r.state = ItemState::FailoverCommitted;
+    control.move_item(&rep.item_key(), ItemState::FailoverCommitted, |r| {
         if let Some(f) = r.failover.as_mut() {
             f.committed = Some(Timestamp::now());
         }
@@ -190,7 +189,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         )?;
 
         control.job_step(job, ReprotectStep::Seed, StepState::Running, None)?;
-        let turned = control.update_replication(&rep.item_key(), |r| {
+        let turned = control.move_item(&rep.item_key(), ItemState::Reprotecting, |r| {
             r.source_vm = Some(failover.vm.clone());
             r.source_region = new_source.region.clone();
             r.target_vm = Some(key(&original.group, &original.name));
@@ -198,7 +197,6 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
             r.stream = StreamId::random();
             r.generation = Generation(r.generation.0 + 1);
             r.failover = None;
-            r.state = ItemState::Reprotecting;
         })?;
         crate::failpoint::hit("reprotect-after-turn").await;
         control.seed(&turned, &original).await?;
@@ -352,10 +350,10 @@ pub(crate) fn roll_back(control: &Control, job: &Job) -> Result<()> {
     match (job.kind, rep.state) {
         (JobKind::Failover, ItemState::FailingOver) => {
             let back = from.unwrap_or(ItemState::Protected);
-            control.update_replication(&item, |r| r.state = back)?;
+            control.move_item(&item, back, |_| {})?;
         }
         (JobKind::Reprotect, ItemState::Reprotecting) if rep.failover.is_some() => {
-            control.update_replication(&item, |r| r.state = ItemState::FailoverCommitted)?;
+            control.move_item(&item, ItemState::FailoverCommitted, |_| {})?;
         }
         _ => {}
     }

@@ -129,8 +129,7 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
     )?;
 
     let view = PointView::from(&point);
-    control.update_replication(&rep.item_key(), |r| {
-        r.state = ItemState::FailedOver;
+    control.move_item(&rep.item_key(), ItemState::FailedOver, |r| {
         r.failover = Some(Failover {
             vm: target_key.clone(),
             point: Some(view),

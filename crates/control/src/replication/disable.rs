@@ -50,7 +50,7 @@ impl Control {
         let vm_key = key(group, vm);
         self.refuse_if_hydrating_from(&vm_key, &format!("disable replication of {vm_key}"))?;
         let job = self.new_job::<DisableStep>(&vm_key)?;
-        rep.state = ItemState::Disabling;
+        rep.state = rep.state.move_to(ItemState::Disabling)?;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &vm_key, &rep)?;
         crate::jobs::spawn(self.clone(), job.clone());

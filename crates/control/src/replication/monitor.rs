@@ -65,8 +65,7 @@ async fn resync_when_untrusted(control: &Arc<Control>) -> crate::error::Result<(
             &item,
             format!("{reason}; replication is stopped until `ferry replication repair {item}`"),
         );
-        control.update_replication(&item, |r| {
-            r.state = ItemState::ResyncRequired;
+        control.move_item(&item, ItemState::ResyncRequired, |r| {
             r.resync_reason = Some(reason.clone());
         })?;
     }
@@ -167,7 +166,7 @@ fn tick(control: &Control) -> crate::error::Result<()> {
             .processor_status(&vm_key)
             .is_some_and(|s| s.initial_sync_seq.is_some());
         if done {
-            rep.state = ItemState::Protected;
+            rep.state = rep.state.move_to(ItemState::Protected)?;
             control.db.put(Kind::Replication, &vm_key, &rep)?;
             tracing::info!(item = %vm_key, "protected");
         }

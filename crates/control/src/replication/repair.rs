@@ -59,7 +59,7 @@ impl Control {
             &rep.item_key(),
             json!({ "from_state": rep.state, "reason": rep.resync_reason }),
         )?;
-        rep.state = ItemState::Resynchronizing;
+        rep.state = rep.state.move_to(ItemState::Resynchronizing)?;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
         crate::jobs::spawn(self.clone(), job.clone());
@@ -159,8 +159,7 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
         .map(|i| format!("{} of {} bytes sent", i.sent_bytes, i.total_bytes))
         .unwrap_or_default();
     control.job_step(job, RepairStep::Compare, StepState::Succeeded, Some(sent))?;
-    control.update_replication(&item, |r| {
-        r.state = ItemState::Protected;
+    control.move_item(&item, ItemState::Protected, |r| {
         r.resync_reason = None;
         r.resync_from = None;
     })?;

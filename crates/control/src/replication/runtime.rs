@@ -95,8 +95,7 @@ impl Control {
                         "{reason}; replication is stopped until `ferry replication repair {item}`"
                     ),
                 );
-                self.update_replication(&item, |r| {
-                    r.state = ItemState::ResyncRequired;
+                self.move_item(&item, ItemState::ResyncRequired, |r| {
                     r.resync_reason = Some(reason);
                 })?;
                 return Ok(());
@@ -121,7 +120,7 @@ impl Control {
         drop(items);
         if rep.state == ItemState::Enabling {
             let mut r = rep.clone();
-            r.state = ItemState::InitialReplication;
+            r.state = r.state.move_to(ItemState::InitialReplication)?;
             self.db.put(Kind::Replication, &item, &r)?;
         }
         Ok(())
