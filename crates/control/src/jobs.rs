@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use ferry_types::Timestamp;
+use serde::de::DeserializeOwned;
 
 use crate::control::Control;
 use crate::error::{ControlError, Result};
@@ -108,6 +109,18 @@ impl Job {
     pub(crate) fn step_done<S: JobSteps>(&self, step: S) -> bool {
         self.step_index(step)
             .is_ok_and(|i| self.steps[i].state == StepState::Succeeded)
+    }
+
+    /// The stored parameter `name` (absent, it reads as null: `None` for an `Option`). One
+    /// that no longer reads, corrupt or stored by another version, is an error rather than a
+    /// default: a failover must not go to `latest` when it was asked for another point.
+    pub(crate) fn param<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let value = self.params.get(name).cloned().unwrap_or_default();
+        serde_json::from_value(value).map_err(|e| {
+            ControlError::Internal(format!(
+                "the job's stored {name} cannot be read: {e}; start the operation again"
+            ))
+        })
     }
 
     /// The step a failure is reported at: the first that has not succeeded.
@@ -256,7 +269,7 @@ pub(crate) fn spawn(control: Arc<Control>, job: Job) {
 
 /// Run a job to its end: a job that fails is failed at its first step that has not succeeded,
 /// and the item goes back to where it was when that is still possible.
-async fn run(control: &Arc<Control>, mut job: Job) -> Job {
+pub(crate) async fn run(control: &Arc<Control>, mut job: Job) -> Job {
     let result = match job.kind {
         JobKind::EnableReplication => {
             crate::replication::enable::run_enable(control, &mut job).await
@@ -442,6 +455,21 @@ mod tests {
         job.steps.reverse();
         assert_eq!(job.step_index(Steps::Second).unwrap(), 0);
         assert_eq!(job.failed_step(), 1);
+    }
+
+    #[test]
+    fn a_stored_parameter_reads_or_fails_with_its_name() {
+        let params = serde_json::json!({ "generation": 7, "point_id": 12 });
+        let job = Job::start::<Steps>("rg1/vm1", params);
+        assert_eq!(job.param::<Option<u64>>("generation").unwrap(), Some(7));
+        assert_eq!(job.param::<Option<String>>("absent").unwrap(), None);
+        let e = job.param::<Option<String>>("point_id").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the job's stored point_id cannot be read: invalid type: integer `12`, expected a \
+             string; start the operation again"
+        );
+        assert!(job.param::<u64>("absent").is_err());
     }
 
     #[test]

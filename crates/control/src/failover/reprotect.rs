@@ -343,13 +343,16 @@ pub(crate) fn roll_back(control: &Control, job: &Job) -> Result<()> {
     let Some(rep) = control.db.get::<Replication>(Kind::Replication, &item)? else {
         return Ok(());
     };
-    let from = job
-        .params
-        .get("from_state")
-        .and_then(|v| serde_json::from_value::<ItemState>(v.clone()).ok());
     match (job.kind, rep.state) {
         (JobKind::Failover, ItemState::FailingOver) => {
-            let back = from.unwrap_or(ItemState::Protected);
+            // Not guessed: an item that was failed over before is not protected.
+            let from = job.params.get("from_state").cloned().unwrap_or_default();
+            let back: ItemState = serde_json::from_value(from).map_err(|e| {
+                ControlError::Internal(format!(
+                    "the job's stored from_state cannot be read ({e}), so {item} stays {}",
+                    rep.state
+                ))
+            })?;
             control.move_item(&item, back, |_| {})?;
         }
         (JobKind::Reprotect, ItemState::Reprotecting) if rep.failover.is_some() => {

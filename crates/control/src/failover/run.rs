@@ -33,8 +33,7 @@ fn split(target: &str) -> (String, String) {
 
 pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     let (group, vm) = split(&job.target);
-    let req: FailoverRequest =
-        serde_json::from_value(job.params["request"].clone()).unwrap_or_default();
+    let req: FailoverRequest = job.param("request")?;
     let rep = control.replication(&group, &vm)?;
     control.job_step(job, FailoverStep::Prerequisites, StepState::Succeeded, None)?;
 
@@ -58,10 +57,14 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         )?;
     }
 
-    let point = match job.params.get("point_id").and_then(|v| v.as_str()) {
+    let point = match job.param::<Option<String>>("point_id")? {
         Some(id) => {
-            let sel = PointSelector::parse(id)
-                .ok_or_else(|| ControlError::Internal(format!("bad stored point id {id}")))?;
+            let sel = PointSelector::parse(&id).ok_or_else(|| {
+                ControlError::Internal(format!(
+                    "the job's stored point_id {id:?} is not a recovery point; \
+                     start the operation again"
+                ))
+            })?;
             points::resolve(&control.layout(&rep)?, &sel).await?
         }
         None => {
@@ -142,4 +145,84 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         });
     })?;
     control.job_succeed(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ferry_types::{Generation, StreamId};
+
+    use super::*;
+    use crate::db::Kind;
+    use crate::model::{JobState, Replication, Target};
+
+    /// An item failing over from `protected`, as `ferry failover run` leaves it.
+    fn failing_over(job: u64) -> Replication {
+        Replication {
+            group: "rg1".into(),
+            vm: "vm1".into(),
+            source_region: "east".into(),
+            stream: StreamId::random(),
+            generation: Generation(1),
+            state: ItemState::FailingOver,
+            policy: "default".into(),
+            target: Target {
+                region: "west".into(),
+                group: "rg1-asr".into(),
+                network: "net1-asr".into(),
+                subnet: "default".into(),
+                availability_set: None,
+                cache_storage: "rg1/cache".into(),
+                storage: BTreeMap::new(),
+            },
+            job: Some(job),
+            created: Timestamp::now(),
+            source_vm: None,
+            target_vm: None,
+            failover: None,
+            test_failover: None,
+            last_test_failover: None,
+            resync_reason: None,
+            resync_from: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_request_that_no_longer_reads_fails_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Control::start_without_regions(dir.path()).await.unwrap();
+        // Stored by another version: a field this one does not know.
+        let params = serde_json::json!({
+            "request": { "recovery_point": "2026-11-28T05:00:00Z", "turbo": true },
+            "from_state": "protected",
+        });
+        let job = control
+            .new_job_with::<FailoverStep>("rg1/vm1", params)
+            .unwrap();
+        control
+            .db
+            .put(Kind::Replication, "rg1/vm1", &failing_over(job.id))
+            .unwrap();
+
+        let job = crate::jobs::run(&control, job).await;
+
+        assert_eq!(job.state, JobState::Failed);
+        let error = job.error.clone().unwrap();
+        assert!(
+            error.starts_with("the job's stored request cannot be read: unknown field `turbo`")
+                && error.ends_with("; start the operation again"),
+            "{error}"
+        );
+        assert_eq!(job.steps[0].name, "Prerequisites check");
+        assert_eq!(job.steps[0].state, StepState::Failed);
+        assert!(job.steps[1..].iter().all(|s| s.state == StepState::Pending));
+        let stored = control.job(job.id).unwrap();
+        assert_eq!(stored.state, JobState::Failed);
+        assert_eq!(stored.error, Some(error));
+        // Nothing was done: the item is back where it came from.
+        let rep = control.replication("rg1", "vm1").unwrap();
+        assert_eq!(rep.state, ItemState::Protected);
+        control.shutdown().await;
+    }
 }

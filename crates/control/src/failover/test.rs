@@ -60,8 +60,7 @@ pub(crate) fn placeholder(rep: &Replication, req: &FailoverRequest, job: u64) ->
 pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     let (group, vm) = job.target.split_once('/').unwrap_or((&job.target, ""));
     let (group, vm) = (group.to_string(), vm.to_string());
-    let req: FailoverRequest =
-        serde_json::from_value(job.params["request"].clone()).unwrap_or_default();
+    let req: FailoverRequest = job.param("request")?;
     let rep = control.replication(&group, &vm)?;
     let Some(test) = rep.test_failover.clone() else {
         return Err(crate::error::ControlError::conflict(
@@ -240,5 +239,32 @@ impl Control {
             subnets: prod.subnets.clone(),
         };
         self.db.put(Kind::Network, &k, &net)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::JobState;
+
+    #[tokio::test]
+    async fn a_stored_request_that_no_longer_reads_fails_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Control::start_without_regions(dir.path()).await.unwrap();
+        let params = serde_json::json!({ "request": "latest" });
+        let job = control
+            .new_job_with::<TestFailoverStep>("rg1/vm1", params)
+            .unwrap();
+
+        let job = crate::jobs::run(&control, job).await;
+
+        assert_eq!(job.state, JobState::Failed);
+        let error = job.error.unwrap();
+        assert!(
+            error.starts_with("the job's stored request cannot be read: invalid type: string"),
+            "{error}"
+        );
+        assert_eq!(job.steps[0].state, StepState::Failed);
+        control.shutdown().await;
     }
 }

@@ -90,8 +90,8 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
 
         control.job_step(job, RepairStep::Fence, StepState::Running, None)?;
         // A generation once per repair, kept in the job so a resumed job fences the same one.
-        let generation = match job.params.get("generation").and_then(|g| g.as_u64()) {
-            Some(g) => Generation(g),
+        let generation = match job.param::<Option<Generation>>("generation")? {
+            Some(g) => g,
             None => {
                 let g = Generation(rep.generation.0 + 1);
                 job.params = json!({
