@@ -472,6 +472,43 @@ mod tests {
         assert!(job.param::<u64>("absent").is_err());
     }
 
+    #[tokio::test]
+    async fn a_job_that_cannot_be_read_does_not_stop_a_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = crate::db::Db::open(&dir.path().join("state.db")).unwrap();
+        db.put_raw_job("{}").unwrap();
+        // A running job, resumed at the start; its item is gone, so it fails.
+        let mut job = Job::start::<crate::failover::TestFailoverStep>(
+            "rg1/vm1",
+            serde_json::json!({ "request": {} }),
+        );
+        db.new_job(&mut job).unwrap();
+        drop(db);
+
+        let control = Control::start_without_regions(dir.path()).await.unwrap();
+
+        let jobs = control.jobs().unwrap();
+        assert_eq!(jobs.iter().map(|j| j.id).collect::<Vec<_>>(), [job.id]);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let resumed = loop {
+            let j = control.job(job.id).unwrap();
+            if j.state != JobState::Running || std::time::Instant::now() > deadline {
+                break j;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        };
+        assert_eq!(resumed.state, JobState::Failed);
+        assert!(
+            resumed
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("is not replicated"),
+            "{resumed:?}"
+        );
+        control.shutdown().await;
+    }
+
     #[test]
     fn a_step_of_another_kind_or_not_stored_is_refused() {
         let mut job = Job::start::<Steps>("rg1/vm1", serde_json::Value::Null);
