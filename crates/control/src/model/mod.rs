@@ -1,12 +1,14 @@
-//! The resource model, as stored and as the API returns it.
+//! The resource model, as stored and as the API returns it. States, steps and severities are
+//! enums (`state.rs`, `job.rs` here) whose serde names are the strings the API has always used.
 
 use std::collections::BTreeMap;
 
 use ferry_types::{Generation, StreamId, Timestamp};
 use serde::{Deserialize, Serialize};
 
-/// Gives a fieldless enum whose serde names are kebab case the same names as `&'static str`:
-/// `ALL`, `as_str`, `Display` (for messages) and `FromStr` (for filters and requests).
+/// For a fieldless enum with serde `rename_all = "kebab-case"`: its names as `&'static str`
+/// (`as_str`, and `Display` for messages), `ALL`, and `FromStr` (for filters and requests).
+/// The names are spelled out; a test beside each enum checks they are serde's.
 macro_rules! wire_names {
     ($ty:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
         impl $ty {
