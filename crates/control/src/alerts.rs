@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
+use crate::model::{Health, Severity};
 
 /// Attempts per notification, and the first backoff (doubling).
 const ATTEMPTS: u32 = 6;
@@ -22,7 +23,7 @@ pub struct AlertRule {
     /// Where the POST goes (`http://` or `https://`).
     pub url: String,
     /// `warning` (warning and critical) or `critical`.
-    pub severity: String,
+    pub severity: Severity,
     pub created: Timestamp,
 }
 
@@ -41,19 +42,11 @@ struct Notification<'a> {
     rule: &'a str,
     item: &'a str,
     time: Timestamp,
-    health: &'a str,
-    previous_health: &'a str,
+    health: Health,
+    previous_health: Health,
     reasons: &'a [String],
     /// `firing` when the item crossed the rule's severity, `resolved` when it came back.
     status: &'a str,
-}
-
-fn level(health: &str) -> u8 {
-    match health {
-        "critical" => 2,
-        "warning" => 1,
-        _ => 0,
-    }
 }
 
 impl Control {
@@ -65,13 +58,17 @@ impl Control {
                 req.name, req.url
             )));
         }
-        let severity = req.severity.unwrap_or_else(|| "warning".into());
-        if level(&severity) == 0 {
-            return Err(ControlError::invalid(format!(
-                "alert {}: severity {severity:?} must be warning or critical",
-                req.name
-            )));
-        }
+        let severity = match req.severity.as_deref().map(str::parse) {
+            None => Severity::Warning,
+            Some(Ok(s @ (Severity::Warning | Severity::Critical))) => s,
+            Some(Ok(Severity::Info) | Err(_)) => {
+                return Err(ControlError::invalid(format!(
+                    "alert {}: severity {:?} must be warning or critical",
+                    req.name,
+                    req.severity.unwrap_or_default()
+                )));
+            }
+        };
         let rule = AlertRule {
             name: req.name,
             url: req.url,
@@ -100,14 +97,16 @@ impl Control {
     pub(crate) fn alert_health(
         self: &Arc<Self>,
         item: &str,
-        before: &str,
-        now: &str,
+        before: Health,
+        now: Health,
         reasons: &[String],
     ) {
         let Ok(rules) = self.alerts() else { return };
         for rule in rules {
-            let threshold = level(&rule.severity);
-            let (was, is) = (level(before) >= threshold, level(now) >= threshold);
+            let (was, is) = (
+                before.severity() >= rule.severity,
+                now.severity() >= rule.severity,
+            );
             if was == is {
                 continue;
             }
@@ -126,7 +125,7 @@ impl Control {
                 let outcome = send(&rule.url, body).await;
                 let (severity, kind, message) = match outcome {
                     Ok(attempts) => (
-                        "info",
+                        Severity::Info,
                         "alert-sent",
                         format!(
                             "alert {} sent to {} ({attempts} attempt(s))",
@@ -134,7 +133,7 @@ impl Control {
                         ),
                     ),
                     Err(e) => (
-                        "warning",
+                        Severity::Warning,
                         "alert-failed",
                         format!(
                             "alert {} to {} failed after {ATTEMPTS} attempts: {e}",

@@ -11,7 +11,7 @@ use ferry_compute::{Boot as QemuBoot, DiskAttachment, Qemu, VmSpec};
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{Vm, vm_state};
+use crate::model::{Vm, VmState};
 use crate::resources::key;
 
 /// How long a guest has to power down before it is stopped hard.
@@ -101,8 +101,8 @@ impl Control {
         format!("{}/{prefix}", nic.private_ip)
     }
 
-    fn set_vm_state(&self, vm: &mut Vm, st: &str) -> Result<()> {
-        vm.state = st.into();
+    fn set_vm_state(&self, vm: &mut Vm, st: VmState) -> Result<()> {
+        vm.state = st;
         self.db.put(Kind::Vm, &key(&vm.group, &vm.name), vm)
     }
 
@@ -111,7 +111,7 @@ impl Control {
         let mut vm = self.vm(group, name)?;
         self.attach_vm(&vm)?;
         self.power_on(&vm).await?;
-        self.set_vm_state(&mut vm, vm_state::RUNNING)?;
+        self.set_vm_state(&mut vm, VmState::Running)?;
         self.vm(group, name)
     }
 
@@ -122,7 +122,7 @@ impl Control {
         if !graceful {
             tracing::warn!(vm = %key(group, name), "the guest did not power down in time; stopped it hard");
         }
-        self.set_vm_state(&mut vm, vm_state::STOPPED)?;
+        self.set_vm_state(&mut vm, VmState::Stopped)?;
         self.vm(group, name)
     }
 
@@ -147,7 +147,7 @@ impl Control {
         };
         for vm in vms
             .iter()
-            .filter(|v| v.compute == "qemu" && v.state == vm_state::RUNNING)
+            .filter(|v| v.compute == "qemu" && v.state == VmState::Running)
         {
             if let Err(e) = self.power_on(vm).await {
                 tracing::error!(vm = %key(&vm.group, &vm.name), error = %e, "boot a VM that should be running");

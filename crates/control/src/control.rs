@@ -131,6 +131,17 @@ impl Control {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
+    /// A control plane over the state in `data` with no regions (so no agents): enough for
+    /// tests of the state and the jobs.
+    #[cfg(test)]
+    pub(crate) async fn start_without_regions(data: &std::path::Path) -> Result<Arc<Control>> {
+        Control::start(ControlConfig {
+            regions: Vec::new(),
+            ..ControlConfig::embedded(data.to_path_buf())
+        })
+        .await
+    }
+
     pub fn data_dir(&self) -> &std::path::Path {
         &self.cfg.data
     }

@@ -30,6 +30,12 @@ impl ControlError {
     }
 }
 
+impl From<crate::model::IllegalMove> for ControlError {
+    fn from(e: crate::model::IllegalMove) -> Self {
+        ControlError::Conflict(e.to_string())
+    }
+}
+
 impl From<rusqlite::Error> for ControlError {
     fn from(e: rusqlite::Error) -> Self {
         ControlError::Internal(format!("state database: {e}"))

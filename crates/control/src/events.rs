@@ -12,14 +12,14 @@ use ferry_types::Timestamp;
 
 use crate::control::Control;
 use crate::db::Kind;
-use crate::error::{ControlError, Result};
-use crate::model::{Event, Replication};
+use crate::error::Result;
+use crate::model::{Event, Health, ItemState, Replication, Severity};
 
 /// What the monitor last saw of an item.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Observed {
-    state: String,
-    health: String,
+    state: ItemState,
+    health: Health,
     reasons: Vec<String>,
     tracking: String,
     refused_segment: Option<u64>,
@@ -33,8 +33,8 @@ pub struct EventFilter {
     /// Only events about this target (`GROUP/VM` or `job/ID`).
     pub target: Option<String>,
     pub kind: Option<String>,
-    /// `info`, `warning` or `critical`: that severity and above.
-    pub severity: Option<String>,
+    /// That severity and above.
+    pub severity: Option<Severity>,
     /// Only events after this id (to follow new ones).
     pub after: Option<u64>,
     /// At most this many (the newest); default 100.
@@ -62,35 +62,28 @@ fn shape(reason: &str) -> String {
     out
 }
 
-fn rank(severity: &str) -> Option<u8> {
-    match severity {
-        "info" => Some(0),
-        "warning" => Some(1),
-        "critical" => Some(2),
-        _ => None,
-    }
-}
-
 impl Control {
     /// Record an event (also logged). A failure to store it is logged, never returned: an
     /// event must not stop the work it describes.
-    pub(crate) fn event(&self, severity: &str, kind: &str, target: &str, message: String) {
+    pub(crate) fn event(&self, severity: Severity, kind: &str, target: &str, message: String) {
         let mut e = Event {
             id: 0,
             time: Timestamp::now(),
-            severity: severity.into(),
+            severity,
             kind: kind.into(),
             target: target.into(),
             message,
         };
         match severity {
-            "critical" => {
+            Severity::Critical => {
                 tracing::error!(target: "ferry::event", kind, %target, message = %e.message)
             }
-            "warning" => {
+            Severity::Warning => {
                 tracing::warn!(target: "ferry::event", kind, %target, message = %e.message)
             }
-            _ => tracing::info!(target: "ferry::event", kind, %target, message = %e.message),
+            Severity::Info => {
+                tracing::info!(target: "ferry::event", kind, %target, message = %e.message)
+            }
         }
         if let Err(err) = self.db.add_event(&mut e) {
             tracing::error!(error = %err, "store an event");
@@ -99,14 +92,7 @@ impl Control {
 
     /// Events, oldest first.
     pub fn events(&self, f: &EventFilter) -> Result<Vec<Event>> {
-        let min = match f.severity.as_deref() {
-            None => 0,
-            Some(s) => rank(s).ok_or_else(|| {
-                ControlError::invalid(format!(
-                    "invalid severity {s:?}: use info, warning or critical"
-                ))
-            })?,
-        };
+        let min = f.severity.unwrap_or(Severity::Info);
         let limit = f.limit.unwrap_or(100).clamp(1, 10_000);
         // Filter in memory over a bounded window of the newest events.
         let all = self.db.events(f.after.unwrap_or(0), 100_000)?;
@@ -114,7 +100,7 @@ impl Control {
             .into_iter()
             .filter(|e| f.target.as_ref().is_none_or(|t| &e.target == t))
             .filter(|e| f.kind.as_ref().is_none_or(|k| &e.kind == k))
-            .filter(|e| rank(&e.severity).unwrap_or(0) >= min)
+            .filter(|e| e.severity >= min)
             .collect();
         let skip = out.len().saturating_sub(limit);
         out.drain(..skip);
@@ -130,8 +116,8 @@ impl Control {
         for rep in reps {
             let v = self.view(&rep);
             let now = Observed {
-                state: v.state.clone(),
-                health: v.health.clone(),
+                state: v.state,
+                health: v.health,
                 reasons: v.health_reasons.iter().map(|r| shape(r)).collect(),
                 tracking: v.stats.tracking.clone(),
                 disk_full_count: v.stats.disk_full_count,
@@ -145,10 +131,13 @@ impl Control {
             let item = v.name.clone();
             let first = !seen.contains_key(&item);
             let before = seen.remove(&item).unwrap_or_else(|| Observed {
-                health: "healthy".into(),
+                state: now.state,
+                health: Health::Healthy,
+                reasons: Vec::new(),
                 tracking: "ordered".into(),
-                state: now.state.clone(),
-                ..Observed::default()
+                refused_segment: None,
+                stale_segments_deleted: 0,
+                disk_full_count: 0,
             });
             self.record_changes(&item, &before, &now, &v.health_reasons, first);
             next.insert(item, now);
@@ -166,10 +155,10 @@ impl Control {
         first: bool,
     ) {
         if now.state != before.state {
-            let severity = if now.state == crate::model::state::RESYNC_REQUIRED {
-                "critical"
+            let severity = if now.state == ItemState::ResyncRequired {
+                Severity::Critical
             } else {
-                "info"
+                Severity::Info
             };
             self.event(
                 severity,
@@ -179,12 +168,9 @@ impl Control {
             );
         }
         if now.health != before.health
-            || (now.health != "healthy" && now.reasons != before.reasons && !first)
+            || (now.health != Health::Healthy && now.reasons != before.reasons && !first)
         {
-            let severity = match now.health.as_str() {
-                "healthy" => "info",
-                h => h,
-            };
+            let severity = now.health.severity();
             let why = if reasons.is_empty() {
                 String::new()
             } else {
@@ -197,7 +183,7 @@ impl Control {
                 format!("health {} → {}{why}", before.health, now.health),
             );
             if now.health != before.health {
-                self.alert_health(item, &before.health, &now.health, reasons);
+                self.alert_health(item, before.health, now.health, reasons);
             }
         }
         // A full disk has its own event (below), not the ship buffer's.
@@ -208,26 +194,26 @@ impl Control {
         {
             let (severity, kind, message) = match now.tracking.as_str() {
                 "overflow" => (
-                    "critical",
+                    Severity::Critical,
                     "ship-buffer-overflow",
                     "the ship buffer is full: writes are tracked as dirty blocks; no instant is \
                      point-in-time recoverable until the catch-up completes"
                         .to_string(),
                 ),
                 "catching-up" => (
-                    "warning",
+                    Severity::Warning,
                     "catch-up-started",
                     "the catch-up is copying the blocks written while the ship buffer was full"
                         .to_string(),
                 ),
                 _ if before.tracking == "resyncing" => (
-                    "info",
+                    Severity::Info,
                     "resync-done",
                     "the repair's resync compared every block: the stream is ordered again"
                         .to_string(),
                 ),
                 _ => (
-                    "info",
+                    Severity::Info,
                     "catch-up-done",
                     "the catch-up completed: the stream is ordered again".to_string(),
                 ),
@@ -241,7 +227,7 @@ impl Control {
                 .cloned()
                 .unwrap_or_default();
             self.event(
-                "critical",
+                Severity::Critical,
                 "segment-refused",
                 item,
                 format!(
@@ -252,7 +238,7 @@ impl Control {
         }
         if disk_full {
             self.event(
-                "critical",
+                Severity::Critical,
                 "source-disk-full",
                 item,
                 "the source host's disk was full: a write could not be logged, so writes are \
@@ -263,7 +249,7 @@ impl Control {
         }
         if now.stale_segments_deleted > before.stale_segments_deleted && !first {
             self.event(
-                "warning",
+                Severity::Warning,
                 "stale-segment-deleted",
                 item,
                 format!(
@@ -290,7 +276,5 @@ mod tests {
                  2026-11-28T05:00:34.242458Z is recoverable";
         assert_eq!(shape(c), shape(d));
         assert_ne!(shape(a), shape(c));
-        assert_eq!(rank("critical"), Some(2));
-        assert_eq!(rank("loud"), None);
     }
 }

@@ -437,7 +437,7 @@ impl Control {
             group: group.to_string(),
             name: vm_name.clone(),
             region: g.region.clone(),
-            state: crate::model::vm_state::RUNNING.into(),
+            state: VmState::Running,
             compute,
             boot,
             app_consistency: crate::model::AppConsistency {
@@ -492,7 +492,7 @@ impl Control {
             .db
             .list::<Replication>(Kind::Replication)?
             .iter()
-            .any(|r| r.source_key() == vm_key && crate::model::state::replicating(&r.state));
+            .any(|r| r.source_key() == vm_key && r.state.is_replicating());
         let hold = replicated.then_some(self.cfg.stream.start_hold);
         let specs: Vec<DiskSpec> = vm
             .disks

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ferry_control::failover::FailoverRequest;
-use ferry_control::model::Job;
+use ferry_control::model::{Job, JobState, StepState, VmState};
 use ferry_control::requests::{
     CreateGroup, CreateNetwork, CreateStorage, CreateVm, DiskRequest, EnableReplication, SubnetSpec,
 };
@@ -298,7 +298,7 @@ async fn fail_over_case(
         if served.is_none()
             && j.steps
                 .iter()
-                .any(|s| s.name == MATERIALISE && s.state == "succeeded")
+                .any(|s| s.name == MATERIALISE && s.state == StepState::Succeeded)
         {
             served = Some(now);
         }
@@ -312,7 +312,7 @@ async fn fail_over_case(
         {
             hydrated = Some(now);
         }
-        if j.state == "failed" {
+        if j.state == JobState::Failed {
             bail!(
                 "failover of {GROUP}/{vm} (job {}) failed: {}",
                 j.id,
@@ -327,7 +327,10 @@ async fn fail_over_case(
         {
             booted = Some(now);
         }
-        if j.state == "succeeded" && (booted.is_some() || guest.is_none()) && hydrated.is_some() {
+        if j.state == JobState::Succeeded
+            && (booted.is_some() || guest.is_none())
+            && hydrated.is_some()
+        {
             break;
         }
         if Instant::now() > deadline {
@@ -495,10 +498,10 @@ pub(super) async fn wait_job(control: &Control, id: u64, what: &str) -> Result<J
     let deadline = Instant::now() + JOB_TIMEOUT;
     loop {
         let j = control.job(id)?;
-        match j.state.as_str() {
-            "succeeded" => return Ok(j),
-            "failed" => bail!("{what} (job {id}) failed: {}", j.error.unwrap_or_default()),
-            _ => {}
+        match j.state {
+            JobState::Succeeded => return Ok(j),
+            JobState::Failed => bail!("{what} (job {id}) failed: {}", j.error.unwrap_or_default()),
+            JobState::Running => {}
         }
         if Instant::now() > deadline {
             bail!("timed out after {JOB_TIMEOUT:?} waiting for {what} (job {id})");
@@ -549,7 +552,7 @@ async fn stop_qemu_vms(control: &Arc<Control>) {
     let stops = vms
         .iter()
         .filter(|v| v.compute == "qemu")
-        .filter(|v| v.state == "running")
+        .filter(|v| v.state == VmState::Running)
         .map(|v| stop_vm(control, &v.group, &v.name));
     for r in futures::future::join_all(stops).await {
         if let Err(e) = r {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
+use ferry_control::model::{JobState, StepState};
 use ferry_control::requests::{
     CreateGroup, CreateNetwork, CreateStorage, CreateVm, DiskRequest, EnableReplication, SubnetSpec,
 };
@@ -142,14 +143,16 @@ async fn step_times(control: &Arc<Control>, id: u64, t: Instant) -> Result<Strin
     loop {
         let j = control.job(id)?;
         for s in &j.steps {
-            if s.state == "succeeded" && !done.iter().any(|(n, _)| *n == s.name) {
+            if s.state == StepState::Succeeded && !done.iter().any(|(n, _)| *n == s.name) {
                 done.push((s.name.clone(), t.elapsed().as_secs_f64()));
             }
         }
-        match j.state.as_str() {
-            "succeeded" => break,
-            "failed" => anyhow::bail!("repair (job {id}) failed: {}", j.error.unwrap_or_default()),
-            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        match j.state {
+            JobState::Succeeded => break,
+            JobState::Failed => {
+                anyhow::bail!("repair (job {id}) failed: {}", j.error.unwrap_or_default())
+            }
+            JobState::Running => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
         }
         if t.elapsed() > std::time::Duration::from_secs(600) {
             anyhow::bail!("repair (job {id}) did not finish in 10 minutes");

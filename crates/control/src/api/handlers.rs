@@ -11,6 +11,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::{ApiError, ApiState};
+use crate::error::ControlError;
+use crate::model::Severity;
 use crate::requests::*;
 
 type R = Result<Response, ApiError>;
@@ -299,10 +301,20 @@ pub(crate) async fn events(
 ) -> R {
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let severity = q
+        .severity
+        .map(|s| {
+            s.parse::<Severity>().map_err(|_| {
+                ControlError::invalid(format!(
+                    "invalid severity {s:?}: use info, warning or critical"
+                ))
+            })
+        })
+        .transpose()?;
     ok(s.control.events(&crate::EventFilter {
         target: q.target,
         kind: q.kind,
-        severity: q.severity,
+        severity,
         after: q.after,
         limit: q.limit,
     })?)

@@ -9,6 +9,7 @@ use ferry_types::histogram::Snapshot;
 
 use crate::Control;
 use crate::error::Result;
+use crate::model::JobState;
 
 /// The metrics page of the whole control plane.
 pub fn render(control: &Control) -> Result<String> {
@@ -37,12 +38,7 @@ pub fn render(control: &Control) -> Result<String> {
         "1 for the item's health (healthy, warning or critical).",
         items
             .iter()
-            .map(|i| {
-                (
-                    format!("{},health=\"{}\"", item(&i.name), escape(&i.health)),
-                    1.0,
-                )
-            })
+            .map(|i| (format!("{},health=\"{}\"", item(&i.name), i.health), 1.0))
             .collect(),
     );
     gauge(
@@ -51,12 +47,7 @@ pub fn render(control: &Control) -> Result<String> {
         "1 for the item's replication state.",
         items
             .iter()
-            .map(|i| {
-                (
-                    format!("{},state=\"{}\"", item(&i.name), escape(&i.state)),
-                    1.0,
-                )
-            })
+            .map(|i| (format!("{},state=\"{}\"", item(&i.name), i.state), 1.0))
             .collect(),
     );
     let per_item = |f: &dyn Fn(&crate::replication::ReplicationView) -> f64| -> Vec<(String, f64)> {
@@ -102,19 +93,16 @@ pub fn render(control: &Control) -> Result<String> {
         "Segments applied to the replica since the processor started.",
         per_item(&|i| i.stats.segments_applied as f64),
     );
-    let mut jobs: BTreeMap<String, u64> = ["running", "succeeded", "failed"]
-        .into_iter()
-        .map(|s| (s.to_string(), 0))
-        .collect();
+    let mut jobs: BTreeMap<&str, u64> = JobState::ALL.iter().map(|s| (s.as_str(), 0)).collect();
     for j in control.jobs()? {
-        *jobs.entry(j.state).or_default() += 1;
+        *jobs.entry(j.state.as_str()).or_default() += 1;
     }
     gauge(
         "ferry_jobs",
         "gauge",
         "Jobs by state.",
         jobs.into_iter()
-            .map(|(s, n)| (format!("state=\"{}\"", escape(&s)), n as f64))
+            .map(|(s, n)| (format!("state=\"{s}\""), n as f64))
             .collect(),
     );
     histogram(

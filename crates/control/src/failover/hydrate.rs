@@ -16,7 +16,7 @@ use tokio::sync::OnceCell;
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{Replication, Vm, VmHydration};
+use crate::model::{Replication, Severity, Vm, VmHydration};
 use crate::resources::key;
 
 /// The blocks of one disk at one recovery point, read from the replica. The point's block map
@@ -158,7 +158,7 @@ impl Control {
                     .unwrap_or_default();
                 self.db.put(Kind::Vm, &vm_key, &vm)?;
                 self.event(
-                    "info",
+                    Severity::Info,
                     "hydration-complete",
                     &vm_key,
                     format!("every disk of {vm_key} is restored from recovery point {point}"),

@@ -12,7 +12,7 @@ use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
 use crate::ipam;
-use crate::model::{Nic, Replication, Vm, VmDisk, vm_state};
+use crate::model::{Nic, Replication, Vm, VmDisk, VmState};
 use crate::resources::key;
 
 /// Where and how a failover places its VM.
@@ -66,7 +66,7 @@ impl Control {
         }
         let mut vm = vm;
         self.prepare_hydration(rep, point, &mut vm).await?;
-        vm.state = vm_state::STOPPED.into();
+        vm.state = VmState::Stopped;
         self.db.put(Kind::Vm, &vm_key, &vm)?;
         self.attach_vm(&vm)?;
         Ok(vm)
@@ -126,7 +126,7 @@ impl Control {
             group: place.group.clone(),
             name: place.name.clone(),
             region: group.region,
-            state: vm_state::STOPPED.into(),
+            state: VmState::Stopped,
             compute: source.compute.clone(),
             boot: source.boot.clone(),
             app_consistency: source.app_consistency.clone(),
@@ -146,7 +146,7 @@ impl Control {
     /// Boot a materialised VM and record it as running.
     pub(crate) async fn boot(&self, vm: &mut Vm) -> Result<()> {
         self.power_on(vm).await?;
-        vm.state = vm_state::RUNNING.into();
+        vm.state = VmState::Running;
         self.db.put(Kind::Vm, &key(&vm.group, &vm.name), vm)
     }
 }

@@ -26,11 +26,11 @@ use serde::{Deserialize, Serialize};
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{Job, Replication, state};
+use crate::model::{ItemState, Job, JobState, Replication};
 
-pub(crate) use reprotect::{roll_back, run_commit, run_reprotect};
-pub(crate) use run::run_failover;
-pub(crate) use test::{run_test_cleanup, run_test_failover};
+pub(crate) use reprotect::{CommitStep, ReprotectStep, roll_back, run_commit, run_reprotect};
+pub(crate) use run::{FailoverStep, run_failover};
+pub(crate) use test::{TestCleanupStep, TestFailoverStep, run_test_cleanup, run_test_failover};
 
 /// How long `latest` waits for the processor to reach the point it asked the agent to cut.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(180);
@@ -99,9 +99,9 @@ impl Control {
                 "--network is for test failovers; a failover boots in the target network",
             ));
         }
-        match rep.state.as_str() {
-            state::PROTECTED | state::FAILED_OVER => {}
-            state::FAILING_OVER => {
+        match rep.state {
+            ItemState::Protected | ItemState::FailedOver => {}
+            ItemState::FailingOver => {
                 return Err(refuse(
                     &rep,
                     "fail over",
@@ -116,7 +116,7 @@ impl Control {
                 ));
             }
         }
-        if rep.state == state::FAILED_OVER && req.shutdown_source {
+        if rep.state == ItemState::FailedOver && req.shutdown_source {
             return Err(ControlError::invalid(
                 "the item is already failed over; --shutdown-source only applies to the first failover",
             ));
@@ -127,13 +127,11 @@ impl Control {
             ));
         }
         self.check_point(&rep, req.point()).await?;
-        let job = self.new_job_with(
-            "failover",
+        let job = self.new_job_with::<FailoverStep>(
             &rep.item_key(),
-            run::STEPS,
             serde_json::json!({ "request": req, "from_state": rep.state }),
         )?;
-        rep.state = state::FAILING_OVER.into();
+        rep.state = rep.state.move_to(ItemState::FailingOver)?;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
         crate::jobs::spawn(self.clone(), job.clone());
@@ -148,7 +146,7 @@ impl Control {
         req: FailoverRequest,
     ) -> Result<Job> {
         let rep = self.replication(group, vm)?;
-        if rep.state != state::PROTECTED {
+        if rep.state != ItemState::Protected {
             return Err(refuse(
                 &rep,
                 "test-fail over",
@@ -177,10 +175,8 @@ impl Control {
             self.network(&rep.target.group, net)?;
         }
         self.check_point(&rep, req.point()).await?;
-        let job = self.new_job_with(
-            "test-failover",
+        let job = self.new_job_with::<TestFailoverStep>(
             &rep.item_key(),
-            test::STEPS,
             serde_json::json!({ "request": req }),
         )?;
         self.update_replication(&rep.item_key(), |r| {
@@ -201,19 +197,14 @@ impl Control {
             )));
         };
         if let Ok(j) = self.job(t.job)
-            && j.state == "running"
+            && j.state == JobState::Running
         {
             return Err(ControlError::conflict(format!(
                 "the test failover job {} is still running; wait for it (`ferry job show {} --wait`)",
                 j.id, j.id
             )));
         }
-        let job = self.new_job_with(
-            "test-failover-cleanup",
-            &rep.item_key(),
-            test::CLEANUP_STEPS,
-            serde_json::Value::Null,
-        )?;
+        let job = self.new_job::<TestCleanupStep>(&rep.item_key())?;
         crate::jobs::spawn(self.clone(), job.clone());
         Ok(job)
     }
@@ -221,19 +212,14 @@ impl Control {
     /// `ferry failover commit`.
     pub async fn commit_failover(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
         let rep = self.replication(group, vm)?;
-        if rep.state != state::FAILED_OVER {
+        if rep.state != ItemState::FailedOver {
             return Err(refuse(
                 &rep,
                 "commit",
                 "commit follows a finished `ferry failover run`",
             ));
         }
-        let job = self.new_job_with(
-            "failover-commit",
-            &rep.item_key(),
-            reprotect::COMMIT_STEPS,
-            serde_json::Value::Null,
-        )?;
+        let job = self.new_job::<CommitStep>(&rep.item_key())?;
         crate::jobs::spawn(self.clone(), job.clone());
         Ok(job)
     }
@@ -241,20 +227,15 @@ impl Control {
     /// `ferry reprotect`: replicate the failed-over VM back to where the item came from.
     pub async fn reprotect(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
         let mut rep = self.replication(group, vm)?;
-        if rep.state != state::FAILOVER_COMMITTED {
+        if rep.state != ItemState::FailoverCommitted {
             return Err(refuse(
                 &rep,
                 "reprotect",
                 "reprotect follows `ferry failover commit`",
             ));
         }
-        let job = self.new_job_with(
-            "reprotect",
-            &rep.item_key(),
-            reprotect::STEPS,
-            serde_json::Value::Null,
-        )?;
-        rep.state = state::REPROTECTING.into();
+        let job = self.new_job::<ReprotectStep>(&rep.item_key())?;
+        rep.state = rep.state.move_to(ItemState::Reprotecting)?;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
         crate::jobs::spawn(self.clone(), job.clone());
@@ -267,11 +248,40 @@ impl Control {
         item: &str,
         f: impl FnOnce(&mut Replication),
     ) -> Result<Replication> {
+        self.try_update_replication(item, |rep| {
+            f(rep);
+            Ok(())
+        })
+    }
+
+    /// Move an item to the state `to` and change its record with `f`, in one
+    /// read-modify-write. A move the state machine does not have (say, the item was disabled
+    /// meanwhile) is refused and nothing is written.
+    pub(crate) fn move_item(
+        &self,
+        item: &str,
+        to: ItemState,
+        f: impl FnOnce(&mut Replication),
+    ) -> Result<Replication> {
+        self.try_update_replication(item, |rep| {
+            rep.state = rep.state.move_to(to).map_err(|e| {
+                ControlError::conflict(format!("cannot move {item} from {} to {}", e.from, e.to))
+            })?;
+            f(rep);
+            Ok(())
+        })
+    }
+
+    fn try_update_replication(
+        &self,
+        item: &str,
+        f: impl FnOnce(&mut Replication) -> Result<()>,
+    ) -> Result<Replication> {
         let mut rep: Replication = self
             .db
             .get(Kind::Replication, item)?
             .ok_or_else(|| ControlError::not_found(format!("{item} is not replicated")))?;
-        f(&mut rep);
+        f(&mut rep)?;
         self.db.put(Kind::Replication, item, &rep)?;
         Ok(rep)
     }

@@ -17,25 +17,34 @@ use ferry_types::{Generation, StreamId, Timestamp};
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{Job, Replication, StorageAccount, Target, Vm, state, vm_state};
+use crate::jobs::job_steps;
+use crate::model::{
+    ItemState, Job, JobKind, Replication, StepState, StorageAccount, Target, Vm, VmState,
+};
 use crate::resources::key;
 
-pub(crate) const COMMIT_STEPS: &[&str] = &[
-    "Prerequisites check",
-    "Discard other recovery points",
-    "Commit",
-];
+job_steps! {
+    /// The steps of committing a failover.
+    pub(crate) enum CommitStep for FailoverCommit {
+        Prerequisites => "Prerequisites check",
+        DiscardPoints => "Discard other recovery points",
+        Commit => "Commit",
+    }
+}
 
-pub(crate) const STEPS: &[&str] = &[
-    "Prerequisites check",
-    "Stop the original VM",
-    "Prepare the reverse target",
-    "Delete the old replica",
-    "Seed the replica from the original disks",
-    "Start replication",
-    "Delta replication (send blocks that differ)",
-    "Protect",
-];
+job_steps! {
+    /// The reprotect job's steps.
+    pub(crate) enum ReprotectStep for Reprotect {
+        Prerequisites => "Prerequisites check",
+        StopOriginal => "Stop the original VM",
+        PrepareTarget => "Prepare the reverse target",
+        DeleteReplica => "Delete the old replica",
+        Seed => "Seed the replica from the original disks",
+        StartReplication => "Start replication",
+        DeltaReplication => "Delta replication (send blocks that differ)",
+        Protect => "Protect",
+    }
+}
 
 fn split(k: &str) -> (String, String) {
     let (g, v) = k.split_once('/').unwrap_or((k, ""));
@@ -48,9 +57,9 @@ pub(crate) async fn run_commit(control: &Arc<Control>, job: &mut Job) -> Result<
     let Some(failover) = rep.failover.clone() else {
         return Err(ControlError::conflict("there is no failover to commit"));
     };
-    control.job_step(job, 0, "succeeded", None)?;
+    control.job_step(job, CommitStep::Prerequisites, StepState::Succeeded, None)?;
 
-    control.job_step(job, 1, "running", None)?;
+    control.job_step(job, CommitStep::DiscardPoints, StepState::Running, None)?;
     let layout = control.layout(&rep)?;
     let keep = failover.point.as_ref().map(|p| p.id.clone());
     let mut removed = 0;
@@ -64,18 +73,22 @@ pub(crate) async fn run_commit(control: &Arc<Control>, job: &mut Job) -> Result<
     }
     control.job_step(
         job,
-        1,
-        "succeeded",
+        CommitStep::DiscardPoints,
+        StepState::Succeeded,
         Some(format!("{removed} points discarded")),
     )?;
 
-    control.update_replication(&rep.item_key(), |r| {
-        r.state = state::FAILOVER_COMMITTED.into();
+    control.move_item(&rep.item_key(), ItemState::FailoverCommitted, |r| {
         if let Some(f) = r.failover.as_mut() {
             f.committed = Some(Timestamp::now());
         }
     })?;
-    control.job_step(job, 2, "succeeded", Some(failover.vm))?;
+    control.job_step(
+        job,
+        CommitStep::Commit,
+        StepState::Succeeded,
+        Some(failover.vm),
+    )?;
     control.job_succeed(job)
 }
 
@@ -85,9 +98,8 @@ const HYDRATION_STALL: std::time::Duration = std::time::Duration::from_secs(300)
 pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     let (group, vm) = split(&job.target);
     let rep = control.replication(&group, &vm)?;
-    let done = |job: &Job, i: usize| job.steps[i].state == "succeeded";
 
-    // Until the turn (step 4) the record still describes the failover being reversed.
+    // Until the turn (seeding) the record still describes the failover being reversed.
     let turned = rep.failover.is_none();
     if !turned {
         let failover = rep
@@ -97,8 +109,8 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         let (fg, fv) = split(&failover.vm);
         control.job_step(
             job,
-            0,
-            "running",
+            ReprotectStep::Prerequisites,
+            StepState::Running,
             Some(format!(
                 "waiting until the disks of {} are restored",
                 failover.vm
@@ -111,7 +123,12 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
                     last = pct;
                     let detail =
                         format!("restoring the disks first: {pct:.0}% ({done} of {total} bytes)");
-                    if let Err(e) = control.job_progress(job, 0, (done, total), detail) {
+                    if let Err(e) = control.job_progress(
+                        job,
+                        ReprotectStep::Prerequisites,
+                        (done, total),
+                        detail,
+                    ) {
                         tracing::warn!(error = %e, "record the job's progress");
                     }
                 }
@@ -121,32 +138,37 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         let original = control.source_vm(&rep)?;
         control.job_step(
             job,
-            0,
-            "succeeded",
+            ReprotectStep::Prerequisites,
+            StepState::Succeeded,
             Some(format!(
                 "{} in {} → {}/{} in {}",
                 failover.vm, new_source.region, original.group, original.name, original.region
             )),
         )?;
 
-        control.job_step(job, 1, "running", None)?;
+        control.job_step(job, ReprotectStep::StopOriginal, StepState::Running, None)?;
         let (og, ov) = (original.group.clone(), original.name.clone());
         let original = control.stop_vm(&og, &ov).await?;
-        control.job_step(job, 1, "succeeded", Some(format!("{og}/{ov} is stopped")))?;
+        control.job_step(
+            job,
+            ReprotectStep::StopOriginal,
+            StepState::Succeeded,
+            Some(format!("{og}/{ov} is stopped")),
+        )?;
 
-        control.job_step(job, 2, "running", None)?;
+        control.job_step(job, ReprotectStep::PrepareTarget, StepState::Running, None)?;
         let target = control.reverse_target(&new_source, &original)?;
         control.job_step(
             job,
-            2,
-            "succeeded",
+            ReprotectStep::PrepareTarget,
+            StepState::Succeeded,
             Some(format!(
                 "{}/{} in {}",
                 target.group, target.network, target.region
             )),
         )?;
 
-        control.job_step(job, 3, "running", None)?;
+        control.job_step(job, ReprotectStep::DeleteReplica, StepState::Running, None)?;
         control.stop_item(&rep).await;
         control
             .agent(&rep.source_region)?
@@ -161,13 +183,13 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         }
         control.job_step(
             job,
-            3,
-            "succeeded",
+            ReprotectStep::DeleteReplica,
+            StepState::Succeeded,
             Some(format!("{count} objects deleted")),
         )?;
 
-        control.job_step(job, 4, "running", None)?;
-        let turned = control.update_replication(&rep.item_key(), |r| {
+        control.job_step(job, ReprotectStep::Seed, StepState::Running, None)?;
+        let turned = control.move_item(&rep.item_key(), ItemState::Reprotecting, |r| {
             r.source_vm = Some(failover.vm.clone());
             r.source_region = new_source.region.clone();
             r.target_vm = Some(key(&original.group, &original.name));
@@ -175,26 +197,50 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
             r.stream = StreamId::random();
             r.generation = Generation(r.generation.0 + 1);
             r.failover = None;
-            r.state = state::REPROTECTING.into();
         })?;
         crate::failpoint::hit("reprotect-after-turn").await;
         control.seed(&turned, &original).await?;
-        control.job_step(job, 4, "succeeded", Some(format!("from {og}/{ov}")))?;
-    } else if !done(job, 5) {
+        control.job_step(
+            job,
+            ReprotectStep::Seed,
+            StepState::Succeeded,
+            Some(format!("from {og}/{ov}")),
+        )?;
+    } else if !job.step_done(ReprotectStep::StartReplication) {
         // A restart after the turn: seeding again is a no-op once the seed is stored.
         let (og, ov) = split(&rep.failover_vm_key());
         let original = control.vm(&og, &ov)?;
-        control.job_step(job, 4, "running", None)?;
+        control.job_step(job, ReprotectStep::Seed, StepState::Running, None)?;
         control.seed(&rep, &original).await?;
-        control.job_step(job, 4, "succeeded", Some(format!("from {og}/{ov}")))?;
+        control.job_step(
+            job,
+            ReprotectStep::Seed,
+            StepState::Succeeded,
+            Some(format!("from {og}/{ov}")),
+        )?;
     }
 
     let rep = control.replication(&group, &vm)?;
-    control.job_step(job, 5, "running", None)?;
+    control.job_step(
+        job,
+        ReprotectStep::StartReplication,
+        StepState::Running,
+        None,
+    )?;
     control.ensure_running(&rep).await?;
-    control.job_step(job, 5, "succeeded", None)?;
+    control.job_step(
+        job,
+        ReprotectStep::StartReplication,
+        StepState::Succeeded,
+        None,
+    )?;
 
-    control.job_step(job, 6, "running", None)?;
+    control.job_step(
+        job,
+        ReprotectStep::DeltaReplication,
+        StepState::Running,
+        None,
+    )?;
     loop {
         let view = control.show_replication(&group, &vm)?;
         if let Some(init) = &view.initial_replication {
@@ -203,13 +249,18 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
                 init.percent, init.scanned_bytes, init.total_bytes, init.sent_bytes
             );
             let bytes = (init.scanned_bytes, init.total_bytes);
-            control.job_progress(job, 6, bytes, detail.clone())?;
-            if view.state == state::PROTECTED {
-                control.job_step(job, 6, "succeeded", Some(detail))?;
+            control.job_progress(job, ReprotectStep::DeltaReplication, bytes, detail.clone())?;
+            if view.state == ItemState::Protected {
+                control.job_step(
+                    job,
+                    ReprotectStep::DeltaReplication,
+                    StepState::Succeeded,
+                    Some(detail),
+                )?;
                 break;
             }
         }
-        if view.state != state::REPROTECTING && view.state != state::PROTECTED {
+        if view.state != ItemState::Reprotecting && view.state != ItemState::Protected {
             return Err(ControlError::conflict(format!(
                 "the item left reprotection (state {})",
                 view.state
@@ -217,7 +268,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    control.job_step(job, 7, "succeeded", None)?;
+    control.job_step(job, ReprotectStep::Protect, StepState::Succeeded, None)?;
     control.job_succeed(job)
 }
 
@@ -263,7 +314,7 @@ impl Control {
 
     /// Seed the item's (new) replica from the disks of `original`, a stopped VM.
     async fn seed(&self, rep: &Replication, original: &Vm) -> Result<()> {
-        if original.state != vm_state::STOPPED {
+        if original.state != VmState::Stopped {
             return Err(ControlError::conflict(format!(
                 "{}/{} must be stopped to seed the replica from its disks",
                 original.group, original.name
@@ -292,14 +343,20 @@ pub(crate) fn roll_back(control: &Control, job: &Job) -> Result<()> {
     let Some(rep) = control.db.get::<Replication>(Kind::Replication, &item)? else {
         return Ok(());
     };
-    let from = job.params.get("from_state").and_then(|v| v.as_str());
-    match (job.kind.as_str(), rep.state.as_str()) {
-        ("failover", state::FAILING_OVER) => {
-            let back = from.unwrap_or(state::PROTECTED).to_string();
-            control.update_replication(&item, |r| r.state = back)?;
+    match (job.kind, rep.state) {
+        (JobKind::Failover, ItemState::FailingOver) => {
+            // Not guessed: an item that was failed over before is not protected.
+            let from = job.params.get("from_state").cloned().unwrap_or_default();
+            let back: ItemState = serde_json::from_value(from).map_err(|e| {
+                ControlError::Internal(format!(
+                    "the job's stored from_state cannot be read ({e}), so {item} stays {}",
+                    rep.state
+                ))
+            })?;
+            control.move_item(&item, back, |_| {})?;
         }
-        ("reprotect", state::REPROTECTING) if rep.failover.is_some() => {
-            control.update_replication(&item, |r| r.state = state::FAILOVER_COMMITTED.into())?;
+        (JobKind::Reprotect, ItemState::Reprotecting) if rep.failover.is_some() => {
+            control.move_item(&item, ItemState::FailoverCommitted, |_| {})?;
         }
         _ => {}
     }

@@ -10,17 +10,21 @@ use super::FailoverRequest;
 use super::materialise::Placement;
 use crate::control::Control;
 use crate::error::{ControlError, Result};
-use crate::model::{Failover, Job, state};
+use crate::jobs::job_steps;
+use crate::model::{Failover, ItemState, Job, StepState};
 use crate::replication::PointView;
 
-pub(crate) const STEPS: &[&str] = &[
-    "Prerequisites check",
-    "Shut down source VM",
-    "Select recovery point",
-    "Stop replication",
-    "Create VM and disks from recovery point",
-    "Start VM",
-];
+job_steps! {
+    /// The failover job's steps.
+    pub(crate) enum FailoverStep for Failover {
+        Prerequisites => "Prerequisites check",
+        ShutDownSource => "Shut down source VM",
+        SelectPoint => "Select recovery point",
+        StopReplication => "Stop replication",
+        CreateVm => "Create VM and disks from recovery point",
+        StartVm => "Start VM",
+    }
+}
 
 fn split(target: &str) -> (String, String) {
     let (g, v) = target.split_once('/').unwrap_or((target, ""));
@@ -29,15 +33,14 @@ fn split(target: &str) -> (String, String) {
 
 pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     let (group, vm) = split(&job.target);
-    let req: FailoverRequest =
-        serde_json::from_value(job.params["request"].clone()).unwrap_or_default();
+    let req: FailoverRequest = job.param("request")?;
     let rep = control.replication(&group, &vm)?;
-    control.job_step(job, 0, "succeeded", None)?;
+    control.job_step(job, FailoverStep::Prerequisites, StepState::Succeeded, None)?;
 
-    if job.steps[1].state != "succeeded" {
+    if !job.step_done(FailoverStep::ShutDownSource) {
         let detail = if req.shutdown_source {
             let (sg, sv) = split(&rep.source_key());
-            control.job_step(job, 1, "running", None)?;
+            control.job_step(job, FailoverStep::ShutDownSource, StepState::Running, None)?;
             let stopped = control.stop_vm(&sg, &sv).await?;
             Some(format!(
                 "{}/{} is {}",
@@ -46,36 +49,55 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         } else {
             Some("skipped (unplanned failover)".into())
         };
-        control.job_step(job, 1, "succeeded", detail)?;
+        control.job_step(
+            job,
+            FailoverStep::ShutDownSource,
+            StepState::Succeeded,
+            detail,
+        )?;
     }
 
-    let point = match job.params.get("point_id").and_then(|v| v.as_str()) {
+    let point = match job.param::<Option<String>>("point_id")? {
         Some(id) => {
-            let sel = PointSelector::parse(id)
-                .ok_or_else(|| ControlError::Internal(format!("bad stored point id {id}")))?;
+            let sel = PointSelector::parse(&id).ok_or_else(|| {
+                ControlError::Internal(format!(
+                    "the job's stored point_id {id:?} is not a recovery point; \
+                     start the operation again"
+                ))
+            })?;
             points::resolve(&control.layout(&rep)?, &sel).await?
         }
         None => {
-            control.job_step(job, 2, "running", Some(req.point().to_string()))?;
+            control.job_step(
+                job,
+                FailoverStep::SelectPoint,
+                StepState::Running,
+                Some(req.point().to_string()),
+            )?;
             let p = control.select_point(&rep, req.point()).await?;
             let info = PointInfo::from_record(&p);
             job.params["point_id"] = info.id.clone().into();
             crate::failpoint::hit("failover-after-select-point").await;
             control.job_step(
                 job,
-                2,
-                "succeeded",
+                FailoverStep::SelectPoint,
+                StepState::Succeeded,
                 Some(format!("{} ({}, {})", info.id, info.kind, info.time)),
             )?;
             p
         }
     };
 
-    control.job_step(job, 3, "running", None)?;
+    control.job_step(job, FailoverStep::StopReplication, StepState::Running, None)?;
     control.stop_item(&rep).await;
-    control.job_step(job, 3, "succeeded", None)?;
+    control.job_step(
+        job,
+        FailoverStep::StopReplication,
+        StepState::Succeeded,
+        None,
+    )?;
 
-    control.job_step(job, 4, "running", None)?;
+    control.job_step(job, FailoverStep::CreateVm, StepState::Running, None)?;
     let target_key = rep.failover_vm_key();
     let (tg, tv) = split(&target_key);
     let place = Placement {
@@ -91,8 +113,8 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
     let bytes: u64 = point.disks.iter().map(|d| d.size).sum();
     control.job_step(
         job,
-        4,
-        "succeeded",
+        FailoverStep::CreateVm,
+        StepState::Succeeded,
         Some(format!(
             "{target_key} in {}, {} disks, {bytes} bytes",
             target.region,
@@ -100,18 +122,17 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         )),
     )?;
 
-    control.job_step(job, 5, "running", None)?;
+    control.job_step(job, FailoverStep::StartVm, StepState::Running, None)?;
     control.boot(&mut target).await?;
     control.job_step(
         job,
-        5,
-        "succeeded",
+        FailoverStep::StartVm,
+        StepState::Succeeded,
         Some(format!("{target_key} is running")),
     )?;
 
     let view = PointView::from(&point);
-    control.update_replication(&rep.item_key(), |r| {
-        r.state = state::FAILED_OVER.into();
+    control.move_item(&rep.item_key(), ItemState::FailedOver, |r| {
         r.failover = Some(Failover {
             vm: target_key.clone(),
             point: Some(view),
@@ -124,4 +145,84 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         });
     })?;
     control.job_succeed(job)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ferry_types::{Generation, StreamId};
+
+    use super::*;
+    use crate::db::Kind;
+    use crate::model::{JobState, Replication, Target};
+
+    /// An item failing over from `protected`, as `ferry failover run` leaves it.
+    fn failing_over(job: u64) -> Replication {
+        Replication {
+            group: "rg1".into(),
+            vm: "vm1".into(),
+            source_region: "east".into(),
+            stream: StreamId::random(),
+            generation: Generation(1),
+            state: ItemState::FailingOver,
+            policy: "default".into(),
+            target: Target {
+                region: "west".into(),
+                group: "rg1-asr".into(),
+                network: "net1-asr".into(),
+                subnet: "default".into(),
+                availability_set: None,
+                cache_storage: "rg1/cache".into(),
+                storage: BTreeMap::new(),
+            },
+            job: Some(job),
+            created: Timestamp::now(),
+            source_vm: None,
+            target_vm: None,
+            failover: None,
+            test_failover: None,
+            last_test_failover: None,
+            resync_reason: None,
+            resync_from: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stored_request_that_no_longer_reads_fails_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Control::start_without_regions(dir.path()).await.unwrap();
+        // Stored by another version: a field this one does not know.
+        let params = serde_json::json!({
+            "request": { "recovery_point": "2026-11-28T05:00:00Z", "turbo": true },
+            "from_state": "protected",
+        });
+        let job = control
+            .new_job_with::<FailoverStep>("rg1/vm1", params)
+            .unwrap();
+        control
+            .db
+            .put(Kind::Replication, "rg1/vm1", &failing_over(job.id))
+            .unwrap();
+
+        let job = crate::jobs::run(&control, job).await;
+
+        assert_eq!(job.state, JobState::Failed);
+        let error = job.error.clone().unwrap();
+        assert!(
+            error.starts_with("the job's stored request cannot be read: unknown field `turbo`")
+                && error.ends_with("; start the operation again"),
+            "{error}"
+        );
+        assert_eq!(job.steps[0].name, "Prerequisites check");
+        assert_eq!(job.steps[0].state, StepState::Failed);
+        assert!(job.steps[1..].iter().all(|s| s.state == StepState::Pending));
+        let stored = control.job(job.id).unwrap();
+        assert_eq!(stored.state, JobState::Failed);
+        assert_eq!(stored.error, Some(error));
+        // Nothing was done: the item is back where it came from.
+        let rep = control.replication("rg1", "vm1").unwrap();
+        assert_eq!(rep.state, ItemState::Protected);
+        control.shutdown().await;
+    }
 }

@@ -11,24 +11,31 @@ use super::materialise::Placement;
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::Result;
-use crate::model::{Job, Network, Replication, TestFailover, Vm};
+use crate::jobs::{JobSteps, job_steps};
+use crate::model::{Job, Network, Replication, StepState, TestFailover, TestOutcome, Vm};
 use crate::replication::PointView;
 use crate::resources::key;
 
-pub(crate) const STEPS: &[&str] = &[
-    "Prerequisites check",
-    "Create test network",
-    "Select recovery point",
-    "Create test VM and disks from recovery point",
-    "Start test VM",
-];
+job_steps! {
+    /// The test failover job's steps.
+    pub(crate) enum TestFailoverStep for TestFailover {
+        Prerequisites => "Prerequisites check",
+        CreateNetwork => "Create test network",
+        SelectPoint => "Select recovery point",
+        CreateVm => "Create test VM and disks from recovery point",
+        StartVm => "Start test VM",
+    }
+}
 
-pub(crate) const CLEANUP_STEPS: &[&str] = &[
-    "Stop test VM",
-    "Delete test VM and its disks",
-    "Delete test network",
-    "Record outcome",
-];
+job_steps! {
+    /// The steps of a test failover's cleanup.
+    pub(crate) enum TestCleanupStep for TestFailoverCleanup {
+        StopVm => "Stop test VM",
+        DeleteVm => "Delete test VM and its disks",
+        DeleteNetwork => "Delete test network",
+        RecordOutcome => "Record outcome",
+    }
+}
 
 /// The test failover's record before its job has run: names chosen up front so that a
 /// cleanup after a crash knows what to look for.
@@ -53,34 +60,48 @@ pub(crate) fn placeholder(rep: &Replication, req: &FailoverRequest, job: u64) ->
 pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> Result<()> {
     let (group, vm) = job.target.split_once('/').unwrap_or((&job.target, ""));
     let (group, vm) = (group.to_string(), vm.to_string());
-    let req: FailoverRequest =
-        serde_json::from_value(job.params["request"].clone()).unwrap_or_default();
+    let req: FailoverRequest = job.param("request")?;
     let rep = control.replication(&group, &vm)?;
     let Some(test) = rep.test_failover.clone() else {
         return Err(crate::error::ControlError::conflict(
             "the test failover was cleaned up before it ran",
         ));
     };
-    control.job_step(job, 0, "succeeded", None)?;
+    control.job_step(
+        job,
+        TestFailoverStep::Prerequisites,
+        StepState::Succeeded,
+        None,
+    )?;
 
-    control.job_step(job, 1, "running", None)?;
+    control.job_step(
+        job,
+        TestFailoverStep::CreateNetwork,
+        StepState::Running,
+        None,
+    )?;
     if test.created_network {
         control.ensure_test_network(&rep, &test.network)?;
     }
     control.job_step(
         job,
-        1,
-        "succeeded",
+        TestFailoverStep::CreateNetwork,
+        StepState::Succeeded,
         Some(format!("{}/{}", rep.target.group, test.network)),
     )?;
 
-    control.job_step(job, 2, "running", Some(req.point().to_string()))?;
+    control.job_step(
+        job,
+        TestFailoverStep::SelectPoint,
+        StepState::Running,
+        Some(req.point().to_string()),
+    )?;
     let point = control.select_point(&rep, req.point()).await?;
     let info = PointInfo::from_record(&point);
     control.job_step(
         job,
-        2,
-        "succeeded",
+        TestFailoverStep::SelectPoint,
+        StepState::Succeeded,
         Some(format!("{} ({}, {})", info.id, info.kind, info.time)),
     )?;
     control.update_replication(&rep.item_key(), |r| {
@@ -89,7 +110,7 @@ pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> 
         }
     })?;
 
-    control.job_step(job, 3, "running", None)?;
+    control.job_step(job, TestFailoverStep::CreateVm, StepState::Running, None)?;
     let (tg, tv) = test.vm.split_once('/').unwrap_or((&test.vm, ""));
     let net = control.network(tg, &test.network)?;
     let subnet = net
@@ -108,11 +129,21 @@ pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> 
         created_by: "test-failover",
     };
     let mut target = control.materialise(&rep, &point, &place).await?;
-    control.job_step(job, 3, "succeeded", Some(test.vm.clone()))?;
+    control.job_step(
+        job,
+        TestFailoverStep::CreateVm,
+        StepState::Succeeded,
+        Some(test.vm.clone()),
+    )?;
 
-    control.job_step(job, 4, "running", None)?;
+    control.job_step(job, TestFailoverStep::StartVm, StepState::Running, None)?;
     control.boot(&mut target).await?;
-    control.job_step(job, 4, "succeeded", Some(format!("{} is running", test.vm)))?;
+    control.job_step(
+        job,
+        TestFailoverStep::StartVm,
+        StepState::Succeeded,
+        Some(format!("{} is running", test.vm)),
+    )?;
     control.job_succeed(job)
 }
 
@@ -121,26 +152,41 @@ pub(crate) async fn run_test_cleanup(control: &Arc<Control>, job: &mut Job) -> R
     let (group, vm) = (group.to_string(), vm.to_string());
     let rep = control.replication(&group, &vm)?;
     let Some(test) = rep.test_failover.clone() else {
-        for i in 0..CLEANUP_STEPS.len() {
-            control.job_step(job, i, "succeeded", Some("nothing to do".into()))?;
+        for step in TestCleanupStep::ALL {
+            control.job_step(
+                job,
+                *step,
+                StepState::Succeeded,
+                Some("nothing to do".into()),
+            )?;
         }
         return control.job_succeed(job);
     };
     let vm_record: Option<Vm> = control.db.get(Kind::Vm, &test.vm)?;
 
-    control.job_step(job, 0, "running", None)?;
+    control.job_step(job, TestCleanupStep::StopVm, StepState::Running, None)?;
     if let Some(v) = &vm_record {
         control.power_off(v).await?;
     }
-    control.job_step(job, 0, "succeeded", None)?;
+    control.job_step(job, TestCleanupStep::StopVm, StepState::Succeeded, None)?;
 
-    control.job_step(job, 1, "running", None)?;
+    control.job_step(job, TestCleanupStep::DeleteVm, StepState::Running, None)?;
     if let Some(v) = &vm_record {
         control.remove_vm(v).await?;
     }
-    control.job_step(job, 1, "succeeded", Some(test.vm.clone()))?;
+    control.job_step(
+        job,
+        TestCleanupStep::DeleteVm,
+        StepState::Succeeded,
+        Some(test.vm.clone()),
+    )?;
 
-    control.job_step(job, 2, "running", None)?;
+    control.job_step(
+        job,
+        TestCleanupStep::DeleteNetwork,
+        StepState::Running,
+        None,
+    )?;
     let detail = if test.created_network {
         control
             .db
@@ -152,25 +198,26 @@ pub(crate) async fn run_test_cleanup(control: &Arc<Control>, job: &mut Job) -> R
             rep.target.group, test.network
         )
     };
-    control.job_step(job, 2, "succeeded", Some(detail))?;
+    control.job_step(
+        job,
+        TestCleanupStep::DeleteNetwork,
+        StepState::Succeeded,
+        Some(detail),
+    )?;
 
     let test_job = control.job(test.job).ok();
-    let outcome = match test_job.as_ref().map(|j| j.state.as_str()) {
-        Some("succeeded") => "succeeded",
-        Some("failed") => "failed",
-        _ => "cancelled",
-    };
+    let outcome = TestOutcome::of(test_job.as_ref().map(|j| j.state));
     control.update_replication(&rep.item_key(), |r| {
         let mut done = test.clone();
         done.cleaned_up = Some(Timestamp::now());
-        done.outcome = Some(outcome.into());
+        done.outcome = Some(outcome);
         r.last_test_failover = Some(done);
         r.test_failover = None;
     })?;
     control.job_step(
         job,
-        3,
-        "succeeded",
+        TestCleanupStep::RecordOutcome,
+        StepState::Succeeded,
         Some(format!("test failover {outcome}")),
     )?;
     control.job_succeed(job)
@@ -192,5 +239,32 @@ impl Control {
             subnets: prod.subnets.clone(),
         };
         self.db.put(Kind::Network, &k, &net)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::JobState;
+
+    #[tokio::test]
+    async fn a_stored_request_that_no_longer_reads_fails_the_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Control::start_without_regions(dir.path()).await.unwrap();
+        let params = serde_json::json!({ "request": "latest" });
+        let job = control
+            .new_job_with::<TestFailoverStep>("rg1/vm1", params)
+            .unwrap();
+
+        let job = crate::jobs::run(&control, job).await;
+
+        assert_eq!(job.state, JobState::Failed);
+        let error = job.error.unwrap();
+        assert!(
+            error.starts_with("the job's stored request cannot be read: invalid type: string"),
+            "{error}"
+        );
+        assert_eq!(job.steps[0].state, StepState::Failed);
+        control.shutdown().await;
     }
 }

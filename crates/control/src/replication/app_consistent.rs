@@ -12,7 +12,7 @@ use ferry_types::Timestamp;
 
 use crate::control::Control;
 use crate::error::{ControlError, Result};
-use crate::model::{Replication, Vm, state};
+use crate::model::{ItemState, Replication, Vm};
 
 /// How long the guest has to quiesce (and to thaw).
 pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,7 +29,7 @@ pub(crate) struct Attempt {
 impl Control {
     /// Start an app-consistent point for every protected item whose cadence is due.
     pub(crate) fn app_consistent_due(self: &Arc<Self>, reps: &[Replication]) {
-        for rep in reps.iter().filter(|r| r.state == state::PROTECTED) {
+        for rep in reps.iter().filter(|r| r.state == ItemState::Protected) {
             let Ok(policy) = self.policy(&rep.policy) else {
                 continue;
             };

@@ -2,6 +2,8 @@
 //! and RPO, listing points, exporting a disk at a point, and disabling.
 
 pub(crate) mod app_consistent;
+pub(crate) mod disable;
+pub(crate) mod enable;
 pub(crate) mod monitor;
 pub(crate) mod rates;
 pub(crate) mod repair;
@@ -10,16 +12,13 @@ mod targets;
 mod verify;
 mod view;
 
-use std::sync::Arc;
-
 use ferry_replica::{PointSelector, ReplicaLayout, points};
-use ferry_types::{Generation, StreamId, Timestamp};
+use ferry_types::Timestamp;
 
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{Job, Replication, state};
-use crate::requests::EnableReplication;
+use crate::model::Replication;
 use crate::resources::key;
 
 pub use view::{PointView, ReplicationView, RpoSample};
@@ -31,97 +30,6 @@ impl Control {
                 "VM {group}/{vm} is not replicated; enable it with `ferry replication enable {group}/{vm} --target-region REGION`"
             ))
         })
-    }
-
-    /// Enable replication: derive and create the target resources, record the item, and start
-    /// a job that starts the stream and follows initial replication to `protected`.
-    pub async fn enable_replication(
-        self: &Arc<Self>,
-        group: &str,
-        vm: &str,
-        req: EnableReplication,
-    ) -> Result<Job> {
-        let source = self.vm(group, vm)?;
-        let vm_key = key(group, vm);
-        if let Some(r) = self.db.get::<Replication>(Kind::Replication, &vm_key)? {
-            return Err(ControlError::conflict(format!(
-                "VM {vm_key} is already replicated (state {})",
-                r.state
-            )));
-        }
-        self.agent(&req.target_region)?;
-        if req.target_region == source.region {
-            return Err(ControlError::invalid(format!(
-                "the target region must differ from the VM's region {}",
-                source.region
-            )));
-        }
-        let policy = match &req.policy {
-            Some(p) => self.policy(p)?,
-            None => self.default_policy()?,
-        };
-        let mut job = self.new_job(
-            "enable-replication",
-            &vm_key,
-            &[
-                "Prerequisites check",
-                "Create target resources",
-                "Start replication",
-                "Initial replication",
-                "Protect",
-            ],
-        )?;
-        self.job_step(&mut job, 0, "succeeded", None)?;
-        let target = match self.create_targets(&source, &req) {
-            Ok(t) => t,
-            Err(e) => {
-                self.job_fail(&mut job, 1, &e.to_string())?;
-                return Err(e);
-            }
-        };
-        self.job_step(
-            &mut job,
-            1,
-            "succeeded",
-            Some(format!(
-                "{}/{} in {}",
-                target.group, target.network, target.region
-            )),
-        )?;
-        let rep = Replication {
-            group: group.to_string(),
-            vm: vm.to_string(),
-            source_region: source.region.clone(),
-            stream: StreamId::random(),
-            generation: Generation(1),
-            state: state::ENABLING.into(),
-            policy: policy.name,
-            target,
-            job: Some(job.id),
-            created: Timestamp::now(),
-            source_vm: None,
-            target_vm: None,
-            failover: None,
-            test_failover: None,
-            last_test_failover: None,
-            resync_reason: None,
-            resync_from: None,
-        };
-        self.db
-            .insert(Kind::Replication, &vm_key, &rep, "replication of VM")?;
-        crate::jobs::spawn(self.clone(), job.clone());
-        Ok(job)
-    }
-
-    fn default_policy(&self) -> Result<crate::model::Policy> {
-        match self.db.get(Kind::Policy, "default")? {
-            Some(p) => Ok(p),
-            None => {
-                let p = crate::model::Policy::default_named("default");
-                self.db.put(Kind::Policy, "default", &p)?;
-                Ok(p)
-            }
-        }
     }
 
     pub fn replications(&self) -> Result<Vec<ReplicationView>> {
@@ -282,28 +190,5 @@ impl Control {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
-    }
-
-    /// Disable replication: a job that stops the stream and processor, then deletes the
-    /// cache segments, the replica and the item (the source VM is left untouched).
-    pub async fn disable_replication(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
-        let mut rep = self.replication(group, vm)?;
-        let vm_key = key(group, vm);
-        self.refuse_if_hydrating_from(&vm_key, &format!("disable replication of {vm_key}"))?;
-        let job = self.new_job(
-            "disable-replication",
-            &vm_key,
-            &[
-                "Stop replication",
-                "Plan deletion",
-                "Delete cache and replica data",
-                "Remove item",
-            ],
-        )?;
-        rep.state = state::DISABLING.into();
-        rep.job = Some(job.id);
-        self.db.put(Kind::Replication, &vm_key, &rep)?;
-        crate::jobs::spawn(self.clone(), job.clone());
-        Ok(job)
     }
 }

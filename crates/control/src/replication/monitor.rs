@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use crate::control::Control;
 use crate::db::Kind;
-use crate::model::{Replication, state};
+use crate::model::{ItemState, Replication, Severity};
 use crate::resources::key;
 
 /// How often items whose stream or processor could not start are tried again.
@@ -26,7 +26,7 @@ async fn restart_missing(control: &Arc<Control>) {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(&vm_key);
-        if running || !state::replicating(&rep.state) {
+        if running || !rep.state.is_replicating() {
             continue;
         }
         if let Err(e) = control.ensure_running(&rep).await {
@@ -41,7 +41,7 @@ async fn restart_missing(control: &Arc<Control>) {
 async fn resync_when_untrusted(control: &Arc<Control>) -> crate::error::Result<()> {
     for rep in control.db.list::<Replication>(Kind::Replication)? {
         let item = rep.item_key();
-        if !state::replicating(&rep.state) || rep.state == state::RESYNCHRONIZING {
+        if !rep.state.is_replicating() || rep.state == ItemState::Resynchronizing {
             continue;
         }
         let gap = control.processor_status(&item).and_then(|s| s.gap);
@@ -60,13 +60,12 @@ async fn resync_when_untrusted(control: &Arc<Control>) -> crate::error::Result<(
         };
         control.stop_item(&rep).await;
         control.event(
-            "critical",
+            Severity::Critical,
             "resync-required",
             &item,
             format!("{reason}; replication is stopped until `ferry replication repair {item}`"),
         );
-        control.update_replication(&item, |r| {
-            r.state = state::RESYNC_REQUIRED.into();
+        control.move_item(&item, ItemState::ResyncRequired, |r| {
             r.resync_reason = Some(reason.clone());
         })?;
     }
@@ -118,7 +117,7 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
 /// Remove points older than each item's retention (the newest point is always kept).
 async fn prune(control: &Control) -> crate::error::Result<()> {
     for rep in control.db.list::<Replication>(Kind::Replication)? {
-        if rep.state != state::PROTECTED {
+        if rep.state != ItemState::Protected {
             continue;
         }
         let policy = control.policy(&rep.policy)?;
@@ -160,14 +159,14 @@ async fn prune(control: &Control) -> crate::error::Result<()> {
 fn tick(control: &Control) -> crate::error::Result<()> {
     for mut rep in control.db.list::<Replication>(Kind::Replication)? {
         let vm_key = key(&rep.group, &rep.vm);
-        if rep.state != state::INITIAL_REPLICATION && rep.state != state::REPROTECTING {
+        if rep.state != ItemState::InitialReplication && rep.state != ItemState::Reprotecting {
             continue;
         }
         let done = control
             .processor_status(&vm_key)
             .is_some_and(|s| s.initial_sync_seq.is_some());
         if done {
-            rep.state = state::PROTECTED.into();
+            rep.state = rep.state.move_to(ItemState::Protected)?;
             control.db.put(Kind::Replication, &vm_key, &rep)?;
             tracing::info!(item = %vm_key, "protected");
         }

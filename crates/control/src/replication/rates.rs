@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::control::Control;
 use crate::db::Kind;
-use crate::model::{Replication, state};
+use crate::model::{ItemState, Replication};
 
 /// How often an item is sampled, and how far back rates look.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -146,7 +146,7 @@ impl Control {
             }
             // An item has an RPO exactly while it is protected: the whole view is built only
             // when a sample is due, not on every tick.
-            let has_rpo = rep.state == state::PROTECTED;
+            let has_rpo = rep.state == ItemState::Protected;
             let due = self
                 .rates()
                 .rpo_stored

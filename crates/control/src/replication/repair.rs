@@ -17,27 +17,31 @@ use serde_json::json;
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{Job, state};
+use crate::jobs::job_steps;
+use crate::model::{ItemState, Job, JobKind, JobState, StepState};
 
-pub(crate) const STEPS: &[&str] = &[
-    "Prerequisites check",
-    "Stop replication",
-    "Fence the old stream (new generation)",
-    "Compare every block, send the ones that differ",
-    "Protect",
-];
+job_steps! {
+    /// The repair job's steps.
+    pub(crate) enum RepairStep for RepairReplication {
+        Prerequisites => "Prerequisites check",
+        StopReplication => "Stop replication",
+        Fence => "Fence the old stream (new generation)",
+        Compare => "Compare every block, send the ones that differ",
+        Protect => "Protect",
+    }
+}
 
 impl Control {
     /// Start a repair of `GROUP/VM`'s replication.
     pub async fn repair_replication(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
         let mut rep = self.replication(group, vm)?;
         let allowed = [
-            state::PROTECTED,
-            state::INITIAL_REPLICATION,
-            state::RESYNC_REQUIRED,
-            state::RESYNCHRONIZING,
+            ItemState::Protected,
+            ItemState::InitialReplication,
+            ItemState::ResyncRequired,
+            ItemState::Resynchronizing,
         ];
-        if !allowed.contains(&rep.state.as_str()) {
+        if !allowed.contains(&rep.state) {
             return Err(ControlError::conflict(format!(
                 "cannot repair {}: it is {}; repair applies to a replicating item (protected, \
                  initial-replication, resync-required)",
@@ -46,18 +50,16 @@ impl Control {
             )));
         }
         if let Some(running) = rep.job.and_then(|id| self.job(id).ok())
-            && running.kind == "repair-replication"
-            && running.state == "running"
+            && running.kind == JobKind::RepairReplication
+            && running.state == JobState::Running
         {
             return Ok(running);
         }
-        let job = self.new_job_with(
-            "repair-replication",
+        let job = self.new_job_with::<RepairStep>(
             &rep.item_key(),
-            STEPS,
             json!({ "from_state": rep.state, "reason": rep.resync_reason }),
         )?;
-        rep.state = state::RESYNCHRONIZING.into();
+        rep.state = rep.state.move_to(ItemState::Resynchronizing)?;
         rep.job = Some(job.id);
         self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
         crate::jobs::spawn(self.clone(), job.clone());
@@ -69,23 +71,27 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
     let item = job.target.clone();
     let (group, vm) = item.split_once('/').unwrap_or((&item, ""));
     let (group, vm) = (group.to_string(), vm.to_string());
-    let done = |job: &Job, i: usize| job.steps[i].state == "succeeded";
     let rep = control.replication(&group, &vm)?;
     let reason = rep
         .resync_reason
         .clone()
         .unwrap_or_else(|| "requested".into());
-    control.job_step(job, 0, "succeeded", Some(reason))?;
+    control.job_step(
+        job,
+        RepairStep::Prerequisites,
+        StepState::Succeeded,
+        Some(reason),
+    )?;
 
-    if !done(job, 2) {
-        control.job_step(job, 1, "running", None)?;
+    if !job.step_done(RepairStep::Fence) {
+        control.job_step(job, RepairStep::StopReplication, StepState::Running, None)?;
         control.stop_item(&rep).await;
-        control.job_step(job, 1, "succeeded", None)?;
+        control.job_step(job, RepairStep::StopReplication, StepState::Succeeded, None)?;
 
-        control.job_step(job, 2, "running", None)?;
+        control.job_step(job, RepairStep::Fence, StepState::Running, None)?;
         // A generation once per repair, kept in the job so a resumed job fences the same one.
-        let generation = match job.params.get("generation").and_then(|g| g.as_u64()) {
-            Some(g) => Generation(g),
+        let generation = match job.param::<Option<Generation>>("generation")? {
+            Some(g) => g,
             None => {
                 let g = Generation(rep.generation.0 + 1);
                 job.params = json!({
@@ -104,15 +110,15 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
         control.update_replication(&item, |r| r.resync_from = Some(start))?;
         control.job_step(
             job,
-            2,
-            "succeeded",
+            RepairStep::Fence,
+            StepState::Succeeded,
             Some(format!(
                 "generation {generation}, resuming at sequence {start}"
             )),
         )?;
     }
 
-    control.job_step(job, 3, "running", None)?;
+    control.job_step(job, RepairStep::Compare, StepState::Running, None)?;
     let rep = control.replication(&group, &vm)?;
     let start = rep
         .resync_from
@@ -121,7 +127,7 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
     let mut last_detail = String::new();
     loop {
         let view = control.show_replication(&group, &vm)?;
-        if view.state != state::RESYNCHRONIZING {
+        if view.state != ItemState::Resynchronizing {
             return Err(ControlError::conflict(format!(
                 "the item left the repair (state {})",
                 view.state
@@ -134,7 +140,7 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
             );
             if detail != last_detail {
                 let bytes = (i.scanned_bytes, i.total_bytes);
-                control.job_progress(job, 3, bytes, detail.clone())?;
+                control.job_progress(job, RepairStep::Compare, bytes, detail.clone())?;
                 last_detail = detail;
             }
         }
@@ -152,12 +158,11 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
         .as_ref()
         .map(|i| format!("{} of {} bytes sent", i.sent_bytes, i.total_bytes))
         .unwrap_or_default();
-    control.job_step(job, 3, "succeeded", Some(sent))?;
-    control.update_replication(&item, |r| {
-        r.state = state::PROTECTED.into();
+    control.job_step(job, RepairStep::Compare, StepState::Succeeded, Some(sent))?;
+    control.move_item(&item, ItemState::Protected, |r| {
         r.resync_reason = None;
         r.resync_from = None;
     })?;
-    control.job_step(job, 4, "succeeded", None)?;
+    control.job_step(job, RepairStep::Protect, StepState::Succeeded, None)?;
     control.job_succeed(job)
 }

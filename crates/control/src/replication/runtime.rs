@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::Result;
-use crate::model::{Replication, state};
+use crate::model::{ItemState, Replication, Severity};
 
 pub(crate) struct ItemRuntime {
     pub processor: Arc<Mutex<ProcessorStatus>>,
@@ -44,14 +44,18 @@ impl Control {
 
     /// Start the item's stream and processor unless they run (idempotent; used after restarts).
     pub(crate) async fn ensure_running(self: &Arc<Self>, rep: &Replication) -> Result<()> {
-        if !state::replicating(&rep.state) {
+        if !rep.state.is_replicating() {
             return Ok(());
         }
         let item = rep.item_key();
         let policy = self.policy(&rep.policy)?;
         let cache = self.item_cache(rep)?;
         let layout = self.layout(rep)?;
-        let seed = if rep.state == state::REPROTECTING || rep.state == state::RESYNCHRONIZING {
+        let compare = matches!(
+            rep.state,
+            ItemState::Reprotecting | ItemState::Resynchronizing
+        );
+        let seed = if compare {
             let hashes = ferry_replica::block_hashes(&layout).await?;
             if hashes.is_empty() {
                 // Not seeded yet: the reprotect job starts the item once the seed is stored,
@@ -78,21 +82,20 @@ impl Control {
                 seed,
                 resync_from: rep
                     .resync_from
-                    .filter(|_| rep.state == state::RESYNCHRONIZING),
+                    .filter(|_| rep.state == ItemState::Resynchronizing),
             },
         );
         match started {
             Err(ferry_agent::AgentError::TrackingLost { reason }) => {
                 self.event(
-                    "critical",
+                    Severity::Critical,
                     "resync-required",
                     &item,
                     format!(
                         "{reason}; replication is stopped until `ferry replication repair {item}`"
                     ),
                 );
-                self.update_replication(&item, |r| {
-                    r.state = state::RESYNC_REQUIRED.into();
+                self.move_item(&item, ItemState::ResyncRequired, |r| {
                     r.resync_reason = Some(reason);
                 })?;
                 return Ok(());
@@ -115,9 +118,9 @@ impl Control {
             items.insert(item.clone(), runtime);
         }
         drop(items);
-        if rep.state == state::ENABLING {
+        if rep.state == ItemState::Enabling {
             let mut r = rep.clone();
-            r.state = state::INITIAL_REPLICATION.into();
+            r.state = r.state.move_to(ItemState::InitialReplication)?;
             self.db.put(Kind::Replication, &item, &r)?;
         }
         Ok(())

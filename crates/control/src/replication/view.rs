@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::rates::{self, ChurnView};
 use crate::control::Control;
-use crate::model::{Policy, Replication, Target, state};
+use crate::model::{Health, ItemState, Policy, Replication, Target};
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PointView {
@@ -79,10 +79,10 @@ pub struct ReplicationView {
     pub group: String,
     pub vm: String,
     pub source_region: String,
-    pub state: String,
+    pub state: ItemState,
     /// The writer generation: a repair moves to a new one, fencing the old stream.
     pub generation: u64,
-    pub health: String,
+    pub health: Health,
     pub health_reasons: Vec<String>,
     pub rpo_seconds: Option<f64>,
     /// The RPO thresholds of the item's policy.
@@ -157,20 +157,20 @@ impl Control {
             critical = true;
         } else if let Some(p) = proc.as_ref()
             && let Some(seq) = p.catch_up_seq
-            && rep.state != state::RESYNCHRONIZING
+            && rep.state != ItemState::Resynchronizing
         {
             reasons.push(format!(
                 "the replica is applying a catch-up (from sequence {seq}): no new point until \
                  it completes"
             ));
         }
-        if rep.state == state::RESYNC_REQUIRED {
+        if rep.state == ItemState::ResyncRequired {
             reasons.push(format!(
                 "resync required: {}; replication is stopped, run `ferry replication repair {vm_key}`",
                 rep.resync_reason.as_deref().unwrap_or("the stream cannot be trusted")
             ));
             critical = true;
-        } else if rep.state == state::RESYNCHRONIZING {
+        } else if rep.state == ItemState::Resynchronizing {
             reasons.push(
                 "a repair is comparing every block with the replica; no new point until it completes"
                     .into(),
@@ -179,7 +179,7 @@ impl Control {
         if let Some((when, w)) = self.app_consistent_warning(&vm_key) {
             reasons.push(format!("app-consistent point at {when}: {w}"));
         }
-        let protected = rep.state == state::PROTECTED;
+        let protected = rep.state == ItemState::Protected;
         let rpo = protected.then(|| {
             let shipped_through = agent
                 .as_ref()
@@ -251,12 +251,12 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(&vm_key)
-            && state::replicating(&rep.state)
+            && rep.state.is_replicating()
         {
             reasons.push("the processor is not running".into());
         }
         if agent.is_none()
-            && (rep.state == state::PROTECTED || rep.state == state::INITIAL_REPLICATION)
+            && (rep.state == ItemState::Protected || rep.state == ItemState::InitialReplication)
         {
             reasons.push(format!(
                 "no status from the agent in {} (its heartbeat is lost): the VM's writes may not \
@@ -266,11 +266,11 @@ impl Control {
             critical = true;
         }
         let health = if critical {
-            "critical"
+            Health::Critical
         } else if reasons.is_empty() {
-            "healthy"
+            Health::Healthy
         } else {
-            "warning"
+            Health::Warning
         };
         let initial = agent.as_ref().map(|a| {
             let p = &a.initial_sync;
@@ -322,9 +322,9 @@ impl Control {
             group: rep.group.clone(),
             vm: rep.vm.clone(),
             source_region: rep.source_region.clone(),
-            state: rep.state.clone(),
+            state: rep.state,
             generation: rep.generation.0,
-            health: health.into(),
+            health,
             health_reasons: reasons,
             rpo_seconds: rpo.map(|r| (r * 1000.0).round() / 1000.0),
             rpo_warning_seconds: policy.rpo_warning_seconds,

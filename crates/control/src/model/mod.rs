@@ -1,9 +1,64 @@
-//! The resource model, as stored and as the API returns it.
+//! The resource model, as stored and as the API returns it. States, steps and severities are
+//! enums (`state.rs`, `job.rs` here) whose serde names are the strings the API has always used.
 
 use std::collections::BTreeMap;
 
 use ferry_types::{Generation, StreamId, Timestamp};
 use serde::{Deserialize, Serialize};
+
+/// For a fieldless enum with serde `rename_all = "kebab-case"`: its names as `&'static str`
+/// (`as_str`, and `Display` for messages), `ALL`, and `FromStr` (for filters and requests).
+/// The names are spelled out; a test beside each enum checks they are serde's.
+macro_rules! wire_names {
+    ($ty:ident, $what:literal, { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            /// Every variant, in declaration order.
+            pub const ALL: &'static [$ty] = &[$($ty::$variant),+];
+
+            /// The name as the API and the state database spell it.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = $crate::model::UnknownName;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                Self::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| $crate::model::UnknownName {
+                        what: $what,
+                        name: s.to_string(),
+                    })
+            }
+        }
+    };
+}
+
+mod job;
+mod state;
+
+pub use job::{Job, JobKind, JobState, JobStep, StepState, TestOutcome};
+pub use state::{Health, IllegalMove, ItemState, Severity, VmState};
+
+/// A name that is none of an enum's variants.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {name:?}")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub name: String,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Region {
@@ -164,8 +219,7 @@ pub struct Vm {
     pub group: String,
     pub name: String,
     pub region: String,
-    /// `running` or `stopped`.
-    pub state: String,
+    pub state: VmState,
     pub compute: String,
     #[serde(default)]
     pub boot: Boot,
@@ -224,7 +278,7 @@ pub struct Replication {
     pub source_region: String,
     pub stream: StreamId,
     pub generation: Generation,
-    pub state: String,
+    pub state: ItemState,
     pub policy: String,
     pub target: Target,
     pub job: Option<u64>,
@@ -303,7 +357,7 @@ pub struct TestFailover {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cleaned_up: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<TestOutcome>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -317,8 +371,7 @@ pub struct NetworkMapping {
 pub struct Event {
     pub id: u64,
     pub time: Timestamp,
-    /// `info`, `warning` or `critical`.
-    pub severity: String,
+    pub severity: Severity,
     /// What happened, e.g. `state-changed`, `health-changed`, `job-succeeded`, `job-failed`,
     /// `segment-refused`, `stale-segment-deleted`, `ship-buffer-overflow`, `catch-up-done`,
     /// `resync-required`.
@@ -326,68 +379,4 @@ pub struct Event {
     /// The item (`GROUP/VM`) or job (`job/ID`) it is about.
     pub target: String,
     pub message: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct JobStep {
-    pub name: String,
-    pub state: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub detail: Option<String>,
-    /// For a step that moves data: how far it is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub percent: Option<f64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Job {
-    pub id: u64,
-    pub kind: String,
-    pub target: String,
-    pub state: String,
-    pub steps: Vec<JobStep>,
-    pub error: Option<String>,
-    /// Done, counting a running step that moves data by its own progress.
-    pub percent: Option<f64>,
-    /// Bytes the running (or last) data-moving step has moved, of how many.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_done: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_total: Option<u64>,
-    /// What the job was asked to do (for resuming it after a restart).
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub params: serde_json::Value,
-    pub created: Timestamp,
-    pub updated: Timestamp,
-}
-
-/// Item states.
-pub mod state {
-    pub const ENABLING: &str = "enabling";
-    pub const INITIAL_REPLICATION: &str = "initial-replication";
-    pub const PROTECTED: &str = "protected";
-    pub const DISABLING: &str = "disabling";
-    pub const FAILING_OVER: &str = "failing-over";
-    pub const FAILED_OVER: &str = "failed-over";
-    pub const FAILOVER_COMMITTED: &str = "failover-committed";
-    pub const REPROTECTING: &str = "reprotecting";
-    /// The stream cannot be trusted (a disk changed while nothing tracked it): replication is
-    /// stopped until `ferry replication repair`.
-    pub const RESYNC_REQUIRED: &str = "resync-required";
-    /// A repair is comparing every block with the replica and sending the ones that differ.
-    pub const RESYNCHRONIZING: &str = "resynchronizing";
-
-    /// States in which the item's stream and processor run.
-    pub fn replicating(state: &str) -> bool {
-        matches!(
-            state,
-            ENABLING | INITIAL_REPLICATION | PROTECTED | REPROTECTING | RESYNCHRONIZING
-        )
-    }
-}
-
-/// VM states.
-pub mod vm_state {
-    pub const RUNNING: &str = "running";
-    pub const STOPPED: &str = "stopped";
 }
