@@ -301,7 +301,10 @@ fn a_second_failover_while_one_runs_is_refused() {
     assert_eq!(s.replication(ITEM)["state"], "failing-over");
     let (code, body) = s.http("POST", "/v1/groups/rg1/vms/app1/failover", Some("{}"), true);
     assert_eq!(code, 409, "{body}");
-    assert!(body.contains("running failover"), "{body}");
+    assert!(
+        body.contains(&format!("job {} (failover) has been running", job["id"])),
+        "the refusal names the running job: {body}"
+    );
     let (code, _) = s.http(
         "POST",
         "/v1/groups/rg1/vms/app1/test-failover",

@@ -101,29 +101,66 @@ impl Control {
         format!("{}/{prefix}", nic.private_ip)
     }
 
-    fn set_vm_state(&self, vm: &mut Vm, st: VmState) -> Result<()> {
-        vm.state = st;
-        self.db.put(Kind::Vm, &key(&vm.group, &vm.name), vm)
-    }
-
-    /// `ferry vm start`.
+    /// `ferry vm start`. A VM an operation on a replicated item works with is left to it.
     pub async fn start_vm(self: &Arc<Self>, group: &str, name: &str) -> Result<Vm> {
-        let mut vm = self.vm(group, name)?;
-        self.attach_vm(&vm)?;
-        self.power_on(&vm).await?;
-        self.set_vm_state(&mut vm, VmState::Running)?;
-        self.vm(group, name)
+        self.refuse_if_vm_busy(&key(group, name), "start")?;
+        self.set_power(&key(group, name), VmState::Running).await
     }
 
     /// `ferry vm stop`.
     pub async fn stop_vm(self: &Arc<Self>, group: &str, name: &str) -> Result<Vm> {
-        let mut vm = self.vm(group, name)?;
-        let graceful = self.power_off(&vm).await?;
-        if !graceful {
-            tracing::warn!(vm = %key(group, name), "the guest did not power down in time; stopped it hard");
+        self.refuse_if_vm_busy(&key(group, name), "stop")?;
+        self.set_power(&key(group, name), VmState::Stopped).await
+    }
+
+    /// A 409 when an item's running job works with the VM.
+    pub(crate) fn refuse_if_vm_busy(&self, vm_key: &str, what: &str) -> Result<()> {
+        match self.vm_busy(vm_key)? {
+            Some((item, job)) => Err(ControlError::conflict(format!(
+                "cannot {what} VM {vm_key}: job {} ({}) of the replicated item {item} works \
+                 with it; wait for it with `ferry job show {} --wait`",
+                job.id, job.kind, job.id
+            ))),
+            None => Ok(()),
         }
-        self.set_vm_state(&mut vm, VmState::Stopped)?;
-        self.vm(group, name)
+    }
+
+    /// Start or stop a VM, under its lock (a second request waits its turn), and record it.
+    /// Stopping asks the guest to power down and stops it hard after [`STOP_GRACE`].
+    pub(crate) async fn set_power(&self, vm_key: &str, to: VmState) -> Result<Vm> {
+        let _vm = self.lock_vm(vm_key).await;
+        let vm = self.vm_by_key(vm_key)?;
+        match to {
+            VmState::Running => {
+                self.attach_vm(&vm)?;
+                self.power_on(&vm).await?;
+            }
+            VmState::Stopped => {
+                if !self.power_off(&vm).await? {
+                    tracing::warn!(vm = %vm_key, "the guest did not power down in time; stopped it hard");
+                }
+            }
+        }
+        self.update_vm(vm_key, |v| {
+            v.state = to;
+            Ok(())
+        })
+    }
+
+    /// Change a VM's record in one transaction.
+    pub(crate) fn update_vm(
+        &self,
+        vm_key: &str,
+        f: impl FnOnce(&mut Vm) -> Result<()>,
+    ) -> Result<Vm> {
+        self.db.transact(|tx| {
+            let mut vm: Vm = tx
+                .get(Kind::Vm, vm_key)?
+                .ok_or_else(|| ControlError::not_found(format!("VM {vm_key} does not exist")))?;
+            f(&mut vm)?;
+            tx.put(Kind::Vm, vm_key, &vm)?;
+            Ok(vm)
+        })
     }
 
     /// `ferry vm console`: the serial console so far.

@@ -53,6 +53,10 @@ pub struct Control {
     pub(crate) observed: Mutex<HashMap<String, crate::events::Observed>>,
     /// Each item's recent samples: churn and whether replication keeps up.
     pub(crate) rates: Mutex<crate::replication::rates::Rates>,
+    /// One lock per VM, held while it changes ([`crate::operations`]).
+    pub(crate) vm_locks: crate::operations::KeyLocks,
+    /// One lock per item, held while its stream and processor start or stop.
+    pub(crate) runtime_locks: crate::operations::KeyLocks,
 }
 
 impl Control {
@@ -79,6 +83,8 @@ impl Control {
             app_attempts: Mutex::new(HashMap::new()),
             rates: Mutex::new(Default::default()),
             observed: Mutex::new(HashMap::new()),
+            vm_locks: Default::default(),
+            runtime_locks: Default::default(),
         });
         control.reconcile().await?;
         tokio::spawn(crate::replication::monitor::run(

@@ -5,12 +5,16 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{ControlError, Result};
+use crate::error::Result;
 use crate::model::{Event, Job};
+
+mod tx;
+use tx::decode;
+pub(crate) use tx::{Tx, encode};
 
 pub(crate) struct Db {
     conn: Mutex<Connection>,
@@ -33,7 +37,7 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Group => "group",
             Kind::Network => "network",
@@ -76,37 +80,16 @@ impl Db {
     }
 
     pub fn get<T: DeserializeOwned>(&self, kind: Kind, key: &str) -> Result<Option<T>> {
-        let body: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT body FROM resources WHERE kind = ?1 AND key = ?2",
-                params![kind.as_str(), key],
-                |r| r.get(0),
-            )
-            .optional()?;
-        body.map(|b| decode(&b)).transpose()
+        tx::get(&self.conn(), kind, key)
     }
 
     pub fn list<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT body FROM resources WHERE kind = ?1 ORDER BY key")?;
-        let rows = stmt.query_map(params![kind.as_str()], |r| r.get::<_, String>(0))?;
-        rows.map(|b| decode(&b?)).collect()
+        tx::list(&self.conn(), kind)
     }
 
     /// Insert a new resource; `Conflict` when it exists.
     pub fn insert<T: Serialize>(&self, kind: Kind, key: &str, value: &T, what: &str) -> Result<()> {
-        let body = encode(value);
-        let n = self.conn().execute(
-            "INSERT OR IGNORE INTO resources (kind, key, body) VALUES (?1, ?2, ?3)",
-            params![kind.as_str(), key, body],
-        )?;
-        if n == 0 {
-            return Err(ControlError::conflict(format!(
-                "{what} {key} already exists"
-            )));
-        }
-        Ok(())
+        tx::insert(&self.conn(), kind, key, value, what)
     }
 
     /// Insert several resources in one transaction, skipping those that exist.
@@ -124,19 +107,23 @@ impl Db {
     }
 
     pub fn put<T: Serialize>(&self, kind: Kind, key: &str, value: &T) -> Result<()> {
-        self.conn().execute(
-            "INSERT OR REPLACE INTO resources (kind, key, body) VALUES (?1, ?2, ?3)",
-            params![kind.as_str(), key, encode(value)],
-        )?;
-        Ok(())
+        tx::put(&self.conn(), kind, key, value)
     }
 
     pub fn delete(&self, kind: Kind, key: &str) -> Result<bool> {
-        let n = self.conn().execute(
-            "DELETE FROM resources WHERE kind = ?1 AND key = ?2",
-            params![kind.as_str(), key],
-        )?;
-        Ok(n > 0)
+        tx::delete(&self.conn(), kind, key)
+    }
+
+    /// Run `f` as one transaction: what it reads is what it changes, with no other change in
+    /// between, and all of its writes land or none (on an error, or a crash, nothing does).
+    /// It holds the database for its whole run: no waiting inside.
+    pub fn transact<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = Tx(tx);
+        let out = f(&tx)?;
+        tx.0.commit()?;
+        Ok(out)
     }
 
     /// Record an item's RPO (none: the item had no RPO, e.g. not protected) at `time`
@@ -177,46 +164,18 @@ impl Db {
         Ok(())
     }
 
-    /// Record a new job; its id is set. One transaction: a crash never leaves a row without
-    /// its job.
+    /// Record a new job; its id is set (tests: jobs start through their admission).
+    #[cfg(test)]
     pub fn new_job(&self, job: &mut Job) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute("INSERT INTO jobs (body) VALUES ('{}')", [])?;
-        job.id = tx.last_insert_rowid() as u64;
-        tx.execute(
-            "UPDATE jobs SET body = ?1 WHERE id = ?2",
-            params![encode(job), job.id as i64],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.transact(|tx| tx.new_job(job))
     }
 
     pub fn put_job(&self, job: &Job) -> Result<()> {
-        self.conn().execute(
-            "UPDATE jobs SET body = ?1 WHERE id = ?2",
-            params![encode(job), job.id as i64],
-        )?;
-        Ok(())
+        tx::put_job(&self.conn(), job)
     }
 
     pub fn job(&self, id: u64) -> Result<Option<Job>> {
-        let body: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT body FROM jobs WHERE id = ?1",
-                params![id as i64],
-                |r| r.get(0),
-            )
-            .optional()?;
-        body.map(|b| {
-            serde_json::from_str(&b).map_err(|e| {
-                ControlError::Internal(format!(
-                    "job {id} cannot be read from the state database: {e}"
-                ))
-            })
-        })
-        .transpose()
+        tx::job(&self.conn(), id)
     }
 
     /// Every job, oldest first. A job whose stored body cannot be read (a crash of an older
@@ -281,16 +240,6 @@ impl Db {
         })?;
         rows.map(|b| decode(&b?)).collect()
     }
-}
-
-pub(crate) fn encode<T: Serialize>(v: &T) -> String {
-    serde_json::to_string(v).expect("resources serialise")
-}
-
-fn decode<T: DeserializeOwned>(body: &str) -> Result<T> {
-    serde_json::from_str(body).map_err(|e| {
-        ControlError::Internal(format!("state database holds an unreadable document: {e}"))
-    })
 }
 
 #[cfg(test)]

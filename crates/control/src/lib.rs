@@ -19,6 +19,7 @@ mod failpoint;
 mod ipam;
 mod jobs;
 pub mod model;
+mod operations;
 mod replication;
 pub mod requests;
 mod resources;

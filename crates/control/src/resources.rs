@@ -274,6 +274,12 @@ impl Control {
         self.db.list(Kind::Policy)
     }
 
+    /// The VM `GROUP/NAME`.
+    pub(crate) fn vm_by_key(&self, vm_key: &str) -> Result<Vm> {
+        let (group, vm) = vm_key.split_once('/').unwrap_or((vm_key, ""));
+        self.vm(group, vm)
+    }
+
     pub fn vm(&self, group: &str, vm: &str) -> Result<Vm> {
         let mut v: Vm = self.db.get(Kind::Vm, &key(group, vm))?.ok_or_else(|| {
             ControlError::not_found(format!(
@@ -312,6 +318,8 @@ impl Control {
         let g = self.group(group)?;
         let vm_name = valid_name(&req.name, "VM name")?;
         let vm_key = key(group, &vm_name);
+        // Two creations of one name: the second waits, then finds the first.
+        let _vm = self.lock_vm(&vm_key).await;
         if self.db.get::<Vm>(Kind::Vm, &vm_key)?.is_some() {
             return Err(ControlError::conflict(format!(
                 "VM {vm_key} already exists"
@@ -509,37 +517,47 @@ impl Control {
         Ok(())
     }
 
+    /// `ferry vm delete`. Under the VM's lock: no replication of it can start meanwhile.
     pub async fn delete_vm(&self, group: &str, vm: &str) -> Result<()> {
-        let v = self.vm(group, vm)?;
         let vm_key = key(group, vm);
-        if self
-            .db
-            .get::<Replication>(Kind::Replication, &vm_key)?
-            .is_some()
-        {
-            return Err(ControlError::conflict(format!(
-                "VM {vm_key} is replicated; disable replication first with `ferry replication disable {vm_key}`"
-            )));
+        let _vm = self.lock_vm(&vm_key).await;
+        let v = self.vm(group, vm)?;
+        for rep in self.db.list::<Replication>(Kind::Replication)? {
+            if rep.item_key() == vm_key {
+                return Err(ControlError::conflict(format!(
+                    "VM {vm_key} is replicated; disable replication first with `ferry replication disable {vm_key}`"
+                )));
+            }
+            if let Some(role) = crate::operations::role_of(&rep, &vm_key) {
+                return Err(ControlError::conflict(format!(
+                    "VM {vm_key} is the {role} of the replicated item {} (state {}); {}",
+                    rep.item_key(),
+                    rep.state,
+                    if role == "test VM" {
+                        format!(
+                            "clean it up with `ferry failover test-cleanup {}`",
+                            rep.item_key()
+                        )
+                    } else {
+                        format!(
+                            "disable replication first with `ferry replication disable {}`",
+                            rep.item_key()
+                        )
+                    }
+                )));
+            }
         }
-        if let Some(rep) = self
-            .db
-            .list::<Replication>(Kind::Replication)?
-            .into_iter()
-            .find(|r| {
-                r.source_key() == vm_key || r.failover.as_ref().is_some_and(|f| f.vm == vm_key)
-            })
-        {
-            return Err(ControlError::conflict(format!(
-                "VM {vm_key} belongs to the replicated item {} (state {}); disable replication first",
-                rep.item_key(),
-                rep.state
-            )));
-        }
-        self.remove_vm(&v).await
+        self.remove_vm_locked(&v).await
     }
 
     /// Stop a VM, stop serving its disks, delete its images and its record.
     pub(crate) async fn remove_vm(&self, v: &Vm) -> Result<()> {
+        let _vm = self.lock_vm(&key(&v.group, &v.name)).await;
+        self.remove_vm_locked(v).await
+    }
+
+    /// [`Control::remove_vm`], the VM's lock held.
+    async fn remove_vm_locked(&self, v: &Vm) -> Result<()> {
         let vm_key = key(&v.group, &v.name);
         self.power_off(v).await?;
         self.agent(&v.region)?.detach_vm(&vm_key).await;

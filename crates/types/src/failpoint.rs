@@ -30,6 +30,7 @@
 //! | `failover-after-create-vm` | `ferry-control` failover | the target VM is materialised, the job's step not yet recorded |
 //! | `materialise-after-vm-record` | `ferry-control` failover | the target VM's record is written, its disks not yet |
 //! | `reprotect-after-turn` | `ferry-control` reprotect | the item is turned around (new stream), the new replica not yet seeded |
+//! | `job-before-first-step` | `ferry-control` operations | a job is admitted (stored, its item recording it), not yet started |
 //! | `reconcile-before-streams` | `ferry-control` start | every VM's disks are served (a replicated VM's writes held), no stream started yet |
 
 use std::sync::OnceLock;
@@ -53,6 +54,7 @@ pub const NAMES: &[&str] = &[
     "materialise-after-vm-record",
     "reprotect-after-turn",
     "reconcile-before-streams",
+    "job-before-first-step",
 ];
 
 /// What an armed failpoint does.

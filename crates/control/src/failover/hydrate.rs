@@ -156,7 +156,20 @@ impl Control {
                     .take()
                     .map(|h| h.recovery_point)
                     .unwrap_or_default();
-                self.db.put(Kind::Vm, &vm_key, &vm)?;
+                // Only the restore seen here: a failover to another point may have started
+                // one since.
+                let cleared = self.update_vm(&vm_key, |v| {
+                    if v.hydration
+                        .as_ref()
+                        .is_some_and(|h| h.recovery_point == point)
+                    {
+                        v.hydration = None;
+                    }
+                    Ok(())
+                })?;
+                if cleared.hydration.is_some() {
+                    continue;
+                }
                 self.event(
                     Severity::Info,
                     "hydration-complete",

@@ -36,6 +36,8 @@ impl Control {
         place: &Placement,
     ) -> Result<Vm> {
         let vm_key = key(&place.group, &place.name);
+        // Nothing else starts, stops or deletes the VM while its disks are replaced.
+        let _vm = self.lock_vm(&vm_key).await;
         let vm = match self.db.get::<Vm>(Kind::Vm, &vm_key)? {
             Some(existing) => {
                 self.power_off(&existing).await?;
@@ -145,8 +147,9 @@ impl Control {
 
     /// Boot a materialised VM and record it as running.
     pub(crate) async fn boot(&self, vm: &mut Vm) -> Result<()> {
-        self.power_on(vm).await?;
-        vm.state = VmState::Running;
-        self.db.put(Kind::Vm, &key(&vm.group, &vm.name), vm)
+        *vm = self
+            .set_power(&key(&vm.group, &vm.name), VmState::Running)
+            .await?;
+        Ok(())
     }
 }

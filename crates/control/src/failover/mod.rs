@@ -24,11 +24,10 @@ use ferry_replica::{PointSelector, points};
 use serde::{Deserialize, Serialize};
 
 use crate::control::Control;
-use crate::db::Kind;
 use crate::error::{ControlError, Result};
-use crate::model::{ItemState, Job, JobState, Replication};
+use crate::model::{ItemState, Job, Replication};
 
-pub(crate) use reprotect::{CommitStep, ReprotectStep, roll_back, run_commit, run_reprotect};
+pub(crate) use reprotect::{CommitStep, ReprotectStep, run_commit, run_reprotect};
 pub(crate) use run::{FailoverStep, run_failover};
 pub(crate) use test::{TestCleanupStep, TestFailoverStep, run_test_cleanup, run_test_failover};
 
@@ -64,6 +63,46 @@ fn refuse(rep: &Replication, what: &str, hint: &str) -> ControlError {
     ))
 }
 
+/// Why the item cannot fail over (to change its point, when failed over) as `req` asks.
+fn refuse_failover(rep: &Replication, req: &FailoverRequest) -> Result<()> {
+    match rep.state {
+        ItemState::Protected | ItemState::FailedOver => {}
+        _ => {
+            return Err(refuse(
+                rep,
+                "fail over",
+                "only a protected item (or one already failed over, to change its point) fails over",
+            ));
+        }
+    }
+    if rep.state == ItemState::FailedOver && req.shutdown_source {
+        return Err(ControlError::invalid(
+            "the item is already failed over; --shutdown-source only applies to the first failover",
+        ));
+    }
+    Ok(())
+}
+
+/// Why the item cannot start a test failover.
+fn refuse_test_failover(rep: &Replication) -> Result<()> {
+    if rep.state != ItemState::Protected {
+        return Err(refuse(
+            rep,
+            "test-fail over",
+            "test failover needs a protected item",
+        ));
+    }
+    if let Some(t) = &rep.test_failover {
+        return Err(ControlError::conflict(format!(
+            "a test failover of {} is in progress (VM {}); clean it up first with `ferry failover test-cleanup {}`",
+            rep.item_key(),
+            t.vm,
+            rep.item_key()
+        )));
+    }
+    Ok(())
+}
+
 impl Control {
     /// Check a selector names a point that exists (`latest` always does once protected).
     async fn check_point(&self, rep: &Replication, sel: &str) -> Result<()> {
@@ -93,32 +132,11 @@ impl Control {
         vm: &str,
         req: FailoverRequest,
     ) -> Result<Job> {
-        let mut rep = self.replication(group, vm)?;
+        let rep = self.replication(group, vm)?;
+        self.refuse_if_busy(&rep.item_key(), &[])?;
         if req.network.is_some() {
             return Err(ControlError::invalid(
                 "--network is for test failovers; a failover boots in the target network",
-            ));
-        }
-        match rep.state {
-            ItemState::Protected | ItemState::FailedOver => {}
-            ItemState::FailingOver => {
-                return Err(refuse(
-                    &rep,
-                    "fail over",
-                    "wait for the running failover job",
-                ));
-            }
-            _ => {
-                return Err(refuse(
-                    &rep,
-                    "fail over",
-                    "only a protected item (or one already failed over, to change its point) fails over",
-                ));
-            }
-        }
-        if rep.state == ItemState::FailedOver && req.shutdown_source {
-            return Err(ControlError::invalid(
-                "the item is already failed over; --shutdown-source only applies to the first failover",
             ));
         }
         if req.shutdown_source && req.point() != "latest" {
@@ -126,16 +144,15 @@ impl Control {
                 "a planned failover (--shutdown-source) fails over to the final point: leave --recovery-point out or use latest",
             ));
         }
+        refuse_failover(&rep, &req)?;
         self.check_point(&rep, req.point()).await?;
-        let job = self.new_job_with::<FailoverStep>(
-            &rep.item_key(),
-            serde_json::json!({ "request": req, "from_state": rep.state }),
-        )?;
-        rep.state = rep.state.move_to(ItemState::FailingOver)?;
-        rep.job = Some(job.id);
-        self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
-        crate::jobs::spawn(self.clone(), job.clone());
-        Ok(job)
+        self.admit::<FailoverStep>(&rep.item_key(), &[], |r, job, _| {
+            refuse_failover(r, &req)?;
+            job.params = serde_json::json!({ "request": req, "from_state": r.state });
+            r.state = r.state.move_to(ItemState::FailingOver)?;
+            Ok(())
+        })
+        .await
     }
 
     /// `ferry failover test`: a job that boots a copy in an isolated network.
@@ -146,26 +163,13 @@ impl Control {
         req: FailoverRequest,
     ) -> Result<Job> {
         let rep = self.replication(group, vm)?;
-        if rep.state != ItemState::Protected {
-            return Err(refuse(
-                &rep,
-                "test-fail over",
-                "test failover needs a protected item",
-            ));
-        }
-        if let Some(t) = &rep.test_failover {
-            return Err(ControlError::conflict(format!(
-                "a test failover of {} is in progress (VM {}); clean it up first with `ferry failover test-cleanup {}`",
-                rep.item_key(),
-                t.vm,
-                rep.item_key()
-            )));
-        }
+        self.refuse_if_busy(&rep.item_key(), &[])?;
         if req.shutdown_source {
             return Err(ControlError::invalid(
                 "--shutdown-source is for failovers; a test failover leaves the source running",
             ));
         }
+        refuse_test_failover(&rep)?;
         if let Some(net) = &req.network {
             if *net == rep.target.network {
                 return Err(ControlError::invalid(format!(
@@ -175,115 +179,64 @@ impl Control {
             self.network(&rep.target.group, net)?;
         }
         self.check_point(&rep, req.point()).await?;
-        let job = self.new_job_with::<TestFailoverStep>(
-            &rep.item_key(),
-            serde_json::json!({ "request": req }),
-        )?;
-        self.update_replication(&rep.item_key(), |r| {
-            r.test_failover = Some(test::placeholder(&rep, &req, job.id));
-        })?;
-        crate::jobs::spawn(self.clone(), job.clone());
-        Ok(job)
+        self.admit::<TestFailoverStep>(&rep.item_key(), &[], |r, job, _| {
+            refuse_test_failover(r)?;
+            job.params = serde_json::json!({ "request": req });
+            r.test_failover = Some(test::placeholder(r, &req, job.id));
+            Ok(())
+        })
+        .await
     }
 
     /// `ferry failover test-cleanup`.
     pub async fn test_failover_cleanup(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
         let rep = self.replication(group, vm)?;
-        let Some(t) = &rep.test_failover else {
-            return Err(ControlError::conflict(format!(
-                "{} has no test failover to clean up; start one with `ferry failover test {}`",
-                rep.item_key(),
-                rep.item_key()
-            )));
-        };
-        if let Ok(j) = self.job(t.job)
-            && j.state == JobState::Running
-        {
-            return Err(ControlError::conflict(format!(
-                "the test failover job {} is still running; wait for it (`ferry job show {} --wait`)",
-                j.id, j.id
-            )));
-        }
-        let job = self.new_job::<TestCleanupStep>(&rep.item_key())?;
-        crate::jobs::spawn(self.clone(), job.clone());
-        Ok(job)
+        self.admit::<TestCleanupStep>(&rep.item_key(), &[], |r, _, _| {
+            if r.test_failover.is_none() {
+                return Err(ControlError::conflict(format!(
+                    "{} has no test failover to clean up; start one with `ferry failover test {}`",
+                    r.item_key(),
+                    r.item_key()
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// `ferry failover commit`.
     pub async fn commit_failover(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
         let rep = self.replication(group, vm)?;
-        if rep.state != ItemState::FailedOver {
-            return Err(refuse(
-                &rep,
-                "commit",
-                "commit follows a finished `ferry failover run`",
-            ));
-        }
-        let job = self.new_job::<CommitStep>(&rep.item_key())?;
-        crate::jobs::spawn(self.clone(), job.clone());
-        Ok(job)
+        self.refuse_if_busy(&rep.item_key(), &[])?;
+        self.admit::<CommitStep>(&rep.item_key(), &[], |r, _, _| {
+            if r.state != ItemState::FailedOver {
+                return Err(refuse(
+                    r,
+                    "commit",
+                    "commit follows a finished `ferry failover run`",
+                ));
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// `ferry reprotect`: replicate the failed-over VM back to where the item came from.
     pub async fn reprotect(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
-        let mut rep = self.replication(group, vm)?;
-        if rep.state != ItemState::FailoverCommitted {
-            return Err(refuse(
-                &rep,
-                "reprotect",
-                "reprotect follows `ferry failover commit`",
-            ));
-        }
-        let job = self.new_job::<ReprotectStep>(&rep.item_key())?;
-        rep.state = rep.state.move_to(ItemState::Reprotecting)?;
-        rep.job = Some(job.id);
-        self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
-        crate::jobs::spawn(self.clone(), job.clone());
-        Ok(job)
-    }
-
-    /// Change an item's record in one read-modify-write.
-    pub(crate) fn update_replication(
-        &self,
-        item: &str,
-        f: impl FnOnce(&mut Replication),
-    ) -> Result<Replication> {
-        self.try_update_replication(item, |rep| {
-            f(rep);
+        let rep = self.replication(group, vm)?;
+        self.refuse_if_busy(&rep.item_key(), &[])?;
+        self.admit::<ReprotectStep>(&rep.item_key(), &[], |r, _, _| {
+            if r.state != ItemState::FailoverCommitted {
+                return Err(refuse(
+                    r,
+                    "reprotect",
+                    "reprotect follows `ferry failover commit`",
+                ));
+            }
+            r.state = r.state.move_to(ItemState::Reprotecting)?;
             Ok(())
         })
-    }
-
-    /// Move an item to the state `to` and change its record with `f`, in one
-    /// read-modify-write. A move the state machine does not have (say, the item was disabled
-    /// meanwhile) is refused and nothing is written.
-    pub(crate) fn move_item(
-        &self,
-        item: &str,
-        to: ItemState,
-        f: impl FnOnce(&mut Replication),
-    ) -> Result<Replication> {
-        self.try_update_replication(item, |rep| {
-            rep.state = rep.state.move_to(to).map_err(|e| {
-                ControlError::conflict(format!("cannot move {item} from {} to {}", e.from, e.to))
-            })?;
-            f(rep);
-            Ok(())
-        })
-    }
-
-    fn try_update_replication(
-        &self,
-        item: &str,
-        f: impl FnOnce(&mut Replication) -> Result<()>,
-    ) -> Result<Replication> {
-        let mut rep: Replication = self
-            .db
-            .get(Kind::Replication, item)?
-            .ok_or_else(|| ControlError::not_found(format!("{item} is not replicated")))?;
-        f(&mut rep)?;
-        self.db.put(Kind::Replication, item, &rep)?;
-        Ok(rep)
+        .await
     }
 
     /// Resolve a selector to a point; `latest` first has the agent cut a point now and waits

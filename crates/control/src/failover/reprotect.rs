@@ -18,9 +18,7 @@ use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
 use crate::jobs::job_steps;
-use crate::model::{
-    ItemState, Job, JobKind, Replication, StepState, StorageAccount, Target, Vm, VmState,
-};
+use crate::model::{ItemState, Job, Replication, StepState, StorageAccount, Target, Vm, VmState};
 use crate::resources::key;
 
 job_steps! {
@@ -78,18 +76,18 @@ pub(crate) async fn run_commit(control: &Arc<Control>, job: &mut Job) -> Result<
         Some(format!("{removed} points discarded")),
     )?;
 
-    control.move_item(&rep.item_key(), ItemState::FailoverCommitted, |r| {
-        if let Some(f) = r.failover.as_mut() {
-            f.committed = Some(Timestamp::now());
-        }
-    })?;
     control.job_step(
         job,
         CommitStep::Commit,
         StepState::Succeeded,
         Some(failover.vm),
     )?;
-    control.job_succeed(job)
+    control.succeed_moving(job, ItemState::FailoverCommitted, |r| {
+        if let Some(f) = r.failover.as_mut() {
+            f.committed = Some(Timestamp::now());
+        }
+    })?;
+    Ok(())
 }
 
 /// How long a reprotect waits for the failed-over disks' restore to make progress.
@@ -148,7 +146,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
 
         control.job_step(job, ReprotectStep::StopOriginal, StepState::Running, None)?;
         let (og, ov) = (original.group.clone(), original.name.clone());
-        let original = control.stop_vm(&og, &ov).await?;
+        let original = control.set_power(&key(&og, &ov), VmState::Stopped).await?;
         control.job_step(
             job,
             ReprotectStep::StopOriginal,
@@ -189,7 +187,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         )?;
 
         control.job_step(job, ReprotectStep::Seed, StepState::Running, None)?;
-        let turned = control.move_item(&rep.item_key(), ItemState::Reprotecting, |r| {
+        let turned = control.move_item_for(job, ItemState::Reprotecting, |r| {
             r.source_vm = Some(failover.vm.clone());
             r.source_region = new_source.region.clone();
             r.target_vm = Some(key(&original.group, &original.name));
@@ -243,6 +241,16 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
     )?;
     loop {
         let view = control.show_replication(&group, &vm)?;
+        if view.state != ItemState::Reprotecting {
+            return Err(ControlError::conflict(format!(
+                "the item left reprotection (it is {}: {})",
+                view.state,
+                view.health_reasons.join("; ")
+            )));
+        }
+        let applied = control
+            .processor_status(&job.target)
+            .is_some_and(|s| s.initial_sync_seq.is_some());
         if let Some(init) = &view.initial_replication {
             let detail = format!(
                 "{:.0}% ({} of {} bytes compared, {} sent)",
@@ -250,7 +258,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
             );
             let bytes = (init.scanned_bytes, init.total_bytes);
             control.job_progress(job, ReprotectStep::DeltaReplication, bytes, detail.clone())?;
-            if view.state == ItemState::Protected {
+            if applied {
                 control.job_step(
                     job,
                     ReprotectStep::DeltaReplication,
@@ -260,16 +268,11 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
                 break;
             }
         }
-        if view.state != ItemState::Reprotecting && view.state != ItemState::Protected {
-            return Err(ControlError::conflict(format!(
-                "the item left reprotection (state {})",
-                view.state
-            )));
-        }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     control.job_step(job, ReprotectStep::Protect, StepState::Succeeded, None)?;
-    control.job_succeed(job)
+    control.succeed_moving(job, ItemState::Protected, |_| {})?;
+    Ok(())
 }
 
 impl Control {
@@ -333,32 +336,4 @@ impl Control {
             .await?;
         Ok(())
     }
-}
-
-/// Put an item back where it was when a failover or reprotect job fails before it changed
-/// anything that cannot be undone.
-pub(crate) fn roll_back(control: &Control, job: &Job) -> Result<()> {
-    let (group, vm) = split(&job.target);
-    let item = key(&group, &vm);
-    let Some(rep) = control.db.get::<Replication>(Kind::Replication, &item)? else {
-        return Ok(());
-    };
-    match (job.kind, rep.state) {
-        (JobKind::Failover, ItemState::FailingOver) => {
-            // Not guessed: an item that was failed over before is not protected.
-            let from = job.params.get("from_state").cloned().unwrap_or_default();
-            let back: ItemState = serde_json::from_value(from).map_err(|e| {
-                ControlError::Internal(format!(
-                    "the job's stored from_state cannot be read ({e}), so {item} stays {}",
-                    rep.state
-                ))
-            })?;
-            control.move_item(&item, back, |_| {})?;
-        }
-        (JobKind::Reprotect, ItemState::Reprotecting) if rep.failover.is_some() => {
-            control.move_item(&item, ItemState::FailoverCommitted, |_| {})?;
-        }
-        _ => {}
-    }
-    Ok(())
 }

@@ -11,8 +11,9 @@ use super::materialise::Placement;
 use crate::control::Control;
 use crate::error::{ControlError, Result};
 use crate::jobs::job_steps;
-use crate::model::{Failover, ItemState, Job, StepState};
+use crate::model::{Failover, ItemState, Job, StepState, VmState};
 use crate::replication::PointView;
+use crate::resources::key;
 
 job_steps! {
     /// The failover job's steps.
@@ -41,7 +42,7 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
         let detail = if req.shutdown_source {
             let (sg, sv) = split(&rep.source_key());
             control.job_step(job, FailoverStep::ShutDownSource, StepState::Running, None)?;
-            let stopped = control.stop_vm(&sg, &sv).await?;
+            let stopped = control.set_power(&key(&sg, &sv), VmState::Stopped).await?;
             Some(format!(
                 "{}/{} is {}",
                 stopped.group, stopped.name, stopped.state
@@ -132,7 +133,7 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
     )?;
 
     let view = PointView::from(&point);
-    control.move_item(&rep.item_key(), ItemState::FailedOver, |r| {
+    control.succeed_moving(job, ItemState::FailedOver, |r| {
         r.failover = Some(Failover {
             vm: target_key.clone(),
             point: Some(view),
@@ -144,7 +145,7 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
             committed: None,
         });
     })?;
-    control.job_succeed(job)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::control::Control;
 use crate::db::Kind;
 use crate::error::Result;
 use crate::jobs::{JobSteps, job_steps};
-use crate::model::{Job, Network, Replication, StepState, TestFailover, TestOutcome, Vm};
+use crate::model::{Job, Network, Replication, StepState, TestFailover, TestOutcome, Vm, VmState};
 use crate::replication::PointView;
 use crate::resources::key;
 
@@ -104,7 +104,7 @@ pub(crate) async fn run_test_failover(control: &Arc<Control>, job: &mut Job) -> 
         StepState::Succeeded,
         Some(format!("{} ({}, {})", info.id, info.kind, info.time)),
     )?;
-    control.update_replication(&rep.item_key(), |r| {
+    control.update_item_for(job, |r| {
         if let Some(t) = r.test_failover.as_mut() {
             t.point = Some(PointView::from(&info));
         }
@@ -165,8 +165,8 @@ pub(crate) async fn run_test_cleanup(control: &Arc<Control>, job: &mut Job) -> R
     let vm_record: Option<Vm> = control.db.get(Kind::Vm, &test.vm)?;
 
     control.job_step(job, TestCleanupStep::StopVm, StepState::Running, None)?;
-    if let Some(v) = &vm_record {
-        control.power_off(v).await?;
+    if vm_record.is_some() {
+        control.set_power(&test.vm, VmState::Stopped).await?;
     }
     control.job_step(job, TestCleanupStep::StopVm, StepState::Succeeded, None)?;
 
@@ -207,7 +207,7 @@ pub(crate) async fn run_test_cleanup(control: &Arc<Control>, job: &mut Job) -> R
 
     let test_job = control.job(test.job).ok();
     let outcome = TestOutcome::of(test_job.as_ref().map(|j| j.state));
-    control.update_replication(&rep.item_key(), |r| {
+    control.update_item_for(job, |r| {
         let mut done = test.clone();
         done.cleaned_up = Some(Timestamp::now());
         done.outcome = Some(outcome);

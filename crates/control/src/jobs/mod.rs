@@ -4,11 +4,10 @@
 //! Each kind of job declares its steps as an enum with [`job_steps!`]; the job's code marks a
 //! step by its variant, which finds the stored step by its title.
 
+mod roll_back;
 mod steps;
 
 use std::sync::Arc;
-
-use ferry_types::Timestamp;
 
 use crate::control::Control;
 use crate::error::{ControlError, Result};
@@ -17,12 +16,8 @@ use crate::model::{Job, JobKind, JobState, Severity, StepState};
 pub(crate) use steps::{JobSteps, job_steps};
 
 impl Control {
-    /// A job of the kind `S` is the steps of, stored before it runs.
-    pub(crate) fn new_job<S: JobSteps>(&self, target: &str) -> Result<Job> {
-        self.new_job_with::<S>(target, serde_json::Value::Null)
-    }
-
-    /// A job with the parameters it needs to run again after a restart.
+    /// A job stored as its admission stores one, without an item to hold (tests).
+    #[cfg(test)]
     pub(crate) fn new_job_with<S: JobSteps>(
         &self,
         target: &str,
@@ -52,26 +47,7 @@ impl Control {
         state: StepState,
         detail: Option<String>,
     ) -> Result<()> {
-        if let Some(s) = job.steps.get_mut(i) {
-            s.state = state;
-            if detail.is_some() {
-                s.detail = detail;
-            }
-            if state == StepState::Succeeded && s.percent.is_some() {
-                s.percent = Some(100.0);
-            }
-        }
-        let done: f64 = job
-            .steps
-            .iter()
-            .map(|s| match s.state {
-                StepState::Succeeded => 1.0,
-                StepState::Running => s.percent.unwrap_or(0.0) / 100.0,
-                StepState::Pending | StepState::Failed => 0.0,
-            })
-            .sum();
-        job.percent = Some((done / job.steps.len().max(1) as f64 * 1000.0).round() / 10.0);
-        job.updated = Timestamp::now();
+        job.set_step(i, state, detail);
         self.db.put_job(job)
     }
 
@@ -120,17 +96,19 @@ impl Control {
     }
 
     pub(crate) fn job_succeed(&self, job: &mut Job) -> Result<()> {
-        job.state = JobState::Succeeded;
-        job.percent = Some(100.0);
-        job.updated = Timestamp::now();
+        job.succeeded();
         self.db.put_job(job)?;
+        self.job_succeeded_event(job);
+        Ok(())
+    }
+
+    pub(crate) fn job_succeeded_event(&self, job: &Job) {
         self.event(
             Severity::Info,
             "job-succeeded",
             &job.target,
             format!("job {} ({}) succeeded", job.id, job.kind),
         );
-        Ok(())
     }
 
     pub fn job(&self, id: u64) -> Result<Job> {
@@ -144,10 +122,22 @@ impl Control {
     }
 }
 
-/// Run a job in the background.
+/// Run a job in the background. A job whose code panics fails like any other, and lets go of
+/// its item, rather than stay `running` for ever.
 pub(crate) fn spawn(control: Arc<Control>, job: Job) {
     tokio::spawn(async move {
-        run(&control, job).await;
+        let id = job.id;
+        let c = control.clone();
+        let ran = tokio::spawn(async move { run(&c, job).await }).await;
+        if let Err(e) = ran
+            && let Ok(mut job) = control.job(id)
+            && job.state == JobState::Running
+        {
+            let error = format!("the job stopped unexpectedly ({e}); start the operation again");
+            tracing::error!(job = id, %error, "job failed");
+            let _ = control.job_fail(&mut job, &error);
+            let _ = roll_back::roll_back(&control, &job, &ControlError::Internal(error));
+        }
     });
 }
 
@@ -169,11 +159,14 @@ pub(crate) async fn run(control: &Arc<Control>, mut job: Job) -> Job {
         JobKind::RepairReplication => {
             crate::replication::repair::run_repair(control, &mut job).await
         }
+        JobKind::VerifyReplication => crate::replication::verify::run_verify(control, &mut job)
+            .await
+            .map(|_| ()),
     };
     if let Err(e) = result {
         tracing::error!(job = job.id, error = %e, "job failed");
         let _ = control.job_fail(&mut job, &e.to_string());
-        if let Err(e) = crate::failover::roll_back(control, &job) {
+        if let Err(e) = roll_back::roll_back(control, &job, &e) {
             tracing::error!(job = job.id, error = %e, "roll back the item's state after a failed job");
         }
     }

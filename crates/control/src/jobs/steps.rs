@@ -50,7 +50,7 @@ pub(crate) use job_steps;
 
 impl Job {
     /// A new running job of the kind `S` is the steps of, every step pending.
-    pub(super) fn start<S: JobSteps>(target: &str, params: serde_json::Value) -> Job {
+    pub(crate) fn start<S: JobSteps>(target: &str, params: serde_json::Value) -> Job {
         let now = Timestamp::now();
         Job {
             id: 0,
@@ -118,6 +118,50 @@ impl Job {
         })
     }
 
+    /// Move the step at `i` to `state` (with `detail` for people, when there is one) and
+    /// count the job's percent again. Nothing is stored.
+    pub(crate) fn set_step(&mut self, i: usize, state: StepState, detail: Option<String>) {
+        if let Some(s) = self.steps.get_mut(i) {
+            s.state = state;
+            if detail.is_some() {
+                s.detail = detail;
+            }
+            if state == StepState::Succeeded && s.percent.is_some() {
+                s.percent = Some(100.0);
+            }
+        }
+        let done: f64 = self
+            .steps
+            .iter()
+            .map(|s| match s.state {
+                StepState::Succeeded => 1.0,
+                StepState::Running => s.percent.unwrap_or(0.0) / 100.0,
+                StepState::Pending | StepState::Failed => 0.0,
+            })
+            .sum();
+        self.percent = Some((done / self.steps.len().max(1) as f64 * 1000.0).round() / 10.0);
+        self.updated = Timestamp::now();
+    }
+
+    /// The job ended well (nothing is stored).
+    pub(crate) fn succeeded(&mut self) {
+        self.state = JobState::Succeeded;
+        self.percent = Some(100.0);
+        self.updated = Timestamp::now();
+    }
+
+    /// [`Job::set_step`] by the step's name.
+    pub(crate) fn mark<S: JobSteps>(
+        &mut self,
+        step: S,
+        state: StepState,
+        detail: Option<String>,
+    ) -> Result<()> {
+        let i = self.step_index(step)?;
+        self.set_step(i, state, detail);
+        Ok(())
+    }
+
     /// The step a failure is reported at: the first that has not succeeded.
     pub(super) fn failed_step(&self) -> usize {
         self.steps
@@ -152,7 +196,9 @@ mod tests {
     #[test]
     fn every_kind_has_its_released_step_titles() {
         use crate::failover::*;
-        use crate::replication::{disable::DisableStep, enable::EnableStep, repair::RepairStep};
+        use crate::replication::{
+            disable::DisableStep, enable::EnableStep, repair::RepairStep, verify::VerifyStep,
+        };
         let kinds = [
             (EnableStep::KIND, titles::<EnableStep>()),
             (DisableStep::KIND, titles::<DisableStep>()),
@@ -162,8 +208,9 @@ mod tests {
             (CommitStep::KIND, titles::<CommitStep>()),
             (ReprotectStep::KIND, titles::<ReprotectStep>()),
             (RepairStep::KIND, titles::<RepairStep>()),
+            (VerifyStep::KIND, titles::<VerifyStep>()),
         ];
-        let released: [(JobKind, &[&str]); 8] = [
+        let released: [(JobKind, &[&str]); 9] = [
             (
                 JobKind::EnableReplication,
                 &[
@@ -243,6 +290,10 @@ mod tests {
                     "Compare every block, send the ones that differ",
                     "Protect",
                 ],
+            ),
+            (
+                JobKind::VerifyReplication,
+                &["Verify every page and chunk behind the points"],
             ),
         ];
         for ((kind, titles), (want_kind, want)) in kinds.iter().zip(released) {

@@ -16,6 +16,7 @@ pub enum JobKind {
     FailoverCommit,
     Reprotect,
     RepairReplication,
+    VerifyReplication,
 }
 
 wire_names!(JobKind, "job kind", {
@@ -27,6 +28,7 @@ wire_names!(JobKind, "job kind", {
     FailoverCommit => "failover-commit",
     Reprotect => "reprotect",
     RepairReplication => "repair-replication",
+    VerifyReplication => "verify-replication",
 });
 
 /// Whether a job runs (or is resumed after a restart) or how it ended.
@@ -151,6 +153,7 @@ mod tests {
                 "failover-commit",
                 "reprotect",
                 "repair-replication",
+                "verify-replication",
             ]
         );
         assert_eq!(names(JobState::ALL), ["running", "succeeded", "failed"]);

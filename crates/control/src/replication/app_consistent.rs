@@ -29,7 +29,13 @@ pub(crate) struct Attempt {
 impl Control {
     /// Start an app-consistent point for every protected item whose cadence is due.
     pub(crate) fn app_consistent_due(self: &Arc<Self>, reps: &[Replication]) {
-        for rep in reps.iter().filter(|r| r.state == ItemState::Protected) {
+        // An operation on the item (a failover stopping the VM) goes first.
+        let idle = |r: &&Replication| self.busy_with(&r.item_key()).is_ok_and(|j| j.is_none());
+        for rep in reps
+            .iter()
+            .filter(|r| r.state == ItemState::Protected)
+            .filter(idle)
+        {
             let Ok(policy) = self.policy(&rep.policy) else {
                 continue;
             };
@@ -77,6 +83,8 @@ impl Control {
         let vm = self.source_vm(rep)?;
         let agent = self.agent(&rep.source_region)?;
         let source = rep.source_key();
+        // Not while the VM is being started or stopped.
+        let _vm = self.lock_vm(&source).await;
         match self.quiesce(&vm).await {
             Ok(()) => {
                 let marked = agent.mark(&source, MarkerKind::AppConsistent);

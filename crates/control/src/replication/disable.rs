@@ -10,7 +10,7 @@ use crate::control::Control;
 use crate::db::Kind;
 use crate::error::Result;
 use crate::jobs::job_steps;
-use crate::model::{ItemState, Job, Replication, StepState};
+use crate::model::{ItemState, Job, JobKind, Replication, StepState};
 use crate::resources::key;
 
 job_steps! {
@@ -46,15 +46,17 @@ impl Control {
     /// Disable replication: a job that stops the stream and processor, then deletes the
     /// cache segments, the replica and the item (the source VM is left untouched).
     pub async fn disable_replication(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
-        let mut rep = self.replication(group, vm)?;
         let vm_key = key(group, vm);
+        self.replication(group, vm)?;
+        // Waiting for the initial copy or a repair to end is what a disable stops.
+        let takes_from = [JobKind::EnableReplication, JobKind::RepairReplication];
+        self.refuse_if_busy(&vm_key, &takes_from)?;
         self.refuse_if_hydrating_from(&vm_key, &format!("disable replication of {vm_key}"))?;
-        let job = self.new_job::<DisableStep>(&vm_key)?;
-        rep.state = rep.state.move_to(ItemState::Disabling)?;
-        rep.job = Some(job.id);
-        self.db.put(Kind::Replication, &vm_key, &rep)?;
-        crate::jobs::spawn(self.clone(), job.clone());
-        Ok(job)
+        self.admit::<DisableStep>(&vm_key, &takes_from, |r, _, _| {
+            r.state = r.state.move_to(ItemState::Disabling)?;
+            Ok(())
+        })
+        .await
     }
 
     /// `ferry replication disable --dry-run`: the plan, with nothing changed.

@@ -10,7 +10,7 @@ use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
 use crate::jobs::job_steps;
-use crate::model::{ItemState, Job, Replication, StepState};
+use crate::model::{ItemState, Job, Replication, StepState, Vm};
 use crate::requests::EnableReplication;
 use crate::resources::key;
 
@@ -36,12 +36,7 @@ impl Control {
     ) -> Result<Job> {
         let source = self.vm(group, vm)?;
         let vm_key = key(group, vm);
-        if let Some(r) = self.db.get::<Replication>(Kind::Replication, &vm_key)? {
-            return Err(ControlError::conflict(format!(
-                "VM {vm_key} is already replicated (state {})",
-                r.state
-            )));
-        }
+        refuse_enable(&vm_key, &self.db.list(Kind::Replication)?)?;
         self.agent(&req.target_region)?;
         if req.target_region == source.region {
             return Err(ControlError::invalid(format!(
@@ -53,30 +48,9 @@ impl Control {
             Some(p) => self.policy(p)?,
             None => self.default_policy()?,
         };
-        let mut job = self.new_job::<EnableStep>(&vm_key)?;
-        self.job_step(
-            &mut job,
-            EnableStep::Prerequisites,
-            StepState::Succeeded,
-            None,
-        )?;
-        let target = match self.create_targets(&source, &req) {
-            Ok(t) => t,
-            Err(e) => {
-                self.job_fail(&mut job, &e.to_string())?;
-                return Err(e);
-            }
-        };
-        self.job_step(
-            &mut job,
-            EnableStep::CreateTargets,
-            StepState::Succeeded,
-            Some(format!(
-                "{}/{} in {}",
-                target.group, target.network, target.region
-            )),
-        )?;
-        let rep = Replication {
+        let target = self.create_targets(&source, &req)?;
+        let created = format!("{}/{} in {}", target.group, target.network, target.region);
+        let mut rep = Replication {
             group: group.to_string(),
             vm: vm.to_string(),
             source_region: source.region.clone(),
@@ -85,7 +59,7 @@ impl Control {
             state: ItemState::Enabling,
             policy: policy.name,
             target,
-            job: Some(job.id),
+            job: None,
             created: Timestamp::now(),
             source_vm: None,
             target_vm: None,
@@ -95,9 +69,29 @@ impl Control {
             resync_reason: None,
             resync_from: None,
         };
-        self.db
-            .insert(Kind::Replication, &vm_key, &rep, "replication of VM")?;
-        crate::jobs::spawn(self.clone(), job.clone());
+        // The VM cannot be deleted meanwhile, nor enabled twice: one transaction checks and
+        // records the item with its job.
+        let _vm = self.lock_vm(&vm_key).await;
+        let job = self.db.transact(|tx| {
+            if tx.get::<Vm>(Kind::Vm, &vm_key)?.is_none() {
+                return Err(ControlError::not_found(format!(
+                    "VM {vm_key} does not exist"
+                )));
+            }
+            refuse_enable(&vm_key, &tx.list(Kind::Replication)?)?;
+            let mut job = Job::start::<EnableStep>(&vm_key, serde_json::Value::Null);
+            job.mark(EnableStep::Prerequisites, StepState::Succeeded, None)?;
+            job.mark(
+                EnableStep::CreateTargets,
+                StepState::Succeeded,
+                Some(created),
+            )?;
+            tx.new_job(&mut job)?;
+            rep.job = Some(job.id);
+            tx.insert(Kind::Replication, &vm_key, &rep, "replication of VM")?;
+            Ok(job)
+        })?;
+        self.launch(job.clone()).await;
         Ok(job)
     }
 
@@ -111,6 +105,33 @@ impl Control {
             }
         }
     }
+}
+
+/// Why `vm_key` cannot be enabled as a new item, given every item: it is one, or another
+/// item works with it (a failover or a test failover would overwrite it, or replicates from
+/// it, or a failback would).
+fn refuse_enable(vm_key: &str, items: &[Replication]) -> Result<()> {
+    for r in items {
+        if r.item_key() == vm_key {
+            return Err(ControlError::conflict(format!(
+                "VM {vm_key} is already replicated (state {})",
+                r.state
+            )));
+        }
+        let role = match crate::operations::role_of(r, vm_key) {
+            Some(role) => role,
+            // A failover of the item would create (or overwrite) a VM of this name.
+            None if r.failover_vm_key() == vm_key => "failover target",
+            None => continue,
+        };
+        return Err(ControlError::conflict(format!(
+            "VM {vm_key} cannot be replicated as a new item: it is the {role} of the \
+             replicated item {} (state {}), whose replication covers it",
+            r.item_key(),
+            r.state
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) async fn run_enable(control: &Arc<Control>, job: &mut Job) -> Result<()> {
@@ -133,14 +154,23 @@ pub(crate) async fn run_enable(control: &Arc<Control>, job: &mut Job) -> Result<
     )?;
     let mut last_percent = -1.0;
     loop {
+        // A disable takes the item over; the stream may also turn out untrustworthy.
+        control.still_owns(job)?;
         let view = control.show_replication(&group, &vm)?;
-        if view.state == ItemState::Protected {
-            break;
+        match view.state {
+            ItemState::Enabling | ItemState::InitialReplication => {}
+            other => {
+                return Err(ControlError::conflict(format!(
+                    "the item left its initial replication (it is {other}: {}); see `ferry replication show {group}/{vm}`",
+                    view.health_reasons.join("; ")
+                )));
+            }
         }
-        if view.state == ItemState::Disabling {
-            return Err(ControlError::conflict(
-                "replication was disabled before it was protected",
-            ));
+        let applied = control
+            .processor_status(&job.target)
+            .is_some_and(|s| s.initial_sync_seq.is_some());
+        if applied {
+            break;
         }
         if let Some(init) = &view.initial_replication
             && (init.percent - last_percent).abs() >= 1.0
@@ -166,5 +196,8 @@ pub(crate) async fn run_enable(control: &Arc<Control>, job: &mut Job) -> Result<
         Some("100%".into()),
     )?;
     control.job_step(job, EnableStep::Protect, StepState::Succeeded, None)?;
-    control.job_succeed(job)
+    // The initial copy is applied: protected, and the item is free for the next operation.
+    control.succeed_moving(job, ItemState::Protected, |_| {})?;
+    tracing::info!(item = %job.target, "protected");
+    Ok(())
 }

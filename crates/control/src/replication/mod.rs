@@ -9,7 +9,7 @@ pub(crate) mod rates;
 pub(crate) mod repair;
 pub(crate) mod runtime;
 mod targets;
-mod verify;
+pub(crate) mod verify;
 mod view;
 
 use ferry_replica::{PointSelector, ReplicaLayout, points};
@@ -24,6 +24,12 @@ use crate::resources::key;
 pub use view::{PointView, ReplicationView, RpoSample};
 
 impl Control {
+    /// The item `GROUP/VM`.
+    pub(crate) fn replication_by_key(&self, item: &str) -> Result<Replication> {
+        let (group, vm) = item.split_once('/').unwrap_or((item, ""));
+        self.replication(group, vm)
+    }
+
     pub(crate) fn replication(&self, group: &str, vm: &str) -> Result<Replication> {
         self.db.get(Kind::Replication, &key(group, vm))?.ok_or_else(|| {
             ControlError::not_found(format!(

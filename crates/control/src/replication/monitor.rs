@@ -58,6 +58,12 @@ async fn resync_when_untrusted(control: &Arc<Control>) -> crate::error::Result<(
             ),
             (None, None) => continue,
         };
+        let untrusted = crate::replication::runtime::UNTRUSTED_FROM;
+        if !control.move_item_if(&item, &untrusted, ItemState::ResyncRequired, |r| {
+            r.resync_reason = Some(reason.clone());
+        })? {
+            continue;
+        }
         control.stop_item(&rep).await;
         control.event(
             Severity::Critical,
@@ -65,9 +71,6 @@ async fn resync_when_untrusted(control: &Arc<Control>) -> crate::error::Result<(
             &item,
             format!("{reason}; replication is stopped until `ferry replication repair {item}`"),
         );
-        control.move_item(&item, ItemState::ResyncRequired, |r| {
-            r.resync_reason = Some(reason.clone());
-        })?;
     }
     Ok(())
 }
@@ -117,7 +120,8 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
 /// Remove points older than each item's retention (the newest point is always kept).
 async fn prune(control: &Control) -> crate::error::Result<()> {
     for rep in control.db.list::<Replication>(Kind::Replication)? {
-        if rep.state != ItemState::Protected {
+        // An operation on the item (a failover reading a point) goes first.
+        if rep.state != ItemState::Protected || control.busy_with(&rep.item_key())?.is_some() {
             continue;
         }
         let policy = control.policy(&rep.policy)?;
@@ -157,17 +161,21 @@ async fn prune(control: &Control) -> crate::error::Result<()> {
 }
 
 fn tick(control: &Control) -> crate::error::Result<()> {
-    for mut rep in control.db.list::<Replication>(Kind::Replication)? {
+    const COPYING: [ItemState; 2] = [ItemState::InitialReplication, ItemState::Reprotecting];
+    for rep in control.db.list::<Replication>(Kind::Replication)? {
         let vm_key = key(&rep.group, &rep.vm);
-        if rep.state != ItemState::InitialReplication && rep.state != ItemState::Reprotecting {
+        if !COPYING.contains(&rep.state) {
             continue;
         }
+        // An enable or a reprotect job makes this move itself as it ends; here only the
+        // items whose job ended early (it failed, the copy went on) are.
         let done = control
             .processor_status(&vm_key)
             .is_some_and(|s| s.initial_sync_seq.is_some());
-        if done {
-            rep.state = rep.state.move_to(ItemState::Protected)?;
-            control.db.put(Kind::Replication, &vm_key, &rep)?;
+        if done
+            && control.busy_with(&vm_key)?.is_none()
+            && control.move_item_if(&vm_key, &COPYING, ItemState::Protected, |_| {})?
+        {
             tracing::info!(item = %vm_key, "protected");
         }
     }

@@ -15,10 +15,9 @@ use ferry_types::Generation;
 use serde_json::json;
 
 use crate::control::Control;
-use crate::db::Kind;
 use crate::error::{ControlError, Result};
 use crate::jobs::job_steps;
-use crate::model::{ItemState, Job, JobKind, JobState, StepState};
+use crate::model::{ItemState, Job, StepState};
 
 job_steps! {
     /// The repair job's steps.
@@ -34,36 +33,47 @@ job_steps! {
 impl Control {
     /// Start a repair of `GROUP/VM`'s replication.
     pub async fn repair_replication(self: &Arc<Self>, group: &str, vm: &str) -> Result<Job> {
-        let mut rep = self.replication(group, vm)?;
-        let allowed = [
-            ItemState::Protected,
-            ItemState::InitialReplication,
-            ItemState::ResyncRequired,
-            ItemState::Resynchronizing,
-        ];
-        if !allowed.contains(&rep.state) {
+        let rep = self.replication(group, vm)?;
+        self.refuse_if_busy(&rep.item_key(), &[])?;
+        refuse_repair(&rep)?;
+        // The repair builds on the replica's newest state: there must be one.
+        if ferry_replica::points::list(&self.layout(&rep)?)
+            .await?
+            .is_empty()
+        {
             return Err(ControlError::conflict(format!(
-                "cannot repair {}: it is {}; repair applies to a replicating item (protected, \
-                 initial-replication, resync-required)",
-                rep.item_key(),
-                rep.state
+                "cannot repair {}: its replica has no recovery point yet to compare with; \
+                 disable replication and enable it again, which copies every block",
+                rep.item_key()
             )));
         }
-        if let Some(running) = rep.job.and_then(|id| self.job(id).ok())
-            && running.kind == JobKind::RepairReplication
-            && running.state == JobState::Running
-        {
-            return Ok(running);
+        self.admit::<RepairStep>(&rep.item_key(), &[], |r, job, _| {
+            refuse_repair(r)?;
+            job.params = json!({ "from_state": r.state, "reason": r.resync_reason });
+            r.state = r.state.move_to(ItemState::Resynchronizing)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Why the item cannot be repaired now.
+fn refuse_repair(rep: &crate::model::Replication) -> Result<()> {
+    match rep.state {
+        // Resynchronizing: a repair that failed or was interrupted, run again.
+        ItemState::Protected | ItemState::ResyncRequired | ItemState::Resynchronizing => Ok(()),
+        ItemState::Enabling | ItemState::InitialReplication => {
+            Err(ControlError::conflict(format!(
+                "cannot repair {}: its initial replication is still copying every block, which a \
+             repair would do again; wait until it is protected",
+                rep.item_key()
+            )))
         }
-        let job = self.new_job_with::<RepairStep>(
-            &rep.item_key(),
-            json!({ "from_state": rep.state, "reason": rep.resync_reason }),
-        )?;
-        rep.state = rep.state.move_to(ItemState::Resynchronizing)?;
-        rep.job = Some(job.id);
-        self.db.put(Kind::Replication, &rep.item_key(), &rep)?;
-        crate::jobs::spawn(self.clone(), job.clone());
-        Ok(job)
+        other => Err(ControlError::conflict(format!(
+            "cannot repair {}: it is {other}; repair applies to a replicating item (protected \
+             or resync-required)",
+            rep.item_key()
+        ))),
     }
 }
 
@@ -103,11 +113,11 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
                 g
             }
         };
-        let rep = control.update_replication(&item, |r| r.generation = generation)?;
+        let rep = control.update_item_for(job, |r| r.generation = generation)?;
         let layout = control.layout(&rep)?;
         let cache = control.item_cache(&rep)?;
         let start = ferry_replica::resync::fence(&layout, &cache, generation).await?;
-        control.update_replication(&item, |r| r.resync_from = Some(start))?;
+        control.update_item_for(job, |r| r.resync_from = Some(start))?;
         control.job_step(
             job,
             RepairStep::Fence,
@@ -126,6 +136,7 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
     control.ensure_running(&rep).await?;
     let mut last_detail = String::new();
     loop {
+        control.still_owns(job)?;
         let view = control.show_replication(&group, &vm)?;
         if view.state != ItemState::Resynchronizing {
             return Err(ControlError::conflict(format!(
@@ -159,10 +170,10 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
         .map(|i| format!("{} of {} bytes sent", i.sent_bytes, i.total_bytes))
         .unwrap_or_default();
     control.job_step(job, RepairStep::Compare, StepState::Succeeded, Some(sent))?;
-    control.move_item(&item, ItemState::Protected, |r| {
+    control.job_step(job, RepairStep::Protect, StepState::Succeeded, None)?;
+    control.succeed_moving(job, ItemState::Protected, |r| {
         r.resync_reason = None;
         r.resync_from = None;
     })?;
-    control.job_step(job, RepairStep::Protect, StepState::Succeeded, None)?;
-    control.job_succeed(job)
+    Ok(())
 }

@@ -14,6 +14,15 @@ use crate::db::Kind;
 use crate::error::Result;
 use crate::model::{ItemState, Replication, Severity};
 
+/// The states an item moves to `resync-required` from when its stream turns out
+/// untrustworthy (a repair's own stream is left to the repair).
+pub(crate) const UNTRUSTED_FROM: [ItemState; 4] = [
+    ItemState::Enabling,
+    ItemState::InitialReplication,
+    ItemState::Protected,
+    ItemState::Reprotecting,
+];
+
 pub(crate) struct ItemRuntime {
     pub processor: Arc<Mutex<ProcessorStatus>>,
     shutdown: watch::Sender<bool>,
@@ -43,11 +52,18 @@ impl Control {
     }
 
     /// Start the item's stream and processor unless they run (idempotent; used after restarts).
+    /// Decided on the item as it is now, under its runtime lock: a disable or a failover that
+    /// stopped it since `rep` was read is not undone.
     pub(crate) async fn ensure_running(self: &Arc<Self>, rep: &Replication) -> Result<()> {
+        let item = rep.item_key();
+        let _runtime = self.lock_runtime(&item).await;
+        let Some(rep) = self.db.get::<Replication>(Kind::Replication, &item)? else {
+            return Ok(());
+        };
+        let rep = &rep;
         if !rep.state.is_replicating() {
             return Ok(());
         }
-        let item = rep.item_key();
         let policy = self.policy(&rep.policy)?;
         let cache = self.item_cache(rep)?;
         let layout = self.layout(rep)?;
@@ -95,7 +111,7 @@ impl Control {
                         "{reason}; replication is stopped until `ferry replication repair {item}`"
                     ),
                 );
-                self.move_item(&item, ItemState::ResyncRequired, |r| {
+                self.move_item_if(&item, &UNTRUSTED_FROM, ItemState::ResyncRequired, |r| {
                     r.resync_reason = Some(reason);
                 })?;
                 return Ok(());
@@ -118,16 +134,18 @@ impl Control {
             items.insert(item.clone(), runtime);
         }
         drop(items);
-        if rep.state == ItemState::Enabling {
-            let mut r = rep.clone();
-            r.state = r.state.move_to(ItemState::InitialReplication)?;
-            self.db.put(Kind::Replication, &item, &r)?;
-        }
+        self.move_item_if(
+            &item,
+            &[ItemState::Enabling],
+            ItemState::InitialReplication,
+            |_| {},
+        )?;
         Ok(())
     }
 
     /// Stop an item's processor and stream (its data stays).
     pub(crate) async fn stop_item(&self, rep: &Replication) {
+        let _runtime = self.lock_runtime(&rep.item_key()).await;
         let item = self
             .items
             .lock()
