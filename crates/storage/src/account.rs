@@ -266,6 +266,23 @@ impl Store for ObjectStoreAccount {
         Ok(out)
     }
 
+    async fn list_children(&self, prefix: &Key) -> Result<Vec<String>, StoreError> {
+        let listed = self
+            .inner
+            .list_with_delimiter(Some(&path(prefix)))
+            .await
+            .map_err(|e| map_os_error(e, &self.url, "list", prefix.as_str()))?;
+        let mut names: Vec<String> = listed
+            .common_prefixes
+            .iter()
+            .chain(listed.objects.iter().map(|o| &o.location))
+            .filter_map(|p| p.filename().map(str::to_string))
+            .collect();
+        names.sort();
+        names.dedup();
+        Ok(names)
+    }
+
     async fn delete(&self, key: &Key) -> Result<(), StoreError> {
         let _guard = if self.caps.native_update {
             None

@@ -149,6 +149,11 @@ impl Store for FaultyStore {
         self.inner.list(prefix).await
     }
 
+    async fn list_children(&self, prefix: &Key) -> Result<Vec<String>, StoreError> {
+        self.enter(Op::List).await?;
+        self.inner.list_children(prefix).await
+    }
+
     async fn delete(&self, key: &Key) -> Result<(), StoreError> {
         self.enter(Op::Delete).await?;
         self.inner.delete(key).await

@@ -85,6 +85,11 @@ pub trait Store: Send + Sync + Debug {
     /// sorted by key. An empty prefix lists the whole account.
     async fn list(&self, prefix: Option<&Key>) -> Result<Vec<ObjectInfo>, StoreError>;
 
+    /// The names of the key segments right under `prefix` (of objects there, and of deeper
+    /// keys), each once, sorted: `a` holding `a/b/1`, `a/b/2` and `a/c` lists `b` and `c`.
+    /// One request per page, however many objects lie deeper.
+    async fn list_children(&self, prefix: &Key) -> Result<Vec<String>, StoreError>;
+
     /// Remove `key`; succeeds when it is already absent.
     async fn delete(&self, key: &Key) -> Result<(), StoreError>;
 }

@@ -120,6 +120,10 @@ impl Store for ScopedStore {
         Ok(out)
     }
 
+    async fn list_children(&self, prefix: &Key) -> Result<Vec<String>, StoreError> {
+        self.inner.list_children(&self.full(prefix)).await
+    }
+
     async fn delete(&self, key: &Key) -> Result<(), StoreError> {
         self.inner
             .delete(&self.full(key))

@@ -11,6 +11,7 @@ fn keys(infos: &[crate::ObjectInfo]) -> Vec<String> {
 
 /// `list` by prefix is sorted, whole-segment (`a/b` does not list `a/bc/x`), reports sizes and
 /// etags like `head`; a prefix with nothing under it lists nothing; `None` lists the whole account.
+/// `list_children` names each segment under a prefix once, objects and deeper keys alike.
 pub async fn check_list(store: &DynStore, base: &Key) -> CheckResult {
     let names = [
         "a/b/2",
@@ -63,6 +64,18 @@ pub async fn check_list(store: &DynStore, base: &Key) -> CheckResult {
     })?;
     ensure(sorted.iter().all(|k| account_keys.contains(k)), || {
         "whole-account list misses objects".into()
+    })?;
+    let a = base.join("a");
+    let children = op("list_children a", store.list_children(&a).await)?;
+    ensure(children == ["b", "b-c", "bc"], || {
+        format!("the children of a are {children:?}, want [b, b-c, bc]")
+    })?;
+    let none = op(
+        "list_children of nothing",
+        store.list_children(&base.join("nothing-here")).await,
+    )?;
+    ensure(none.is_empty(), || {
+        format!("a prefix with no objects has children {none:?}")
     })
 }
 
