@@ -107,6 +107,8 @@ pub enum Cmd {
     #[command(subcommand)]
     Event(EventCmd),
     #[command(subcommand)]
+    Orphan(OrphanCmd),
+    #[command(subcommand)]
     Alert(AlertCmd),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -486,6 +488,14 @@ pub enum EventCmd {
         #[arg(long, default_value_t = 100)]
         limit: usize,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OrphanCmd {
+    /// What ferry made and no record owns any more (replicas, cache streams, stream
+    /// directories, VMs, test networks, VM directories), looked for now: since when, and when
+    /// the server deletes it (`orphan_grace_seconds` after it was first found).
+    List,
 }
 
 #[derive(Debug, Subcommand)]

@@ -124,6 +124,10 @@ const EXAMPLES: &[(&str, &str)] = &[
         "  ferry alert create oncall --url http://127.0.0.1:9000/hook --severity critical",
     ),
     ("alert list", "  ferry alert list"),
+    (
+        "orphan list",
+        "  ferry orphan list\n  ferry orphan list -o json",
+    ),
     ("alert delete", "  ferry alert delete oncall"),
     (
         "completions",

@@ -41,6 +41,28 @@ struct ConfigFile {
     /// item goes to `resync-required` (default 30).
     #[serde(default)]
     gap_grace_seconds: Option<f64>,
+    /// How often to look for what no record owns (default 300).
+    #[serde(default)]
+    orphan_check_seconds: Option<f64>,
+    /// How long something stays an orphan before it is deleted (default 3600).
+    #[serde(default)]
+    orphan_grace_seconds: Option<f64>,
+}
+
+/// A duration setting of the config file at `path`, in seconds, within `range` (said as
+/// `what`, e.g. "between 0 and 24 h").
+fn seconds(
+    path: &Path,
+    name: &str,
+    value: Option<f64>,
+    range: std::ops::RangeInclusive<f64>,
+    what: &str,
+) -> Result<Option<std::time::Duration>> {
+    match value {
+        None => Ok(None),
+        Some(secs) if range.contains(&secs) => Ok(Some(std::time::Duration::from_secs_f64(secs))),
+        Some(_) => bail!("config {}: {name} must be {what}", path.display()),
+    }
 }
 
 /// A running server.
@@ -88,14 +110,14 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
             }
             cfg.regions = r;
         }
-        if let Some(secs) = file.seal_interval_seconds {
-            if !(0.01..=60.0).contains(&secs) {
-                bail!(
-                    "config {}: seal_interval_seconds must be between 0.01 and 60",
-                    path.display()
-                );
-            }
-            cfg.stream.seal_interval = std::time::Duration::from_secs_f64(secs);
+        if let Some(d) = seconds(
+            path,
+            "seal_interval_seconds",
+            file.seal_interval_seconds,
+            0.01..=60.0,
+            "between 0.01 and 60",
+        )? {
+            cfg.stream.seal_interval = d;
         }
         if let Some(bytes) = file.seal_bytes {
             if !(64 << 10..=256 << 20).contains(&bytes) {
@@ -115,41 +137,59 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
             }
             cfg.stream.buffer_bytes = bytes;
         }
-        if let Some(secs) = file.start_hold_seconds {
-            if !(0.0..=600.0).contains(&secs) {
-                bail!(
-                    "config {}: start_hold_seconds must be between 0 and 600",
-                    path.display()
-                );
-            }
-            cfg.stream.start_hold = std::time::Duration::from_secs_f64(secs);
+        if let Some(d) = seconds(
+            path,
+            "start_hold_seconds",
+            file.start_hold_seconds,
+            0.0..=600.0,
+            "between 0 and 600",
+        )? {
+            cfg.stream.start_hold = d;
         }
-        if let Some(secs) = file.gc_grace_seconds {
-            if !(0.0..=7.0 * 86_400.0).contains(&secs) {
-                bail!(
-                    "config {}: gc_grace_seconds must be between 0 and 7 days",
-                    path.display()
-                );
-            }
-            cfg.processor.gc_grace = std::time::Duration::from_secs_f64(secs);
+        if let Some(d) = seconds(
+            path,
+            "gc_grace_seconds",
+            file.gc_grace_seconds,
+            0.0..=7.0 * 86_400.0,
+            "between 0 and 7 days",
+        )? {
+            cfg.processor.gc_grace = d;
         }
-        if let Some(secs) = file.gc_interval_seconds {
-            if !(0.1..=86_400.0).contains(&secs) {
-                bail!(
-                    "config {}: gc_interval_seconds must be between 0.1 s and 24 h",
-                    path.display()
-                );
-            }
-            cfg.processor.gc_interval = std::time::Duration::from_secs_f64(secs);
+        if let Some(d) = seconds(
+            path,
+            "gc_interval_seconds",
+            file.gc_interval_seconds,
+            0.1..=86_400.0,
+            "between 0.1 s and 24 h",
+        )? {
+            cfg.processor.gc_interval = d;
         }
-        if let Some(secs) = file.gap_grace_seconds {
-            if !(0.0..=86_400.0).contains(&secs) {
-                bail!(
-                    "config {}: gap_grace_seconds must be between 0 and 24 h",
-                    path.display()
-                );
-            }
-            cfg.processor.gap_grace = std::time::Duration::from_secs_f64(secs);
+        if let Some(d) = seconds(
+            path,
+            "gap_grace_seconds",
+            file.gap_grace_seconds,
+            0.0..=86_400.0,
+            "between 0 and 24 h",
+        )? {
+            cfg.processor.gap_grace = d;
+        }
+        if let Some(d) = seconds(
+            path,
+            "orphan_check_seconds",
+            file.orphan_check_seconds,
+            1.0..=86_400.0,
+            "between 1 s and 24 h",
+        )? {
+            cfg.orphan_check = d;
+        }
+        if let Some(d) = seconds(
+            path,
+            "orphan_grace_seconds",
+            file.orphan_grace_seconds,
+            0.0..=30.0 * 86_400.0,
+            "between 0 and 30 days",
+        )? {
+            cfg.orphan_grace = d;
         }
     }
     let addr: SocketAddr = listen.parse().with_context(|| {

@@ -23,6 +23,10 @@ pub struct ControlConfig {
     pub stream: ferry_agent::stream::StreamConfig,
     /// How processors checkpoint, poll and collect garbage.
     pub processor: ferry_replica::ProcessorConfig,
+    /// How often to look for what no record owns ([`crate::orphans`]), and how long it may
+    /// stay an orphan before it is deleted.
+    pub orphan_check: Duration,
+    pub orphan_grace: Duration,
 }
 
 impl ControlConfig {
@@ -33,6 +37,8 @@ impl ControlConfig {
             regions: vec!["east".into(), "west".into()],
             stream: ferry_agent::stream::StreamConfig::default(),
             processor: ferry_replica::ProcessorConfig::default(),
+            orphan_check: Duration::from_secs(300),
+            orphan_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -89,6 +95,11 @@ impl Control {
         control.reconcile().await?;
         tokio::spawn(crate::replication::monitor::run(
             control.clone(),
+            control.shutdown.subscribe(),
+        ));
+        tokio::spawn(crate::orphans::run(
+            control.clone(),
+            control.cfg.orphan_check,
             control.shutdown.subscribe(),
         ));
         Ok(control)

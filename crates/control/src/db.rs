@@ -67,7 +67,9 @@ impl Db {
                  id INTEGER PRIMARY KEY AUTOINCREMENT, body TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS rpo_history (
                  item TEXT NOT NULL, time INTEGER NOT NULL, rpo REAL,
-                 PRIMARY KEY (item, time));",
+                 PRIMARY KEY (item, time));
+             CREATE TABLE IF NOT EXISTS orphans (
+                 name TEXT PRIMARY KEY, first_seen INTEGER NOT NULL);",
         )?;
         Ok(Db {
             conn: Mutex::new(conn),
@@ -155,6 +157,39 @@ impl Db {
         )?;
         let rows = stmt.query_map(params![item, since], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<std::result::Result<_, _>>()?)
+    }
+
+    /// Remember what the orphan check finds now (`names`): each name keeps the time it was
+    /// first found (Unix seconds; `now` for a new one), and names no longer found are
+    /// forgotten. Returns the first sightings of `names`, in order, and whether each is new.
+    pub fn orphans_seen(&self, names: &[String], now: i64) -> Result<Vec<(i64, bool)>> {
+        self.transact(|tx| {
+            let c = &tx.0;
+            c.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS found (name TEXT PRIMARY KEY)",
+                [],
+            )?;
+            c.execute("DELETE FROM found", [])?;
+            let mut first = Vec::with_capacity(names.len());
+            for n in names {
+                c.execute("INSERT OR IGNORE INTO found (name) VALUES (?1)", params![n])?;
+                let new = c.execute(
+                    "INSERT OR IGNORE INTO orphans (name, first_seen) VALUES (?1, ?2)",
+                    params![n, now],
+                )? == 1;
+                let seen = c.query_row(
+                    "SELECT first_seen FROM orphans WHERE name = ?1",
+                    params![n],
+                    |r| r.get(0),
+                )?;
+                first.push((seen, new));
+            }
+            c.execute(
+                "DELETE FROM orphans WHERE name NOT IN (SELECT name FROM found)",
+                [],
+            )?;
+            Ok(first)
+        })
     }
 
     /// Forget everything recorded about an item that no longer exists.

@@ -100,6 +100,7 @@ impl Control {
             region: g.region,
             address_space: space.to_string(),
             subnets,
+            owner: None,
         };
         self.db
             .insert(Kind::Network, &key(group, &name), &n, "network")?;
@@ -460,6 +461,7 @@ impl Control {
                 private_ip: ip.to_string(),
             }],
             created_by: None,
+            owner: None,
             created: Timestamp::now(),
             hydration: None,
         };

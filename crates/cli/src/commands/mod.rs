@@ -44,6 +44,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Disk(c) => replication::disk(&client, out, c).await,
         Cmd::Job(c) => replication::job(&client, out, c).await,
         Cmd::Event(c) => replication::events(&client, out, c).await,
+        Cmd::Orphan(crate::args::OrphanCmd::List) => {
+            let orphans = client.get("/v1/orphans").await?;
+            crate::output::print(
+                out,
+                &orphans,
+                &["kind", "name", "reason", "first_seen", "delete_after"],
+            );
+            Ok(())
+        }
         Cmd::Alert(c) => replication::alerts(&client, out, c).await,
         Cmd::Failover(c) => replication::failover(&client, out, c).await,
         Cmd::Reprotect { name, wait } => replication::reprotect(&client, out, &name, wait).await,

@@ -295,6 +295,10 @@ pub(crate) async fn delete_alert(State(s): State<ApiState>, Path(name): Path<Str
 }
 
 /// Events, oldest first, filtered.
+pub(crate) async fn orphans(State(s): State<ApiState>) -> R {
+    ok(s.control.check_orphans(false).await?)
+}
+
 pub(crate) async fn events(
     State(s): State<ApiState>,
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,

@@ -255,6 +255,14 @@ fn declare() -> Routes {
             get(job),
         )
         .add(
+            "/v1/orphans",
+            &[(
+                "get",
+                "What no record owns, looked for now (deleted after the grace period)",
+            )],
+            get(orphans),
+        )
+        .add(
             "/v1/events",
             &[("get", "List events (?target=&kind=&severity=&limit=)")],
             get(events),

@@ -140,6 +140,7 @@ impl Control {
                 private_ip: ip.to_string(),
             }],
             created_by: Some(place.created_by.into()),
+            owner: Some(rep.item_key()),
             created: Timestamp::now(),
             hydration: None,
         })

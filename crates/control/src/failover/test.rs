@@ -237,6 +237,7 @@ impl Control {
             region: prod.region.clone(),
             address_space: prod.address_space.clone(),
             subnets: prod.subnets.clone(),
+            owner: Some(rep.item_key()),
         };
         self.db.put(Kind::Network, &k, &net)
     }

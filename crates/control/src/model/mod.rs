@@ -84,6 +84,10 @@ pub struct Network {
     pub region: String,
     pub address_space: String,
     pub subnets: Vec<Subnet>,
+    /// The replicated item whose test failover made this network; it goes with the test.
+    /// None: the user's network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -231,6 +235,10 @@ pub struct Vm {
     /// Where the VM came from, when ferry created it (`failover`, `test-failover`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// The replicated item whose failover or test failover made this VM, while the item
+    /// still answers for it. None: the user's VM (also one a disabled item left behind).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub created: Timestamp,
     /// While the disks are restored from a recovery point in the background (the VM already
     /// runs from them): which point, and how far it has come.
@@ -330,6 +338,41 @@ impl Replication {
         let key = self.source_key();
         key.split_once('/')
             .map_or(key.clone(), |(_, v)| v.to_string())
+    }
+}
+
+#[cfg(test)]
+impl Replication {
+    /// An item `GROUP/VM` replicating from east to west in `state` (tests).
+    pub(crate) fn sample(item: &str, state: ItemState) -> Replication {
+        let (group, vm) = item.split_once('/').unwrap_or((item, ""));
+        Replication {
+            group: group.into(),
+            vm: vm.into(),
+            source_region: "east".into(),
+            stream: StreamId::random(),
+            generation: Generation(1),
+            state,
+            policy: "default".into(),
+            target: Target {
+                region: "west".into(),
+                group: format!("{group}-asr"),
+                network: "net1-asr".into(),
+                subnet: "default".into(),
+                availability_set: None,
+                cache_storage: format!("{group}/cache"),
+                storage: BTreeMap::new(),
+            },
+            job: None,
+            created: Timestamp::now(),
+            source_vm: None,
+            target_vm: None,
+            failover: None,
+            test_failover: None,
+            last_test_failover: None,
+            resync_reason: None,
+            resync_from: None,
+        }
     }
 }
 

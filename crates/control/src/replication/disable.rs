@@ -157,6 +157,15 @@ pub(crate) async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result
                 .delete(Kind::Network, &key(&rep.target.group, &t.network))?;
         }
     }
+    // The VMs it keeps (failed over to, replicated from) are the user's from now on.
+    for v in control.db.list::<crate::model::Vm>(Kind::Vm)? {
+        if v.owner.as_deref() == Some(vm_key.as_str()) {
+            control.update_vm(&key(&v.group, &v.name), |v| {
+                v.owner = None;
+                Ok(())
+            })?;
+        }
+    }
     control.job_step(job, DisableStep::Delete, StepState::Succeeded, None)?;
     control.db.delete(Kind::Replication, &vm_key)?;
     control.db.forget_rpo_history(&vm_key)?;

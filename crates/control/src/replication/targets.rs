@@ -80,6 +80,7 @@ impl Control {
                     region: region.clone(),
                     address_space: src_net.address_space.clone(),
                     subnets: src_net.subnets.clone(),
+                    owner: None,
                 };
                 new.push((Kind::Network, key(&group, &network), encode(&n)));
             }
