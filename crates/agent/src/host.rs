@@ -386,7 +386,7 @@ impl AgentHost {
             tracing::error!(vm, error = %e, "detach the stream from the disks");
         }
         let paths: Vec<&Path> = images.iter().map(|d| d.path()).collect();
-        if let Err(e) = r.stream.record_stop(&paths) {
+        if let Err(e) = ferry_types::blocking::off_worker(|| r.stream.record_stop(&paths)) {
             tracing::warn!(vm, error = %e, "record the disk images' stamps at stop");
         }
         r.progress
