@@ -7,6 +7,7 @@ pub(crate) mod rates;
 pub(crate) mod repair;
 pub(crate) mod runtime;
 mod targets;
+mod tasks;
 mod verify;
 mod view;
 
