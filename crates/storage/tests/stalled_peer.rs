@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use ferry_storage::{Key, Store, StoreError, open_with_options};
+use ferry_storage::{Key, StoreError, open_with_options};
 
 /// Accept every connection, read what comes, answer nothing.
 fn stalled_peer() -> u16 {
