@@ -2,7 +2,6 @@
 //! marker asks), and has the shipper send every closed log, oldest first.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ferry_storage::DynStore;
 use ferry_storage::retry::{Backoff, pause, stopped};
@@ -11,8 +10,9 @@ use tokio::sync::watch;
 use crate::shipper;
 use crate::stream::Stream;
 
-/// The longest pause between two attempts while sealing or shipping keeps failing.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest pause between two attempts while sealing or shipping keeps failing, in seal
+/// intervals (30 s by default).
+const MAX_BACKOFF_INTERVALS: u32 = 30;
 
 /// Seal the open log now and ship everything pending (used by tests and by a drain).
 pub async fn seal_and_ship(
@@ -30,7 +30,8 @@ pub async fn seal_and_ship(
 pub async fn run(stream: Arc<Stream>, cache: DynStore, mut shutdown: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(stream.config.seal_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backoff = Backoff::new(stream.config.seal_interval, MAX_BACKOFF);
+    let interval = stream.config.seal_interval;
+    let mut backoff = Backoff::new(interval, interval * MAX_BACKOFF_INTERVALS);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -68,7 +69,7 @@ pub async fn run(stream: Arc<Stream>, cache: DynStore, mut shutdown: watch::Rece
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use ferry_format::segment::MarkerKind;
     use ferry_storage::fault::{FaultyStore, Op};

@@ -37,7 +37,8 @@ pub struct ProcessorConfig {
     pub checkpoint_interval: Duration,
     /// How often to look for the next segment when it is not there yet.
     pub poll_interval: Duration,
-    /// Pause before trying again after an error (it doubles while errors last, up to 30 s).
+    /// Pause before trying again after an error (it doubles while errors last, up to 15 times
+    /// this).
     pub retry_delay: Duration,
     /// How often garbage collection runs a step (see [`crate::gc`]).
     pub gc_interval: Duration,
@@ -59,8 +60,9 @@ pub fn apply_latency() -> ferry_types::histogram::Snapshot {
 /// How often a processor waiting for its next segment looks for a gap.
 const GAP_CHECK_EVERY: Duration = Duration::from_secs(2);
 
-/// The longest pause between two attempts while the same trouble lasts.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+/// The longest pause between two attempts while the same trouble lasts, in `retry_delay`s
+/// (30 s by default).
+const MAX_DELAY_FACTOR: u32 = 15;
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
@@ -182,9 +184,10 @@ impl Processor {
         }
     }
 
-    /// The pauses after errors: from `retry_delay`, doubling up to [`MAX_RETRY_DELAY`].
+    /// The pauses after errors: from `retry_delay`, doubling up to [`MAX_DELAY_FACTOR`] of it.
     fn backoff(&self) -> Backoff {
-        Backoff::new(self.config.retry_delay, MAX_RETRY_DELAY)
+        let first = self.config.retry_delay;
+        Backoff::new(first, first * MAX_DELAY_FACTOR)
     }
 
     fn segments_applied(&self) -> u64 {

@@ -107,10 +107,15 @@ impl Backoff {
     }
 
     /// Record a failure. True when it is news (log it): the first of a run of failures, or
-    /// one that reads differently from the one before.
+    /// one that reads differently from the one before, numbers aside (a message that only
+    /// names another duration or count is the same failure).
     pub fn failed(&mut self, error: &impl Display) -> bool {
         self.failures = self.failures.saturating_add(1);
-        let text = error.to_string();
+        let text: String = error
+            .to_string()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
         let news = self.last.as_ref() != Some(&text);
         self.last = Some(text);
         news
@@ -165,10 +170,13 @@ mod tests {
     fn a_lasting_failure_is_news_once_and_waits_longer() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         assert_eq!(b.delay(), Duration::ZERO);
-        assert!(b.failed(&"unreachable"));
+        assert!(b.failed(&"unreachable after 3 retries in 412 ms"));
         let first = b.delay();
-        assert!(!b.failed(&"unreachable"));
-        assert!(!b.failed(&"unreachable"));
+        assert!(
+            !b.failed(&"unreachable after 3 retries in 380 ms"),
+            "numbers aside"
+        );
+        assert!(!b.failed(&"unreachable after 3 retries in 401 ms"));
         assert!(b.delay() > first, "{:?} after {first:?}", b.delay());
         assert!(b.failed(&"forbidden"), "a different failure is news");
         for _ in 0..20 {
