@@ -386,7 +386,7 @@ impl AgentHost {
             tracing::error!(vm, error = %e, "detach the stream from the disks");
         }
         let paths: Vec<&Path> = images.iter().map(|d| d.path()).collect();
-        if let Err(e) = r.stream.record_stop(&paths) {
+        if let Err(e) = ferry_types::blocking::off_worker(|| r.stream.record_stop(&paths)) {
             tracing::warn!(vm, error = %e, "record the disk images' stamps at stop");
         }
         r.progress
@@ -441,14 +441,16 @@ impl AgentHost {
         }
     }
 
-    /// Put a marker in a VM's stream now; returns its sequence.
+    /// Put a marker in a VM's stream now; returns its sequence. It syncs the stream's logs:
+    /// call it off the async workers. The host's table of VMs is not locked meanwhile.
     pub fn mark(&self, vm: &str, kind: MarkerKind) -> Result<Seq, AgentError> {
-        let vms = self.vms();
-        let rep = vms
+        let stream = self
+            .vms()
             .get(vm)
             .and_then(|v| v.replication.as_ref())
+            .map(|r| r.stream.clone())
             .ok_or_else(|| AgentError::UnknownVm(vm.to_string()))?;
-        rep.stream.mark(kind)
+        stream.mark(kind)
     }
 
     pub fn status(&self, vm: &str) -> Option<VmStatus> {

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_format::BLOCK_SIZE;
+use ferry_storage::retry::{Backoff, pause, stop_requested, stopped};
 use tokio::sync::watch;
 
 use crate::AgentError;
@@ -325,15 +326,16 @@ fn write_block(image: &File, size: u64, block: u64, data: &[u8]) -> std::io::Res
 /// Fill every block still pending, in order, with a few batches in flight; the image is synced
 /// (and the filled bits cleared) every [`SYNC_EVERY`] blocks. Then remove the bitmap and serve
 /// the disk as a plain image. A failed fetch leaves its blocks pending: they are tried again on
-/// the next pass, after a pause that grows while the failures last. Stops early on `shutdown`.
+/// the next pass, after a pause that grows while the failures last (logged once per change of
+/// error). Stops early on `shutdown`, or when its sender is gone.
 pub(crate) async fn run(disk: Arc<Disk>, h: Arc<Hydration>, mut shutdown: watch::Receiver<bool>) {
     let mut next = 0u64;
     let mut fetches = tokio::task::JoinSet::new();
     let mut unsynced: Vec<u64> = Vec::new();
     let mut failed = false;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
-        if *shutdown.borrow() {
+        if stop_requested(&shutdown) {
             return;
         }
         while fetches.len() < BATCHES_AT_ONCE {
@@ -348,11 +350,14 @@ pub(crate) async fn run(disk: Arc<Disk>, h: Arc<Hydration>, mut shutdown: watch:
         }
         let joined = tokio::select! {
             j = fetches.join_next() => j,
-            _ = shutdown.changed() => return,
+            _ = stopped(&mut shutdown) => return,
         };
         let Some(joined) = joined else {
             // A pass is over: what was written is made durable before its bits are cleared.
             if let Err(e) = sync_and_clear(&disk, &h, std::mem::take(&mut unsynced)).await {
+                if backoff.failed(&e) {
+                    tracing::warn!(image = %h.image.display(), error = %e, "hydrate disk; retrying");
+                }
                 failed = true;
                 h.set_error(Some(e));
             }
@@ -360,14 +365,10 @@ pub(crate) async fn run(disk: Arc<Disk>, h: Arc<Hydration>, mut shutdown: watch:
                 break;
             }
             next = 0;
-            if failed {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.changed() => return,
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-                failed = false;
+            if failed && pause(&mut shutdown, backoff.delay()).await {
+                return;
             }
+            failed = false;
             continue;
         };
         match ferry_types::failpoint::check("agent-hydrate-batch") {
@@ -392,11 +393,15 @@ pub(crate) async fn run(disk: Arc<Disk>, h: Arc<Hydration>, mut shutdown: watch:
                 unsynced.extend(blocks);
                 if !failed {
                     h.set_error(None);
-                    backoff = Duration::from_millis(200);
+                    if backoff.succeeded() {
+                        tracing::info!(image = %h.image.display(), "hydration goes on again");
+                    }
                 }
             }
             Err(e) => {
-                tracing::warn!(image = %h.image.display(), error = %e, "hydrate disk; retrying");
+                if backoff.failed(&e) {
+                    tracing::warn!(image = %h.image.display(), error = %e, "hydrate disk; retrying");
+                }
                 h.set_error(Some(e));
                 failed = true;
             }
@@ -404,6 +409,9 @@ pub(crate) async fn run(disk: Arc<Disk>, h: Arc<Hydration>, mut shutdown: watch:
         if unsynced.len() >= SYNC_EVERY
             && let Err(e) = sync_and_clear(&disk, &h, std::mem::take(&mut unsynced)).await
         {
+            if backoff.failed(&e) {
+                tracing::warn!(image = %h.image.display(), error = %e, "hydrate disk; retrying");
+            }
             failed = true;
             h.set_error(Some(e));
         }

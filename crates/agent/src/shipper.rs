@@ -75,8 +75,9 @@ pub async fn ship_pending(stream: &Arc<Stream>, cache: &DynStore) -> Result<(), 
                 }
             }
             // Not on a blocking thread: a sealer stopped at an await point (a task aborted as
-            // a crash is) must leave nothing running that still changes the stream.
-            stream.shipped(&batch[..done], prev, bytes)?;
+            // a crash is) must leave nothing running that still changes the stream. In place,
+            // then, but off the async worker: it syncs the stream's state.
+            ferry_types::blocking::off_worker(|| stream.shipped(&batch[..done], prev, bytes))?;
         }
         if let Some(e) = failed {
             return Err(e);

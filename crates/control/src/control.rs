@@ -13,6 +13,10 @@ use crate::error::{ControlError, Result};
 use crate::replication::runtime::ItemRuntime;
 use crate::stores::Stores;
 
+/// How long the start of one item may hold the server's start (an unreachable account); the
+/// monitor tries again later.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
 /// How the control plane is set up.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -119,7 +123,16 @@ impl Control {
             .db
             .list::<crate::model::Replication>(crate::db::Kind::Replication)?
         {
-            if let Err(e) = self.ensure_running(&rep).await {
+            // A start may read the replica (an unreachable account: the monitor retries).
+            let started = tokio::time::timeout(START_DEADLINE, self.ensure_running(&rep)).await;
+            let failed = match started {
+                Ok(result) => result.err(),
+                Err(_) => Some(ControlError::Internal(format!(
+                    "did not start within {} s",
+                    START_DEADLINE.as_secs()
+                ))),
+            };
+            if let Some(e) = failed {
                 let item = format!("{}/{}", rep.group, rep.vm);
                 tracing::error!(%item, error = %e, "start replication of an item; the monitor retries");
             }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use rusqlite::{Connection, params};
 use serde::Serialize;
@@ -77,55 +77,62 @@ impl Db {
         })
     }
 
-    fn conn(&self) -> MutexGuard<'_, Connection> {
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    /// Run `f` on the connection, off the async workers: every statement may wait for the
+    /// connection's lock and for an fsync (synchronous=FULL), which must not hold a worker that
+    /// also serves the disks' NBD connections and the API.
+    fn run<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R>) -> Result<R> {
+        ferry_types::blocking::off_worker(|| {
+            f(&mut self.conn.lock().unwrap_or_else(|p| p.into_inner()))
+        })
     }
 
     pub fn get<T: DeserializeOwned>(&self, kind: Kind, key: &str) -> Result<Option<T>> {
-        tx::get(&self.conn(), kind, key)
+        self.run(|c| tx::get(c, kind, key))
     }
 
     pub fn list<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>> {
-        tx::list(&self.conn(), kind)
+        self.run(|c| tx::list(c, kind))
     }
 
     /// Insert a new resource; `Conflict` when it exists.
     pub fn insert<T: Serialize>(&self, kind: Kind, key: &str, value: &T, what: &str) -> Result<()> {
-        tx::insert(&self.conn(), kind, key, value, what)
+        self.run(|c| tx::insert(c, kind, key, value, what))
     }
 
     /// Insert several resources in one transaction, skipping those that exist.
     pub fn insert_missing(&self, items: &[(Kind, String, String)]) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        for (kind, key, body) in items {
-            tx.execute(
-                "INSERT OR IGNORE INTO resources (kind, key, body) VALUES (?1, ?2, ?3)",
-                params![kind.as_str(), key, body],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.run(|conn| {
+            let tx = conn.transaction()?;
+            for (kind, key, body) in items {
+                tx.execute(
+                    "INSERT OR IGNORE INTO resources (kind, key, body) VALUES (?1, ?2, ?3)",
+                    params![kind.as_str(), key, body],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     pub fn put<T: Serialize>(&self, kind: Kind, key: &str, value: &T) -> Result<()> {
-        tx::put(&self.conn(), kind, key, value)
+        self.run(|c| tx::put(c, kind, key, value))
     }
 
     pub fn delete(&self, kind: Kind, key: &str) -> Result<bool> {
-        tx::delete(&self.conn(), kind, key)
+        self.run(|c| tx::delete(c, kind, key))
     }
 
     /// Run `f` as one transaction: what it reads is what it changes, with no other change in
     /// between, and all of its writes land or none (on an error, or a crash, nothing does).
     /// It holds the database for its whole run: no waiting inside.
     pub fn transact<T>(&self, f: impl FnOnce(&Tx<'_>) -> Result<T>) -> Result<T> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let tx = Tx(tx);
-        let out = f(&tx)?;
-        tx.0.commit()?;
-        Ok(out)
+        self.run(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = Tx(tx);
+            let out = f(&tx)?;
+            tx.0.commit()?;
+            Ok(out)
+        })
     }
 
     /// Record an item's RPO (none: the item had no RPO, e.g. not protected) at `time`
@@ -137,26 +144,28 @@ impl Db {
         rpo: Option<f64>,
         keep_after: i64,
     ) -> Result<()> {
-        let conn = self.conn();
-        conn.execute(
-            "INSERT OR REPLACE INTO rpo_history (item, time, rpo) VALUES (?1, ?2, ?3)",
-            params![item, time, rpo],
-        )?;
-        conn.execute(
-            "DELETE FROM rpo_history WHERE item = ?1 AND time < ?2",
-            params![item, keep_after],
-        )?;
-        Ok(())
+        self.run(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO rpo_history (item, time, rpo) VALUES (?1, ?2, ?3)",
+                params![item, time, rpo],
+            )?;
+            conn.execute(
+                "DELETE FROM rpo_history WHERE item = ?1 AND time < ?2",
+                params![item, keep_after],
+            )?;
+            Ok(())
+        })
     }
 
     /// An item's RPO samples from `since` (Unix seconds) on, oldest first.
     pub fn rpo_history(&self, item: &str, since: i64) -> Result<Vec<(i64, Option<f64>)>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT time, rpo FROM rpo_history WHERE item = ?1 AND time >= ?2 ORDER BY time",
-        )?;
-        let rows = stmt.query_map(params![item, since], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<std::result::Result<_, _>>()?)
+        self.run(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT time, rpo FROM rpo_history WHERE item = ?1 AND time >= ?2 ORDER BY time",
+            )?;
+            let rows = stmt.query_map(params![item, since], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
+        })
     }
 
     /// Remember what the orphan check finds now (`names`): each name keeps the time it was
@@ -194,9 +203,10 @@ impl Db {
 
     /// Forget everything recorded about an item that no longer exists.
     pub fn forget_rpo_history(&self, item: &str) -> Result<()> {
-        self.conn()
-            .execute("DELETE FROM rpo_history WHERE item = ?1", params![item])?;
-        Ok(())
+        self.run(|conn| {
+            conn.execute("DELETE FROM rpo_history WHERE item = ?1", params![item])?;
+            Ok(())
+        })
     }
 
     /// Record a new job; its id is set (tests: jobs start through their admission).
@@ -206,23 +216,24 @@ impl Db {
     }
 
     pub fn put_job(&self, job: &Job) -> Result<()> {
-        tx::put_job(&self.conn(), job)
+        self.run(|c| tx::put_job(c, job))
     }
 
     pub fn job(&self, id: u64) -> Result<Option<Job>> {
-        tx::job(&self.conn(), id)
+        self.run(|c| tx::job(c, id))
     }
 
     /// Every job, oldest first. A job whose stored body cannot be read (a crash of an older
     /// version between its two writes, or a body of another version) is logged and left out:
     /// it must not stop the listing, nor a start from resuming the other jobs.
     pub fn jobs(&self) -> Result<Vec<Job>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare("SELECT id, body FROM jobs ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let rows: Vec<(i64, String)> = self.run(|conn| {
+            let mut stmt = conn.prepare("SELECT id, body FROM jobs ORDER BY id")?;
+            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<std::result::Result<_, _>>()?)
+        })?;
         let mut jobs = Vec::new();
-        for row in rows {
-            let (id, body) = row?;
+        for (id, body) in rows {
             match serde_json::from_str(&body) {
                 Ok(job) => jobs.push(job),
                 Err(e) => {
@@ -242,38 +253,41 @@ impl Db {
     /// Store a job row with any body, as a crash or another version may have left it.
     #[cfg(test)]
     pub fn put_raw_job(&self, body: &str) -> Result<u64> {
-        let conn = self.conn();
-        conn.execute("INSERT INTO jobs (body) VALUES (?1)", params![body])?;
-        Ok(conn.last_insert_rowid() as u64)
+        self.run(|conn| {
+            conn.execute("INSERT INTO jobs (body) VALUES (?1)", params![body])?;
+            Ok(conn.last_insert_rowid() as u64)
+        })
     }
 }
 
 impl Db {
     /// Record an event; its id is set.
     pub fn add_event(&self, event: &mut Event) -> Result<()> {
-        let mut conn = self.conn();
-        let tx = conn.transaction()?;
-        tx.execute("INSERT INTO events (body) VALUES ('{}')", [])?;
-        event.id = tx.last_insert_rowid() as u64;
-        tx.execute(
-            "UPDATE events SET body = ?1 WHERE id = ?2",
-            params![encode(event), event.id as i64],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.run(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute("INSERT INTO events (body) VALUES ('{}')", [])?;
+            event.id = tx.last_insert_rowid() as u64;
+            tx.execute(
+                "UPDATE events SET body = ?1 WHERE id = ?2",
+                params![encode(event), event.id as i64],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
     }
 
     /// Events with an id above `after`, oldest first, at most `limit` of the newest.
     pub fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT body FROM (SELECT id, body FROM events WHERE id > ?1 ORDER BY id DESC LIMIT ?2)
-             ORDER BY id",
-        )?;
-        let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
-            r.get::<_, String>(0)
-        })?;
-        rows.map(|b| decode(&b?)).collect()
+        self.run(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT body FROM (SELECT id, body FROM events WHERE id > ?1 ORDER BY id DESC LIMIT ?2)
+                 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+                r.get::<_, String>(0)
+            })?;
+            rows.map(|b| decode(&b?)).collect()
+        })
     }
 }
 

@@ -16,6 +16,7 @@ mod error;
 mod events;
 pub mod failover;
 mod failpoint;
+mod image;
 mod ipam;
 mod jobs;
 pub mod model;

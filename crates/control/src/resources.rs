@@ -432,16 +432,11 @@ impl Control {
             .transpose()?;
         let used = self.used_ips(group, &req.network)?;
         let ip = ipam::choose(&cidr, &used, wanted, false)?;
-        if let Some(img) = &req.image {
-            let len = std::fs::metadata(img)
-                .map_err(|e| ControlError::invalid(format!("image {img}: {e}")))?
-                .len();
-            if len > disks[0].size_bytes {
-                return Err(ControlError::invalid(format!(
-                    "image {img} ({len} bytes) is larger than disk 0"
-                )));
-            }
-        }
+        let image = req
+            .image
+            .as_deref()
+            .map(|img| crate::image::Image::open(img, disks[0].size_bytes))
+            .transpose()?;
         let vm = Vm {
             group: group.to_string(),
             name: vm_name.clone(),
@@ -465,8 +460,11 @@ impl Control {
             created: Timestamp::now(),
             hydration: None,
         };
-        if let Some(img) = &req.image {
-            seed_image(img, &vm.disks[0].image, vm.disks[0].size_bytes)?;
+        if let Some(image) = image {
+            let disk = &vm.disks[0];
+            image
+                .seed(disk.image.as_ref(), disk.size_bytes, crate::image::STALL)
+                .await?;
         }
         self.db.insert(Kind::Vm, &vm_key, &vm, "VM")?;
         if let Err(e) = self.attach_vm(&vm) {
@@ -515,7 +513,8 @@ impl Control {
                 hold,
             })
             .collect();
-        agent.attach_vm(&vm_key, &specs)?;
+        // It may apply the stream logs to the images again first (after an unclean stop).
+        ferry_types::blocking::off_worker(|| agent.attach_vm(&vm_key, &specs))?;
         Ok(())
     }
 
@@ -564,27 +563,14 @@ impl Control {
         self.power_off(v).await?;
         self.agent(&v.region)?.detach_vm(&vm_key).await;
         self.db.delete(Kind::Vm, &vm_key)?;
-        for d in &v.disks {
-            let _ = std::fs::remove_file(&d.image);
-            let _ = std::fs::remove_file(ferry_agent::hydrate::bitmap_path(d.image.as_ref()));
-        }
-        let _ = std::fs::remove_dir_all(self.vm_dir(v));
+        // Removing a large image can take a while.
+        ferry_types::blocking::off_worker(|| {
+            for d in &v.disks {
+                let _ = std::fs::remove_file(&d.image);
+                let _ = std::fs::remove_file(ferry_agent::hydrate::bitmap_path(d.image.as_ref()));
+            }
+            let _ = std::fs::remove_dir_all(self.vm_dir(v));
+        });
         Ok(())
     }
-}
-
-/// Copy a raw image into a new disk image.
-fn seed_image(src: &str, dst: &str, size: u64) -> Result<()> {
-    if let Some(dir) = std::path::Path::new(dst).parent() {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| ControlError::Internal(format!("create {}: {e}", dir.display())))?;
-    }
-    std::fs::copy(src, dst).map_err(|e| ControlError::invalid(format!("copy image {src}: {e}")))?;
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(dst)
-        .map_err(|e| ControlError::Internal(format!("open {dst}: {e}")))?;
-    f.set_len(size)
-        .map_err(|e| ControlError::Internal(format!("size {dst}: {e}")))?;
-    Ok(())
 }

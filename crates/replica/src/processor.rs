@@ -13,6 +13,7 @@ use bytes::Bytes;
 use ferry_format::point::{PointKind, PointRecord};
 use ferry_format::segment::{self, MarkerKind, Op, Record, Segment};
 use ferry_format::{BLOCK_SIZE, Digest};
+use ferry_storage::retry::{Backoff, pause, stop_requested};
 use ferry_storage::{DynStore, Key, StoreError};
 use ferry_types::{Generation, Seq, Timestamp};
 use futures::{StreamExt, TryStreamExt};
@@ -36,7 +37,8 @@ pub struct ProcessorConfig {
     pub checkpoint_interval: Duration,
     /// How often to look for the next segment when it is not there yet.
     pub poll_interval: Duration,
-    /// Pause before trying again after an error.
+    /// Pause before trying again after an error (it doubles while errors last, up to 15 times
+    /// this).
     pub retry_delay: Duration,
     /// How often garbage collection runs a step (see [`crate::gc`]).
     pub gc_interval: Duration,
@@ -57,6 +59,10 @@ pub fn apply_latency() -> ferry_types::histogram::Snapshot {
 
 /// How often a processor waiting for its next segment looks for a gap.
 const GAP_CHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// The longest pause between two attempts while the same trouble lasts, in `retry_delay`s
+/// (30 s by default).
+const MAX_DELAY_FACTOR: u32 = 15;
 
 impl Default for ProcessorConfig {
     fn default() -> Self {
@@ -154,19 +160,41 @@ impl Processor {
         f(&mut self.status.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    /// Run until `shutdown` turns true.
+    /// Run until `shutdown` turns true (or its sender is gone). After an error it starts again
+    /// from the last durable record, after a pause that grows while the errors last (logged
+    /// once per change of error) and starts over once segments apply again.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        while !*shutdown.borrow() {
+        let mut backoff = self.backoff();
+        while !stop_requested(&shutdown) {
+            let applied = self.segments_applied();
             let result = match self.recover().await {
                 Ok(pos) => self.process(pos, &mut shutdown).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
-                tracing::warn!(stream = %self.layout.stream, error = %e, "processing stopped; restarting from the last durable record");
+                if self.segments_applied() != applied {
+                    backoff.succeeded();
+                }
+                if backoff.failed(&e) {
+                    tracing::warn!(stream = %self.layout.stream, error = %e, "processing stopped; restarting from the last durable record");
+                }
                 self.update(|s| s.error = Some(e.to_string()));
-                wait(&mut shutdown, self.config.retry_delay).await;
+                wait(&mut shutdown, backoff.delay()).await;
             }
         }
+    }
+
+    /// The pauses after errors: from `retry_delay`, doubling up to [`MAX_DELAY_FACTOR`] of it.
+    fn backoff(&self) -> Backoff {
+        let first = self.config.retry_delay;
+        Backoff::new(first, first * MAX_DELAY_FACTOR)
+    }
+
+    fn segments_applied(&self) -> u64 {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .segments_applied
     }
 
     /// The position of a replica with no record yet: zero disks, before the first segment.
@@ -251,7 +279,8 @@ impl Processor {
         let mut last_gc = Instant::now();
         let mut last_gap_check = Instant::now();
         let mut gap_since: Option<(Seq, Instant)> = None;
-        while !*shutdown.borrow() {
+        let mut refusals = self.backoff();
+        while !stop_requested(shutdown) {
             if last_gc.elapsed() >= self.config.gc_interval {
                 last_gc = Instant::now();
                 self.collect_garbage(&mut pos).await?;
@@ -302,12 +331,14 @@ impl Processor {
                         first_seq: pos.next_segment.0,
                         reason,
                     };
-                    tracing::error!(stream = %self.layout.stream, error = %e, "refused a segment");
+                    if refusals.failed(&e) {
+                        tracing::error!(stream = %self.layout.stream, error = %e, "refused a segment");
+                    }
                     self.update(|s| {
                         s.error = Some(e.to_string());
                         s.refused_segment = Some(pos.next_segment.0);
                     });
-                    wait(shutdown, self.config.retry_delay).await;
+                    wait(shutdown, refusals.delay()).await;
                     continue;
                 }
             };
@@ -316,6 +347,7 @@ impl Processor {
             let started = Instant::now();
             self.apply(&mut pos, &seg, bytes.len() as u64).await?;
             APPLY_LATENCY.observe(started.elapsed());
+            refusals.succeeded();
             ferry_types::failpoint::hit("processor-after-apply");
             let dirty: u64 = pos
                 .disks
@@ -716,11 +748,9 @@ fn pack_dirty(
     Ok((disks, packs))
 }
 
+/// Sleep for `d`, or less when the processor is to stop (the loops check that next).
 async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) {
-    tokio::select! {
-        _ = tokio::time::sleep(d) => {}
-        _ = shutdown.changed() => {}
-    }
+    pause(shutdown, d).await;
 }
 
 /// Blocks read from a seed image before they are packed and stored.

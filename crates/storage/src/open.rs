@@ -145,9 +145,16 @@ fn retry_config() -> RetryConfig {
 }
 
 /// Timeouts set as configuration keys: `with_client_options` would replace the options
-/// `from_env` read (such as `AWS_ALLOW_HTTP`). Explicit options and the environment win.
-const CLIENT_DEFAULTS: [(ClientConfigKey, &str); 2] = [
+/// `from_env` read (such as `AWS_ALLOW_HTTP`). Explicit options and the environment win (e.g.
+/// `AWS_READ_TIMEOUT`).
+///
+/// A peer that accepts the connection and then never answers (or stops in the middle of a
+/// body) fails a call after the read timeout, 30 s without a byte, rather than the whole
+/// request's 120 s; with the retry budget ([`retry_config`]: no new attempt 30 s after the
+/// first began) a call to such a peer gives up after about 30 s, naming the timeout.
+const CLIENT_DEFAULTS: [(ClientConfigKey, &str); 3] = [
     (ClientConfigKey::ConnectTimeout, "5s"),
+    (ClientConfigKey::ReadTimeout, "30s"),
     (ClientConfigKey::Timeout, "120s"),
 ];
 

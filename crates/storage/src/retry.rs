@@ -1,7 +1,12 @@
-//! [`retry`]: the one retry loop for storage calls.
+//! [`retry`]: the one retry loop for storage calls; [`Backoff`] and [`pause`]: the pauses of
+//! the loops that run until shutdown and try again after a failure (the agent's sealer, the
+//! processor, the control plane's monitor).
 
+use std::fmt::Display;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::StoreError;
 
@@ -77,9 +82,125 @@ where
     }
 }
 
+/// The pauses of a loop that tries again after each failure: growing (doubling, with jitter)
+/// while the failures last, from the start again after a success. It also tells which failures
+/// are worth a log line, so a lasting failure is logged once per change, not once per retry.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    policy: RetryPolicy,
+    failures: u32,
+    last: Option<String>,
+}
+
+impl Backoff {
+    /// Pauses from `initial` doubling up to `max`.
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            policy: RetryPolicy {
+                max_attempts: u32::MAX,
+                initial_backoff: initial,
+                max_backoff: max.max(initial),
+            },
+            failures: 0,
+            last: None,
+        }
+    }
+
+    /// Record a failure. True when it is news (log it): the first of a run of failures, or
+    /// one that reads differently from the one before, numbers aside (a message that only
+    /// names another duration or count is the same failure).
+    pub fn failed(&mut self, error: &impl Display) -> bool {
+        self.failures = self.failures.saturating_add(1);
+        let text: String = error
+            .to_string()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        let news = self.last.as_ref() != Some(&text);
+        self.last = Some(text);
+        news
+    }
+
+    /// Record a success: the pauses start over. True when it ends a run of failures (log
+    /// the recovery).
+    pub fn succeeded(&mut self) -> bool {
+        self.last = None;
+        std::mem::take(&mut self.failures) > 0
+    }
+
+    /// Failures since the last success.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// The pause before the next attempt: none before a failure.
+    pub fn delay(&self) -> Duration {
+        if self.failures == 0 {
+            Duration::ZERO
+        } else {
+            self.policy.backoff(self.failures)
+        }
+    }
+}
+
+/// True once the loop owning `shutdown` is to stop: it turned true, or its sender is gone (the
+/// owner dropped it without a word, and nobody can ask any more).
+pub fn stop_requested(shutdown: &watch::Receiver<bool>) -> bool {
+    *shutdown.borrow() || shutdown.has_changed().is_err()
+}
+
+/// Wait until [`stop_requested`].
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// Sleep for `d`, or less when the loop is to stop; true when it is ([`stop_requested`]).
+pub async fn pause(shutdown: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(d) => stop_requested(shutdown),
+        _ = stopped(shutdown) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lasting_failure_is_news_once_and_waits_longer() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
+        assert_eq!(b.delay(), Duration::ZERO);
+        assert!(b.failed(&"unreachable after 3 retries in 412 ms"));
+        let first = b.delay();
+        assert!(
+            !b.failed(&"unreachable after 3 retries in 380 ms"),
+            "numbers aside"
+        );
+        assert!(!b.failed(&"unreachable after 3 retries in 401 ms"));
+        assert!(b.delay() > first, "{:?} after {first:?}", b.delay());
+        assert!(b.failed(&"forbidden"), "a different failure is news");
+        for _ in 0..20 {
+            b.failed(&"forbidden");
+        }
+        assert!(b.delay() <= Duration::from_secs(1));
+        assert!(b.succeeded());
+        assert!(!b.succeeded());
+        assert_eq!(b.delay(), Duration::ZERO);
+        assert!(b.failed(&"forbidden"), "news again after a success");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_sender_is_a_shutdown() {
+        let (tx, mut rx) = watch::channel(false);
+        assert!(!stop_requested(&rx));
+        let started = std::time::Instant::now();
+        assert!(!pause(&mut rx, Duration::from_millis(10)).await);
+        drop(tx);
+        assert!(stop_requested(&rx));
+        assert!(pause(&mut rx, Duration::from_secs(60)).await);
+        stopped(&mut rx).await;
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

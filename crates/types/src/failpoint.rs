@@ -200,12 +200,13 @@ pub fn abort(name: &str) -> ! {
     std::process::abort()
 }
 
-/// Die or pause (this thread) here if the failpoint `name` is armed.
+/// Die or pause (this thread, off the async workers when it is one of them) here if the
+/// failpoint `name` is armed.
 pub fn hit(name: &str) {
     match check(name) {
         Action::Continue | Action::Error => {}
         Action::Abort => abort(name),
-        Action::Delay(d) => std::thread::sleep(d),
+        Action::Delay(d) => crate::blocking::off_worker(|| std::thread::sleep(d)),
     }
 }
 

@@ -249,7 +249,8 @@ impl Control {
             return self.resolve_selector(rep, &selector).await;
         }
         let agent = self.agent(&rep.source_region)?;
-        let marker = match agent.mark(&rep.source_key(), MarkerKind::CrashConsistent) {
+        let mark = || agent.mark(&rep.source_key(), MarkerKind::CrashConsistent);
+        let marker = match ferry_types::blocking::off_worker(mark) {
             Ok(seq) => seq,
             Err(e) => {
                 tracing::warn!(item = %rep.item_key(), error = %e, "the source agent cannot cut a point; using the latest processed point");

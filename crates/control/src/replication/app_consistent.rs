@@ -87,14 +87,19 @@ impl Control {
         let _vm = self.lock_vm(&source).await;
         match self.quiesce(&vm).await {
             Ok(()) => {
-                let marked = agent.mark(&source, MarkerKind::AppConsistent);
+                // A marker syncs the stream's logs.
+                let marked = ferry_types::blocking::off_worker(|| {
+                    agent.mark(&source, MarkerKind::AppConsistent)
+                });
                 let thawed = self.unquiesce(&vm).await;
                 marked?;
                 thawed
             }
             Err(e) => {
                 self.unquiesce(&vm).await.ok();
-                agent.mark(&source, MarkerKind::CrashConsistent)?;
+                ferry_types::blocking::off_worker(|| {
+                    agent.mark(&source, MarkerKind::CrashConsistent)
+                })?;
                 Err(ControlError::Internal(format!(
                     "the guest of {source} did not quiesce ({e}); the point is crash-consistent"
                 )))

@@ -9,6 +9,7 @@ pub(crate) mod rates;
 pub(crate) mod repair;
 pub(crate) mod runtime;
 mod targets;
+mod tasks;
 pub(crate) mod verify;
 mod view;
 

@@ -29,10 +29,20 @@ pub(crate) struct ItemRuntime {
     task: JoinHandle<()>,
 }
 
+/// How long a processor has to stop by itself (it may be waiting on a slow account) before it
+/// is aborted, as a crash would stop it: it resumes from its newest durable record.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl ItemRuntime {
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         let _ = self.shutdown.send(true);
-        let _ = self.task.await;
+        if tokio::time::timeout(STOP_GRACE, &mut self.task)
+            .await
+            .is_err()
+        {
+            self.task.abort();
+            let _ = self.task.await;
+        }
     }
 }
 
@@ -85,22 +95,25 @@ impl Control {
             None
         };
         let agent = self.agent(&rep.source_region)?;
-        let started = agent.start_replication(
-            &rep.source_key(),
-            ReplicationConfig {
-                stream: rep.stream,
-                generation: rep.generation,
-                cache: cache.clone(),
-                stream_config: self.cfg.stream.clone(),
-                crash_consistent_every: Duration::from_secs_f64(
-                    policy.crash_consistent_every_seconds,
-                ),
-                seed,
-                resync_from: rep
-                    .resync_from
-                    .filter(|_| rep.state == ItemState::Resynchronizing),
-            },
-        );
+        // Opening the stream reads and syncs its files.
+        let started = ferry_types::blocking::off_worker(|| {
+            agent.start_replication(
+                &rep.source_key(),
+                ReplicationConfig {
+                    stream: rep.stream,
+                    generation: rep.generation,
+                    cache: cache.clone(),
+                    stream_config: self.cfg.stream.clone(),
+                    crash_consistent_every: Duration::from_secs_f64(
+                        policy.crash_consistent_every_seconds,
+                    ),
+                    seed,
+                    resync_from: rep
+                        .resync_from
+                        .filter(|_| rep.state == ItemState::Resynchronizing),
+                },
+            )
+        });
         match started {
             Err(ferry_agent::AgentError::TrackingLost { reason }) => {
                 self.event(
