@@ -75,10 +75,19 @@ impl Azurite {
         });
     }
 
+    /// Stop it as an outage would, but let it save its metadata first: Azurite keeps it in
+    /// memory and saves it only now and then, not at all while requests keep coming, so a
+    /// `kill -9` would lose the container itself (not an outage any store has).
     fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let mut exited = false;
+            wait_until(30, "Azurite to save and exit", || {
+                exited = c.try_wait().unwrap().is_some();
+                exited
+            });
         }
         let port = self.port;
         wait_until(30, "Azurite to stop", || {
