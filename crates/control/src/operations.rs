@@ -133,10 +133,28 @@ impl Control {
         match rep {
             Some(rep) if rep.job == Some(job.id) => Ok(()),
             Some(rep) => Err(taken_over(&rep, job)),
-            None => Err(ControlError::conflict(format!(
-                "cancelled: {} is no longer replicated",
+            None => Err(self.gone(job)),
+        }
+    }
+
+    /// The error of a job whose item is gone: the disable that took it over has already
+    /// removed it. Names that job when it can: the item's first job after `job` (none other
+    /// could start while `job` owned the item).
+    fn gone(&self, job: &Job) -> ControlError {
+        let taker = self.db.jobs().ok().and_then(|jobs| {
+            jobs.into_iter()
+                .filter(|j| j.target == job.target && j.id > job.id)
+                .map(|j| j.id)
+                .min()
+        });
+        match taker {
+            Some(id) => ControlError::conflict(format!(
+                "cancelled: job {id} took {} over; it is no longer replicated",
                 job.target
-            ))),
+            )),
+            None => {
+                ControlError::conflict(format!("cancelled: {} is no longer replicated", job.target))
+            }
         }
     }
 
@@ -192,14 +210,10 @@ impl Control {
         f: impl FnOnce(&mut Replication),
         also: impl FnOnce(&Tx<'_>) -> Result<()>,
     ) -> Result<Replication> {
-        self.db.transact(|tx| {
-            let mut rep: Replication =
-                tx.get(Kind::Replication, &job.target)?.ok_or_else(|| {
-                    ControlError::conflict(format!(
-                        "cancelled: {} is no longer replicated",
-                        job.target
-                    ))
-                })?;
+        let changed = self.db.transact(|tx| {
+            let Some(mut rep) = tx.get::<Replication>(Kind::Replication, &job.target)? else {
+                return Ok(None);
+            };
             if rep.job != Some(job.id) {
                 return Err(taken_over(&rep, job));
             }
@@ -214,8 +228,10 @@ impl Control {
             f(&mut rep);
             tx.put(Kind::Replication, &job.target, &rep)?;
             also(tx)?;
-            Ok(rep)
-        })
+            Ok(Some(rep))
+        })?;
+        // Looked up once the transaction is over: it holds the database.
+        changed.ok_or_else(|| self.gone(job))
     }
 
     /// Move `item` from one of the states `from` to `to` and change it with `f`, in one

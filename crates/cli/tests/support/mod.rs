@@ -237,11 +237,12 @@ impl Server {
         serde_json::from_str(&self.ok(&a)).expect("JSON output")
     }
 
-    /// A raw HTTP/1.1 request; returns status and body.
+    /// A raw HTTP/1.1 request; returns status and body (status 0: no answer within 5 min).
     pub fn http(&self, method: &str, path: &str, body: Option<&str>, auth: bool) -> (u16, String) {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return (0, String::new());
         };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(300)));
         let body = body.unwrap_or("");
         let auth = if auth {
             format!("Authorization: Bearer {}\r\n", self.token)

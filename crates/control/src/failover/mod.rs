@@ -233,6 +233,17 @@ impl Control {
                     "reprotect follows `ferry failover commit`",
                 ));
             }
+            // The reprotect turns the target around (the test's network is named in the old
+            // target group) and deletes the replica the test VM was restored from.
+            if let Some(t) = &r.test_failover {
+                return Err(ControlError::conflict(format!(
+                    "cannot reprotect {}: its test failover (VM {}) is still up; clean it up \
+                     first with `ferry failover test-cleanup {}`",
+                    r.item_key(),
+                    t.vm,
+                    r.item_key()
+                )));
+            }
             r.state = r.state.move_to(ItemState::Reprotecting)?;
             Ok(())
         })

@@ -36,6 +36,7 @@ impl Control {
     ) -> Result<Job> {
         let source = self.vm(group, vm)?;
         let vm_key = key(group, vm);
+        self.refuse_if_busy(&vm_key, &[])?;
         refuse_enable(&vm_key, &self.db.list(Kind::Replication)?)?;
         self.agent(&req.target_region)?;
         if req.target_region == source.region {
@@ -77,6 +78,12 @@ impl Control {
                 return Err(ControlError::not_found(format!(
                     "VM {vm_key} does not exist"
                 )));
+            }
+            // Enabled already, and a job runs on it: the refusal names the job.
+            if let Some(rep) = tx.get::<Replication>(Kind::Replication, &vm_key)?
+                && let Some(running) = crate::operations::running_job(tx, &rep)?
+            {
+                return Err(crate::operations::busy(&vm_key, &running));
             }
             refuse_enable(&vm_key, &tx.list(Kind::Replication)?)?;
             let mut job = Job::start::<EnableStep>(&vm_key, serde_json::Value::Null);

@@ -80,6 +80,9 @@ pub struct ReplicationView {
     pub vm: String,
     pub source_region: String,
     pub state: ItemState,
+    /// The item's write stream: its cache segments are under `streams/<stream>/`, its replica
+    /// under `replicas/<stream>/`. A reprotect starts a new one.
+    pub stream: ferry_types::StreamId,
     /// The writer generation: a repair moves to a new one, fencing the old stream.
     pub generation: u64,
     pub health: Health,
@@ -323,6 +326,7 @@ impl Control {
             vm: rep.vm.clone(),
             source_region: rep.source_region.clone(),
             state: rep.state,
+            stream: rep.stream,
             generation: rep.generation.0,
             health,
             health_reasons: reasons,
