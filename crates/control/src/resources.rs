@@ -568,6 +568,10 @@ impl Control {
             for d in &v.disks {
                 let _ = std::fs::remove_file(&d.image);
                 let _ = std::fs::remove_file(ferry_agent::hydrate::bitmap_path(d.image.as_ref()));
+                // The VM's own directory of images, once empty (never a shared one).
+                if let Some(dir) = std::path::Path::new(&d.image).parent() {
+                    let _ = std::fs::remove_dir(dir);
+                }
             }
             let _ = std::fs::remove_dir_all(self.vm_dir(v));
         });

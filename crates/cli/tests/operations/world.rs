@@ -194,6 +194,9 @@ pub(crate) fn check_world(s: &Server, w: &World, dir: &Path, ctx: &str) {
     check_vms(s, w, ctx);
     check_test_network(s, w, ctx);
     check_streams(s, w, ctx);
+    // The server's own check agrees: nothing it made is unowned.
+    let orphans = s.json(&["orphan", "list"]);
+    assert_eq!(orphans, serde_json::json!([]), "{ctx}: orphans left behind");
     if matches!(w.phase(), Phase::FailedOver | Phase::Committed) {
         check_failed_over_disks(s, w, dir, ctx);
     }

@@ -63,7 +63,10 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
             last_prune = Instant::now();
             for rep in reps.iter().filter(|r| r.state == ItemState::Protected) {
                 // An operation on the item (a failover reading a point) goes first.
-                if control.busy_with(&rep.item_key()).map_or(true, |j| j.is_some()) {
+                if control
+                    .busy_with(&rep.item_key())
+                    .map_or(true, |j| j.is_some())
+                {
                     continue;
                 }
                 let (control, rep) = (control.clone(), rep.clone());
