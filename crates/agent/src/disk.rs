@@ -506,12 +506,14 @@ impl Export for Disk {
         )
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.change(
-            fua,
-            |f| zero_range(f, offset, len),
-            OpRef::Zero { offset, len },
-        )
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool, no_hole: bool) -> io::Result<()> {
+        // Recorded the same either way: the stream carries what the range reads as.
+        let zero = if no_hole {
+            zero_range_allocated
+        } else {
+            zero_range
+        };
+        self.change(fua, |f| zero(f, offset, len), OpRef::Zero { offset, len })
     }
 }
 
@@ -524,9 +526,24 @@ pub fn is_zero(buf: &[u8]) -> bool {
 
 /// Make a range read as zeroes: punch a hole, or write zeroes where holes are unsupported.
 pub(crate) fn zero_range(file: &File, offset: u64, len: u64) -> io::Result<()> {
-    if punch_hole(file, offset, len).is_ok() {
+    let punch = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    if fallocate(file, punch, offset, len).is_ok() {
         return Ok(());
     }
+    write_zeroes(file, offset, len)
+}
+
+/// Make a range read as zeroes and keep it allocated (`NBD_CMD_FLAG_NO_HOLE`):
+/// `FALLOC_FL_ZERO_RANGE`, or write zeroes where it is unsupported.
+fn zero_range_allocated(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let zero = libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE;
+    if fallocate(file, zero, offset, len).is_ok() {
+        return Ok(());
+    }
+    write_zeroes(file, offset, len)
+}
+
+fn write_zeroes(file: &File, offset: u64, len: u64) -> io::Result<()> {
     let zeros = vec![0u8; len.min(1 << 20) as usize];
     let mut done = 0;
     while done < len {
@@ -563,13 +580,13 @@ fn advise(file: &File, offset: u64, len: u64, advice: libc::c_int) -> io::Result
 }
 
 #[allow(unsafe_code)]
-fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: fallocate only reads its integer arguments; the fd is owned by `file` and open.
     let rc = unsafe {
         libc::fallocate(
             file.as_raw_fd(),
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            mode,
             offset as libc::off_t,
             len as libc::off_t,
         )

@@ -816,7 +816,8 @@ impl Sim {
                 let (offset, len) = self.extent(disk);
                 let d = &self.agent().disks[disk];
                 if matches!(step, Step::Zero) {
-                    d.write_zeroes(offset, len, fua).unwrap();
+                    d.write_zeroes(offset, len, fua, self.counts.zeroes % 2 == 0)
+                        .unwrap();
                     self.counts.zeroes += 1;
                 } else {
                     d.trim(offset, len, fua).unwrap();

@@ -1,6 +1,7 @@
 //! Errors returned by this crate.
 
 use std::io;
+use std::path::PathBuf;
 
 /// Why a connection ended abnormally, or why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,14 @@ pub enum NbdError {
         /// The underlying error.
         source: io::Error,
     },
+    /// A TLS certificate, key or CA file cannot be used.
+    #[error("TLS credentials {}: {reason}", path.display())]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl From<NbdError> for io::Error {
@@ -50,6 +59,9 @@ impl From<NbdError> for io::Error {
             e @ NbdError::Refused { .. } => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
             NbdError::Bind { what, source } => {
                 io::Error::new(source.kind(), format!("cannot bind {what}: {source}"))
+            }
+            e @ NbdError::Credentials { .. } => {
+                io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
             }
         }
     }

@@ -9,7 +9,8 @@ use std::path::Path;
 use crate::Export;
 
 /// Serves a raw image file: `pread`/`pwrite` through the page cache, `fdatasync` for flush and
-/// FUA, hole punching (falling back to writing zeroes) for trim and write-zeroes.
+/// FUA, hole punching (falling back to writing zeroes) for trim and write-zeroes, and
+/// `FALLOC_FL_ZERO_RANGE` (falling back to writing zeroes) for write-zeroes with NO_HOLE.
 #[derive(Debug)]
 pub struct FileExport {
     file: File,
@@ -41,8 +42,13 @@ impl FileExport {
         Ok(Self { file, size })
     }
 
-    fn zero_range(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        match punch_hole(&self.file, offset, len) {
+    fn zero_range(&self, offset: u64, len: u64, fua: bool, no_hole: bool) -> io::Result<()> {
+        let mode = if no_hole {
+            libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+        } else {
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+        };
+        match fallocate(&self.file, mode, offset, len) {
             Ok(()) => {}
             Err(e) if is_unsupported(&e) => self.write_zero_bytes(offset, len)?,
             Err(e) => return Err(e),
@@ -88,11 +94,11 @@ impl Export for FileExport {
     }
 
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.zero_range(offset, len, fua)
+        self.zero_range(offset, len, fua, false)
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.zero_range(offset, len, fua)
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool, no_hole: bool) -> io::Result<()> {
+        self.zero_range(offset, len, fua, no_hole)
     }
 }
 
@@ -101,16 +107,17 @@ fn is_unsupported(e: &io::Error) -> bool {
         || matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOSYS))
 }
 
-/// Deallocates `len` bytes at `offset`, keeping the file size; they read back as zeroes.
+/// `fallocate(mode)` over `len` bytes at `offset`: with `FALLOC_FL_PUNCH_HOLE` they are
+/// deallocated, with `FALLOC_FL_ZERO_RANGE` they stay allocated; either way they read back as
+/// zeroes and the file keeps its size (`FALLOC_FL_KEEP_SIZE`).
 #[allow(unsafe_code)]
-fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+fn fallocate(file: &File, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
     if len == 0 {
         return Ok(());
     }
     let (Ok(off), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
         return Err(io::ErrorKind::InvalidInput.into());
     };
-    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
     // SAFETY: `fallocate` only takes integers; the descriptor is owned by `file`, which is
     // borrowed for the duration of the call, so it is open and refers to our file.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, off, len) };
@@ -135,7 +142,7 @@ mod tests {
         e.read(4096, &mut buf)?;
         assert!(buf.iter().all(|b| *b == 0xab));
         e.trim(4096, 4096, false)?;
-        e.write_zeroes(8192, 100, true)?;
+        e.write_zeroes(8192, 100, true, false)?;
         e.read(4096, &mut buf)?;
         assert!(buf[..4196].iter().all(|b| *b == 0));
         assert!(buf[4196..].iter().all(|b| *b == 0xab));

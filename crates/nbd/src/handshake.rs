@@ -1,10 +1,15 @@
-//! The fixed newstyle handshake: greeting and option haggling up to the transmission phase.
+//! The fixed newstyle handshake: greeting and option haggling up to the transmission phase,
+//! and the options before `NBD_OPT_STARTTLS` on a listener that insists on TLS.
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::error::NbdError;
 use crate::exports::{Attachment, Exports};
 use crate::protocol::*;
+
+/// The longest string an option reply may carry (`doc/proto.md`, "Conventions"); libnbd
+/// drops a connection whose server sends a longer one.
+pub const MAX_STRING: usize = 4096;
 
 /// How option haggling ended.
 pub(crate) enum Outcome {
@@ -14,12 +19,23 @@ pub(crate) enum Outcome {
     Closed,
 }
 
-/// Runs the handshake on a fresh connection. `w` is flushed before every wait for input.
-pub(crate) async fn negotiate<R, W>(
-    r: &mut R,
-    w: &mut W,
-    exports: &Exports,
-) -> Result<Outcome, NbdError>
+/// Whether the connection runs TLS, as option haggling sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tls {
+    /// The listener has no TLS (a unix socket): `NBD_OPT_STARTTLS` is unsupported.
+    Off,
+    /// TLS runs on this connection: `NBD_OPT_STARTTLS` again is invalid.
+    Active,
+}
+
+/// What the client said in its flags.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ClientFlags {
+    pub(crate) no_zeroes: bool,
+}
+
+/// Sends the greeting and reads the client's flags. `w` is flushed.
+pub(crate) async fn greet<R, W>(r: &mut R, w: &mut W) -> Result<ClientFlags, NbdError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -35,23 +51,91 @@ where
             "unknown client flags {client_flags:#x}"
         )));
     }
-    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+    Ok(ClientFlags {
+        no_zeroes: client_flags & FLAG_C_NO_ZEROES != 0,
+    })
+}
+
+/// Reads the next option's header: `(option, data length)`.
+async fn option_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<(u32, u32), NbdError> {
+    let magic = r.read_u64().await?;
+    if magic != IHAVEOPT {
+        return Err(NbdError::Protocol(format!("bad option magic {magic:#x}")));
+    }
+    Ok((r.read_u32().await?, r.read_u32().await?))
+}
+
+/// Consumes `len` bytes of option data without buffering them.
+async fn skip_data<R: AsyncRead + Unpin>(r: &mut R, len: u32) -> Result<(), NbdError> {
+    let mut data = r.take(u64::from(len));
+    if tokio::io::copy(&mut data, &mut tokio::io::sink()).await? != u64::from(len) {
+        return Err(NbdError::Protocol("truncated option".into()));
+    }
+    Ok(())
+}
+
+/// Option haggling before TLS on a listener that insists on it (FORCEDTLS in `doc/proto.md`):
+/// every option but `NBD_OPT_STARTTLS` and `NBD_OPT_ABORT` gets `NBD_REP_ERR_TLS_REQD`, and
+/// `NBD_OPT_EXPORT_NAME` (which cannot be refused) ends the session. Returns `true` once
+/// STARTTLS is acknowledged (the TLS handshake comes next), `false` when the session ends.
+///
+/// Reads exactly the bytes of each option, so nothing of the TLS handshake is consumed.
+pub(crate) async fn until_starttls<R, W>(r: &mut R, w: &mut W) -> Result<bool, NbdError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     loop {
-        let magic = r.read_u64().await?;
-        if magic != IHAVEOPT {
-            return Err(NbdError::Protocol(format!("bad option magic {magic:#x}")));
+        let (option, len) = option_header(r).await?;
+        match option {
+            OPT_EXPORT_NAME => return Ok(false),
+            OPT_STARTTLS if len == 0 => {
+                reply(w, option, REP_ACK, &[]).await?;
+                w.flush().await?;
+                return Ok(true);
+            }
+            OPT_ABORT => {
+                skip_data(r, len).await?;
+                let _ = reply(w, option, REP_ACK, &[]).await;
+                let _ = w.flush().await;
+                return Ok(false);
+            }
+            OPT_STARTTLS => {
+                skip_data(r, len).await?;
+                let msg = "NBD_OPT_STARTTLS takes no data";
+                error_reply(w, option, REP_ERR_INVALID, msg).await?;
+            }
+            _ => {
+                skip_data(r, len).await?;
+                let msg = "this server requires TLS: send NBD_OPT_STARTTLS first";
+                error_reply(w, option, REP_ERR_TLS_REQD, msg).await?;
+            }
         }
-        let option = r.read_u32().await?;
-        let len = r.read_u32().await?;
+        w.flush().await?;
+    }
+}
+
+/// Option haggling after the greeting, up to the transmission phase. `w` is flushed before
+/// every wait for input.
+pub(crate) async fn negotiate<R, W>(
+    r: &mut R,
+    w: &mut W,
+    exports: &Exports,
+    flags: ClientFlags,
+    tls: Tls,
+) -> Result<Outcome, NbdError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        let (option, len) = option_header(r).await?;
         if len > MAX_OPTION_LEN {
             if option == OPT_EXPORT_NAME {
                 return Ok(Outcome::Closed);
             }
             // Skip the data without buffering it, then refuse.
-            let mut data = r.take(u64::from(len));
-            if tokio::io::copy(&mut data, &mut tokio::io::sink()).await? != u64::from(len) {
-                return Err(NbdError::Protocol("truncated option".into()));
-            }
+            skip_data(r, len).await?;
             error_reply(w, option, REP_ERR_TOO_BIG, "option data too long").await?;
             w.flush().await?;
             continue;
@@ -68,7 +152,7 @@ where
                 };
                 w.write_all(&att.export.size().to_be_bytes()).await?;
                 w.write_all(&TRANSMISSION_FLAGS.to_be_bytes()).await?;
-                if !no_zeroes {
+                if !flags.no_zeroes {
                     w.write_all(&[0u8; 124]).await?;
                 }
                 w.flush().await?;
@@ -79,6 +163,10 @@ where
                 let _ = reply(w, option, REP_ACK, &[]).await;
                 let _ = w.flush().await;
                 return Ok(Outcome::Closed);
+            }
+            OPT_STARTTLS if tls == Tls::Active => {
+                let msg = "TLS is already running on this connection";
+                error_reply(w, option, REP_ERR_INVALID, msg).await?;
             }
             OPT_LIST if !data.is_empty() => {
                 error_reply(w, option, REP_ERR_INVALID, "NBD_OPT_LIST takes no data").await?;
@@ -168,19 +256,45 @@ async fn reply<W: AsyncWrite + Unpin>(
     w.write_all(data).await
 }
 
+/// An option error reply; its message is cut to [`MAX_STRING`] bytes.
 async fn error_reply<W: AsyncWrite + Unpin>(
     w: &mut W,
     option: u32,
     reply_type: u32,
     message: &str,
 ) -> std::io::Result<()> {
+    let message = truncate(message, MAX_STRING);
     tracing::debug!(option, reply_type, message, "refusing NBD option");
     reply(w, option, reply_type, message.as_bytes()).await
 }
 
+/// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 #[cfg(test)]
 mod tests {
-    use super::parse_info;
+    use super::{parse_info, truncate};
+
+    #[test]
+    fn messages_are_cut_on_a_char_boundary() {
+        assert_eq!(truncate("abc", 4096), "abc");
+        assert_eq!(truncate("abcdef", 3), "abc");
+        // "é" is two bytes: a cut inside it goes back to before it.
+        assert_eq!(truncate("aé", 2), "a");
+        let long = "é".repeat(3000);
+        let cut = truncate(&long, 4096);
+        assert_eq!(cut.len(), 4096);
+        assert!(cut.chars().all(|c| c == 'é'));
+    }
 
     #[test]
     fn parses_info_requests() {

@@ -51,7 +51,7 @@ pub const OPT_EXPORT_NAME: u32 = 1;
 pub const OPT_ABORT: u32 = 2;
 /// Option: list exports.
 pub const OPT_LIST: u32 = 3;
-/// Option: start TLS (refused).
+/// Option: start TLS (on a TLS listener; refused on others).
 pub const OPT_STARTTLS: u32 = 5;
 /// Option: describe an export.
 pub const OPT_INFO: u32 = 6;
@@ -79,6 +79,8 @@ pub const REP_ERR_UNSUP: u32 = REP_ERR | 1;
 pub const REP_ERR_POLICY: u32 = REP_ERR | 2;
 /// Option error: syntactically invalid.
 pub const REP_ERR_INVALID: u32 = REP_ERR | 3;
+/// Option error: TLS must be started first.
+pub const REP_ERR_TLS_REQD: u32 = REP_ERR | 5;
 /// Option error: unknown export.
 pub const REP_ERR_UNKNOWN: u32 = REP_ERR | 6;
 /// Option error: the server is shutting down.
@@ -105,8 +107,25 @@ pub const CMD_TRIM: u16 = 4;
 pub const CMD_WRITE_ZEROES: u16 = 6;
 /// Command flag: force unit access.
 pub const CMD_FLAG_FUA: u16 = 1 << 0;
-/// Command flag: do not punch a hole for write zeroes (advisory here).
+/// Command flag: write zeroes must leave the range allocated (no hole).
 pub const CMD_FLAG_NO_HOLE: u16 = 1 << 1;
+/// Command flag: do not fragment a structured read reply (not advertised here).
+pub const CMD_FLAG_DF: u16 = 1 << 2;
+/// Command flag: one extent per block status reply (no block status here).
+pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
+/// Command flag: fail write zeroes unless it is fast (not advertised here).
+pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
+
+/// The command flags this server accepts with `command`: FUA with every command (the
+/// protocol requires a server that advertises `NBD_FLAG_SEND_FUA` to accept it on all of
+/// them, ignoring it where nothing is written), and NO_HOLE with write zeroes. A request with
+/// any other flag is answered `EINVAL`.
+pub fn accepted_flags(command: u16) -> u16 {
+    match command {
+        CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+        _ => CMD_FLAG_FUA,
+    }
+}
 
 /// Error: operation not permitted.
 pub const EPERM: u32 = 1;

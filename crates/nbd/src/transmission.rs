@@ -55,6 +55,7 @@ enum Job {
         offset: u64,
         len: u64,
         fua: bool,
+        no_hole: bool,
     },
 }
 
@@ -100,12 +101,25 @@ where
             Err(magic) => break Err(NbdError::Protocol(format!("bad request magic {magic:#x}"))),
         };
         let fua = req.flags & CMD_FLAG_FUA != 0;
+        let no_hole = req.flags & CMD_FLAG_NO_HOLE != 0;
         let in_range = req
             .offset
             .checked_add(u64::from(req.length))
             .is_some_and(|end| end <= size);
+        if req.command == CMD_DISC {
+            break Ok(());
+        }
+        if req.flags & !accepted_flags(req.command) != 0 {
+            // A flag that does not apply or was not advertised: refused, the connection goes on.
+            if req.command == CMD_WRITE
+                && let Err(e) = skip(&mut reader, req.length).await
+            {
+                break Err(e.into());
+            }
+            send(&tx, req.handle, EINVAL, None, None);
+            continue;
+        }
         let (job, payload) = match req.command {
-            CMD_DISC => break Ok(()),
             CMD_WRITE => {
                 if req.length > MAX_PAYLOAD || !in_range {
                     if let Err(e) = skip(&mut reader, req.length).await {
@@ -167,7 +181,12 @@ where
                 let job = if req.command == CMD_TRIM {
                     Job::Trim { offset, len, fua }
                 } else {
-                    Job::Zero { offset, len, fua }
+                    Job::Zero {
+                        offset,
+                        len,
+                        fua,
+                        no_hole,
+                    }
                 };
                 (job, acquire(&count, &bytes, 0).await)
             }
@@ -239,6 +258,9 @@ fn take_buffered<R: AsyncRead + Unpin>(
     let buffered = reader.buffer();
     let header: &[u8; Request::LEN] = buffered.get(..Request::LEN)?.try_into().ok()?;
     let req = Request::decode(header).ok()?;
+    if req.flags & !accepted_flags(req.command) != 0 {
+        return None;
+    }
     let fua = req.flags & CMD_FLAG_FUA != 0;
     let in_range = req
         .offset
@@ -278,6 +300,7 @@ fn take_buffered<R: AsyncRead + Unpin>(
             offset,
             len: len as u64,
             fua,
+            no_hole: req.flags & CMD_FLAG_NO_HOLE != 0,
         },
     };
     reader.consume(Request::LEN + payload);
@@ -365,7 +388,12 @@ fn execute(export: &DynExport, job: Job, buffers: &Buffers) -> (u32, Option<Vec<
         }
         Job::Flush => export.flush(),
         Job::Trim { offset, len, fua } => export.trim(offset, len, fua),
-        Job::Zero { offset, len, fua } => export.write_zeroes(offset, len, fua),
+        Job::Zero {
+            offset,
+            len,
+            fua,
+            no_hole,
+        } => export.write_zeroes(offset, len, fua, no_hole),
     };
     match result {
         Ok(()) => (0, None),

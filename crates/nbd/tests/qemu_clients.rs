@@ -126,9 +126,9 @@ impl Export for Counting {
         self.trims.fetch_add(1, Ordering::SeqCst);
         self.inner.trim(offset, len, fua)
     }
-    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool, no_hole: bool) -> io::Result<()> {
         self.zeroes.fetch_add(1, Ordering::SeqCst);
-        self.inner.write_zeroes(offset, len, fua)
+        self.inner.write_zeroes(offset, len, fua, no_hole)
     }
 }
 
@@ -191,7 +191,7 @@ impl Export for Full {
     fn trim(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
         Err(io::Error::from_raw_os_error(28))
     }
-    fn write_zeroes(&self, _: u64, _: u64, _: bool) -> io::Result<()> {
+    fn write_zeroes(&self, _: u64, _: u64, _: bool, _: bool) -> io::Result<()> {
         Err(io::Error::other("broken"))
     }
 }

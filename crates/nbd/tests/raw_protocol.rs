@@ -220,8 +220,8 @@ impl Export for Gate {
     fn trim(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
         self.inner.trim(offset, len, fua)
     }
-    fn write_zeroes(&self, offset: u64, len: u64, fua: bool) -> io::Result<()> {
-        self.inner.write_zeroes(offset, len, fua)
+    fn write_zeroes(&self, offset: u64, len: u64, fua: bool, no_hole: bool) -> io::Result<()> {
+        self.inner.write_zeroes(offset, len, fua, no_hole)
     }
 }
 

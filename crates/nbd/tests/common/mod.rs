@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: an in-process server and subprocess clients.
 #![allow(dead_code)]
 
+pub mod certs;
+
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
