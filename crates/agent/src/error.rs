@@ -33,7 +33,7 @@ pub enum AgentError {
     #[error("{reason}: the replica must be resynchronised (`ferry replication repair`)")]
     TrackingLost { reason: String },
     #[error("NBD server: {0}")]
-    Nbd(String),
+    Nbd(#[from] ferry_nbd::NbdError),
     #[error("encode segment: {0}")]
     Format(#[from] ferry_format::FormatError),
     #[error("cache storage: {0}")]

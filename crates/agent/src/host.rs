@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_format::segment::MarkerKind;
-use ferry_nbd::{DynExport, Exports, NbdListener};
+use ferry_nbd::{DynExport, Exports, NbdListener, TlsConfig};
 use ferry_storage::DynStore;
 use ferry_types::{Generation, Seq, StreamId};
 use serde::Serialize;
@@ -92,12 +92,30 @@ struct Vm {
     hydration: Option<(watch::Sender<bool>, Vec<JoinHandle<()>>)>,
 }
 
+/// Who may reach the host's NBD exports.
+#[derive(Debug, Clone, Default)]
+pub struct NbdAccess {
+    /// The group of the unix socket (mode 0660): its members, and the agent's user, may use
+    /// every export. Default: the process's effective group.
+    pub socket_group: Option<u32>,
+    /// Serve the exports over TCP as well, only with TLS. Default: no TCP at all.
+    pub tcp: Option<NbdTcp>,
+}
+
+/// A TLS-only TCP listener for the host's exports.
+#[derive(Debug, Clone)]
+pub struct NbdTcp {
+    /// The address to listen on: a fixed port, so clients find it after a restart.
+    pub listen: SocketAddr,
+    pub tls: TlsConfig,
+}
+
 /// The agent of one host.
 pub struct AgentHost {
     root: PathBuf,
     exports: Arc<Exports>,
     socket: PathBuf,
-    tcp: SocketAddr,
+    tcp: Option<SocketAddr>,
     vms: Mutex<HashMap<String, Vm>>,
     /// Held while a VM is being attached.
     attaching: Mutex<()>,
@@ -105,21 +123,29 @@ pub struct AgentHost {
 }
 
 impl AgentHost {
-    /// Start the host's NBD listeners (a unix socket under `root` and a TCP port on loopback).
+    /// Start the host's NBD listener: a unix socket under `root`, mode 0660, in the process's
+    /// own group; no TCP.
     pub async fn start(root: &Path) -> Result<Arc<AgentHost>, AgentError> {
+        Self::start_with(root, &NbdAccess::default()).await
+    }
+
+    /// Start the host's NBD listeners: the unix socket `root/nbd.sock` (mode 0660, group
+    /// `access.socket_group`), and a TLS-only TCP listener when `access.tcp` asks for one.
+    pub async fn start_with(root: &Path, access: &NbdAccess) -> Result<Arc<AgentHost>, AgentError> {
         std::fs::create_dir_all(root).map_err(AgentError::io("create agent directory", root))?;
         let exports = Arc::new(Exports::new());
         let (tx, rx) = watch::channel(false);
         let socket = root.join("nbd.sock");
-        let unix = NbdListener::bind_unix(&socket).map_err(|e| AgentError::Nbd(e.to_string()))?;
-        let tcp = NbdListener::bind_tcp(([127, 0, 0, 1], 0).into())
-            .await
-            .map_err(|e| AgentError::Nbd(e.to_string()))?;
-        let tcp_addr = tcp
-            .local_addr()
-            .unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+        let unix = NbdListener::bind_unix_for_group(&socket, access.socket_group)?;
+        let tcp = match &access.tcp {
+            None => None,
+            Some(t) => Some(NbdListener::bind_tcp_tls(t.listen, t.tls.clone()).await?),
+        };
+        let tcp_addr = tcp.as_ref().and_then(NbdListener::local_addr);
         tokio::spawn(unix.serve(exports.clone(), rx.clone()));
-        tokio::spawn(tcp.serve(exports.clone(), rx));
+        if let Some(tcp) = tcp {
+            tokio::spawn(tcp.serve(exports.clone(), rx));
+        }
         Ok(Arc::new(AgentHost {
             root: root.to_path_buf(),
             exports,
@@ -135,7 +161,8 @@ impl AgentHost {
         &self.socket
     }
 
-    pub fn nbd_tcp(&self) -> SocketAddr {
+    /// The TLS-only TCP address, when one is configured.
+    pub fn nbd_tcp(&self) -> Option<SocketAddr> {
         self.tcp
     }
 

@@ -32,5 +32,5 @@ mod state;
 pub mod stream;
 
 pub use error::AgentError;
-pub use host::{AgentHost, DiskSpec, ReplicationConfig, VmStatus};
+pub use host::{AgentHost, DiskSpec, NbdAccess, NbdTcp, ReplicationConfig, VmStatus};
 pub use stream::StreamStatus;

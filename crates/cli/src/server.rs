@@ -47,6 +47,27 @@ struct ConfigFile {
     /// How long something stays an orphan before it is deleted (default 3600).
     #[serde(default)]
     orphan_grace_seconds: Option<f64>,
+    /// The group (name or id) of each agent's NBD unix socket, mode 0660: its members may use
+    /// every disk of the region (default: the server's own primary group).
+    #[serde(default)]
+    nbd_socket_group: Option<String>,
+    /// Serve NBD over TCP as well, only with TLS (default: no TCP).
+    #[serde(default)]
+    nbd_tcp: Option<NbdTcpFile>,
+}
+
+/// `nbd_tcp` of the configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NbdTcpFile {
+    /// `HOST:PORT` each region's agent listens on, by region (regions not named get none).
+    listen: std::collections::BTreeMap<String, String>,
+    /// The server's certificate chain (PEM, leaf first) and private key (PEM).
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+    /// A CA (PEM): when set, a client must present a certificate it signed.
+    #[serde(default)]
+    tls_ca: Option<PathBuf>,
 }
 
 /// A duration setting of the config file at `path`, in seconds, within `range` (said as
@@ -63,6 +84,69 @@ fn seconds(
         Some(secs) if range.contains(&secs) => Ok(Some(std::time::Duration::from_secs_f64(secs))),
         Some(_) => bail!("config {}: {name} must be {what}", path.display()),
     }
+}
+
+/// The NBD keys of the config file at `path`: the socket's group must exist, and each TCP
+/// listener names a configured region, a valid address and usable TLS credentials.
+fn nbd_access(
+    path: &Path,
+    socket_group: Option<&str>,
+    tcp: Option<&NbdTcpFile>,
+    cfg: &mut ControlConfig,
+) -> Result<()> {
+    if let Some(name) = socket_group {
+        let gid = ferry_nbd::access::group_id(name).with_context(|| {
+            format!(
+                "config {}: look up nbd_socket_group {name:?}",
+                path.display()
+            )
+        })?;
+        let Some(gid) = gid else {
+            bail!(
+                "config {}: nbd_socket_group {name:?} is not a group on this host: name an \
+                 existing group (see /etc/group, e.g. \"kvm\") or create it with groupadd",
+                path.display()
+            );
+        };
+        cfg.nbd_socket_group = Some(gid);
+    }
+    let Some(tcp) = tcp else {
+        return Ok(());
+    };
+    if tcp.listen.is_empty() {
+        bail!(
+            "config {}: nbd_tcp.listen names no region: give each region that should serve NBD \
+             over TCP an address, e.g. {{\"{}\": \"127.0.0.1:10809\"}}",
+            path.display(),
+            cfg.regions.first().map_or("east", String::as_str)
+        );
+    }
+    let tls =
+        ferry_nbd::TlsConfig::from_pem_files(&tcp.tls_cert, &tcp.tls_key, tcp.tls_ca.as_deref())
+            .with_context(|| format!("config {}: nbd_tcp", path.display()))?;
+    for (region, listen) in &tcp.listen {
+        if !cfg.regions.contains(region) {
+            bail!(
+                "config {}: nbd_tcp.listen names region {region:?}, which is not one of the \
+                 regions ({})",
+                path.display(),
+                cfg.regions.join(", ")
+            );
+        }
+        let addr: SocketAddr = listen.parse().with_context(|| {
+            format!(
+                "config {}: nbd_tcp.listen.{region} {listen:?} is not HOST:PORT such as \
+                 127.0.0.1:10809",
+                path.display()
+            )
+        })?;
+        let tcp = ferry_agent::NbdTcp {
+            listen: addr,
+            tls: tls.clone(),
+        };
+        cfg.nbd_tcp.insert(region.clone(), tcp);
+    }
+    Ok(())
 }
 
 /// A running server.
@@ -191,6 +275,12 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
         )? {
             cfg.orphan_grace = d;
         }
+        nbd_access(
+            path,
+            file.nbd_socket_group.as_deref(),
+            file.nbd_tcp.as_ref(),
+            &mut cfg,
+        )?;
     }
     let addr: SocketAddr = listen.parse().with_context(|| {
         format!("invalid --listen {listen:?}: use HOST:PORT such as 127.0.0.1:7480")

@@ -31,6 +31,10 @@ pub struct ControlConfig {
     /// stay an orphan before it is deleted.
     pub orphan_check: Duration,
     pub orphan_grace: Duration,
+    /// The group of each agent's NBD unix socket (mode 0660); default the process's group.
+    pub nbd_socket_group: Option<u32>,
+    /// The regions whose agent also serves NBD over TCP, only with TLS; by default none.
+    pub nbd_tcp: std::collections::BTreeMap<String, ferry_agent::NbdTcp>,
 }
 
 impl ControlConfig {
@@ -43,6 +47,8 @@ impl ControlConfig {
             processor: ferry_replica::ProcessorConfig::default(),
             orphan_check: Duration::from_secs(300),
             orphan_grace: Duration::from_secs(3600),
+            nbd_socket_group: None,
+            nbd_tcp: Default::default(),
         }
     }
 }
@@ -79,7 +85,11 @@ impl Control {
         let mut agents = HashMap::new();
         for r in &cfg.regions {
             let root = cfg.data.join("regions").join(r).join("agent");
-            agents.insert(r.clone(), AgentHost::start(&root).await?);
+            let access = ferry_agent::NbdAccess {
+                socket_group: cfg.nbd_socket_group,
+                tcp: cfg.nbd_tcp.get(r).cloned(),
+            };
+            agents.insert(r.clone(), AgentHost::start_with(&root, &access).await?);
         }
         let (shutdown, _) = watch::channel(false);
         let control = Arc::new(Control {

@@ -310,7 +310,10 @@ impl Control {
                     "nbd+unix:///{export}?socket={}",
                     agent.nbd_socket().display()
                 );
-                d.nbd_tcp_uri = format!("nbd://{}/{export}", agent.nbd_tcp());
+                d.nbd_tcp_uri = agent
+                    .nbd_tcp()
+                    .map(|addr| format!("nbds://{addr}/{export}"))
+                    .unwrap_or_default();
             }
         }
     }

@@ -186,6 +186,8 @@ pub struct VmDisk {
     /// NBD URI of the disk's export (filled in when shown).
     #[serde(default)]
     pub nbd_uri: String,
+    /// NBD over TLS (`nbds://HOST:PORT/EXPORT`) when the server's config gives the region
+    /// an `nbd_tcp` listener; empty otherwise.
     #[serde(default)]
     pub nbd_tcp_uri: String,
 }

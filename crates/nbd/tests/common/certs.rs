@@ -1,10 +1,11 @@
 //! Test x509 credentials made with the `openssl` CLI: a CA, a server certificate for
 //! 127.0.0.1/localhost and a client certificate, laid out as qemu's `tls-creds-x509` wants them.
+//! (The end-to-end tests of `crates/cli` include this file too.)
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::Result;
+type Result<T = ()> = anyhow::Result<T>;
 
 /// A CA and the certificates it signed, in `dir`.
 pub struct Certs {
