@@ -59,7 +59,9 @@ async fn live_writes_during_the_initial_copy_are_never_overtaken() {
                 let d = &disks[(x % 2) as usize];
                 let off = (x >> 8) % (SIZE - 8192);
                 match n % 10 {
-                    0 => d.write_zeroes(off, 8192, false, (x >> 3) % 2 == 0).unwrap(),
+                    0 => d
+                        .write_zeroes(off, 8192, false, (x >> 3).is_multiple_of(2))
+                        .unwrap(),
                     1 => d.trim(off & !4095, 4096, false).unwrap(),
                     _ => d
                         .write(off, &[(n % 251) as u8 + 1; 3000], n % 7 == 0)

@@ -57,7 +57,7 @@ fn write_some(disks: &[Arc<Disk>], from: u64, count: u64) {
         d.write(off, &[(n % 250) as u8 + 1; 4096], n % 9 == 0)
             .unwrap();
         if n % 17 == 0 {
-            d.write_zeroes(off & !4095, 8192, false, n % 2 == 0)
+            d.write_zeroes(off & !4095, 8192, false, n.is_multiple_of(2))
                 .unwrap();
         }
     }

@@ -816,7 +816,7 @@ impl Sim {
                 let (offset, len) = self.extent(disk);
                 let d = &self.agent().disks[disk];
                 if matches!(step, Step::Zero) {
-                    d.write_zeroes(offset, len, fua, self.counts.zeroes % 2 == 0)
+                    d.write_zeroes(offset, len, fua, self.counts.zeroes.is_multiple_of(2))
                         .unwrap();
                     self.counts.zeroes += 1;
                 } else {

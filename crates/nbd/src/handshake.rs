@@ -115,9 +115,24 @@ where
     }
 }
 
-/// Option haggling after the greeting, up to the transmission phase. `w` is flushed before
-/// every wait for input.
+/// Runs the whole handshake on a fresh connection without TLS: the greeting, then option
+/// haggling up to the transmission phase. `w` is flushed before every wait for input.
 pub(crate) async fn negotiate<R, W>(
+    r: &mut R,
+    w: &mut W,
+    exports: &Exports,
+) -> Result<Outcome, NbdError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let flags = greet(r, w).await?;
+    haggle(r, w, exports, flags, Tls::Off).await
+}
+
+/// Option haggling after the greeting (and after the TLS handshake, with [`Tls::Active`]), up
+/// to the transmission phase. `w` is flushed before every wait for input.
+pub(crate) async fn haggle<R, W>(
     r: &mut R,
     w: &mut W,
     exports: &Exports,

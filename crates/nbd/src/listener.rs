@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 
 use crate::error::NbdError;
 use crate::exports::Exports;
-use crate::handshake::{Outcome, Tls, greet, negotiate, until_starttls};
+use crate::handshake::{Outcome, Tls, greet, haggle, negotiate, until_starttls};
 use crate::tls::TlsConfig;
 use crate::transmission::transmit;
 
@@ -235,12 +235,12 @@ async fn serve_connection(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), NbdError> {
     let handshake = async {
-        let (mut reader, mut writer, flags, tls) = match conn {
+        match conn {
             Conn::Plain(r, w) => {
                 let mut reader = BufReader::with_capacity(SOCKET_BUFFER, r);
                 let mut writer = BufWriter::with_capacity(SOCKET_BUFFER, w);
-                let flags = greet(&mut reader, &mut writer).await?;
-                (reader, writer, flags, Tls::Off)
+                let outcome = negotiate(&mut reader, &mut writer, &exports).await?;
+                Ok::<_, NbdError>(Some((reader, writer, outcome)))
             }
             Conn::Tls(mut stream, tls) => {
                 let (mut r, mut w) = stream.split();
@@ -250,13 +250,13 @@ async fn serve_connection(
                 }
                 let stream = tls.acceptor().accept(stream).await?;
                 let (r, w) = tokio::io::split(stream);
-                let reader = BufReader::with_capacity(SOCKET_BUFFER, Box::new(r) as BoxRead);
-                let writer = BufWriter::with_capacity(SOCKET_BUFFER, Box::new(w) as BoxWrite);
-                (reader, writer, flags, Tls::Active)
+                let mut reader = BufReader::with_capacity(SOCKET_BUFFER, Box::new(r) as BoxRead);
+                let mut writer = BufWriter::with_capacity(SOCKET_BUFFER, Box::new(w) as BoxWrite);
+                let outcome =
+                    haggle(&mut reader, &mut writer, &exports, flags, Tls::Active).await?;
+                Ok(Some((reader, writer, outcome)))
             }
-        };
-        let outcome = negotiate(&mut reader, &mut writer, &exports, flags, tls).await?;
-        Ok::<_, NbdError>(Some((reader, writer, outcome)))
+        }
     };
     let negotiated = tokio::select! {
         o = handshake => o?,
