@@ -98,6 +98,18 @@ fn nbd_over_tcp_needs_tls_and_keeps_its_port_across_a_restart() {
     );
     let out = qemu_io_tls(&creds, port, export, &["read -P 0xab 0 64k"]);
     assert!(out.status.success(), "{}", text(&out));
+    // The URI itself works with libnbd, given the CA.
+    let uri = format!(
+        "{}?tls-certificates={}",
+        disk["nbd_tcp_uri"].as_str().unwrap(),
+        creds.display()
+    );
+    let out = Command::new("nbdinfo")
+        .args(["--size", &uri])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4194304");
 }
 
 #[test]

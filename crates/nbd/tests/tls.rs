@@ -176,6 +176,45 @@ async fn before_starttls_every_option_gets_tls_reqd_and_export_name_closes() -> 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_starttls_options_run_over_tls_and_a_second_starttls_is_invalid() -> Result {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let server = TlsServer::start(false).await?;
+    std::fs::write(&server.image, vec![0x42u8; 4 * MIB as usize])?;
+    let s = TcpStream::connect(server.addr).await?;
+    let mut c = RawClient::greet(s, FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES).await?;
+    c.option(OPT_STARTTLS, &[]).await?;
+    assert_eq!(c.option_reply().await?, (OPT_STARTTLS, REP_ACK, vec![]));
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(server.certs.ca())? {
+        roots.add(cert?)?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost")?, c.s)
+        .await?;
+    let mut c = RawClient { s: tls };
+    c.option(OPT_STARTTLS, &[]).await?;
+    assert_eq!(c.option_reply().await?.1, REP_ERR_INVALID);
+    c.option(OPT_LIST, &[]).await?;
+    assert_eq!(
+        c.option_reply().await?,
+        (OPT_LIST, REP_SERVER, b"\0\0\0\x04disk".to_vec())
+    );
+    assert_eq!(c.option_reply().await?, (OPT_LIST, REP_ACK, vec![]));
+    assert_eq!(c.go("disk").await?, 4 * MIB);
+    assert_eq!(c.read(1, 4096, 8).await?, [0x42; 8]);
+    c.request(CMD_DISC, 2, 0, 0).await?;
+    assert!(c.closed().await);
+    server.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_client_ca_only_clients_with_its_certificate_get_in() -> Result {
     let server = TlsServer::start(true).await?;
     let with = server.certs.qemu_client_dir(true)?;
