@@ -282,7 +282,8 @@ pub struct VmCreate {
     /// SIZE[@ACCOUNT], e.g. 64MiB@sa1; repeatable, numbered from 0.
     #[arg(long = "disk", required = true)]
     pub disks: Vec<String>,
-    /// Raw image copied into disk 0.
+    /// Raw image copied into disk 0: a file in the server's import directory (`import_dir`,
+    /// default DATA/import), by name or by a path inside it.
     #[arg(long)]
     pub image: Option<String>,
     /// `qemu`: ferry boots the VM on this host; `external`: only serve its disks over NBD.
@@ -297,10 +298,13 @@ pub struct VmCreate {
     /// Kernel command line for --kernel (ferry adds the console and the NIC's IP as ferry.ip=).
     #[arg(long)]
     pub append: Option<String>,
-    /// External compute: shell command that quiesces the guest before an app-consistent point.
+    /// External compute: name of the shell script in the server's scripts directory
+    /// (`scripts_dir`, default DATA/scripts) that quiesces the guest before an app-consistent
+    /// point; it runs with `sh` as `scripts_user` (default nobody) when the server runs as root.
     #[arg(long)]
     pub pre_freeze_script: Option<String>,
-    /// External compute: shell command that resumes the guest afterwards.
+    /// External compute: name of the script in the scripts directory that resumes the guest
+    /// afterwards.
     #[arg(long)]
     pub post_thaw_script: Option<String>,
 }

@@ -31,18 +31,21 @@ pub struct ControlConfig {
     /// stay an orphan before it is deleted.
     pub orphan_check: Duration,
     pub orphan_grace: Duration,
+    /// What requests may reach on the host: storage roots, import and scripts directories.
+    pub confine: crate::confine::Confinement,
 }
 
 impl ControlConfig {
     /// The embedded default: regions `east` and `west` under `data`.
     pub fn embedded(data: PathBuf) -> Self {
         ControlConfig {
-            data,
             regions: vec!["east".into(), "west".into()],
             stream: ferry_agent::stream::StreamConfig::default(),
             processor: ferry_replica::ProcessorConfig::default(),
             orphan_check: Duration::from_secs(300),
             orphan_grace: Duration::from_secs(3600),
+            confine: crate::confine::Confinement::under(&data),
+            data,
         }
     }
 }
@@ -75,6 +78,8 @@ impl Control {
         std::fs::create_dir_all(&cfg.data).map_err(|e| {
             ControlError::Internal(format!("create data directory {}: {e}", cfg.data.display()))
         })?;
+        // A scripts user that does not exist is found now, not at the first point.
+        cfg.confine.script_identity()?;
         let db = Db::open(&cfg.data.join("state.db"))?;
         let mut agents = HashMap::new();
         for r in &cfg.regions {
