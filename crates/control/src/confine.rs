@@ -35,6 +35,20 @@ impl Confinement {
         }
     }
 
+    /// Create the directories of this confinement that are inside the data directory `data`
+    /// (the defaults), so an operator finds where images and scripts go.
+    pub(crate) fn create_dirs(&self, data: &Path) -> Result<()> {
+        let dirs = self.storage_roots.iter();
+        for dir in dirs.chain([&self.import_dir, &self.scripts_dir]) {
+            if dir.starts_with(data) {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    ControlError::Internal(format!("create directory {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     /// Check the URL of a new storage account, without creating anything; `data` is the
     /// server's data directory. Returns the URL to store.
     pub(crate) fn check_storage_url(&self, data: &Path, url: &str) -> Result<String> {

@@ -80,6 +80,7 @@ impl Control {
         })?;
         // A scripts user that does not exist is found now, not at the first point.
         cfg.confine.script_identity()?;
+        cfg.confine.create_dirs(&cfg.data)?;
         let db = Db::open(&cfg.data.join("state.db"))?;
         let mut agents = HashMap::new();
         for r in &cfg.regions {
