@@ -114,9 +114,12 @@ fn job(s: &Server, args: &[&str]) {
 fn a_real_guest_fails_over_and_back_without_losing_a_file() {
     let (kernel, initrd) = guest_kit();
     let dir = tempfile::tempdir().unwrap();
-    let fs = dir.path().join("fs.img");
-    mkfs(&fs, "64M");
     let s = Server::start(&dir.path().join("data"));
+    // Images are imported from the server's import directory.
+    let import = s.data.join("import");
+    std::fs::create_dir_all(&import).unwrap();
+    let fs = import.join("fs.img");
+    mkfs(&fs, "64M");
     s.base_resources(None);
     s.ok(&[
         "policy",
@@ -138,7 +141,7 @@ fn a_real_guest_fails_over_and_back_without_losing_a_file() {
         "--disk",
         "64MiB@sa1",
         "--image",
-        fs.to_str().unwrap(),
+        "fs.img",
         "--compute",
         "qemu",
         "--kernel",
