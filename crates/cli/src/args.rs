@@ -289,10 +289,11 @@ pub struct VmCreate {
     /// `qemu`: ferry boots the VM on this host; `external`: only serve its disks over NBD.
     #[arg(long, default_value = "external")]
     pub compute: String,
-    /// Kernel to boot (qemu compute), instead of booting disk 0.
+    /// Kernel to boot (qemu compute), instead of booting disk 0: a file in the server's import
+    /// directory, by name or by a path inside it.
     #[arg(long)]
     pub kernel: Option<String>,
-    /// Initial ramdisk for --kernel.
+    /// Initial ramdisk for --kernel, in the import directory too.
     #[arg(long)]
     pub initrd: Option<String>,
     /// Kernel command line for --kernel (ferry adds the console and the NIC's IP as ferry.ip=).

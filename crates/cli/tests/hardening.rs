@@ -74,6 +74,8 @@ fn every_escape_is_refused_with_a_400_and_creates_nothing() {
         // Images only from the import directory; scripts only by name.
         ("POST", vms.into(), vm(&format!(r#", "image": "{token}""#)), 400, "is not in the import directory"),
         ("POST", vms.into(), vm(r#", "image": "../admin-token""#), 400, "is not in the import directory"),
+        ("POST", vms.into(), vm(&format!(r#", "compute": "qemu", "kernel": "{token}""#)), 400, "--kernel"),
+        ("POST", vms.into(), vm(r#", "compute": "qemu", "kernel": "/boot/../etc/shadow""#), 400, "is not in the import directory"),
         ("POST", vms.into(), vm(r#", "image": "token.img""#), 400, "is not in the import directory"),
         ("POST", vms.into(), vm(r#", "pre_freeze_script": "cat /etc/shadow""#), 400, "must be the name of a script"),
         ("POST", vms.into(), vm(r#", "post_thaw_script": "../../admin-token""#), 400, "must be the name of a script"),

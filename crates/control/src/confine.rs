@@ -115,13 +115,13 @@ impl Confinement {
         roots.join(", ")
     }
 
-    /// The file an `--image` names: a name in the import directory, or a path that is in it
-    /// once normalised and its symlinks resolved.
-    pub(crate) fn import_path(&self, image: &str) -> Result<PathBuf> {
+    /// The file an `--image` (or `--kernel`, `--initrd`: `flag`) names: a name in the import
+    /// directory, or a path that is in it once normalised and its symlinks resolved.
+    pub(crate) fn import_path(&self, image: &str, flag: &str) -> Result<PathBuf> {
         let dir = &self.import_dir;
         let outside = || {
             ControlError::invalid(format!(
-                "--image {image:?} is not in the import directory {}: copy the image there and \
+                "{flag} {image:?} is not in the import directory {}: copy the file there and \
                  give its name",
                 dir.display()
             ))
@@ -131,8 +131,8 @@ impl Confinement {
         }
         let root = dir.canonicalize().map_err(|e| {
             ControlError::invalid(format!(
-                "the import directory {} cannot be used ({e}): create it and copy images there \
-                 (the server's import_dir setting names another)",
+                "the import directory {} cannot be used ({e}): create it and copy images and \
+                 boot files there (the server's import_dir setting names another)",
                 dir.display()
             ))
         })?;
@@ -148,7 +148,7 @@ impl Confinement {
         }
         let real = normal.canonicalize().map_err(|e| {
             ControlError::invalid(format!(
-                "--image {image:?}: {e} (in the import directory {})",
+                "{flag} {image:?}: {e} (in the import directory {})",
                 dir.display()
             ))
         })?;
@@ -309,7 +309,7 @@ mod tests {
         let (dir, c, data) = setup();
         std::fs::write(data.join("admin-token"), "secret").unwrap();
         assert!(
-            c.import_path("disk.img")
+            c.import_path("disk.img", "--image")
                 .unwrap_err()
                 .to_string()
                 .contains("create it")
@@ -318,13 +318,13 @@ mod tests {
         std::fs::write(c.import_dir.join("disk.img"), "img").unwrap();
         std::os::unix::fs::symlink(data.join("admin-token"), c.import_dir.join("token")).unwrap();
         let want = c.import_dir.join("disk.img").canonicalize().unwrap();
-        assert_eq!(c.import_path("disk.img").unwrap(), want);
+        assert_eq!(c.import_path("disk.img", "--image").unwrap(), want);
         assert_eq!(
-            c.import_path(c.import_dir.join("disk.img").to_str().unwrap())
+            c.import_path(c.import_dir.join("disk.img").to_str().unwrap(), "--kernel")
                 .unwrap(),
             want
         );
-        assert_eq!(c.import_path("sub/../disk.img").unwrap(), want);
+        assert_eq!(c.import_path("sub/../disk.img", "--image").unwrap(), want);
         for bad in [
             data.join("admin-token").display().to_string(),
             "../admin-token".to_string(),
@@ -333,7 +333,7 @@ mod tests {
             format!("{}/../admin-token", c.import_dir.display()),
             String::new(),
         ] {
-            let err = c.import_path(&bad).unwrap_err().to_string();
+            let err = c.import_path(&bad, "--image").unwrap_err().to_string();
             assert!(err.contains("not in the import directory"), "{bad}: {err}");
         }
         drop(dir);

@@ -382,9 +382,20 @@ impl Control {
                 "unknown compute {compute:?}: use --compute qemu (ferry boots the VM) or external (attach the disks' NBD exports to your own hypervisor)"
             )));
         }
+        // Boot files, like images, are read only from the import directory.
+        let boot_file = |f: &Option<String>, flag: &str| -> Result<Option<String>> {
+            let Some(f) = f else { return Ok(None) };
+            let path = self.cfg.confine.import_path(f, flag)?;
+            if !path.is_file() {
+                return Err(ControlError::invalid(format!(
+                    "{flag} {f:?} is not a regular file"
+                )));
+            }
+            Ok(Some(path.display().to_string()))
+        };
         let boot = crate::model::Boot {
-            kernel: req.kernel.clone(),
-            initrd: req.initrd.clone(),
+            kernel: boot_file(&req.kernel, "--kernel")?,
+            initrd: boot_file(&req.initrd, "--initrd")?,
             append: req.append.clone(),
         };
         if boot.kernel.is_none() && (boot.initrd.is_some() || boot.append.is_some()) {
@@ -394,13 +405,6 @@ impl Control {
             return Err(ControlError::invalid(
                 "a qemu VM boots a kernel (--kernel FILE [--initrd FILE] [--append ARGS]) or a bootable disk (--image FILE)",
             ));
-        }
-        for f in [&boot.kernel, &boot.initrd].into_iter().flatten() {
-            if !std::path::Path::new(f).is_file() {
-                return Err(ControlError::invalid(format!(
-                    "boot file {f} does not exist"
-                )));
-            }
         }
         if req.disks.is_empty() {
             return Err(ControlError::invalid(
@@ -496,7 +500,7 @@ impl Control {
             .image
             .as_deref()
             .map(|img| {
-                let path = self.cfg.confine.import_path(img)?;
+                let path = self.cfg.confine.import_path(img, "--image")?;
                 crate::image::Image::open(&path.display().to_string(), disks[0].size_bytes)
             })
             .transpose()?;
