@@ -142,6 +142,23 @@ fn every_escape_is_refused_with_a_400_and_creates_nothing() {
         "ok.img",
     ]);
     assert!(qemu_io(&s.disk_uri("rg1/v2", 0), "read -P 0x42 0 1M"));
+
+    // A size within the bound that this file system cannot hold (ext4: 16 TiB per file) is a
+    // 400 too, and leaves no image behind; where it fits, the VM is made.
+    let before = snapshot(dir.path());
+    let huge = format!(
+        r#"{{"name": "v3", "network": "vnet1", "subnet": "default", "disks": [{{"size_bytes": {}, "storage": "sa1"}}]}}"#,
+        60u64 << 40
+    );
+    let (status, answer) = s.http("POST", vms, Some(&huge), true);
+    match status {
+        400 => {
+            assert!(answer.contains("cannot hold"), "{answer}");
+            assert_eq!(before, snapshot(dir.path()), "a refused disk left files");
+        }
+        201 => s.ok(&["vm", "delete", "rg1/v3"]).truncate(0),
+        _ => panic!("a 60 TiB disk: {status} {answer}"),
+    }
 }
 
 fn id(flag: &str) -> String {

@@ -103,7 +103,10 @@ impl Confinement {
                 self.roots_shown()
             )));
         }
-        Ok(format!("file://{}", dir.display()))
+        // The directory as checked, percent-encoded again where it must be.
+        url::Url::from_file_path(&dir)
+            .map(String::from)
+            .map_err(|()| ControlError::invalid(format!("storage directory {shown} is not a path")))
     }
 
     fn roots_shown(&self) -> String {
@@ -302,6 +305,13 @@ mod tests {
         };
         assert!(mem.check_storage_url(&data, "memory://").is_ok());
         assert!(c.check_storage_url(&data, "s3://bucket/p").is_ok());
+        let odd = format!("file://{}/storage/a%2520b", data.display());
+        let stored = c.check_storage_url(&data, &odd).unwrap();
+        assert_eq!(stored, odd, "the stored URL names the directory checked");
+        let Ok(ferry_storage::Location::Local(d)) = ferry_storage::location(&stored) else {
+            panic!("{stored} is local")
+        };
+        assert_eq!(d, data.join("storage/a%20b"));
     }
 
     #[test]

@@ -527,20 +527,27 @@ impl Control {
             created: Timestamp::now(),
             hydration: None,
         };
+        // A creation that fails leaves no image behind.
         if let Some(image) = image {
             let disk = &vm.disks[0];
-            image
+            let seeded = image
                 .seed(disk.image.as_ref(), disk.size_bytes, crate::image::STALL)
-                .await?;
+                .await;
+            if let Err(e) = seeded {
+                self.remove_vm_files(&vm);
+                return Err(e);
+            }
         }
         self.db.insert(Kind::Vm, &vm_key, &vm, "VM")?;
         if let Err(e) = self.attach_vm(&vm) {
             self.db.delete(Kind::Vm, &vm_key)?;
+            self.remove_vm_files(&vm);
             return Err(e);
         }
         if let Err(e) = self.power_on(&vm).await {
             self.agent(&vm.region)?.detach_vm(&vm_key).await;
             self.db.delete(Kind::Vm, &vm_key)?;
+            self.remove_vm_files(&vm);
             return Err(e);
         }
         self.vm(group, &vm_name)
@@ -662,6 +669,12 @@ impl Control {
         self.power_off(v).await?;
         self.agent(&v.region)?.detach_vm(&vm_key).await;
         self.db.delete(Kind::Vm, &vm_key)?;
+        self.remove_vm_files(v);
+        Ok(())
+    }
+
+    /// Delete a VM's images and its runtime directory (no longer served).
+    fn remove_vm_files(&self, v: &Vm) {
         // Removing a large image can take a while.
         ferry_types::blocking::off_worker(|| {
             for d in &v.disks {
@@ -674,7 +687,6 @@ impl Control {
             }
             let _ = std::fs::remove_dir_all(self.vm_dir(v));
         });
-        Ok(())
     }
 }
 
