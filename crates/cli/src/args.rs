@@ -221,6 +221,8 @@ pub enum StorageCmd {
     Create {
         /// GROUP/ACCOUNT
         name: String,
+        /// az://CONTAINER[/PREFIX], s3://BUCKET[/PREFIX], or file:///DIR with DIR a directory
+        /// under one of the server's storage roots (`storage_roots`, default DATA/storage).
         #[arg(long)]
         url: Option<String>,
     },

@@ -170,7 +170,7 @@ fn id(flag: &str) -> String {
 #[test]
 fn an_unprivileged_user_reads_no_file_of_the_data_directory() {
     assert!(
-        nix_is_root(),
+        running_as_root(),
         "this test checks what another user can read: run it as root (as CI does)"
     );
     let dir = tempfile::tempdir().unwrap();
@@ -307,7 +307,7 @@ fn an_unprivileged_user_reads_no_file_of_the_data_directory() {
     );
 }
 
-fn nix_is_root() -> bool {
+fn running_as_root() -> bool {
     let out = Command::new("id").arg("-u").output().unwrap();
     String::from_utf8_lossy(&out.stdout).trim() == "0"
 }
