@@ -221,6 +221,8 @@ pub enum StorageCmd {
     Create {
         /// GROUP/ACCOUNT
         name: String,
+        /// az://CONTAINER[/PREFIX], s3://BUCKET[/PREFIX], or file:///DIR with DIR a directory
+        /// under one of the server's storage roots (`storage_roots`, default DATA/storage).
         #[arg(long)]
         url: Option<String>,
     },
@@ -282,25 +284,30 @@ pub struct VmCreate {
     /// SIZE[@ACCOUNT], e.g. 64MiB@sa1; repeatable, numbered from 0.
     #[arg(long = "disk", required = true)]
     pub disks: Vec<String>,
-    /// Raw image copied into disk 0.
+    /// Raw image copied into disk 0: a file in the server's import directory (`import_dir`,
+    /// default DATA/import), by name or by a path inside it.
     #[arg(long)]
     pub image: Option<String>,
     /// `qemu`: ferry boots the VM on this host; `external`: only serve its disks over NBD.
     #[arg(long, default_value = "external")]
     pub compute: String,
-    /// Kernel to boot (qemu compute), instead of booting disk 0.
+    /// Kernel to boot (qemu compute), instead of booting disk 0: a file in the server's import
+    /// directory, by name or by a path inside it.
     #[arg(long)]
     pub kernel: Option<String>,
-    /// Initial ramdisk for --kernel.
+    /// Initial ramdisk for --kernel, in the import directory too.
     #[arg(long)]
     pub initrd: Option<String>,
     /// Kernel command line for --kernel (ferry adds the console and the NIC's IP as ferry.ip=).
     #[arg(long)]
     pub append: Option<String>,
-    /// External compute: shell command that quiesces the guest before an app-consistent point.
+    /// External compute: name of the shell script in the server's scripts directory
+    /// (`scripts_dir`, default DATA/scripts) that quiesces the guest before an app-consistent
+    /// point; it runs with `sh` as `scripts_user` (default nobody) when the server runs as root.
     #[arg(long)]
     pub pre_freeze_script: Option<String>,
-    /// External compute: shell command that resumes the guest afterwards.
+    /// External compute: name of the script in the scripts directory that resumes the guest
+    /// afterwards.
     #[arg(long)]
     pub post_thaw_script: Option<String>,
 }

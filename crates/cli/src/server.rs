@@ -54,6 +54,24 @@ struct ConfigFile {
     /// Serve NBD over TCP as well, only with TLS (default: no TCP).
     #[serde(default)]
     nbd_tcp: Option<NbdTcpFile>,
+    /// Confinement: `file://` storage accounts only in directories under these absolute
+    /// paths (default `DATA/storage`).
+    #[serde(default)]
+    storage_roots: Option<Vec<PathBuf>>,
+    /// Confinement: accept `memory://` accounts, which lose every point at a restart (tests
+    /// only; default false).
+    #[serde(default)]
+    allow_memory_accounts: Option<bool>,
+    /// Confinement: VM images are imported only from this directory (default `DATA/import`).
+    #[serde(default)]
+    import_dir: Option<PathBuf>,
+    /// Confinement: freeze/thaw scripts are named files in this directory (default
+    /// `DATA/scripts`).
+    #[serde(default)]
+    scripts_dir: Option<PathBuf>,
+    /// Confinement: the user scripts run as when the server runs as root (default `nobody`).
+    #[serde(default)]
+    scripts_user: Option<String>,
 }
 
 /// `nbd_tcp` of the configuration file.
@@ -68,6 +86,50 @@ struct NbdTcpFile {
     /// A CA (PEM): when set, a client must present a certificate it signed.
     #[serde(default)]
     tls_ca: Option<PathBuf>,
+}
+
+/// Apply the confinement settings of the config file at `path` to `cfg`.
+fn confinement(path: &Path, file: &ConfigFile, cfg: &mut ferry_control::Confinement) -> Result<()> {
+    let absolute = |name: &str, p: &Path| -> Result<PathBuf> {
+        if !p.is_absolute() {
+            bail!(
+                "config {}: {name} must be absolute paths, not {}",
+                path.display(),
+                p.display()
+            );
+        }
+        Ok(p.to_path_buf())
+    };
+    if let Some(roots) = &file.storage_roots {
+        cfg.storage_roots = roots
+            .iter()
+            .map(|r| absolute("storage_roots", r))
+            .collect::<Result<_>>()?;
+    }
+    if let Some(allow) = file.allow_memory_accounts {
+        cfg.allow_memory_accounts = allow;
+    }
+    if let Some(dir) = &file.import_dir {
+        cfg.import_dir = absolute("import_dir", dir)?;
+    }
+    if let Some(dir) = &file.scripts_dir {
+        cfg.scripts_dir = absolute("scripts_dir", dir)?;
+    }
+    if let Some(user) = &file.scripts_user {
+        cfg.scripts_user = user.clone();
+    }
+    Ok(())
+}
+
+/// Make everything the server creates private to its user (directories 0700, files 0600),
+/// and the data directory too if an older version made it readable by others.
+fn make_private(data: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("create data directory {}", data.display()))?;
+    std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("make data directory {} private (mode 0700)", data.display()))
 }
 
 /// A duration setting of the config file at `path`, in seconds, within `range` (said as
@@ -177,8 +239,7 @@ pub fn init_logging() {
 
 /// Start the control plane and the API on `listen`.
 pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<Running> {
-    std::fs::create_dir_all(data)
-        .with_context(|| format!("create data directory {}", data.display()))?;
+    make_private(data)?;
     let data = data
         .canonicalize()
         .with_context(|| format!("resolve {}", data.display()))?;
@@ -188,6 +249,7 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
             .with_context(|| format!("read config {}", path.display()))?;
         let file: ConfigFile = serde_json::from_str(&text)
             .with_context(|| format!("config {} is not valid", path.display()))?;
+        confinement(path, &file, &mut cfg.confine)?;
         if let Some(r) = file.regions {
             if r.len() < 2 {
                 bail!("config {}: name at least two regions", path.display());

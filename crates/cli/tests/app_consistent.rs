@@ -1,14 +1,20 @@
 //! App-consistent points on external compute: the VM's pre-freeze script runs, the marker is
 //! cut while the guest is quiesced (so what the script flushed is in the point), the post-thaw
 //! script runs; a script that fails or hangs yields a crash-consistent point and a warning.
+//! Scripts are files in the server's scripts directory, named by the VM.
 
 mod support;
 
 use support::*;
 
 /// Resources, a policy with app-consistent points every 2 s, a VM with the given scripts
-/// (`before_enable` runs once the VM exists), and replication until protected.
+/// (written to the scripts directory; `before_enable` runs once the VM exists), and
+/// replication until protected.
 fn setup(s: &Server, vm: &str, pre: &str, post: &str, before_enable: impl FnOnce()) {
+    let scripts = s.data.join("scripts");
+    std::fs::create_dir_all(&scripts).unwrap();
+    std::fs::write(scripts.join("pre-freeze.sh"), pre).unwrap();
+    std::fs::write(scripts.join("post-thaw.sh"), post).unwrap();
     s.base_resources(None);
     s.ok(&[
         "policy",
@@ -30,9 +36,9 @@ fn setup(s: &Server, vm: &str, pre: &str, post: &str, before_enable: impl FnOnce
         "--disk",
         "16MiB@sa1",
         "--pre-freeze-script",
-        pre,
+        "pre-freeze.sh",
         "--post-thaw-script",
-        post,
+        "post-thaw.sh",
     ]);
     before_enable();
     s.ok(&[
@@ -50,7 +56,13 @@ fn setup(s: &Server, vm: &str, pre: &str, post: &str, before_enable: impl FnOnce
 #[test]
 fn quiesced_writes_are_in_the_app_consistent_point() {
     let dir = tempfile::tempdir().unwrap();
-    let s = Server::start(&dir.path().join("data"));
+    // The script writes the VM's disk through its NBD socket, in the private data directory:
+    // only the server's own user can reach it.
+    let s = Server::start_with_config(
+        &dir.path().join("data"),
+        Vec::new(),
+        r#"{"scripts_user": "root"}"#,
+    );
     let log = dir.path().join("hooks.log");
     let uri_file = dir.path().join("uri");
     // The "application" flushes its buffer (0xAA at 1 MiB) when asked to quiesce.
@@ -109,8 +121,10 @@ fn quiesced_writes_are_in_the_app_consistent_point() {
 fn a_guest_that_does_not_quiesce_gives_a_crash_consistent_point_and_a_warning() {
     let dir = tempfile::tempdir().unwrap();
     let s = Server::start(&dir.path().join("data"));
-    // The first attempt fails, every later one hangs past the deadline.
-    let flag = dir.path().join("failed-once");
+    // The first attempt fails, every later one hangs past the deadline. The script runs as
+    // `nobody`: its flag lives where anyone may write.
+    let shared = shared_dir(dir.path());
+    let flag = shared.join("failed-once");
     let pre = format!(
         "if [ -e {f} ]; then sleep 60; else touch {f}; exit 3; fi",
         f = flag.display()

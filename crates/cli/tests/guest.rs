@@ -114,9 +114,14 @@ fn job(s: &Server, args: &[&str]) {
 fn a_real_guest_fails_over_and_back_without_losing_a_file() {
     let (kernel, initrd) = guest_kit();
     let dir = tempfile::tempdir().unwrap();
-    let fs = dir.path().join("fs.img");
-    mkfs(&fs, "64M");
     let s = Server::start(&dir.path().join("data"));
+    // Images and boot files are imported from the server's import directory.
+    let import = s.data.join("import");
+    std::fs::create_dir_all(&import).unwrap();
+    std::fs::copy(&kernel, import.join("vmlinuz")).unwrap();
+    std::fs::copy(&initrd, import.join("initrd.gz")).unwrap();
+    let fs = import.join("fs.img");
+    mkfs(&fs, "64M");
     s.base_resources(None);
     s.ok(&[
         "policy",
@@ -138,13 +143,13 @@ fn a_real_guest_fails_over_and_back_without_losing_a_file() {
         "--disk",
         "64MiB@sa1",
         "--image",
-        fs.to_str().unwrap(),
+        "fs.img",
         "--compute",
         "qemu",
         "--kernel",
-        kernel.to_str().unwrap(),
+        "vmlinuz",
         "--initrd",
-        initrd.to_str().unwrap(),
+        "initrd.gz",
         "--append",
         "quiet ferry.job=verify ferry.then=write-loop",
     ]);

@@ -264,8 +264,10 @@ fn vm_creations_from_fifos_stall_nothing() {
 
     // More creations at once than the server has async workers.
     let n = std::thread::available_parallelism().map_or(2, |n| n.get()) + 1;
+    let import = s.data.join("import");
+    std::fs::create_dir_all(&import).unwrap();
     let fifos: Vec<_> = (0..n)
-        .map(|i| dir.path().join(format!("image{i}.fifo")))
+        .map(|i| import.join(format!("image{i}.fifo")))
         .collect();
     let mut creations: Vec<Child> = fifos
         .iter()

@@ -36,6 +36,27 @@ pub struct CreateAlert {
     pub severity: Option<String>,
 }
 
+/// A webhook URL: `http://` or `https://` with a host, and no control or space characters
+/// (the parser would drop a CR or LF silently).
+fn check_webhook_url(rule: &str, url: &str) -> Result<()> {
+    let invalid = |why: &str| {
+        ControlError::invalid(format!(
+            "alert {rule}: url {url:?} {why}: use http://HOST[:PORT]/PATH or https://..."
+        ))
+    };
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid("holds control characters or spaces"));
+    }
+    let parsed = url::Url::parse(url).map_err(|e| invalid(&format!("is not a URL ({e})")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid("must start with http:// or https://"));
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("names no host"));
+    }
+    Ok(())
+}
+
 /// The body of a webhook.
 #[derive(Debug, Clone, Serialize)]
 struct Notification<'a> {
@@ -52,12 +73,7 @@ struct Notification<'a> {
 impl Control {
     pub fn create_alert(&self, req: CreateAlert) -> Result<AlertRule> {
         crate::resources::valid_name(&req.name, "alert rule name")?;
-        if !(req.url.starts_with("http://") || req.url.starts_with("https://")) {
-            return Err(ControlError::invalid(format!(
-                "alert {}: url {:?} must start with http:// or https://",
-                req.name, req.url
-            )));
-        }
+        check_webhook_url(&req.name, &req.url)?;
         let severity = match req.severity.as_deref().map(str::parse) {
             None => Severity::Warning,
             Some(Ok(s @ (Severity::Warning | Severity::Critical))) => s,
@@ -173,4 +189,28 @@ async fn send(url: &str, body: Vec<u8>) -> std::result::Result<u32, String> {
         }
     }
     Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webhook_urls_are_http_with_a_host_and_no_control_characters() {
+        for url in [
+            "http://",
+            "https://",
+            "ftp://host/x",
+            "http://host/a\r\nX-Injected: 1",
+            "http://host/\n",
+            "http://ho st/",
+            "not a url",
+        ] {
+            let err = check_webhook_url("r", url).unwrap_err();
+            assert!(matches!(err, ControlError::Invalid(_)), "{url:?}: {err:?}");
+            assert!(err.to_string().contains("http://HOST"), "{url:?}: {err}");
+        }
+        check_webhook_url("r", "http://127.0.0.1:9/hook").unwrap();
+        check_webhook_url("r", "https://alerts.example.com/x?y=1").unwrap();
+    }
 }

@@ -35,13 +35,14 @@ pub struct ControlConfig {
     pub nbd_socket_group: Option<u32>,
     /// The regions whose agent also serves NBD over TCP, only with TLS; by default none.
     pub nbd_tcp: std::collections::BTreeMap<String, ferry_agent::NbdTcp>,
+    /// What requests may reach on the host: storage roots, import and scripts directories.
+    pub confine: crate::confine::Confinement,
 }
 
 impl ControlConfig {
     /// The embedded default: regions `east` and `west` under `data`.
     pub fn embedded(data: PathBuf) -> Self {
         ControlConfig {
-            data,
             regions: vec!["east".into(), "west".into()],
             stream: ferry_agent::stream::StreamConfig::default(),
             processor: ferry_replica::ProcessorConfig::default(),
@@ -49,6 +50,8 @@ impl ControlConfig {
             orphan_grace: Duration::from_secs(3600),
             nbd_socket_group: None,
             nbd_tcp: Default::default(),
+            confine: crate::confine::Confinement::under(&data),
+            data,
         }
     }
 }
@@ -81,6 +84,9 @@ impl Control {
         std::fs::create_dir_all(&cfg.data).map_err(|e| {
             ControlError::Internal(format!("create data directory {}: {e}", cfg.data.display()))
         })?;
+        // A scripts user that does not exist is found now, not at the first point.
+        cfg.confine.script_identity()?;
+        cfg.confine.create_dirs(&cfg.data)?;
         let db = Db::open(&cfg.data.join("state.db"))?;
         let mut agents = HashMap::new();
         for r in &cfg.regions {

@@ -64,6 +64,13 @@ impl From<ferry_agent::AgentError> for ControlError {
     fn from(e: ferry_agent::AgentError) -> Self {
         match e {
             ferry_agent::AgentError::CatchingUp { .. } => ControlError::Conflict(e.to_string()),
+            ferry_agent::AgentError::Io { ref source, .. }
+                if source.raw_os_error() == Some(libc::EFBIG) =>
+            {
+                ControlError::Invalid(format!(
+                    "{e}: the file system cannot hold a file this large; pick a smaller disk"
+                ))
+            }
             other => ControlError::Internal(other.to_string()),
         }
     }

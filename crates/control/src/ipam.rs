@@ -30,7 +30,14 @@ pub(crate) fn choose(
     fallback: bool,
 ) -> Result<IpAddr> {
     if let Some(ip) = wanted {
-        if !subnet.contains(&ip) {
+        if let Some(role) = reserved(subnet, ip) {
+            if !fallback {
+                return Err(ControlError::invalid(format!(
+                    "IP {ip} is the {role} of subnet {subnet}: pick another, or leave --ip out \
+                     to get the next free one"
+                )));
+            }
+        } else if !subnet.contains(&ip) {
             if !fallback {
                 return Err(ControlError::invalid(format!(
                     "IP {ip} is not in subnet {subnet}"
@@ -49,6 +56,28 @@ pub(crate) fn choose(
         .skip(3)
         .find(|ip| !used.contains(ip))
         .ok_or_else(|| ControlError::conflict(format!("subnet {subnet} has no free address left")))
+}
+
+/// What `ip` is in `subnet` if no VM may have it: the network address, the gateway (the
+/// first host), the two after it (reserved, as in Azure) or the broadcast address.
+fn reserved(subnet: &IpNet, ip: IpAddr) -> Option<&'static str> {
+    if !subnet.contains(&ip) {
+        return None;
+    }
+    if ip == subnet.network() {
+        return Some("network address");
+    }
+    if matches!(subnet, IpNet::V4(_)) && ip == subnet.broadcast() {
+        return Some("broadcast address");
+    }
+    let mut hosts = subnet.hosts();
+    if hosts.next() == Some(ip) {
+        return Some("gateway address");
+    }
+    if hosts.take(2).any(|h| h == ip) {
+        return Some("reserved address");
+    }
+    None
 }
 
 #[cfg(test)]
@@ -77,5 +106,23 @@ mod tests {
         assert_eq!(next.to_string(), "10.1.0.5");
         assert!(choose(&s, &[first], Some(first), false).is_err());
         assert!(choose(&s, &[], Some("10.2.0.9".parse().unwrap()), false).is_err());
+    }
+
+    #[test]
+    fn network_gateway_reserved_and_broadcast_addresses_are_refused() {
+        let s: IpNet = "10.1.0.0/24".parse().unwrap();
+        for (ip, role) in [
+            ("10.1.0.0", "network address"),
+            ("10.1.0.1", "gateway address"),
+            ("10.1.0.2", "reserved address"),
+            ("10.1.0.3", "reserved address"),
+            ("10.1.0.255", "broadcast address"),
+        ] {
+            let err = choose(&s, &[], Some(ip.parse().unwrap()), false).unwrap_err();
+            assert!(matches!(err, ControlError::Invalid(_)), "{ip}: {err:?}");
+            assert!(err.to_string().contains(role), "{ip}: {err}");
+        }
+        let ok = choose(&s, &[], Some("10.1.0.254".parse().unwrap()), false).unwrap();
+        assert_eq!(ok.to_string(), "10.1.0.254");
     }
 }

@@ -10,6 +10,7 @@
 mod alerts;
 pub mod api;
 mod compute;
+mod confine;
 mod control;
 mod db;
 mod error;
@@ -28,6 +29,7 @@ mod resources;
 mod stores;
 
 pub use alerts::{AlertRule, CreateAlert};
+pub use confine::Confinement;
 pub use control::{Control, ControlConfig};
 pub use error::ControlError;
 pub use events::EventFilter;

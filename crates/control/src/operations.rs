@@ -80,11 +80,16 @@ impl Control {
         check: impl FnOnce(&mut Replication, &mut Job, &Tx<'_>) -> Result<()>,
     ) -> Result<Job> {
         self.db.transact(|tx| {
-            let mut rep: Replication = tx.get(Kind::Replication, item)?.ok_or_else(|| {
-                ControlError::not_found(format!(
+            let Some(mut rep) = tx.get::<Replication>(Kind::Replication, item)? else {
+                if tx.get::<crate::model::Vm>(Kind::Vm, item)?.is_none() {
+                    return Err(ControlError::not_found(format!(
+                        "VM {item} does not exist; see `ferry vm list`"
+                    )));
+                }
+                return Err(ControlError::not_found(format!(
                     "VM {item} is not replicated; enable it with `ferry replication enable {item} --target-region REGION`"
-                ))
-            })?;
+                )));
+            };
             if let Some(running) = running_job(tx, &rep)?
                 && !takes_from.contains(&running.kind)
             {

@@ -60,6 +60,7 @@ pub struct CreateVm {
     #[serde(default)]
     pub availability_set: Option<String>,
     pub disks: Vec<DiskRequest>,
+    /// A file in the server's import directory (a name, or a path inside it) copied into disk 0.
     #[serde(default)]
     pub image: Option<String>,
     #[serde(default)]
@@ -70,10 +71,12 @@ pub struct CreateVm {
     pub initrd: Option<String>,
     #[serde(default)]
     pub append: Option<String>,
-    /// External compute: command that quiesces the guest before an app-consistent point.
+    /// External compute: name of the script in the scripts directory that quiesces the guest
+    /// before an app-consistent point.
     #[serde(default)]
     pub pre_freeze_script: Option<String>,
-    /// External compute: command that resumes the guest after it.
+    /// External compute: name of the script in the scripts directory that resumes the guest
+    /// after it.
     #[serde(default)]
     pub post_thaw_script: Option<String>,
 }

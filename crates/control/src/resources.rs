@@ -16,6 +16,22 @@ use crate::requests::*;
 
 /// Disks are sized in whole MiB (as cloud disks are), so blocks of the replica fit exactly.
 const DISK_ALIGN: u64 = 1 << 20;
+/// The largest disk (as the largest cloud disks; well within what a file system takes).
+const DISK_MAX: u64 = 64 << 40;
+
+/// The longest duration a setting may have: 30 days.
+const MAX_SECONDS: f64 = 30.0 * 86_400.0;
+
+/// A duration setting `what` of `v` seconds: finite, not negative, at most 30 days.
+fn bounded_seconds(v: f64, what: &str) -> Result<f64> {
+    if v.is_finite() && (0.0..=MAX_SECONDS).contains(&v) {
+        Ok(v)
+    } else {
+        Err(ControlError::invalid(format!(
+            "{what} ({v} s) must be between 0 and 30 days (2592000 s)"
+        )))
+    }
+}
 
 pub(crate) fn valid_name(s: &str, what: &str) -> Result<String> {
     ResourceName::new(s)
@@ -133,8 +149,18 @@ impl Control {
     pub fn create_storage(&self, group: &str, req: CreateStorage) -> Result<StorageAccount> {
         let g = self.group(group)?;
         let name = valid_name(&req.name, "storage account name")?;
+        // Nothing is created for a refused request: the name and the URL are checked first.
+        if self
+            .db
+            .get::<StorageAccount>(Kind::Storage, &key(group, &name))?
+            .is_some()
+        {
+            return Err(ControlError::conflict(format!(
+                "storage account {group}/{name} already exists"
+            )));
+        }
         let url = match req.url {
-            Some(u) => u,
+            Some(u) => self.cfg.confine.check_storage_url(&self.cfg.data, &u)?,
             None => self.default_account_url(&g.region, group, &name),
         };
         self.stores.get(&url)?;
@@ -198,7 +224,7 @@ impl Control {
         let name = valid_name(&req.name, "policy name")?;
         let mut p = Policy::default_named(&name);
         if let Some(r) = req.retention_seconds {
-            if r == 0 || r > 30 * 86_400 {
+            if r == 0 || r > MAX_SECONDS as u64 {
                 return Err(ControlError::invalid(
                     "retention must be between 1 s and 30 days",
                 ));
@@ -213,10 +239,18 @@ impl Control {
             }
             p.crash_consistent_every_seconds = c;
         }
+        if (p.retention_seconds as f64) < p.crash_consistent_every_seconds {
+            return Err(ControlError::invalid(format!(
+                "the retention ({} s) is shorter than the crash-consistent cadence ({} s): no \
+                 point would be kept until the next; make the retention longer or the cadence \
+                 shorter",
+                p.retention_seconds, p.crash_consistent_every_seconds
+            )));
+        }
         if let Some(a) = req.app_consistent_every_seconds {
-            if a == 0 {
+            if a == 0 || a > MAX_SECONDS as u64 {
                 return Err(ControlError::invalid(
-                    "the app-consistent cadence must be at least 1 s",
+                    "the app-consistent cadence must be between 1 s and 30 days",
                 ));
             }
             p.app_consistent_every_seconds = a;
@@ -227,7 +261,23 @@ impl Control {
         ] {
             if let Some(g) = given {
                 ferry_replica::retention::check_ladder(g).map_err(ControlError::invalid)?;
+                if g.iter()
+                    .any(|r| r.after_seconds.max(r.every_seconds) > MAX_SECONDS as u64)
+                {
+                    return Err(ControlError::invalid(
+                        "a thinning rung's age and slot must be at most 30 days",
+                    ));
+                }
                 *ladder = g.clone();
+            }
+        }
+        for (value, what) in [
+            (req.rpo_warning_seconds, "the RPO warning threshold"),
+            (req.rpo_critical_seconds, "the RPO critical threshold"),
+            (req.no_point_warning_seconds, "the no-point warning"),
+        ] {
+            if let Some(v) = value {
+                bounded_seconds(v, what)?;
             }
         }
         p.rpo_warning_seconds = req.rpo_warning_seconds.unwrap_or(p.rpo_warning_seconds);
@@ -335,9 +385,20 @@ impl Control {
                 "unknown compute {compute:?}: use --compute qemu (ferry boots the VM) or external (attach the disks' NBD exports to your own hypervisor)"
             )));
         }
+        // Boot files, like images, are read only from the import directory.
+        let boot_file = |f: &Option<String>, flag: &str| -> Result<Option<String>> {
+            let Some(f) = f else { return Ok(None) };
+            let path = self.cfg.confine.import_path(f, flag)?;
+            if !path.is_file() {
+                return Err(ControlError::invalid(format!(
+                    "{flag} {f:?} is not a regular file"
+                )));
+            }
+            Ok(Some(path.display().to_string()))
+        };
         let boot = crate::model::Boot {
-            kernel: req.kernel.clone(),
-            initrd: req.initrd.clone(),
+            kernel: boot_file(&req.kernel, "--kernel")?,
+            initrd: boot_file(&req.initrd, "--initrd")?,
             append: req.append.clone(),
         };
         if boot.kernel.is_none() && (boot.initrd.is_some() || boot.append.is_some()) {
@@ -347,13 +408,6 @@ impl Control {
             return Err(ControlError::invalid(
                 "a qemu VM boots a kernel (--kernel FILE [--initrd FILE] [--append ARGS]) or a bootable disk (--image FILE)",
             ));
-        }
-        for f in [&boot.kernel, &boot.initrd].into_iter().flatten() {
-            if !std::path::Path::new(f).is_file() {
-                return Err(ControlError::invalid(format!(
-                    "boot file {f} does not exist"
-                )));
-            }
         }
         if req.disks.is_empty() {
             return Err(ControlError::invalid(
@@ -398,13 +452,15 @@ impl Control {
                     "disk {i}: size must be a whole number of MiB"
                 )));
             }
+            if d.size_bytes > DISK_MAX {
+                return Err(ControlError::invalid(format!(
+                    "disk {i}: {} bytes is larger than the largest disk, 64 TiB",
+                    d.size_bytes
+                )));
+            }
             let storage = match &d.storage {
                 Some(a) => self.storage(group, a)?.name,
-                None => accounts.first().map(|a| a.name.clone()).ok_or_else(|| {
-                    ControlError::invalid(format!(
-                        "disk {i}: group {group} has no storage account; create one with `ferry storage create {group}/ACCOUNT`"
-                    ))
-                })?,
+                None => self.default_disk_account(group, &g.region, &accounts, i)?,
             };
             let image = self
                 .cfg
@@ -435,10 +491,21 @@ impl Control {
             .transpose()?;
         let used = self.used_ips(group, &req.network)?;
         let ip = ipam::choose(&cidr, &used, wanted, false)?;
+        for (script, what) in [
+            (&req.pre_freeze_script, "pre-freeze"),
+            (&req.post_thaw_script, "post-thaw"),
+        ] {
+            if let Some(name) = script {
+                self.cfg.confine.check_script(name, what)?;
+            }
+        }
         let image = req
             .image
             .as_deref()
-            .map(|img| crate::image::Image::open(img, disks[0].size_bytes))
+            .map(|img| {
+                let path = self.cfg.confine.import_path(img, "--image")?;
+                crate::image::Image::open(&path.display().to_string(), disks[0].size_bytes)
+            })
             .transpose()?;
         let vm = Vm {
             group: group.to_string(),
@@ -463,23 +530,62 @@ impl Control {
             created: Timestamp::now(),
             hydration: None,
         };
+        // A creation that fails leaves no image behind.
         if let Some(image) = image {
             let disk = &vm.disks[0];
-            image
+            let seeded = image
                 .seed(disk.image.as_ref(), disk.size_bytes, crate::image::STALL)
-                .await?;
+                .await;
+            if let Err(e) = seeded {
+                self.remove_vm_files(&vm);
+                return Err(e);
+            }
         }
         self.db.insert(Kind::Vm, &vm_key, &vm, "VM")?;
         if let Err(e) = self.attach_vm(&vm) {
             self.db.delete(Kind::Vm, &vm_key)?;
+            self.remove_vm_files(&vm);
             return Err(e);
         }
         if let Err(e) = self.power_on(&vm).await {
             self.agent(&vm.region)?.detach_vm(&vm_key).await;
             self.db.delete(Kind::Vm, &vm_key)?;
+            self.remove_vm_files(&vm);
             return Err(e);
         }
         self.vm(group, &vm_name)
+    }
+
+    /// The account of a disk that names none: the group's first account that is not a cache
+    /// account (the default cache of the region, or one a replication uses as its cache).
+    fn default_disk_account(
+        &self,
+        group: &str,
+        region: &str,
+        accounts: &[StorageAccount],
+        disk: usize,
+    ) -> Result<String> {
+        let caches: Vec<String> = self
+            .db
+            .list::<Replication>(Kind::Replication)?
+            .into_iter()
+            .map(|r| r.target.cache_storage)
+            .collect();
+        let default_cache = format!("cache-{region}");
+        let is_cache =
+            |a: &StorageAccount| a.name == default_cache || caches.contains(&key(group, &a.name));
+        if let Some(a) = accounts.iter().find(|a| !is_cache(a)) {
+            return Ok(a.name.clone());
+        }
+        Err(ControlError::invalid(match accounts.first() {
+            None => format!(
+                "disk {disk}: group {group} has no storage account; create one with `ferry storage create {group}/ACCOUNT`"
+            ),
+            Some(a) => format!(
+                "disk {disk}: the only storage accounts of group {group} are cache accounts (e.g. {}); name one with --disk SIZE@ACCOUNT or create one with `ferry storage create {group}/ACCOUNT`",
+                a.name
+            ),
+        }))
     }
 
     pub(crate) fn used_ips(&self, group: &str, network: &str) -> Result<Vec<IpAddr>> {
@@ -566,6 +672,12 @@ impl Control {
         self.power_off(v).await?;
         self.agent(&v.region)?.detach_vm(&vm_key).await;
         self.db.delete(Kind::Vm, &vm_key)?;
+        self.remove_vm_files(v);
+        Ok(())
+    }
+
+    /// Delete a VM's images and its runtime directory (no longer served).
+    fn remove_vm_files(&self, v: &Vm) {
         // Removing a large image can take a while.
         ferry_types::blocking::off_worker(|| {
             for d in &v.disks {
@@ -578,6 +690,69 @@ impl Control {
             }
             let _ = std::fs::remove_dir_all(self.vm_dir(v));
         });
-        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(json: serde_json::Value) -> CreatePolicy {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[tokio::test]
+    async fn policy_durations_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = Control::start_without_regions(dir.path()).await.unwrap();
+        for (body, says) in [
+            (
+                serde_json::json!({"name": "p", "retention_seconds": 60}),
+                "shorter than the crash-consistent cadence",
+            ),
+            (
+                serde_json::json!({"name": "p", "retention_seconds": 5, "crash_consistent_every_seconds": 10.0}),
+                "shorter than the crash-consistent cadence",
+            ),
+            (
+                serde_json::json!({"name": "p", "rpo_warning_seconds": 1e308}),
+                "between 0 and 30 days",
+            ),
+            (
+                serde_json::json!({"name": "p", "rpo_critical_seconds": 1e308}),
+                "between 0 and 30 days",
+            ),
+            (
+                serde_json::json!({"name": "p", "rpo_warning_seconds": -1.0}),
+                "between 0 and 30 days",
+            ),
+            (
+                serde_json::json!({"name": "p", "no_point_warning_seconds": 1e308}),
+                "between 0 and 30 days",
+            ),
+            (
+                serde_json::json!({"name": "p", "app_consistent_every_seconds": 1u64 << 60}),
+                "between 1 s and 30 days",
+            ),
+            (
+                serde_json::json!({"name": "p", "thinning": [{"after_seconds": 3600, "every_seconds": 1u64 << 60}]}),
+                "at most 30 days",
+            ),
+        ] {
+            let err = control.create_policy(policy(body.clone())).unwrap_err();
+            assert!(matches!(err, ControlError::Invalid(_)), "{body}: {err:?}");
+            assert!(err.to_string().contains(says), "{body}: {err}");
+        }
+        assert!(
+            control.policies().unwrap().is_empty(),
+            "a refused policy was stored"
+        );
+        control
+            .create_policy(policy(serde_json::json!({
+                "name": "ok", "retention_seconds": 20, "crash_consistent_every_seconds": 2.0,
+                "rpo_warning_seconds": 60.0, "rpo_critical_seconds": 2592000.0
+            })))
+            .unwrap();
+        control.shutdown().await;
     }
 }

@@ -24,7 +24,7 @@ mod scoped;
 
 pub use error::{Cause, StoreError};
 pub use key::Key;
-pub use open::{open, open_with_options};
+pub use open::{Location, location, open, open_with_options};
 pub use scoped::scoped;
 
 use std::fmt::Debug;

@@ -1,7 +1,7 @@
 //! Opening a storage account from its URL.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Component, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -58,7 +58,7 @@ pub fn open_with_options(url: &str, options: &[(&str, &str)]) -> Result<DynStore
         )));
     }
     match parsed.scheme() {
-        "file" => open_file(&parsed, &shown).map_err(invalid),
+        "file" => open_file(url, &parsed, &shown).map_err(invalid),
         "memory" => Ok(account(
             Arc::new(InMemory::new()),
             shown,
@@ -102,8 +102,43 @@ fn local_lock(dir: &std::path::Path) -> Arc<Mutex<()>> {
         .clone()
 }
 
-fn open_file(url: &Url, shown: &str) -> Result<DynStore, String> {
-    if url.host_str().is_some_and(|h| !h.is_empty()) {
+/// Where a storage URL keeps its data, as far as the local host is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// `file:///DIR`: this directory, absolute and normal (no `.`, `..` or empty component,
+    /// after percent-decoding).
+    Local(PathBuf),
+    /// `memory://`: gone when the process exits.
+    Memory,
+    /// `az://` or `s3://`: not on this host.
+    Remote,
+}
+
+/// Where `url` keeps its data, checked as [`open`] checks it, without creating anything.
+pub fn location(url: &str) -> Result<Location, StoreError> {
+    let shown = redact(url.split('?').next().unwrap_or(url));
+    let invalid = |reason: String| StoreError::InvalidUrl {
+        url: shown.clone(),
+        reason,
+    };
+    let parsed = Url::parse(url).map_err(|e| invalid(format!("{e}; {SCHEMES}")))?;
+    match parsed.scheme() {
+        "file" => local_dir(url, &parsed, &shown)
+            .map(Location::Local)
+            .map_err(invalid),
+        "memory" => Ok(Location::Memory),
+        _ => Ok(Location::Remote),
+    }
+}
+
+/// The directory of a `file:///DIR` URL: written with three slashes (`file:relative` would
+/// parse as `/relative`), absolute and normal once percent-decoded, so the URL shows the
+/// directory it names (`a%2F..%2F..` is refused, not resolved).
+fn local_dir(raw: &str, url: &Url, shown: &str) -> Result<PathBuf, String> {
+    let absolute = raw
+        .get(..8)
+        .is_some_and(|p| p.eq_ignore_ascii_case("file:///"));
+    if !absolute || url.host_str().is_some_and(|h| !h.is_empty()) {
         return Err(format!(
             "a file URL needs an absolute path: file:///ABSOLUTE/DIR (three slashes), not `{shown}`"
         ));
@@ -111,6 +146,30 @@ fn open_file(url: &Url, shown: &str) -> Result<DynStore, String> {
     let dir = url
         .to_file_path()
         .map_err(|()| format!("not a local path; {SCHEMES}"))?;
+    let text = dir.to_string_lossy();
+    // The parser drops `.` and resolves `..` segments before they could be seen decoded.
+    let dots = raw[7..].split(['/', '?', '#']).any(|seg| {
+        let seg = seg.to_ascii_lowercase().replace("%2e", ".");
+        seg == "." || seg == ".."
+    });
+    let normal = !dots
+        && dir
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)))
+        && !text.contains("//")
+        && !text.chars().any(char::is_control)
+        && dir.components().count() > 1;
+    if !normal {
+        return Err(format!(
+            "`{shown}` is not a plain directory path (decoded: {text:?}): name the directory \
+             itself, with no `.`, `..`, `//` or control characters, and not `/`"
+        ));
+    }
+    Ok(dir)
+}
+
+fn open_file(raw: &str, url: &Url, shown: &str) -> Result<DynStore, String> {
+    let dir = local_dir(raw, url, shown)?;
     std::fs::create_dir_all(&dir)
         .map_err(|e| format!("cannot create directory {}: {e}", dir.display()))?;
     let dir = dir

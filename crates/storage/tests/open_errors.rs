@@ -42,6 +42,49 @@ fn invalid_urls_say_what_to_do() {
     assert!(msg.contains("prefix"), "{msg}");
 }
 
+#[test]
+fn file_urls_name_a_plain_absolute_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().display().to_string();
+    for url in [
+        "file:relative".to_string(),
+        "file:/abs".to_string(),
+        format!("file://{base}/a%2F..%2F..%2Fescape"),
+        format!("file://{base}/a/./b"),
+        format!("file://{base}/a//b"),
+        "file:///".to_string(),
+    ] {
+        let msg = invalid_url(&url);
+        assert!(
+            msg.contains("file:///") || msg.contains("plain directory"),
+            "{url}: {msg}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "{url} created something"
+        );
+        assert!(
+            !std::path::Path::new("/relative").exists()
+                && !std::path::Path::new("/escape").exists()
+        );
+    }
+    let Ok(ferry_storage::Location::Local(d)) =
+        ferry_storage::location(&format!("file://{base}/x%20y"))
+    else {
+        panic!("a plain directory is local")
+    };
+    assert_eq!(d, dir.path().join("x y"));
+    assert_eq!(
+        ferry_storage::location("memory://").unwrap(),
+        ferry_storage::Location::Memory
+    );
+    assert_eq!(
+        ferry_storage::location("s3://b/p").unwrap(),
+        ferry_storage::Location::Remote
+    );
+}
+
 #[tokio::test]
 async fn unreachable_endpoint_is_retryable() {
     let store = open_with_options(

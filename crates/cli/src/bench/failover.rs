@@ -104,7 +104,14 @@ pub async fn run(dir: &Path, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>
     };
     // Short: qemu's unix sockets live under here (at most 107 bytes).
     let data = dir.join("fo");
-    let control = Control::start(ControlConfig::embedded(data.join("ctl")))
+    let mut cfg = ControlConfig::embedded(data.join("ctl"));
+    // The guest's boot files are imported from the kit's directory.
+    if let Ok(g) = &guest
+        && let Some(kit) = g.kernel.parent()
+    {
+        cfg.confine.import_dir = kit.to_path_buf();
+    }
+    let control = Control::start(cfg)
         .await
         .context("start the control plane")?;
     let result = measure(&control, &data, guest.as_ref().ok(), small, large, pool).await;

@@ -214,8 +214,8 @@ pub async fn vm(c: &Client, out: Output, cmd: VmCmd) -> Result<()> {
                 disks,
                 image: a.image,
                 compute: Some(a.compute),
-                kernel: a.kernel.map(absolute),
-                initrd: a.initrd.map(absolute),
+                kernel: a.kernel,
+                initrd: a.initrd,
                 append: a.append,
                 pre_freeze_script: a.pre_freeze_script,
                 post_thaw_script: a.post_thaw_script,
@@ -298,13 +298,6 @@ fn ladder(flag: &str, rungs: &[String]) -> Result<Option<Vec<ferry_replica::rete
         })
         .collect::<Result<Vec<_>>>()
         .map(Some)
-}
-
-/// Boot files are read by the server: send absolute paths.
-fn absolute(p: String) -> String {
-    std::path::absolute(&p)
-        .map(|a| a.display().to_string())
-        .unwrap_or(p)
 }
 
 /// `SIZE[@ACCOUNT]`

@@ -30,17 +30,28 @@ pub(crate) struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    axum::Json<serde_json::Value>: FromRequest<S, Rejection = JsonRejection>,
 {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(e) => Err(ApiError::bad_request(format!(
-                "invalid request body: {}",
-                e.body_text()
-            ))),
+        let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(Json(v)) => v,
+            Err(e) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid request body: {}",
+                    e.body_text()
+                )));
+            }
+        };
+        if !value.is_object() {
+            return Err(ApiError::bad_request(
+                "invalid request body: the body must be a JSON object ({\"field\": value, ...}), \
+                 not an array, a string, a number or null",
+            ));
         }
+        T::deserialize(value)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
     }
 }
 

@@ -218,11 +218,7 @@ mod tests {
         };
         assert_eq!(resumed.state, JobState::Failed);
         assert!(
-            resumed
-                .error
-                .as_deref()
-                .unwrap()
-                .contains("is not replicated"),
+            resumed.error.as_deref().unwrap().contains("does not exist"),
             "{resumed:?}"
         );
         control.shutdown().await;

@@ -113,7 +113,10 @@ impl Control {
                 ferry_compute::freeze(&self.vm_dir(vm), QUIESCE_TIMEOUT).await?;
                 Ok(())
             }
-            _ => run_script(vm, vm.app_consistency.pre_freeze.as_deref(), "pre-freeze").await,
+            _ => {
+                let script = vm.app_consistency.pre_freeze.as_deref();
+                run_script(&self.cfg.confine, vm, script, "pre-freeze").await
+            }
         }
     }
 
@@ -123,7 +126,10 @@ impl Control {
                 ferry_compute::thaw(&self.vm_dir(vm), QUIESCE_TIMEOUT).await?;
                 Ok(())
             }
-            _ => run_script(vm, vm.app_consistency.post_thaw.as_deref(), "post-thaw").await,
+            _ => {
+                let script = vm.app_consistency.post_thaw.as_deref();
+                run_script(&self.cfg.confine, vm, script, "post-thaw").await
+            }
         }
     }
 
@@ -135,20 +141,44 @@ impl Control {
     }
 }
 
-/// Run a user's quiesce script with a deadline (`sh -c`, `FERRY_VM=GROUP/VM`). No script:
-/// there is nothing to quiesce, which is not app-consistent.
-async fn run_script(vm: &Vm, script: Option<&str>, what: &str) -> Result<()> {
+/// Run a VM's quiesce script, a file in the scripts directory read by the server and run by
+/// `sh` as the scripts user (when the server runs as root), in `/`, with only `PATH` and
+/// `FERRY_VM=GROUP/VM` in its environment, under a deadline. No script: there is nothing to
+/// quiesce, which is not app-consistent.
+async fn run_script(
+    confine: &crate::confine::Confinement,
+    vm: &Vm,
+    script: Option<&str>,
+    what: &str,
+) -> Result<()> {
     let Some(script) = script else {
         return Err(ControlError::invalid(format!(
             "VM {}/{} has no {what} script (set one with `ferry vm create --{what}-script`)",
             vm.group, vm.name
         )));
     };
-    let mut child = tokio::process::Command::new("sh")
+    let path = confine.script_path(script, what)?;
+    let text = tokio::fs::read_to_string(&path).await.map_err(|e| {
+        ControlError::Internal(format!("read the {what} script {}: {e}", path.display()))
+    })?;
+    let mut command = tokio::process::Command::new("sh");
+    command
         .arg("-c")
+        .arg(text)
         .arg(script)
+        .current_dir("/")
+        .env_clear()
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
         .env("FERRY_VM", format!("{}/{}", vm.group, vm.name))
-        .kill_on_drop(true)
+        .kill_on_drop(true);
+    // Setting the uid also drops the supplementary groups (std calls setgroups(0) first).
+    if let Some((uid, gid)) = confine.script_identity()? {
+        command.uid(uid).gid(gid);
+    }
+    let mut child = command
         .spawn()
         .map_err(|e| ControlError::Internal(format!("run the {what} script: {e}")))?;
     match tokio::time::timeout(QUIESCE_TIMEOUT, child.wait()).await {

@@ -32,11 +32,21 @@ impl Control {
     }
 
     pub(crate) fn replication(&self, group: &str, vm: &str) -> Result<Replication> {
-        self.db.get(Kind::Replication, &key(group, vm))?.ok_or_else(|| {
-            ControlError::not_found(format!(
-                "VM {group}/{vm} is not replicated; enable it with `ferry replication enable {group}/{vm} --target-region REGION`"
-            ))
-        })
+        if let Some(rep) = self.db.get(Kind::Replication, &key(group, vm))? {
+            return Ok(rep);
+        }
+        if self
+            .db
+            .get::<crate::model::Vm>(Kind::Vm, &key(group, vm))?
+            .is_none()
+        {
+            return Err(ControlError::not_found(format!(
+                "VM {group}/{vm} does not exist; see `ferry vm list`"
+            )));
+        }
+        Err(ControlError::not_found(format!(
+            "VM {group}/{vm} is not replicated; enable it with `ferry replication enable {group}/{vm} --target-region REGION`"
+        )))
     }
 
     pub fn replications(&self) -> Result<Vec<ReplicationView>> {
