@@ -9,6 +9,7 @@ use ferry_control::{Control, ControlConfig, api};
 use serde::Deserialize;
 
 use crate::args::ServerArgs;
+use crate::http;
 
 /// The optional configuration file (JSON).
 #[derive(Debug, Deserialize)]
@@ -47,6 +48,15 @@ struct ConfigFile {
     /// How long something stays an orphan before it is deleted (default 3600).
     #[serde(default)]
     orphan_grace_seconds: Option<f64>,
+    /// The API's HTTP limits: how long a client may take to send a request's headers (and how
+    /// long an idle connection stays open; default 10), to send its body after them (default
+    /// 30), and how many connections are served at once (default 512; more wait in the backlog).
+    #[serde(default)]
+    http_header_timeout_seconds: Option<f64>,
+    #[serde(default)]
+    http_body_timeout_seconds: Option<f64>,
+    #[serde(default)]
+    http_max_connections: Option<usize>,
 }
 
 /// A duration setting of the config file at `path`, in seconds, within `range` (said as
@@ -99,6 +109,7 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
         .canonicalize()
         .with_context(|| format!("resolve {}", data.display()))?;
     let mut cfg = ControlConfig::embedded(data.clone());
+    let mut limits = http::Limits::default();
     if let Some(path) = config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read config {}", path.display()))?;
@@ -191,6 +202,33 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
         )? {
             cfg.orphan_grace = d;
         }
+        if let Some(d) = seconds(
+            path,
+            "http_header_timeout_seconds",
+            file.http_header_timeout_seconds,
+            0.1..=3600.0,
+            "between 0.1 s and 1 h",
+        )? {
+            limits.header_read_timeout = d;
+        }
+        if let Some(d) = seconds(
+            path,
+            "http_body_timeout_seconds",
+            file.http_body_timeout_seconds,
+            0.1..=3600.0,
+            "between 0.1 s and 1 h",
+        )? {
+            limits.body_read_timeout = d;
+        }
+        if let Some(n) = file.http_max_connections {
+            if !(1..=65_536).contains(&n) {
+                bail!(
+                    "config {}: http_max_connections must be between 1 and 65536",
+                    path.display()
+                );
+            }
+            limits.max_connections = n;
+        }
     }
     let addr: SocketAddr = listen.parse().with_context(|| {
         format!("invalid --listen {listen:?}: use HOST:PORT such as 127.0.0.1:7480")
@@ -205,14 +243,8 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
     let token =
         api::load_or_create_token(&data.join("admin-token")).context("write the admin token")?;
     let app = api::router(control.clone(), token.clone());
-    let (stop, mut rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|v| *v).await;
-            })
-            .await
-    });
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(http::serve(listener, app, limits, rx));
     Ok(Running {
         url: format!("http://{addr}"),
         token,
