@@ -1,5 +1,6 @@
 //! `ferry server`: the control plane, each region's agent and the processors in one process.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -258,7 +259,9 @@ pub async fn run(data: Option<PathBuf>, args: &ServerArgs) -> Result<()> {
     init_logging();
     let data = data.unwrap_or_else(|| PathBuf::from("ferry-data"));
     let running = start(&data, &args.listen, args.config.as_deref()).await?;
-    println!(
+    // Only a banner: a server whose standard output nobody reads goes on serving.
+    let _ = writeln!(
+        std::io::stdout(),
         "ferry server listening on {} (data {}, token in {})",
         running.url,
         running.control.data_dir().display(),
