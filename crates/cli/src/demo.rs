@@ -21,6 +21,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::client::Client;
+use crate::output::outln;
 use crate::server;
 use workload::{Disks, Workload};
 
@@ -28,7 +29,7 @@ const ITEM: &str = "/v1/groups/demo-rg/vms/web1";
 const ROUNDS: usize = 4;
 
 fn say(msg: impl AsRef<str>) {
-    println!("[demo] {}", msg.as_ref());
+    outln!("[demo] {}", msg.as_ref());
 }
 
 pub async fn run(data: Option<PathBuf>) -> Result<()> {

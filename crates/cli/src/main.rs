@@ -7,6 +7,7 @@ mod client;
 mod commands;
 mod demo;
 mod examples;
+mod http;
 mod output;
 mod progress;
 mod server;

@@ -1,14 +1,43 @@
-//! Printing results: JSON as the API returns it, or a table that fits a terminal.
+//! Printing results: JSON as the API returns it, or a table that fits a terminal. Everything
+//! the CLI prints goes through [`outln!`] and [`out!`], never `println!`, which panics when the
+//! reader has gone.
+
+use std::io::Write;
 
 use serde_json::Value;
 
 use crate::args::Output;
 
+/// `println!` to standard output through [`write_stdout`].
+macro_rules! outln {
+    () => { $crate::output::write_stdout(format_args!("\n")) };
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*))) };
+}
+/// `print!` to standard output through [`write_stdout`].
+macro_rules! out {
+    ($($arg:tt)*) => { $crate::output::write_stdout(format_args!($($arg)*)) };
+}
+pub(crate) use {out, outln};
+
+/// Write to standard output, at once. When the reader has gone (`ferry … | head`), the rest of
+/// the output is not wanted: the process ends here, quietly and with status 0, as SIGPIPE ends
+/// other tools. Any other failure to write (a full disk) ends it with the error and status 1.
+pub fn write_stdout(text: std::fmt::Arguments) {
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(text).and_then(|()| stdout.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Print `v` as JSON, or as a table of `columns` (JSON field paths like `target.region`).
 pub fn print(out: Output, v: &Value, columns: &[&str]) {
     match out {
-        Output::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
-        Output::Yaml => print!("{}", yaml(v)),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Output::Yaml => out!("{}", yaml(v)),
         Output::Table => match v {
             Value::Array(rows) => table(rows, columns),
             other => fields(other),
@@ -64,7 +93,7 @@ fn table(rows: &[Value], columns: &[&str]) {
             .zip(&widths)
             .map(|(c, w)| format!("{:<w$}", clip(c, *w)))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
 }
 
@@ -131,7 +160,7 @@ fn fields(v: &Value) {
                     walk(&format!("{prefix}[{i}]"), x);
                 }
             }
-            other => println!(
+            other => outln!(
                 "{prefix}: {}",
                 cell(&serde_json::json!({ "x": other }), "x")
             ),

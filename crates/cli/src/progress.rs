@@ -1,9 +1,9 @@
 //! The progress bar `--wait` draws for a job when standard output is a terminal (plain lines
 //! otherwise): the job's percent, the bytes its running step has moved, and that step's name.
 
-use std::io::Write;
-
 use serde_json::Value;
+
+use crate::output::out;
 
 const WIDTH: usize = 30;
 const MIB: f64 = (1u64 << 20) as f64;
@@ -50,14 +50,13 @@ impl Bar {
     /// Wipe the bar so a plain line can be printed in its place.
     pub fn clear(&mut self) {
         if self.drawn {
-            print!("\r\x1b[2K");
+            out!("\r\x1b[2K");
             self.drawn = false;
         }
     }
 
     pub fn draw(&mut self, job: &Value) {
-        print!("\r\x1b[2K{}", line(job));
-        let _ = std::io::stdout().flush();
+        out!("\r\x1b[2K{}", line(job));
         self.drawn = true;
     }
 }

@@ -1,5 +1,6 @@
 //! `ferry server`: the control plane, each region's agent and the processors in one process.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use ferry_control::{Control, ControlConfig, api};
 use serde::Deserialize;
 
 use crate::args::ServerArgs;
+use crate::http;
 
 /// The optional configuration file (JSON).
 #[derive(Debug, Deserialize)]
@@ -72,6 +74,15 @@ struct ConfigFile {
     /// Confinement: the user scripts run as when the server runs as root (default `nobody`).
     #[serde(default)]
     scripts_user: Option<String>,
+    /// The API's HTTP limits: how long a client may take to send a request's headers (and how
+    /// long an idle connection stays open; default 10), to send its body after them (default
+    /// 30), and how many connections are served at once (default 512; more wait in the backlog).
+    #[serde(default)]
+    http_header_timeout_seconds: Option<f64>,
+    #[serde(default)]
+    http_body_timeout_seconds: Option<f64>,
+    #[serde(default)]
+    http_max_connections: Option<usize>,
 }
 
 /// `nbd_tcp` of the configuration file.
@@ -244,6 +255,7 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
         .canonicalize()
         .with_context(|| format!("resolve {}", data.display()))?;
     let mut cfg = ControlConfig::embedded(data.clone());
+    let mut limits = http::Limits::default();
     if let Some(path) = config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read config {}", path.display()))?;
@@ -343,6 +355,33 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
             file.nbd_tcp.as_ref(),
             &mut cfg,
         )?;
+        if let Some(d) = seconds(
+            path,
+            "http_header_timeout_seconds",
+            file.http_header_timeout_seconds,
+            0.1..=3600.0,
+            "between 0.1 s and 1 h",
+        )? {
+            limits.header_read_timeout = d;
+        }
+        if let Some(d) = seconds(
+            path,
+            "http_body_timeout_seconds",
+            file.http_body_timeout_seconds,
+            0.1..=3600.0,
+            "between 0.1 s and 1 h",
+        )? {
+            limits.body_read_timeout = d;
+        }
+        if let Some(n) = file.http_max_connections {
+            if !(1..=65_536).contains(&n) {
+                bail!(
+                    "config {}: http_max_connections must be between 1 and 65536",
+                    path.display()
+                );
+            }
+            limits.max_connections = n;
+        }
     }
     let addr: SocketAddr = listen.parse().with_context(|| {
         format!("invalid --listen {listen:?}: use HOST:PORT such as 127.0.0.1:7480")
@@ -357,14 +396,8 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
     let token =
         api::load_or_create_token(&data.join("admin-token")).context("write the admin token")?;
     let app = api::router(control.clone(), token.clone());
-    let (stop, mut rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|v| *v).await;
-            })
-            .await
-    });
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(http::serve(listener, app, limits, rx));
     Ok(Running {
         url: format!("http://{addr}"),
         token,
@@ -378,7 +411,9 @@ pub async fn run(data: Option<PathBuf>, args: &ServerArgs) -> Result<()> {
     init_logging();
     let data = data.unwrap_or_else(|| PathBuf::from("ferry-data"));
     let running = start(&data, &args.listen, args.config.as_deref()).await?;
-    println!(
+    // Only a banner: a server whose standard output nobody reads goes on serving.
+    let _ = writeln!(
+        std::io::stdout(),
         "ferry server listening on {} (data {}, token in {})",
         running.url,
         running.control.data_dir().display(),

@@ -19,8 +19,9 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// The guest kernel and initramfs (scripts/guest-kit), built once.
+/// The guest kernel and initramfs (scripts/guest-kit), built once, for qemu-system.
 fn guest_kit() -> (PathBuf, PathBuf) {
+    peer("qemu-system");
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-kit");
     let st = Command::new(repo_root().join("scripts/guest-kit"))
         .arg(&dir)

@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -168,17 +168,15 @@ impl Hook {
     }
 }
 
-fn azurite_bin() -> Option<PathBuf> {
-    match std::env::var("FERRY_TEST_AZURITE_BIN") {
-        Ok(b) if Path::new(&b).exists() => Some(b.into()),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("FERRY_TEST_AZURITE_BIN is not set; CI must run this test (scripts/test)")
-        }
-        _ => {
-            eprintln!("skipped: set FERRY_TEST_AZURITE_BIN (source .ci/object-stores.sh)");
-            None
-        }
-    }
+/// The Azurite binary `.ci/object-stores.sh` installed (this test runs its own).
+fn azurite_bin() -> PathBuf {
+    let bin = PathBuf::from(peer_env("FERRY_TEST_AZURITE_BIN", "azurite"));
+    assert!(
+        bin.exists(),
+        "FERRY_TEST_AZURITE_BIN names {}, which does not exist: run scripts/test",
+        bin.display()
+    );
+    bin
 }
 
 /// Write 64 KiB with its own pattern at slot `n`.
@@ -192,7 +190,7 @@ fn write_slot(uri: &str, n: u64) -> bool {
 
 #[test]
 fn a_minute_without_the_cache_account_is_caught_up_without_a_full_resync() {
-    let Some(bin) = azurite_bin() else { return };
+    let bin = azurite_bin();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut azurite = Azurite::start(bin, d.join("azurite"));

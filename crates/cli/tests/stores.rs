@@ -1,24 +1,10 @@
 //! The replication story with the cache and target accounts on Azure Blob Storage (Azurite)
 //! and on S3 (a local S3 server). `scripts/test` starts both and exports
-//! FERRY_TEST_AZURE_URL / FERRY_TEST_S3_URL; without them these tests say they are skipped,
-//! except in CI, where they fail.
+//! FERRY_TEST_AZURE_URL / FERRY_TEST_S3_URL; without them these tests fail.
 
 mod support;
 
 use support::*;
-
-fn remote(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ if std::env::var_os("CI").is_some() => {
-            panic!("{var} is not set; CI must run this test (source .ci/object-stores.sh)")
-        }
-        _ => {
-            eprintln!("skipped: set {var} (source .ci/object-stores.sh)");
-            None
-        }
-    }
-}
 
 fn scenario(base: &str) {
     let unique = format!("e2e-{}-{}", std::process::id(), (now() * 1000.0) as u64);
@@ -70,14 +56,10 @@ fn scenario(base: &str) {
 
 #[test]
 fn replicates_with_accounts_on_azurite() {
-    if let Some(base) = remote("FERRY_TEST_AZURE_URL") {
-        scenario(&base);
-    }
+    scenario(&peer_env("FERRY_TEST_AZURE_URL", "azurite"));
 }
 
 #[test]
 fn replicates_with_accounts_on_s3() {
-    if let Some(base) = remote("FERRY_TEST_S3_URL") {
-        scenario(&base);
-    }
+    scenario(&peer_env("FERRY_TEST_S3_URL", "s3"));
 }

@@ -20,6 +20,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::args::{BenchSection, Output};
+use crate::output::outln;
 
 /// Bytes per MB (figures are decimal: MB/s, GB/s).
 pub const MB: f64 = 1e6;
@@ -248,10 +249,10 @@ fn print_table(figures: &[Figure]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect();
-        println!("{}", line.join("  ").trim_end());
+        outln!("{}", line.join("  ").trim_end());
     }
-    println!();
+    outln!();
     for f in figures {
-        println!("{}", f.verdict());
+        outln!("{}", f.verdict());
     }
 }

@@ -11,6 +11,7 @@ use serde_json::Value;
 use super::qualified;
 use crate::args::*;
 use crate::client::Client;
+use crate::output::outln;
 use crate::output::print;
 
 fn item_path(name: &str) -> Result<String> {
@@ -60,7 +61,7 @@ pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result
             match out {
                 Output::Table => super::item_view::render(&v)
                     .iter()
-                    .for_each(|l| println!("{l}")),
+                    .for_each(|l| outln!("{l}")),
                 _ => print(out, &v, &cols),
             }
         }
@@ -167,7 +168,7 @@ pub async fn disk(c: &Client, out: Output, cmd: DiskCmd) -> Result<()> {
     let summary = serde_json::json!({"vm": name, "disk": disk, "recovery_point": point, "time": time, "bytes": size, "out": path});
     match out {
         Output::Json | Output::Yaml => print(out, &summary, &[]),
-        Output::Table => println!(
+        Output::Table => outln!(
             "exported disk {disk} of {name} at recovery point {point} ({time}): {size} bytes to {}",
             path.display()
         ),
@@ -232,7 +233,7 @@ pub async fn wait_job(c: &Client, out: Output, id: u64) -> Result<()> {
                         .as_deref()
                         .map(|d| format!(" ({d})"))
                         .unwrap_or_default();
-                    println!("job {id}: {}: {}{detail}", key.0, key.1);
+                    outln!("job {id}: {}: {}{detail}", key.0, key.1);
                     seen.push(key);
                 }
             }
@@ -263,7 +264,7 @@ pub async fn wait_job(c: &Client, out: Output, id: u64) -> Result<()> {
 fn finish(out: Output, job: &Value) {
     match out {
         Output::Json | Output::Yaml => print(out, job, &[]),
-        Output::Table => println!(
+        Output::Table => outln!(
             "job {}: {}",
             job["id"],
             job["state"].as_str().unwrap_or("?")
@@ -397,7 +398,7 @@ async fn verify(c: &Client, out: Output, name: &str, repair: bool) -> Result<()>
 
 /// One summary line, then one line per problem.
 fn print_verify(name: &str, r: &Value) {
-    println!(
+    outln!(
         "verified {name}: {} points, {} pages, {} chunks, {} bytes read; {} problem(s), {} repaired",
         r["points"],
         r["pages"],
@@ -429,7 +430,7 @@ fn print_verify(name: &str, r: &Value) {
             .flatten()
             .filter_map(Value::as_str)
             .collect();
-        println!(
+        outln!(
             "{} {}{place}: {} [points: {}] {state}",
             p["kind"].as_str().unwrap_or("?"),
             p["key"].as_str().unwrap_or("?"),

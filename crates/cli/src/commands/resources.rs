@@ -7,7 +7,7 @@ use ferry_types::ByteSize;
 use super::{qualified, seconds};
 use crate::args::*;
 use crate::client::Client;
-use crate::output::print;
+use crate::output::{out, print};
 
 pub async fn region(c: &Client, out: Output, cmd: RegionCmd) -> Result<()> {
     match cmd {
@@ -269,7 +269,7 @@ pub async fn vm(c: &Client, out: Output, cmd: VmCmd) -> Result<()> {
             let q = qualified(&name)?;
             let path = format!("/v1/groups/{}/vms/{}/console", q.group, q.name);
             let text = c.get_raw(&path).await?.text().await?;
-            print!("{text}");
+            out!("{text}");
         }
     }
     Ok(())

@@ -36,6 +36,28 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Say that this test runs against the real `name` (Azurite, S3, Chromium, qemu-io, ...):
+/// `scripts/test` counts the tests that print `peer: NAME`.
+pub fn peer(name: &str) {
+    println!("peer: {name}");
+}
+
+/// The value of `var`, which `scripts/test` sets so that a test reaches the real `name`. Without
+/// it the test fails, saying what to run: a test never passes by skipping its peer.
+pub fn peer_env(var: &str, name: &str) -> String {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => {
+            peer(name);
+            v
+        }
+        _ => panic!(
+            "{var} is not set: this test runs against {name}. Run it with scripts/test, which \
+             installs and starts every peer the tests need (or `source .ci/object-stores.sh` \
+             for the object stores)"
+        ),
+    }
+}
+
 /// The environment that arms failpoints, e.g. `failpoints("agent-log-append=error-after:3")`.
 pub fn failpoints(list: &str) -> Vec<(String, String)> {
     vec![("FERRY_FAILPOINTS".to_string(), list.to_string())]
@@ -455,6 +477,7 @@ pub fn kill_vms(data: &Path) {
 
 /// Run qemu-io on a target; true when it exits 0.
 pub fn qemu_io(target: &str, cmd: &str) -> bool {
+    peer("qemu-io");
     Command::new("qemu-io")
         .args(["-f", "raw", "-c", cmd, target])
         .stdout(Stdio::null())
@@ -466,6 +489,7 @@ pub fn qemu_io(target: &str, cmd: &str) -> bool {
 
 /// Copy a whole disk over NBD to a file.
 pub fn read_disk(uri: &str, out: &Path) {
+    peer("qemu-img");
     let st = Command::new("qemu-img")
         .args(["convert", "-f", "raw", "-O", "raw", uri])
         .arg(out)
@@ -476,6 +500,7 @@ pub fn read_disk(uri: &str, out: &Path) {
 
 /// `qemu-img compare`: true when the two raw images hold the same bytes.
 pub fn same_image(a: &Path, b: &Path) -> bool {
+    peer("qemu-img");
     Command::new("qemu-img")
         .args(["compare", "-q", "-f", "raw", "-F", "raw"])
         .arg(a)

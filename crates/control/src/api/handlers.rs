@@ -25,7 +25,8 @@ fn created<T: serde::Serialize>(v: T) -> R {
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-/// A JSON body whose decoding errors are 400s with the serde message (e.g. unknown fields).
+/// A JSON body whose decoding errors are 400s with the serde message (e.g. unknown fields), 413
+/// when it is too large, 408 when it is too slow (`From<JsonRejection> for ApiError`).
 pub(crate) struct JsonBody<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T>
@@ -36,12 +37,7 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
             Ok(Json(v)) => v,
-            Err(e) => {
-                return Err(ApiError::bad_request(format!(
-                    "invalid request body: {}",
-                    e.body_text()
-                )));
-            }
+            Err(e) => return Err(e.into()),
         };
         if !value.is_object() {
             return Err(ApiError::bad_request(

@@ -8,6 +8,7 @@
 mod auth;
 mod error;
 mod handlers;
+mod limits;
 mod metrics;
 mod openapi;
 mod portal;
@@ -21,6 +22,7 @@ use crate::Control;
 
 pub use auth::{load_or_create_token, token_matches};
 pub use error::ApiError;
+pub use limits::{BodyTimedOut, MAX_BODY_BYTES, with_body_timeout};
 pub use openapi::Route;
 
 /// Shared state of the handlers.
@@ -300,8 +302,10 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         token: Arc::new(token),
         openapi: Arc::new(openapi::document(&table)),
     };
+    // The API's 405s are behind the token like the rest of it; the public routes' are not.
     let api = router
         .fallback(handlers::not_found)
+        .method_not_allowed_fallback(limits::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,
@@ -312,5 +316,8 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route("/portal/app.js", get(portal::script))
         .route("/portal/app.css", get(portal::style))
         .merge(api)
+        .method_not_allowed_fallback(limits::method_not_allowed)
+        .layer(axum::middleware::from_fn(limits::refuse_large_body))
+        .layer(axum::extract::DefaultBodyLimit::max(limits::MAX_BODY_BYTES))
         .with_state(state)
 }

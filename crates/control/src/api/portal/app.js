@@ -92,8 +92,16 @@ function stopRefresh() {
   refreshTimer = null;
 }
 
+// The error of the last refresh, shown once above the page (not one more every two seconds),
+// or none.
+function showPollError(message) {
+  const p = $('#poll-error');
+  p.textContent = message || '';
+  p.hidden = !message;
+}
+
 // Draw `view` now and again every two seconds while it stays the current page (not while a
-// dialog is open).
+// dialog is open). A failed refresh shows its error until one succeeds.
 function keepFresh(view) {
   const hash = location.hash;
   const tick = async () => {
@@ -101,9 +109,10 @@ function keepFresh(view) {
     if (!$('#dialog').open) {
       try {
         await view();
+        showPollError(null);
       } catch (err) {
         if (err instanceof Unauthorized) return signOut(`Signed out: ${err.message}`);
-        $('#main').insertAdjacentHTML('afterbegin', `<p class="error">${esc(err.message)}</p>`);
+        showPollError(err.message);
       }
     }
     refreshTimer = setTimeout(tick, REFRESH_MS);
@@ -113,28 +122,36 @@ function keepFresh(view) {
 }
 
 // Ask before acting: `body` is extra form content; `act` gets the form and returns a job.
+// Each opening of the dialog has its own handlers, removed however it closes (confirmed,
+// cancelled, Esc), so a confirmation runs only the action it was opened for, once.
 function confirmAction(title, body, act) {
   const d = $('#dialog');
   $('#dialog-title').textContent = title;
   $('#dialog-body').innerHTML = body;
   $('#dialog-error').hidden = true;
   const form = $('#dialog-form');
-  const onSubmit = async (e) => {
+  const opening = new AbortController();
+  let busy = false;
+  form.addEventListener('submit', async (e) => {
     e.preventDefault();
+    if (busy) return;
+    busy = true;
     try {
       const job = await act(form);
-      d.close();
-      form.removeEventListener('submit', onSubmit);
+      // Closed meanwhile (Esc): the job started all the same; say so.
+      if (!opening.signal.aborted) d.close();
       if (job && job.id !== undefined) {
         showNotice(`Job ${job.id} (${job.kind}) started.`, `#/jobs/${job.id}`);
       }
     } catch (err) {
       $('#dialog-error').textContent = err.message;
       $('#dialog-error').hidden = false;
+    } finally {
+      busy = false;
     }
-  };
-  form.addEventListener('submit', onSubmit);
-  $('#cancel').onclick = () => { form.removeEventListener('submit', onSubmit); d.close(); };
+  }, { signal: opening.signal });
+  $('#cancel').addEventListener('click', () => d.close(), { signal: opening.signal });
+  d.addEventListener('close', () => opening.abort(), { signal: opening.signal });
   d.showModal();
 }
 
