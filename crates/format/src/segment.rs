@@ -15,10 +15,12 @@ pub const VERSION: u16 = 1;
 /// Largest payload of one write record (the NBD limit).
 pub const MAX_RECORD_LEN: u64 = 32 << 20;
 /// Bytes of a record before its payload.
-/// Bytes of a record before its payload.
 pub const RECORD_HEADER: usize = 40;
 /// Largest body a segment may declare (sealing cuts segments far smaller).
 pub const MAX_RAW_LEN: u64 = 1 << 30;
+/// Most bytes one byte of a zstd frame can expand to: a block holds at most 128 KiB and takes
+/// at least 4 bytes (an RLE block). A declared length past this cannot be the frame's.
+pub const MAX_COMPRESSION_RATIO: u64 = (128 << 10) / 4;
 
 /// What a marker says about the instant it was cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -343,15 +345,7 @@ pub fn decode(data: &[u8]) -> Result<Segment, FormatError> {
         ));
     }
     let body = r.take(body_len)?;
-    if header.raw_len > MAX_RAW_LEN
-        || header.raw_len
-            > (header.record_count as u64 + 1) * (MAX_RECORD_LEN + RECORD_HEADER as u64)
-    {
-        return Err(FormatError::invalid(
-            FORMAT,
-            "declared raw length is implausible",
-        ));
-    }
+    check_counts(&header, body)?;
     let raw = zstd::bulk::decompress(body, header.raw_len as usize)
         .map_err(|e| FormatError::invalid(FORMAT, format!("decompress records: {e}")))?;
     if raw.len() as u64 != header.raw_len {
@@ -365,6 +359,7 @@ pub fn decode(data: &[u8]) -> Result<Segment, FormatError> {
         data: &raw,
         pos: 0,
     };
+    // Bounded by `check_counts`: every record takes at least a header of the body.
     let mut records = Vec::with_capacity(header.record_count as usize);
     while rr.remaining() > 0 {
         records.push(decode_record(&mut rr)?);
@@ -395,6 +390,46 @@ pub fn decode(data: &[u8]) -> Result<Segment, FormatError> {
         records,
         digest,
     })
+}
+
+/// Bound the header's counts by what the object can hold, before anything is allocated for
+/// them: `raw_len` by [`MAX_RAW_LEN`], by what `record_count` records can take, and by what the
+/// compressed body can expand to (the zstd frame must also declare exactly `raw_len`);
+/// `record_count` by the record headers `raw_len` has room for.
+fn check_counts(header: &SegmentHeader, body: &[u8]) -> Result<(), FormatError> {
+    let (count, raw_len) = (u64::from(header.record_count), header.raw_len);
+    let invalid = |what: String| Err(FormatError::invalid(FORMAT, what));
+    if count == 0 {
+        return invalid("record_count is 0; a segment needs at least one record".into());
+    }
+    if raw_len > MAX_RAW_LEN {
+        return invalid(format!(
+            "raw_len {raw_len} is over the largest body ({MAX_RAW_LEN} bytes)"
+        ));
+    }
+    if count > raw_len / RECORD_HEADER as u64 {
+        return invalid(format!(
+            "record_count {count} cannot fit in raw_len {raw_len} ({RECORD_HEADER} bytes at least per record)"
+        ));
+    }
+    if raw_len > count * (MAX_RECORD_LEN + RECORD_HEADER as u64) {
+        return invalid(format!(
+            "raw_len {raw_len} is more than {count} records can hold"
+        ));
+    }
+    if raw_len > (body.len() as u64).saturating_mul(MAX_COMPRESSION_RATIO) {
+        return invalid(format!(
+            "raw_len {raw_len} is more than a body of {} bytes can expand to",
+            body.len()
+        ));
+    }
+    match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(Some(n)) if n == raw_len => Ok(()),
+        Ok(Some(n)) => invalid(format!(
+            "the body's zstd frame declares {n} bytes, raw_len says {raw_len}"
+        )),
+        _ => invalid("the body is not a zstd frame that declares its size".into()),
+    }
 }
 
 fn decode_header(r: &mut Reader<'_>) -> Result<SegmentHeader, FormatError> {
@@ -565,3 +600,5 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod bounds_tests;
