@@ -394,7 +394,7 @@ pub fn decode(data: &[u8]) -> Result<Segment, FormatError> {
 
 /// Bound the header's counts by what the object can hold, before anything is allocated for
 /// them: `raw_len` by [`MAX_RAW_LEN`], by what `record_count` records can take, and by what the
-/// compressed body can expand to (the zstd frame must also declare exactly `raw_len`);
+/// compressed body can expand to (and by the size the zstd frame declares, if it does);
 /// `record_count` by the record headers `raw_len` has room for.
 fn check_counts(header: &SegmentHeader, body: &[u8]) -> Result<(), FormatError> {
     let (count, raw_len) = (u64::from(header.record_count), header.raw_len);
@@ -423,12 +423,15 @@ fn check_counts(header: &SegmentHeader, body: &[u8]) -> Result<(), FormatError> 
             body.len()
         ));
     }
+    // Writers declare the size in the frame; a frame that does not is bounded by the checks
+    // above alone.
     match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(None) => Ok(()),
         Ok(Some(n)) if n == raw_len => Ok(()),
         Ok(Some(n)) => invalid(format!(
             "the body's zstd frame declares {n} bytes, raw_len says {raw_len}"
         )),
-        _ => invalid("the body is not a zstd frame that declares its size".into()),
+        Err(_) => invalid("the body does not start with a zstd frame header".into()),
     }
 }
 
@@ -599,6 +602,6 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
 }
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod bounds_tests;
+#[cfg(test)]
+mod tests;

@@ -56,7 +56,13 @@ fn a_record_count_of_u32_max_behind_a_right_checksum_is_refused() {
     refused(&bytes, "record_count");
     refused(&sealed(0, raw.len() as u64, 1, 2, &body), "record_count");
     // The same body with the true count decodes: the error above is the count's.
-    assert_eq!(decode(&sealed(2, raw.len() as u64, 1, 2, &body)).unwrap().records.len(), 2);
+    assert_eq!(
+        decode(&sealed(2, raw.len() as u64, 1, 2, &body))
+            .unwrap()
+            .records
+            .len(),
+        2
+    );
 }
 
 #[test]
@@ -70,7 +76,23 @@ fn a_raw_len_past_what_the_body_holds_is_refused() {
     // Within every bound, but not what the zstd frame declares.
     refused(&sealed(2, raw.len() as u64 + 8, 1, 2, &body), "raw_len");
     // A body that is not a zstd frame at all.
-    refused(&sealed(2, raw.len() as u64, 1, 2, &[0xaa; 64]), "zstd frame");
+    refused(
+        &sealed(2, raw.len() as u64, 1, 2, &[0xaa; 64]),
+        "zstd frame",
+    );
+    // A frame that does not declare its size is bounded by the rest alone.
+    let body = zstd::stream::encode_all(&raw[..], 1).unwrap();
+    assert!(matches!(
+        zstd::zstd_safe::get_frame_content_size(&body),
+        Ok(None)
+    ));
+    assert_eq!(
+        decode(&sealed(2, raw.len() as u64, 1, 2, &body))
+            .unwrap()
+            .records
+            .len(),
+        2
+    );
 }
 
 #[test]
