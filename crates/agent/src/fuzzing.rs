@@ -52,3 +52,45 @@ pub fn hydration_bitmap(data: &[u8], size: u64) -> Result<u64, String> {
 pub fn crc32c(data: &[u8]) -> u32 {
     crc32c::crc32c(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_entry_point_reads_what_the_agent_writes() {
+        let mut log = Vec::new();
+        for seq in 1..=3u64 {
+            let mut rec = Vec::new();
+            segment::encode_record_ref(
+                &mut rec,
+                ferry_types::Seq(seq),
+                ferry_types::Timestamp(seq as i64),
+                0,
+                segment::OpRef::Write {
+                    offset: 512 * seq,
+                    data: &[seq as u8; 100],
+                },
+            );
+            log.extend_from_slice(&(rec.len() as u32).to_le_bytes());
+            log.extend_from_slice(&crc32c(&rec).to_le_bytes());
+            log.extend_from_slice(&rec);
+        }
+        assert_eq!(stream_log(&log), (3, true));
+        assert_eq!(stream_log(&log[..log.len() - 1]), (2, false));
+
+        let mut dirty = crate::dirty::MAGIC.to_vec();
+        dirty.extend_from_slice(&crate::dirty::VERSION.to_le_bytes());
+        dirty.extend_from_slice(&[0; 6]);
+        dirty.extend_from_slice(&[0b101, 0, 0]);
+        assert_eq!(dirty_bitmap(&dirty), Ok(2));
+
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("disk.raw");
+        let size = 100 * ferry_format::BLOCK_SIZE;
+        crate::hydrate::prepare(&image, size, &[1, 7, 99]).unwrap();
+        let data = std::fs::read(crate::hydrate::bitmap_path(&image)).unwrap();
+        assert_eq!(hydration_bitmap(&data, size), Ok(3));
+        assert!(hydration_bitmap(&data, size + ferry_format::BLOCK_SIZE).is_err());
+    }
+}

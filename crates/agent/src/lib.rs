@@ -19,7 +19,7 @@ pub mod catch_up;
 mod dirty;
 pub mod disk;
 mod error;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod hold;
 mod host;
