@@ -272,12 +272,12 @@ pub(crate) fn read_raw_from(
                 return Err(corrupt(at, "a record of a sealed log fails its checksum"));
             }
             let (seq, time, total) = segment::peek_record(&head)
-                .ok_or_else(|| corrupt(at, "unreadable record header"))?;
+                .map_err(|e| corrupt(at, &format!("unreadable record header: {e}")))?;
             if total != len {
                 return Err(corrupt(at, "record length does not match its frame"));
             }
             if let Some((s, t)) = last
-                && (seq.0 != s.0 + 1 || time < t)
+                && (s.0.checked_add(1) != Some(seq.0) || time < t)
             {
                 return Err(corrupt(at, "records are out of order"));
             }
@@ -545,6 +545,31 @@ mod tests {
         let e = raw(&data).unwrap_err().to_string();
         assert!(e.contains("record length does not match its frame"), "{e}");
         assert_eq!(parse(&data), (vec![], data.len() as u64));
+    }
+
+    /// Found by the `stream_log` fuzz target: a record whose header a segment refuses (an
+    /// unknown kind or marker kind, an extent that overflows) passed the shipping reader, which
+    /// checked only its length, so its log became a segment the processor refuses forever.
+    #[test]
+    fn a_record_a_segment_would_refuse_is_refused_before_shipping() {
+        for (at, value) in [(0usize, 7u8), (1, 9), (31, 0xff)] {
+            let mut rec = marker(2);
+            rec[0] = if at == 31 { 2 } else { rec[0] };
+            rec[at] = value;
+            if at == 31 {
+                rec[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+            }
+            let mut data = frame(&marker(1), None);
+            data.extend_from_slice(&frame(&rec, None));
+            let e = raw(&data).unwrap_err().to_string();
+            assert!(e.contains("unreadable record header"), "{e}");
+            assert_eq!(parse(&data).0.len(), 1, "recovery stops at the same record");
+        }
+        // A sequence that wraps around is out of order, not an overflow.
+        let mut data = frame(&marker(u64::MAX), None);
+        data.extend_from_slice(&frame(&marker(0), None));
+        let e = raw(&data).unwrap_err().to_string();
+        assert!(e.contains("out of order"), "{e}");
     }
 
     proptest::proptest! {

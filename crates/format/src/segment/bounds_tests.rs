@@ -142,3 +142,31 @@ proptest! {
         }
     }
 }
+
+/// Found by the `segment` fuzz target: a record at sequence `u64::MAX` followed by one at 0
+/// overflowed the order check (a panic with overflow checks, accepted as consecutive without).
+#[test]
+fn a_sequence_that_wraps_around_is_a_gap() {
+    let mut raw = markers(u64::MAX, 1);
+    raw.extend_from_slice(&markers(0, 1));
+    let body = zstd::bulk::compress(&raw, 1).unwrap();
+    refused(&sealed(2, raw.len() as u64, u64::MAX, 0, &body), "sequence gap");
+    let wrapped = [u64::MAX, 0].map(|s| Record {
+        seq: Seq(s),
+        time: Timestamp(0),
+        disk: 0,
+        op: Op::Marker(MarkerKind::CrashConsistent),
+    });
+    assert!(encode(StreamId([1; 16]), Generation(1), Digest::ZERO, &wrapped, 1).is_err());
+}
+
+#[test]
+fn peek_record_checks_a_header_as_decoding_does() {
+    let mut raw = markers(1, 1);
+    assert_eq!(peek_record(&raw).unwrap(), (Seq(1), Timestamp(0), 40));
+    raw[1] = 9; // marker kind 9
+    assert!(decode_record_prefix(&raw).is_err());
+    assert!(peek_record(&raw).is_err());
+    raw[0] = 7; // kind 7
+    assert!(peek_record(&raw).is_err());
+}
