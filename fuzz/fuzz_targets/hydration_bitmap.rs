@@ -13,8 +13,12 @@ fuzz_target!(|data: &[u8]| {
         let crc = ferry_agent::fuzzing::crc32c(&file[..32]);
         file[32..36].copy_from_slice(&crc.to_le_bytes());
         let blocks = u64::from_le_bytes(file[16..24].try_into().unwrap_or_default());
-        let less = u64::from(u32::from_le_bytes(file[36..40].try_into().unwrap_or_default()));
-        size = blocks.saturating_mul(1 << 16).saturating_sub(less % (1 << 16));
+        let less = u64::from(u32::from_le_bytes(
+            file[36..40].try_into().unwrap_or_default(),
+        ));
+        size = blocks
+            .saturating_mul(1 << 16)
+            .saturating_sub(less % (1 << 16));
     }
     if let Ok(pending) = ferry_agent::fuzzing::hydration_bitmap(&file, size) {
         assert!(pending <= size.div_ceil(1 << 16).div_ceil(64) * 64);

@@ -36,7 +36,11 @@ fn check(decoded: Result<Segment, ferry_format::FormatError>) {
     assert_eq!(seg.records.len(), h.record_count as usize);
     assert_eq!(seg.records[0].seq, h.first_seq);
     assert_eq!(seg.records[seg.records.len() - 1].seq, h.last_seq);
-    let raw: usize = seg.records.iter().map(|r| segment::RECORD_HEADER + r.data_len()).sum();
+    let raw: usize = seg
+        .records
+        .iter()
+        .map(|r| segment::RECORD_HEADER + r.data_len())
+        .sum();
     assert_eq!(raw as u64, h.raw_len);
 }
 
