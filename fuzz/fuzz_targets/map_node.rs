@@ -28,7 +28,7 @@ fn decode(object: Vec<u8>) {
     match map::decode(&object, &name) {
         Ok(map::Node::Leaf(entries)) => assert!(entries.len() <= map::MAX_ENTRIES),
         Ok(map::Node::Index { level, children }) => {
-            assert!(level >= 1 && level <= map::MAX_LEVEL);
+            assert!((1..=map::MAX_LEVEL).contains(&level));
             assert!(children.len() <= map::MAX_ENTRIES);
         }
         Err(_) => {}
