@@ -33,6 +33,44 @@ pub(crate) fn parse_file_name(name: &str) -> Option<u16> {
         .ok()
 }
 
+/// Most blocks a bitmap covers: those of a 256 TiB disk. A longer file is refused unread.
+pub(crate) const MAX_BLOCKS: u64 = 1 << 32;
+/// The length of the largest bitmap file.
+pub(crate) const MAX_FILE_LEN: u64 = HEADER + MAX_BLOCKS / 8;
+
+fn too_long(len: u64) -> String {
+    format!(
+        "dirty bitmap is {len} bytes, longer than the bitmap of the largest disk \
+         ({MAX_FILE_LEN} bytes for {MAX_BLOCKS} blocks)"
+    )
+}
+
+/// The words of a bitmap file's bytes, or why they are not a bitmap.
+pub(crate) fn parse(data: &[u8]) -> Result<Vec<u64>, String> {
+    if data.len() < HEADER as usize || &data[..8] != MAGIC {
+        return Err("not a dirty bitmap (bad magic)".into());
+    }
+    if data.len() as u64 > MAX_FILE_LEN {
+        return Err(too_long(data.len() as u64));
+    }
+    let version = u16::from_le_bytes([data[8], data[9]]);
+    if version != VERSION {
+        return Err(format!(
+            "dirty bitmap version {version}; this agent reads version {VERSION}"
+        ));
+    }
+    // A word torn by power loss can only be one that was never synced; it is read as
+    // written so far, and the bytes of a partial last word are kept.
+    Ok(data[HEADER as usize..]
+        .chunks(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(w)
+        })
+        .collect())
+}
+
 /// One disk's dirty blocks, in memory and in its file.
 pub(crate) struct DirtyMap {
     file: File,
@@ -77,31 +115,20 @@ impl DirtyMap {
 
     /// Open a bitmap left by an earlier run.
     pub fn open(path: &Path) -> Result<DirtyMap, AgentError> {
-        let data = std::fs::read(path).map_err(AgentError::io("read dirty bitmap", path))?;
-        let corrupt = |reason: &str| AgentError::CorruptLog {
+        let corrupt = |reason: String| AgentError::CorruptLog {
             path: path.to_path_buf(),
             offset: 0,
-            reason: reason.into(),
+            reason,
         };
-        if data.len() < HEADER as usize || &data[..8] != MAGIC {
-            return Err(corrupt("not a dirty bitmap (bad magic)"));
+        // Bounded before it is read: the file is never longer than the largest disk's bitmap.
+        let len = std::fs::metadata(path)
+            .map_err(AgentError::io("read dirty bitmap", path))?
+            .len();
+        if len > MAX_FILE_LEN {
+            return Err(corrupt(too_long(len)));
         }
-        let version = u16::from_le_bytes([data[8], data[9]]);
-        if version != VERSION {
-            return Err(corrupt(&format!(
-                "dirty bitmap version {version}; this agent reads version {VERSION}"
-            )));
-        }
-        // A word torn by power loss can only be one that was never synced; it is read as
-        // written so far, and the bytes of a partial last word are kept.
-        let words: Vec<u64> = data[HEADER as usize..]
-            .chunks(8)
-            .map(|c| {
-                let mut w = [0u8; 8];
-                w[..c.len()].copy_from_slice(c);
-                u64::from_le_bytes(w)
-            })
-            .collect();
+        let data = std::fs::read(path).map_err(AgentError::io("read dirty bitmap", path))?;
+        let words = parse(&data).map_err(corrupt)?;
         let count = words.iter().map(|w| u64::from(w.count_ones())).sum();
         let file = OpenOptions::new()
             .read(true)
@@ -249,5 +276,24 @@ mod tests {
         assert_eq!(parse_file_name(&file_name(2)), Some(2));
         std::fs::write(&path, b"not a bitmap").unwrap();
         assert!(DirtyMap::open(&path).is_err());
+    }
+
+    #[test]
+    fn a_bitmap_longer_than_the_largest_disk_is_refused_unread() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = DirtyMap::create(dir.path(), 0, None).unwrap();
+        let path = m.path().to_path_buf();
+        drop(m);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(MAX_FILE_LEN + 1).unwrap();
+        let e = DirtyMap::open(&path).err().expect("refused").to_string();
+        assert!(
+            e.contains("longer than the bitmap of the largest disk"),
+            "{e}"
+        );
+        assert_eq!(
+            parse(&[0; 3]).unwrap_err(),
+            "not a dirty bitmap (bad magic)"
+        );
     }
 }

@@ -115,6 +115,66 @@ fn sync_dir(path: &Path) -> Result<(), AgentError> {
         .map_err(AgentError::io("sync directory", dir))
 }
 
+/// Bytes of the bitmap file of a disk of `size` bytes.
+fn file_len(size: u64) -> u64 {
+    HEADER as u64 + 8 * size.div_ceil(BLOCK_SIZE).div_ceil(64)
+}
+
+/// A hydration bitmap file's contents.
+#[derive(Debug)]
+pub(crate) struct Bitmap {
+    pub blocks: u64,
+    pub total: u64,
+    pub words: Vec<u64>,
+}
+
+/// Parse the bitmap file of a disk of `size` bytes, or say why it is not one. Every count is
+/// checked against the disk and the bytes present before anything is allocated for it.
+pub(crate) fn parse(data: &[u8], size: u64) -> Result<Bitmap, String> {
+    if data.len() < HEADER || &data[..8] != MAGIC {
+        return Err("not a hydration bitmap (bad magic)".into());
+    }
+    let version = u16::from_le_bytes([data[8], data[9]]);
+    if version != VERSION {
+        return Err(format!(
+            "hydration bitmap version {version}; this agent reads version {VERSION}"
+        ));
+    }
+    let field = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().unwrap_or_default());
+    let crc = u32::from_le_bytes(data[32..36].try_into().unwrap_or_default());
+    if crc32c::crc32c(&data[..32]) != crc {
+        return Err("the hydration bitmap's header fails its checksum".into());
+    }
+    let (blocks, total) = (field(16), field(24));
+    if blocks != size.div_ceil(BLOCK_SIZE) {
+        return Err(format!(
+            "the bitmap covers {blocks} blocks but the disk has {}",
+            size.div_ceil(BLOCK_SIZE)
+        ));
+    }
+    if total > blocks {
+        return Err(format!(
+            "total {total} is more blocks than the disk's {blocks}"
+        ));
+    }
+    let expected = file_len(size);
+    if data.len() as u64 != expected {
+        return Err(format!(
+            "{} bytes, expected {expected} for {blocks} blocks",
+            data.len()
+        ));
+    }
+    let words = data[HEADER..]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+        .collect();
+    Ok(Bitmap {
+        blocks,
+        total,
+        words,
+    })
+}
+
 /// How far a disk's hydration has come.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HydrationProgress {
@@ -153,51 +213,27 @@ impl Hydration {
         runtime: tokio::runtime::Handle,
     ) -> Result<Option<Hydration>, AgentError> {
         let path = bitmap_path(image);
-        let data = match std::fs::read(&path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(AgentError::io("read hydration bitmap", &path)(e)),
-        };
         let corrupt = |reason: String| AgentError::CorruptLog {
             path: path.clone(),
             offset: 0,
             reason,
         };
-        if data.len() < HEADER || &data[..8] != MAGIC {
-            return Err(corrupt("not a hydration bitmap (bad magic)".into()));
-        }
-        let version = u16::from_le_bytes([data[8], data[9]]);
-        if version != VERSION {
+        // The file's length is known from the disk's size: a longer one is refused unread.
+        let len = match std::fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(AgentError::io("read hydration bitmap", &path)(e)),
+        };
+        let expected = file_len(size);
+        if len > expected {
             return Err(corrupt(format!(
-                "hydration bitmap version {version}; this agent reads version {VERSION}"
+                "{len} bytes, expected {expected} for a disk of {size} bytes"
             )));
         }
-        let crc = u32::from_le_bytes(data[32..36].try_into().unwrap_or_default());
-        if crc32c::crc32c(&data[..32]) != crc {
-            return Err(corrupt(
-                "the hydration bitmap's header fails its checksum".into(),
-            ));
-        }
-        let blocks = u64::from_le_bytes(data[16..24].try_into().unwrap_or_default());
-        let total = u64::from_le_bytes(data[24..32].try_into().unwrap_or_default());
-        if blocks != size.div_ceil(BLOCK_SIZE) {
-            return Err(corrupt(format!(
-                "the bitmap covers {blocks} blocks but the disk has {}",
-                size.div_ceil(BLOCK_SIZE)
-            )));
-        }
-        let n = blocks.div_ceil(64) as usize;
-        if data.len() != HEADER + 8 * n {
-            return Err(corrupt(format!(
-                "{} bytes, expected {} for {blocks} blocks",
-                data.len(),
-                HEADER + 8 * n
-            )));
-        }
-        let words: Vec<AtomicU64> = data[HEADER..]
-            .chunks_exact(8)
-            .map(|c| AtomicU64::new(u64::from_le_bytes(c.try_into().unwrap_or_default())))
-            .collect();
+        let data = std::fs::read(&path).map_err(AgentError::io("read hydration bitmap", &path))?;
+        let bitmap = parse(&data, size).map_err(corrupt)?;
+        let words: Vec<AtomicU64> = bitmap.words.into_iter().map(AtomicU64::new).collect();
+        let (blocks, total) = (bitmap.blocks, bitmap.total);
         let pending = words
             .iter()
             .map(|w| u64::from(w.load(Ordering::Relaxed).count_ones()))

@@ -19,6 +19,8 @@ pub mod catch_up;
 mod dirty;
 pub mod disk;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod hold;
 mod host;
 pub mod hydrate;

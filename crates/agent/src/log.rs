@@ -16,6 +16,8 @@ use ferry_types::{Seq, Timestamp};
 use crate::AgentError;
 
 const FRAME: usize = 8;
+/// Largest `len` of a frame: a record's header and the largest write payload.
+pub(crate) const MAX_FRAME_LEN: usize = segment::RECORD_HEADER + segment::MAX_RECORD_LEN as usize;
 
 /// Name of the log file whose first record is `first`.
 pub(crate) fn file_name(first: Seq) -> String {
@@ -151,18 +153,24 @@ fn write_all_vectored(file: &mut File, head: &[u8], body: &[u8]) -> std::io::Res
 /// FLUSH is among them; after `kill -9` no frame is ever torn (each record is one `write`).
 pub(crate) fn read(path: &Path) -> Result<(Vec<Record>, u64), AgentError> {
     let data = std::fs::read(path).map_err(AgentError::io("read stream log", path))?;
+    Ok(parse(&data))
+}
+
+/// The records of a log's bytes up to the first bad frame, and the bytes dropped from there
+/// ([`read`] without the file).
+pub(crate) fn parse(data: &[u8]) -> (Vec<Record>, u64) {
     let mut records = Vec::new();
     let mut pos = 0usize;
     while pos < data.len() {
-        match frame_at(&data, pos) {
+        match frame_at(data, pos) {
             Some((rec, next)) => {
                 records.push(rec);
                 pos = next;
             }
-            None => return Ok((records, (data.len() - pos) as u64)),
+            None => return (records, (data.len() - pos) as u64),
         }
     }
-    Ok((records, 0))
+    (records, 0)
 }
 
 /// Bytes of the records of a log of `file_len` bytes holding `records` records, without their
@@ -191,6 +199,17 @@ const READ_PIECE: usize = 256 << 10;
 pub(crate) fn read_raw(
     path: &Path,
     buf: &mut Vec<u8>,
+    sink: impl FnMut(&[u8]) -> Result<(), AgentError>,
+) -> Result<RawLog, AgentError> {
+    let file = File::open(path).map_err(AgentError::io("read stream log", path))?;
+    read_raw_from(file, path, buf, sink)
+}
+
+/// [`read_raw`] from any reader; `path` names the log in errors.
+pub(crate) fn read_raw_from(
+    mut file: impl std::io::Read,
+    path: &Path,
+    buf: &mut Vec<u8>,
     mut sink: impl FnMut(&[u8]) -> Result<(), AgentError>,
 ) -> Result<RawLog, AgentError> {
     let corrupt = |offset: u64, reason: &str| AgentError::CorruptLog {
@@ -198,7 +217,6 @@ pub(crate) fn read_raw(
         offset,
         reason: reason.into(),
     };
-    let mut file = File::open(path).map_err(AgentError::io("read stream log", path))?;
     buf.resize(READ_PIECE, 0);
     // The frame being read: its header, how much of it has been read, the record's header
     // (for its sequence and time), the body bytes still to come and their checksum so far.
@@ -228,6 +246,14 @@ pub(crate) fn read_raw(
                 if left < segment::RECORD_HEADER {
                     return Err(corrupt(at, "unreadable record header"));
                 }
+                if left > MAX_FRAME_LEN {
+                    return Err(corrupt(
+                        at,
+                        &format!(
+                            "frame len {left} is over the largest record ({MAX_FRAME_LEN} bytes)"
+                        ),
+                    ));
+                }
             }
             let k = left.min(piece.len());
             let body = &piece[..k];
@@ -246,18 +272,20 @@ pub(crate) fn read_raw(
                 return Err(corrupt(at, "a record of a sealed log fails its checksum"));
             }
             let (seq, time, total) = segment::peek_record(&head)
-                .ok_or_else(|| corrupt(at, "unreadable record header"))?;
+                .map_err(|e| corrupt(at, &format!("unreadable record header: {e}")))?;
             if total != len {
                 return Err(corrupt(at, "record length does not match its frame"));
             }
             if let Some((s, t)) = last
-                && (seq.0 != s.0 + 1 || time < t)
+                && (s.0.checked_add(1) != Some(seq.0) || time < t)
             {
                 return Err(corrupt(at, "records are out of order"));
             }
             first.get_or_insert((seq, time));
             last = Some((seq, time));
-            count += 1;
+            count = count
+                .checked_add(1)
+                .ok_or_else(|| corrupt(at, "more records than a segment can count"))?;
             at += (FRAME + len) as u64;
             framed = 0;
         }
@@ -279,6 +307,9 @@ pub(crate) fn read_raw(
 fn frame_at(data: &[u8], pos: usize) -> Option<(Record, usize)> {
     let head = data.get(pos..pos + FRAME)?;
     let len = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
+    if !(segment::RECORD_HEADER..=MAX_FRAME_LEN).contains(&len) {
+        return None;
+    }
     let crc = u32::from_le_bytes(head[4..].try_into().ok()?);
     let body = data.get(pos + FRAME..pos + FRAME + len)?;
     if crc32c::crc32c(body) != crc {
@@ -452,5 +483,119 @@ mod tests {
         )
         .unwrap();
         assert!(read_raw(&w.path, &mut Vec::new(), |_| Ok(())).is_err());
+    }
+
+    /// A frame around `record` with a right checksum and `len` as given (the record's own
+    /// length when `None`).
+    fn frame(record: &[u8], len: Option<u32>) -> Vec<u8> {
+        let mut f = len.unwrap_or(record.len() as u32).to_le_bytes().to_vec();
+        f.extend_from_slice(&crc32c::crc32c(record).to_le_bytes());
+        f.extend_from_slice(record);
+        f
+    }
+
+    fn marker(seq: u64) -> Vec<u8> {
+        let mut r = Vec::new();
+        segment::encode_record_ref(
+            &mut r,
+            Seq(seq),
+            Timestamp(1),
+            0,
+            OpRef::Marker(MarkerKind::CrashConsistent),
+        );
+        r
+    }
+
+    fn raw(data: &[u8]) -> Result<RawLog, AgentError> {
+        read_raw_from(data, Path::new("log"), &mut Vec::new(), |_| Ok(()))
+    }
+
+    #[test]
+    fn a_frame_longer_than_the_largest_record_is_refused_before_it_is_read() {
+        let mut data = frame(&marker(1), None);
+        let good = data.len();
+        data.extend_from_slice(&frame(&marker(2), Some(u32::MAX)));
+        let e = raw(&data).unwrap_err().to_string();
+        assert!(e.contains(&format!("at byte {good}")), "{e}");
+        assert!(
+            e.contains("frame len 4294967295 is over the largest record"),
+            "{e}"
+        );
+        let (records, dropped) = parse(&data);
+        assert_eq!(records.len(), 1, "the frame is a torn tail");
+        assert_eq!(dropped as usize, data.len() - good);
+    }
+
+    #[test]
+    fn a_record_claiming_more_payload_than_its_frame_is_refused() {
+        // A right checksum over a write record whose payload length is past the frame.
+        let mut rec = Vec::new();
+        segment::encode_record_header(
+            &mut rec,
+            Seq(1),
+            Timestamp(1),
+            0,
+            OpRef::Zero {
+                offset: 0,
+                len: segment::MAX_RECORD_LEN,
+            },
+        );
+        rec[0] = 1;
+        let data = frame(&rec, None);
+        let e = raw(&data).unwrap_err().to_string();
+        assert!(e.contains("record length does not match its frame"), "{e}");
+        assert_eq!(parse(&data), (vec![], data.len() as u64));
+    }
+
+    /// Found by the `stream_log` fuzz target: a record whose header a segment refuses (an
+    /// unknown kind or marker kind, an extent that overflows) passed the shipping reader, which
+    /// checked only its length, so its log became a segment the processor refuses forever.
+    #[test]
+    fn a_record_a_segment_would_refuse_is_refused_before_shipping() {
+        for (at, value) in [(0usize, 7u8), (1, 9), (31, 0xff)] {
+            let mut rec = marker(2);
+            rec[0] = if at == 31 { 2 } else { rec[0] };
+            rec[at] = value;
+            if at == 31 {
+                rec[32..40].copy_from_slice(&u64::MAX.to_le_bytes());
+            }
+            let mut data = frame(&marker(1), None);
+            data.extend_from_slice(&frame(&rec, None));
+            let e = raw(&data).unwrap_err().to_string();
+            assert!(e.contains("unreadable record header"), "{e}");
+            assert_eq!(parse(&data).0.len(), 1, "recovery stops at the same record");
+        }
+        // A sequence that wraps around is out of order, not an overflow.
+        let mut data = frame(&marker(u64::MAX), None);
+        data.extend_from_slice(&frame(&marker(0), None));
+        let e = raw(&data).unwrap_err().to_string();
+        assert!(e.contains("out of order"), "{e}");
+    }
+
+    proptest::proptest! {
+        /// Frames with right checksums around records with random fields: both readings
+        /// answer, and agree on a log they both accept.
+        #[test]
+        fn checksummed_frames_with_any_fields_read_or_refuse(
+            frames in proptest::collection::vec(
+                (proptest::collection::vec(proptest::prelude::any::<u8>(), 40..120),
+                 0u8..6, proptest::option::of(proptest::prelude::any::<u32>())),
+                1..6),
+        ) {
+            let mut data = Vec::new();
+            for (i, (mut rec, kind, len)) in frames.into_iter().enumerate() {
+                rec[0] = kind;
+                rec[8..16].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+                rec[16..24].copy_from_slice(&0i64.to_le_bytes());
+                let payload = (rec.len() - segment::RECORD_HEADER) as u64;
+                rec[32..40].copy_from_slice(&payload.to_le_bytes());
+                data.extend_from_slice(&frame(&rec, len));
+            }
+            let (records, dropped) = parse(&data);
+            if let Ok(log) = raw(&data) {
+                proptest::prop_assert_eq!(dropped, 0);
+                proptest::prop_assert_eq!(log.count as usize, records.len());
+            }
+        }
     }
 }

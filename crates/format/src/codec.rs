@@ -79,10 +79,8 @@ impl Writer {
         self.buf.extend_from_slice(v);
     }
     /// Append the BLAKE3 digest of everything written so far and return the whole object.
-    pub fn finish(mut self) -> Vec<u8> {
-        let d = Digest::of(&self.buf);
-        self.buf.extend_from_slice(&d.0);
-        self.buf
+    pub fn finish(self) -> Vec<u8> {
+        seal(self.buf)
     }
 }
 
@@ -186,6 +184,15 @@ pub(crate) fn open_frame_versions<'a>(
         pos: 10,
     };
     Ok((r, v))
+}
+
+/// Append the BLAKE3 trailer to `body` (everything of an object before its trailer), making a
+/// whole object. Public so tests and fuzz targets can build objects whose checksum is right
+/// and reach the checks behind it; the encoders use it too.
+pub fn seal(mut body: Vec<u8>) -> Vec<u8> {
+    let d = Digest::of(&body);
+    body.extend_from_slice(&d.0);
+    body
 }
 
 /// The digest an object carries as its trailer (its identity in a chain), without verifying.

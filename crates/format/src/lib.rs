@@ -17,7 +17,7 @@ pub mod pack;
 pub mod point;
 pub mod segment;
 
-pub use codec::Digest;
+pub use codec::{Digest, seal};
 pub use error::FormatError;
 
 /// Size of one block of the replica's block map, and of one chunk.

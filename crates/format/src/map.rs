@@ -25,7 +25,7 @@ pub const FANOUT: usize = 64;
 /// Blocks covered by one page of a flat page list (records before version 3).
 pub const FLAT_PAGE_ENTRIES: usize = 1024;
 /// The most entries any node may hold.
-const MAX_ENTRIES: usize = 1024;
+pub const MAX_ENTRIES: usize = 1024;
 const ENTRY_LEN: usize = 48;
 const CHILD_LEN: usize = 32;
 /// Levels above the leaves a tree may have (64^8 leaves is far beyond any disk).
@@ -136,7 +136,10 @@ pub fn decode(data: &[u8], expected: &Digest) -> Result<Node, FormatError> {
     }
     let count = r.u32()? as usize;
     if count > MAX_ENTRIES {
-        return Err(FormatError::invalid(FORMAT, "too many entries"));
+        return Err(FormatError::invalid(
+            FORMAT,
+            format!("count {count} is over the most entries of a node ({MAX_ENTRIES})"),
+        ));
     }
     let len = if level == 0 { ENTRY_LEN } else { CHILD_LEN };
     let body = r.take(r.remaining())?;
@@ -145,7 +148,7 @@ pub fn decode(data: &[u8], expected: &Digest) -> Result<Node, FormatError> {
     if raw.len() != count * len {
         return Err(FormatError::invalid(
             FORMAT,
-            "entry bytes do not match the count",
+            format!("entry bytes ({}) do not match count {count}", raw.len()),
         ));
     }
     let mut rr = Reader {

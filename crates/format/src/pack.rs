@@ -14,6 +14,10 @@ pub const MAGIC: &[u8; 8] = b"FERRYPAK";
 pub const VERSION: u16 = 1;
 /// Bytes before the first chunk.
 pub const HEADER_LEN: usize = 8 + 2 + 8;
+/// Bytes of one index entry.
+pub const ENTRY_LEN: usize = 32 + 4 + 4 + 4;
+/// Largest uncompressed chunk: one block.
+pub const MAX_CHUNK_LEN: u64 = crate::BLOCK_SIZE;
 
 /// One chunk's place in a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +97,14 @@ pub fn open_chunk(
     hash: &Digest,
     raw_len: usize,
 ) -> Result<Vec<u8>, FormatError> {
+    if raw_len as u64 > MAX_CHUNK_LEN {
+        return Err(FormatError::invalid(
+            FORMAT,
+            format!(
+                "chunk {hash:?}: raw_len {raw_len} is over the largest chunk ({MAX_CHUNK_LEN} bytes)"
+            ),
+        ));
+    }
     let raw = zstd::bulk::decompress(compressed, raw_len)
         .map_err(|e| FormatError::invalid(FORMAT, format!("decompress chunk {hash:?}: {e}")))?;
     if Digest::of(&raw) != *hash {
@@ -116,27 +128,45 @@ pub fn decode_index(data: &[u8]) -> Result<(u64, Vec<PackEntry>), FormatError> {
         });
     }
     let count = u32::from_le_bytes(body[body.len() - 4..].try_into().unwrap_or_default()) as usize;
-    let index_len = count
-        .checked_mul(44)
-        .filter(|&l| l + 4 + HEADER_LEN <= body.len())
-        .ok_or_else(|| FormatError::invalid(FORMAT, "index does not fit in the pack"))?;
+    // Bounded by the bytes between the header and `count` before anything is allocated.
+    let room = (body.len() - HEADER_LEN - 4) / ENTRY_LEN;
+    if count > room {
+        return Err(FormatError::invalid(
+            FORMAT,
+            format!("count {count} is more entries than the index has room for ({room})"),
+        ));
+    }
+    let index_len = count * ENTRY_LEN;
+    let chunk_end = body.len() - 4 - index_len;
     let mut ir = Reader {
         format: FORMAT,
-        data: &body[body.len() - 4 - index_len..body.len() - 4],
+        data: &body[chunk_end..body.len() - 4],
         pos: 0,
     };
     let mut entries = Vec::with_capacity(count);
-    for _ in 0..count {
+    for i in 0..count {
         let e = PackEntry {
             hash: ir.digest()?,
             offset: ir.u32()?,
             len: ir.u32()?,
             raw_len: ir.u32()?,
         };
-        if e.offset as usize + e.len as usize > body.len() - 4 - index_len {
+        if (e.offset as usize) < HEADER_LEN || e.offset as usize + e.len as usize > chunk_end {
             return Err(FormatError::invalid(
                 FORMAT,
-                "an entry points outside the chunk area",
+                format!(
+                    "entry {i}: offset {} + len {} lies outside the chunk area [{HEADER_LEN}, {chunk_end})",
+                    e.offset, e.len
+                ),
+            ));
+        }
+        if u64::from(e.raw_len) > MAX_CHUNK_LEN {
+            return Err(FormatError::invalid(
+                FORMAT,
+                format!(
+                    "entry {i}: raw_len {} is over the largest chunk ({MAX_CHUNK_LEN} bytes)",
+                    e.raw_len
+                ),
             ));
         }
         entries.push(e);

@@ -133,6 +133,18 @@ impl PointRecord {
         let segment_prev_digest = r.digest()?;
         let initial = r.u64()?;
         let ndisks = r.u16()?;
+        // Each disk takes at least its size and an empty page list: bound the count by what
+        // is left before allocating for it.
+        let min_disk = if version >= 3 { 8 + 1 + 4 } else { 8 + 4 };
+        if usize::from(ndisks) > r.remaining() / min_disk {
+            return Err(FormatError::invalid(
+                FORMAT,
+                format!(
+                    "disk_count {ndisks} cannot fit in the {} bytes left",
+                    r.remaining()
+                ),
+            ));
+        }
         let mut disks = Vec::with_capacity(ndisks as usize);
         for _ in 0..ndisks {
             let size = r.u64()?;
@@ -140,11 +152,14 @@ impl PointRecord {
             let map = match form {
                 FORM_PAGES => {
                     let npages = r.u32()? as usize;
-                    if npages.saturating_mul(32) > r.remaining() {
-                        return Err(FormatError::Truncated {
-                            format: FORMAT,
-                            len: data.len(),
-                        });
+                    if npages > r.remaining() / 32 {
+                        return Err(FormatError::invalid(
+                            FORMAT,
+                            format!(
+                                "page_count {npages} cannot fit in the {} bytes left",
+                                r.remaining()
+                            ),
+                        ));
                     }
                     MapRoot::Pages((0..npages).map(|_| r.digest()).collect::<Result<_, _>>()?)
                 }

@@ -15,10 +15,12 @@ pub const VERSION: u16 = 1;
 /// Largest payload of one write record (the NBD limit).
 pub const MAX_RECORD_LEN: u64 = 32 << 20;
 /// Bytes of a record before its payload.
-/// Bytes of a record before its payload.
 pub const RECORD_HEADER: usize = 40;
 /// Largest body a segment may declare (sealing cuts segments far smaller).
 pub const MAX_RAW_LEN: u64 = 1 << 30;
+/// Most bytes one byte of a zstd frame can expand to: a block holds at most 128 KiB and takes
+/// at least 4 bytes (an RLE block). A declared length past this cannot be the frame's.
+pub const MAX_COMPRESSION_RATIO: u64 = (128 << 10) / 4;
 
 /// What a marker says about the instant it was cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -316,19 +318,20 @@ fn compress_error(code: usize) -> FormatError {
 const HEADER_LEN: usize = 8 + 2 + 2 + 16 + 8 + 2 * 8 + 2 * 8 + 32 + 4 + 8 + 8;
 
 /// Sequence, time and total length of the record at the front of `data`, from its header
-/// alone (the payload is not read).
-pub fn peek_record(data: &[u8]) -> Option<(Seq, Timestamp, usize)> {
-    let h = data.get(..RECORD_HEADER)?;
-    let kind = h[0];
-    let seq = u64::from_le_bytes(h[8..16].try_into().ok()?);
-    let time = i64::from_le_bytes(h[16..24].try_into().ok()?);
-    let len = u64::from_le_bytes(h[32..40].try_into().ok()?);
-    let total = if kind == 1 {
-        RECORD_HEADER.checked_add(usize::try_from(len).ok()?)?
-    } else {
-        RECORD_HEADER
+/// alone (the payload is not read), checked as [`decode`] checks it: a header this accepts
+/// is one a segment decodes.
+pub fn peek_record(data: &[u8]) -> Result<(Seq, Timestamp, usize), FormatError> {
+    let mut r = Reader {
+        format: FORMAT,
+        data,
+        pos: 0,
     };
-    Some((Seq(seq), Timestamp(time), total))
+    let head = decode_record_head(&mut r)?;
+    let payload = match head.op {
+        Op::Write { .. } => head.len as usize,
+        _ => 0,
+    };
+    Ok((head.seq, head.time, RECORD_HEADER + payload))
 }
 
 /// Decode and verify a segment: frame checksum, header, and every record's sequence and order.
@@ -343,15 +346,7 @@ pub fn decode(data: &[u8]) -> Result<Segment, FormatError> {
         ));
     }
     let body = r.take(body_len)?;
-    if header.raw_len > MAX_RAW_LEN
-        || header.raw_len
-            > (header.record_count as u64 + 1) * (MAX_RECORD_LEN + RECORD_HEADER as u64)
-    {
-        return Err(FormatError::invalid(
-            FORMAT,
-            "declared raw length is implausible",
-        ));
-    }
+    check_counts(&header, body)?;
     let raw = zstd::bulk::decompress(body, header.raw_len as usize)
         .map_err(|e| FormatError::invalid(FORMAT, format!("decompress records: {e}")))?;
     if raw.len() as u64 != header.raw_len {
@@ -365,6 +360,7 @@ pub fn decode(data: &[u8]) -> Result<Segment, FormatError> {
         data: &raw,
         pos: 0,
     };
+    // Bounded by `check_counts`: every record takes at least a header of the body.
     let mut records = Vec::with_capacity(header.record_count as usize);
     while rr.remaining() > 0 {
         records.push(decode_record(&mut rr)?);
@@ -397,6 +393,49 @@ pub fn decode(data: &[u8]) -> Result<Segment, FormatError> {
     })
 }
 
+/// Bound the header's counts by what the object can hold, before anything is allocated for
+/// them: `raw_len` by [`MAX_RAW_LEN`], by what `record_count` records can take, and by what the
+/// compressed body can expand to (and by the size the zstd frame declares, if it does);
+/// `record_count` by the record headers `raw_len` has room for.
+fn check_counts(header: &SegmentHeader, body: &[u8]) -> Result<(), FormatError> {
+    let (count, raw_len) = (u64::from(header.record_count), header.raw_len);
+    let invalid = |what: String| Err(FormatError::invalid(FORMAT, what));
+    if count == 0 {
+        return invalid("record_count is 0; a segment needs at least one record".into());
+    }
+    if raw_len > MAX_RAW_LEN {
+        return invalid(format!(
+            "raw_len {raw_len} is over the largest body ({MAX_RAW_LEN} bytes)"
+        ));
+    }
+    if count > raw_len / RECORD_HEADER as u64 {
+        return invalid(format!(
+            "record_count {count} cannot fit in raw_len {raw_len} ({RECORD_HEADER} bytes at least per record)"
+        ));
+    }
+    if raw_len > count * (MAX_RECORD_LEN + RECORD_HEADER as u64) {
+        return invalid(format!(
+            "raw_len {raw_len} is more than {count} records can hold"
+        ));
+    }
+    if raw_len > (body.len() as u64).saturating_mul(MAX_COMPRESSION_RATIO) {
+        return invalid(format!(
+            "raw_len {raw_len} is more than a body of {} bytes can expand to",
+            body.len()
+        ));
+    }
+    // Writers declare the size in the frame; a frame that does not is bounded by the checks
+    // above alone.
+    match zstd::zstd_safe::get_frame_content_size(body) {
+        Ok(None) => Ok(()),
+        Ok(Some(n)) if n == raw_len => Ok(()),
+        Ok(Some(n)) => invalid(format!(
+            "the body's zstd frame declares {n} bytes, raw_len says {raw_len}"
+        )),
+        Err(_) => invalid("the body does not start with a zstd frame header".into()),
+    }
+}
+
 fn decode_header(r: &mut Reader<'_>) -> Result<SegmentHeader, FormatError> {
     let _flags = r.u16()?;
     let mut stream = [0u8; 16];
@@ -422,7 +461,7 @@ fn check_order(records: &[Record]) -> Result<(), FormatError> {
         ));
     }
     for pair in records.windows(2) {
-        if pair[1].seq.0 != pair[0].seq.0 + 1 {
+        if pair[0].seq.0.checked_add(1) != Some(pair[1].seq.0) {
             return Err(FormatError::invalid(
                 FORMAT,
                 format!("sequence gap between {} and {}", pair[0].seq, pair[1].seq),
@@ -515,7 +554,16 @@ pub fn decode_record_prefix(data: &[u8]) -> Result<(Record, usize), FormatError>
     Ok((rec, r.pos))
 }
 
-fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
+/// A record's header, checked; a write's `op` has no data yet (`len` bytes follow).
+struct RecordHead {
+    seq: Seq,
+    time: Timestamp,
+    disk: u16,
+    len: u64,
+    op: Op,
+}
+
+fn decode_record_head(r: &mut Reader<'_>) -> Result<RecordHead, FormatError> {
     let kind = r.u8()?;
     let sub = r.u8()?;
     let disk = r.u16()?;
@@ -540,7 +588,7 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
             }
             Op::Write {
                 offset,
-                data: r.take(len as usize)?.to_vec(),
+                data: Vec::new(),
             }
         }
         2 => Op::Zero { offset, len },
@@ -555,6 +603,26 @@ fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
             ));
         }
     };
+    Ok(RecordHead {
+        seq,
+        time,
+        disk,
+        len,
+        op,
+    })
+}
+
+fn decode_record(r: &mut Reader<'_>) -> Result<Record, FormatError> {
+    let RecordHead {
+        seq,
+        time,
+        disk,
+        len,
+        mut op,
+    } = decode_record_head(r)?;
+    if let Op::Write { data, .. } = &mut op {
+        *data = r.take(len as usize)?.to_vec();
+    }
     Ok(Record {
         seq,
         time,

@@ -18,6 +18,8 @@ pub mod client;
 mod error;
 mod exports;
 mod file_export;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod handshake;
 mod listener;
 pub mod metrics;

@@ -2,6 +2,14 @@
 //!
 //! Everything is big-endian. Only what this server speaks is defined: the fixed newstyle
 //! handshake, option replies, requests and simple replies.
+//!
+//! Every length a client sends is checked against its bound before anything is read or
+//! allocated for it: option data against [`MAX_OPTION_LEN`] (longer data is skipped without
+//! being buffered and refused with [`REP_ERR_TOO_BIG`]; for `NBD_OPT_EXPORT_NAME` the
+//! connection closes), an export name in `NBD_OPT_INFO`/`GO` against the option's data, a read
+//! or write length against [`MAX_PAYLOAD`] (a longer write's payload is skipped; `EINVAL`) and
+//! against the export's size. `ferry_nbd::fuzzing` (feature `fuzzing`) runs a whole session
+//! over bytes for the `nbd_session` fuzz target.
 
 /// `NBDMAGIC`, first 8 bytes the server sends.
 pub const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;

@@ -200,3 +200,44 @@ async fn a_block_the_replica_does_not_return_stays_pending() {
     assert!(err.to_string().contains("no data for block 2"), "{err}");
     assert!(disk.hydration().unwrap().is_pending(2));
 }
+
+/// A header with a right checksum claiming the given counts.
+fn header_claiming(blocks: u64, total: u64) -> Vec<u8> {
+    header(blocks, total).to_vec()
+}
+
+#[test]
+fn a_bitmap_whose_counts_claim_more_than_it_holds_is_refused() {
+    let size = 8 * BLOCK_SIZE;
+    // Right checksum, but a block count of a disk of 2^64 bytes.
+    let e = parse(&header_claiming(u64::MAX, 0), size).unwrap_err();
+    assert!(e.contains("covers 18446744073709551615 blocks"), "{e}");
+    let e = parse(&header_claiming(1 << 48, 0), u64::MAX).unwrap_err();
+    assert!(e.contains("bytes, expected"), "{e}");
+    // More blocks to fetch than the disk has.
+    let mut data = header_claiming(8, 9);
+    data.extend_from_slice(&[0; 8]);
+    let e = parse(&data, size).unwrap_err();
+    assert!(e.contains("total 9"), "{e}");
+    let mut data = header_claiming(8, 8);
+    data.extend_from_slice(&[0xff; 8]);
+    assert_eq!(parse(&data, size).unwrap().words, vec![u64::MAX]);
+
+    // A file longer than the disk's bitmap is refused before it is read.
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk0.raw");
+    prepare(&image, size, &[1]).unwrap();
+    let f = OpenOptions::new()
+        .write(true)
+        .open(bitmap_path(&image))
+        .unwrap();
+    f.set_len(1 << 40).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let e = Hydration::open(&image, size, source(&[]), rt.handle().clone())
+        .err()
+        .expect("refused");
+    assert!(
+        e.to_string().contains("1099511627776 bytes, expected 48"),
+        "{e}"
+    );
+}
