@@ -102,10 +102,16 @@ impl Export for MemoryExport {
     }
 
     fn trim(&self, offset: u64, len: u64, _fua: bool) -> std::io::Result<()> {
-        self.write_zeroes(offset, len, false)
+        self.write_zeroes(offset, len, false, false)
     }
 
-    fn write_zeroes(&self, offset: u64, len: u64, _fua: bool) -> std::io::Result<()> {
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        _fua: bool,
+        _no_hole: bool,
+    ) -> std::io::Result<()> {
         let r = self.range(offset, len);
         self.lock()[r].fill(0);
         Ok(())
