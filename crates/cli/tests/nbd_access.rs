@@ -7,7 +7,7 @@ mod support;
 #[path = "../../nbd/tests/common/certs.rs"]
 mod certs;
 
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -69,6 +69,36 @@ fn nbd_over_tcp_needs_tls_and_keeps_its_port_across_a_restart() {
     let meta = std::fs::metadata(&socket).unwrap();
     let users = ferry_nbd::access::group_id("users").unwrap().unwrap();
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, users));
+    // Through the private data directory: the directories on the way are 0710 in that group,
+    // so a member reaches the socket and lists the exports, and another user does not.
+    for d in [
+        "data",
+        "data/regions",
+        "data/regions/east",
+        "data/regions/east/agent",
+    ] {
+        let m = std::fs::metadata(dir.path().join(d)).unwrap();
+        assert_eq!((m.mode() & 0o777, m.gid()), (0o710, users), "{d}");
+    }
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let uri = format!("nbd+unix:///?socket={}", socket.display());
+    let list = |groups: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup"])
+            .args(if groups.is_empty() {
+                vec!["--clear-groups".to_string()]
+            } else {
+                vec![format!("--groups={groups}")]
+            })
+            .args(["nbdinfo", "--list", &uri])
+            .output()
+            .unwrap()
+    };
+    let member = list(&users.to_string());
+    assert!(member.status.success(), "{}", text(&member));
+    assert!(String::from_utf8_lossy(&member.stdout).contains(export));
+    let other = list("");
+    assert!(!other.status.success(), "{}", text(&other));
 
     // qemu-io over TLS writes and reads.
     let out = qemu_io_tls(

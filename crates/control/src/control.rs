@@ -1,7 +1,7 @@
 //! The control plane's state and its lifecycle.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,6 +96,9 @@ impl Control {
                 tcp: cfg.nbd_tcp.get(r).cloned(),
             };
             agents.insert(r.clone(), AgentHost::start_with(&root, &access).await?);
+            if let Some(gid) = cfg.nbd_socket_group {
+                let_group_reach_socket(&cfg.data, &root, gid)?;
+            }
         }
         let (shutdown, _) = watch::channel(false);
         let control = Arc::new(Control {
@@ -199,4 +202,31 @@ impl Control {
             ))
         })
     }
+}
+
+/// Let the members of group `gid` reach the NBD socket in `root` through the otherwise private
+/// data directory: each directory from `data` down to `root` gets that group and mode 0710
+/// (traverse only: the group can list none of them, and every file stays 0600).
+fn let_group_reach_socket(data: &Path, root: &Path, gid: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(below) = root.strip_prefix(data) else {
+        return Ok(());
+    };
+    let mut dir = data.to_path_buf();
+    let mut dirs = vec![dir.clone()];
+    for part in below.components() {
+        dir.push(part);
+        dirs.push(dir.clone());
+    }
+    for d in dirs {
+        std::os::unix::fs::chown(&d, None, Some(gid))
+            .and_then(|()| std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o710)))
+            .map_err(|e| {
+                ControlError::Internal(format!(
+                    "let group {gid} reach the NBD socket through {}: {e}",
+                    d.display()
+                ))
+            })?;
+    }
+    Ok(())
 }
