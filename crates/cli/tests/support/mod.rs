@@ -250,11 +250,26 @@ impl Server {
         let out = self.ferry(args);
         assert!(
             out.status.success(),
-            "ferry {args:?} failed: {}{}",
+            "ferry {args:?} failed: {}{}\nthe server's events:\n{}\nthe end of the server's log:\n{}",
             String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&out.stderr),
+            self.events_text(),
+            self.log_tail(40)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The server's events, as `ferry event list` prints them (for failure messages).
+    pub fn events_text(&self) -> String {
+        let out = self.ferry(&["event", "list"]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The last `lines` lines of the server's log (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.data.with_extension("log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// Run a CLI command that must fail; returns stderr.

@@ -74,6 +74,11 @@ impl Control {
         if !rep.state.is_replicating() {
             return Ok(());
         }
+        if rep.state == ItemState::Reprotecting && rep.failover.is_some() {
+            // A reprotect admitted but not yet turned: the item still names the old direction,
+            // whose source is being stopped. The job starts the new direction after its turn.
+            return Ok(());
+        }
         let policy = self.policy(&rep.policy)?;
         let cache = self.item_cache(rep)?;
         let layout = self.layout(rep)?;
