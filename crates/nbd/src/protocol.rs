@@ -124,13 +124,16 @@ pub const CMD_FLAG_REQ_ONE: u16 = 1 << 3;
 /// Command flag: fail write zeroes unless it is fast (not advertised here).
 pub const CMD_FLAG_FAST_ZERO: u16 = 1 << 4;
 
-/// The command flags this server accepts with `command`: FUA with every command (the
-/// protocol requires a server that advertises `NBD_FLAG_SEND_FUA` to accept it on all of
-/// them, ignoring it where nothing is written), and NO_HOLE with write zeroes. A request with
-/// any other flag is answered `EINVAL`.
+/// The command flags this server accepts with `command`; a request with any other flag is
+/// answered `EINVAL`:
+/// - FUA with the commands that write (WRITE, WRITE_ZEROES, TRIM), and with FLUSH, which
+///   older qemu clients send with FUA set. A READ with FUA is refused, as nbdkit refuses it:
+///   there is nothing for it to make durable, and a client that sends it is in error.
+/// - NO_HOLE with WRITE_ZEROES only.
 pub fn accepted_flags(command: u16) -> u16 {
     match command {
         CMD_WRITE_ZEROES => CMD_FLAG_FUA | CMD_FLAG_NO_HOLE,
+        CMD_READ => 0,
         _ => CMD_FLAG_FUA,
     }
 }
