@@ -162,7 +162,10 @@ mod tests {
             Pass::Waiting
         );
         let st = stream.status();
-        assert_eq!((st.tracking, st.dirty_bytes), ("overflow", BLOCK_SIZE));
+        assert_eq!(
+            (st.tracking.as_str(), st.dirty_bytes),
+            ("overflow", BLOCK_SIZE)
+        );
         assert!(st.disk_full_since.is_some());
 
         // Room again: the block is copied and the window closes.
@@ -171,7 +174,7 @@ mod tests {
             Pass::Closed(_)
         ));
         let st = stream.status();
-        assert_eq!((st.tracking, st.dirty_bytes), ("ordered", 0));
+        assert_eq!((st.tracking.as_str(), st.dirty_bytes), ("ordered", 0));
         assert!(st.disk_full_since.is_none());
         assert!(reserve.exists(), "the reserve is made again");
         assert_eq!(progress.copied_bytes.load(Ordering::Relaxed), BLOCK_SIZE);

@@ -32,6 +32,15 @@ pub enum AgentError {
     CatchingUp { since: ferry_types::Timestamp },
     #[error("{reason}: the replica must be resynchronised (`ferry replication repair`)")]
     TrackingLost { reason: String },
+    #[error(
+        "stream {stream} is held at generation {held}; a command of generation {given} is stale \
+         and was refused"
+    )]
+    StaleGeneration {
+        stream: ferry_types::StreamId,
+        held: ferry_types::Generation,
+        given: ferry_types::Generation,
+    },
     #[error("NBD server: {0}")]
     Nbd(#[from] ferry_nbd::NbdError),
     #[error("encode segment: {0}")]

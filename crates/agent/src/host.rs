@@ -67,7 +67,7 @@ pub struct ReplicationConfig {
 }
 
 /// What a VM's replication looks like from the agent.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct VmStatus {
     pub stream: StreamStatus,
     pub initial_sync: ProgressView,
@@ -478,6 +478,17 @@ impl AgentHost {
             .map(|r| r.stream.clone())
             .ok_or_else(|| AgentError::UnknownVm(vm.to_string()))?;
         stream.mark(kind)
+    }
+
+    /// The generation of a VM's running stream.
+    pub fn generation(&self, vm: &str) -> Option<Generation> {
+        let vms = self.vms();
+        Some(vms.get(vm)?.replication.as_ref()?.stream.generation())
+    }
+
+    /// The VMs this host serves.
+    pub fn vm_names(&self) -> Vec<String> {
+        self.vms().keys().cloned().collect()
     }
 
     pub fn status(&self, vm: &str) -> Option<VmStatus> {

@@ -16,9 +16,11 @@
 
 mod alive;
 pub mod catch_up;
+pub mod command;
 mod dirty;
 pub mod disk;
 mod error;
+pub mod executor;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod hold;

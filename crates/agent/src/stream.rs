@@ -144,12 +144,14 @@ struct Inner {
     window: Option<Window>,
     /// Bytes the VM changed (written, zeroed or trimmed) per disk since the stream opened.
     changed: Vec<u64>,
+    /// When the newest change was recorded.
+    last_change: Option<Timestamp>,
     /// Since when the source host's disk has been too full to log writes ([`crate::reserve`]).
     disk_full_since: Option<Timestamp>,
 }
 
 /// What the stream has done, for health and RPO.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct StreamStatus {
     pub next_seq: u64,
     /// Sequence of the last record durable in the cache account.
@@ -161,6 +163,9 @@ pub struct StreamStatus {
     /// Bytes the VM changed (written, zeroed or trimmed) per disk since the stream opened:
     /// churn is its rate.
     pub bytes_changed_per_disk: Vec<u64>,
+    /// When the newest change of a disk was recorded (since the stream opened).
+    #[serde(default)]
+    pub last_change: Option<Timestamp>,
     pub bytes_logged: u64,
     pub bytes_shipped: u64,
     pub segments_shipped: u64,
@@ -172,7 +177,7 @@ pub struct StreamStatus {
     /// `ordered` (every write in the stream), `overflow` (the buffer is full: writes are only
     /// tracked as dirty blocks), `catching-up` (dirty blocks are being copied) or `resyncing`
     /// (a repair compares every block).
-    pub tracking: &'static str,
+    pub tracking: String,
     /// Since when the stream has not been ordered (the catch-up window's start).
     pub unordered_since: Option<Timestamp>,
     /// Bytes of blocks still to copy by the catch-up.
@@ -253,6 +258,14 @@ impl Stream {
         };
         let state = match state::load(dir)? {
             Some(s) if s.stream == stream && s.generation == generation => s,
+            // A late start of an older writer must not discard the newer one's logs.
+            Some(s) if s.stream == stream && s.generation > generation => {
+                return Err(AgentError::StaleGeneration {
+                    stream,
+                    held: s.generation,
+                    given: generation,
+                });
+            }
             _ => {
                 remove_logs(dir)?;
                 alive::forget(dir)?;
@@ -277,6 +290,7 @@ impl Stream {
                 buffered,
                 window: None,
                 changed: Vec::new(),
+                last_change: None,
                 disk_full_since: None,
             }),
             seal_now: Notify::new(),
@@ -390,6 +404,7 @@ impl Stream {
                 g.changed.resize(d + 1, 0);
             }
             g.changed[d] += len;
+            g.last_change = Some(g.last_time);
             logged
         };
         self.count_written(op);
@@ -695,6 +710,7 @@ impl Stream {
             pending_logs: g.closed.len() + usize::from(g.open.is_some()),
             bytes_written: self.counters.bytes_written.load(Ordering::Relaxed),
             bytes_changed_per_disk: g.changed.clone(),
+            last_change: g.last_change,
             bytes_logged: self.counters.bytes_logged.load(Ordering::Relaxed),
             bytes_shipped: self.counters.bytes_shipped.load(Ordering::Relaxed),
             segments_shipped: self.counters.segments_shipped.load(Ordering::Relaxed),
@@ -711,7 +727,7 @@ impl Stream {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
-            tracking,
+            tracking: tracking.to_string(),
             unordered_since,
             dirty_bytes,
             disk_full_since: g.disk_full_since,

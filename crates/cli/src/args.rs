@@ -62,6 +62,8 @@ pub enum Cmd {
     Demo,
     /// Run the control plane, the agents and the processors (regions east and west).
     Server(ServerArgs),
+    /// Run the agent of one hypervisor host: it joins the server and dials out to it.
+    Agent(crate::agent::AgentRunArgs),
     /// Measure ferry beside baselines measured in the same run.
     Bench {
         /// A shorter run with smaller sizes.
@@ -73,6 +75,8 @@ pub enum Cmd {
     },
     #[command(subcommand)]
     Region(RegionCmd),
+    #[command(subcommand)]
+    Host(HostCmd),
     #[command(subcommand)]
     Group(GroupCmd),
     #[command(subcommand)]
@@ -184,6 +188,13 @@ pub enum RegionCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// List the hosts: each region's agent in the server, and the hosts that joined, with
+    /// their version, last heartbeat, VMs and streams.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum GroupCmd {
     /// Create a resource group in a region.
     Create {
@@ -284,6 +295,10 @@ pub struct VmCreate {
     /// SIZE[@ACCOUNT], e.g. 64MiB@sa1; repeatable, numbered from 0.
     #[arg(long = "disk", required = true)]
     pub disks: Vec<String>,
+    /// The joined host to place the VM on (`ferry host list`); default: the region's live
+    /// host with the most free space, or the server's own agent when no host has joined.
+    #[arg(long)]
+    pub host: Option<String>,
     /// Raw image copied into disk 0: a file in the server's import directory (`import_dir`,
     /// default DATA/import), by name or by a path inside it.
     #[arg(long)]

@@ -51,7 +51,15 @@ impl Control {
         if ferry_compute::is_running(&dir) {
             return Ok(());
         }
-        let agent = self.agent(&vm.region)?;
+        let socket = self.host_of(vm)?.nbd_socket().ok_or_else(|| {
+            ControlError::invalid(format!(
+                "VM {}/{} is on joined host {}: ferry boots qemu VMs only on the server's own \
+                 agent so far; use --compute external on a joined host",
+                vm.group,
+                vm.name,
+                vm.host.as_deref().unwrap_or_default()
+            ))
+        })?;
         let vm_key = key(&vm.group, &vm.name);
         let boot = match &vm.boot.kernel {
             Some(k) => QemuBoot::Kernel {
@@ -68,7 +76,7 @@ impl Control {
                 .disks
                 .iter()
                 .map(|d| DiskAttachment {
-                    socket: agent.nbd_socket().to_path_buf(),
+                    socket: socket.clone(),
                     export: AgentHost::export_name(&vm_key, d.index),
                 })
                 .collect(),
@@ -132,7 +140,7 @@ impl Control {
         let vm = self.vm_by_key(vm_key)?;
         match to {
             VmState::Running => {
-                self.attach_vm(&vm)?;
+                self.attach_vm(&vm).await?;
                 self.power_on(&vm).await?;
             }
             VmState::Stopped => {

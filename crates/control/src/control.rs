@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_agent::AgentHost;
+use ferry_agent::executor::Executor;
 use tokio::sync::watch;
 
 use crate::db::Db;
@@ -60,8 +61,11 @@ impl ControlConfig {
 pub struct Control {
     pub(crate) cfg: ControlConfig,
     pub(crate) db: Db,
-    pub(crate) agents: HashMap<String, Arc<AgentHost>>,
-    pub(crate) stores: Stores,
+    /// The server's own agent of each region: it serves the VMs placed on no joined host.
+    pub(crate) embedded: HashMap<String, Arc<Executor>>,
+    /// Hosts that joined, by name (those whose agent is not connected too).
+    pub(crate) joined: Mutex<HashMap<String, Arc<crate::hosts::RemoteHost>>>,
+    pub(crate) stores: Arc<Stores>,
     pub(crate) items: Mutex<HashMap<String, ItemRuntime>>,
     /// Replica layouts by stream (they cache the immutable point records).
     pub(crate) layouts: Mutex<HashMap<ferry_types::StreamId, ferry_replica::ReplicaLayout>>,
@@ -88,14 +92,26 @@ impl Control {
         cfg.confine.script_identity()?;
         cfg.confine.create_dirs(&cfg.data)?;
         let db = Db::open(&cfg.data.join("state.db"))?;
-        let mut agents = HashMap::new();
+        let mut embedded = HashMap::new();
+        let stores = Arc::new(Stores::default());
         for r in &cfg.regions {
             let root = cfg.data.join("regions").join(r).join("agent");
             let access = ferry_agent::NbdAccess {
                 socket_group: cfg.nbd_socket_group,
                 tcp: cfg.nbd_tcp.get(r).cloned(),
             };
-            agents.insert(r.clone(), AgentHost::start_with(&root, &access).await?);
+            let host = AgentHost::start_with(&root, &access).await?;
+            let open = stores.clone();
+            let open_store: ferry_agent::executor::OpenStore =
+                Arc::new(move |url: &str| open.get(url).map_err(|e| e.to_string()));
+            let exec = Executor::new(
+                host,
+                cfg.data.join("regions").join(r),
+                true,
+                open_store,
+                env!("CARGO_PKG_VERSION").to_string(),
+            );
+            embedded.insert(r.clone(), Arc::new(exec));
             if let Some(gid) = cfg.nbd_socket_group {
                 let_group_reach_socket(&cfg.data, &root, gid)?;
             }
@@ -104,8 +120,9 @@ impl Control {
         let control = Arc::new(Control {
             cfg,
             db,
-            agents,
-            stores: Stores::default(),
+            embedded,
+            joined: Mutex::new(HashMap::new()),
+            stores,
             items: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
             shutdown,
@@ -132,7 +149,7 @@ impl Control {
     /// replicated item's stream and processor running, every unfinished job resumed.
     pub async fn reconcile(self: &Arc<Self>) -> Result<()> {
         for vm in self.db.list::<crate::model::Vm>(crate::db::Kind::Vm)? {
-            if let Err(e) = self.attach_vm(&vm) {
+            if let Err(e) = self.attach_vm(&vm).await {
                 tracing::error!(vm = %format!("{}/{}", vm.group, vm.name), error = %e, "serve the disks of a VM");
             }
         }
@@ -174,8 +191,8 @@ impl Control {
         }
         // Streams stop cleanly too, so a change to a disk while the server is down is seen at
         // the next start.
-        for agent in self.agents.values() {
-            agent.stop_all(self.cfg.stream.start_hold).await;
+        for agent in self.embedded.values() {
+            agent.host().stop_all(self.cfg.stream.start_hold).await;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -195,12 +212,43 @@ impl Control {
         &self.cfg.data
     }
 
-    pub(crate) fn agent(&self, region: &str) -> Result<&Arc<AgentHost>> {
-        self.agents.get(region).ok_or_else(|| {
-            ControlError::not_found(format!(
-                "region {region} does not exist; see `ferry region list`"
+    /// A 404 for a region that does not exist.
+    pub(crate) fn check_region(&self, region: &str) -> Result<()> {
+        if self.cfg.regions.iter().any(|r| r == region) {
+            return Ok(());
+        }
+        Err(ControlError::not_found(format!(
+            "region {region} does not exist; see `ferry region list`"
+        )))
+    }
+
+    /// The server's own agent of a region.
+    pub(crate) fn embedded_host(&self, region: &str) -> Result<crate::hosts::Host> {
+        self.check_region(region)?;
+        let exec = self.embedded.get(region).ok_or_else(|| {
+            ControlError::invalid(format!(
+                "region {region} has no agent of the server's own; place the VM on a joined host"
             ))
-        })
+        })?;
+        Ok(crate::hosts::Host::Embedded(exec.clone()))
+    }
+
+    /// A joined host by name, known from its placement even before its agent connects.
+    pub(crate) fn joined_host(&self, name: &str, region: &str) -> Arc<crate::hosts::RemoteHost> {
+        self.joined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_string())
+            .or_insert_with(|| Arc::new(crate::hosts::RemoteHost::new(name, region)))
+            .clone()
+    }
+
+    /// The agent that serves a VM: its joined host's, or its region's own.
+    pub(crate) fn host_of(&self, vm: &crate::model::Vm) -> Result<crate::hosts::Host> {
+        match &vm.host {
+            Some(h) => Ok(crate::hosts::Host::Joined(self.joined_host(h, &vm.region))),
+            None => self.embedded_host(&vm.region),
+        }
     }
 }
 

@@ -357,6 +357,7 @@ mod tests {
     fn vm(vm_key: &str, owner: Option<&str>) -> Vm {
         let (group, name) = vm_key.split_once('/').unwrap();
         Vm {
+            host: None,
             group: group.into(),
             name: name.into(),
             region: "west".into(),

@@ -60,6 +60,10 @@ pub struct CreateVm {
     #[serde(default)]
     pub availability_set: Option<String>,
     pub disks: Vec<DiskRequest>,
+    /// The joined host to place the VM on; default: the region's live host with the most
+    /// free space, or the server's own agent when none has joined.
+    #[serde(default)]
+    pub host: Option<String>,
     /// A file in the server's import directory (a name, or a path inside it) copied into disk 0.
     #[serde(default)]
     pub image: Option<String>,

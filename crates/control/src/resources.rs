@@ -54,7 +54,7 @@ impl Control {
 
     pub fn create_group(&self, req: CreateGroup) -> Result<Group> {
         let name = valid_name(&req.name, "group name")?;
-        self.agent(&req.region)?;
+        self.check_region(&req.region)?;
         let g = Group {
             name: name.clone(),
             region: req.region,
@@ -352,7 +352,9 @@ impl Control {
     }
 
     fn fill_uris(&self, v: &mut Vm) {
-        if let Ok(agent) = self.agent(&v.region) {
+        // A joined host's socket is on that host, in its agent's data directory.
+        if let Some(agent) = self.embedded.get(&v.region).filter(|_| v.host.is_none()) {
+            let agent = agent.host();
             let vm_key = key(&v.group, &v.name);
             for d in &mut v.disks {
                 let export = AgentHost::export_name(&vm_key, d.index);
@@ -440,6 +442,13 @@ impl Control {
             .into_iter()
             .filter(|a| a.group == group)
             .collect();
+        let host = self.place(&g.region, req.host.as_deref())?;
+        if host.is_some() && (req.image.is_some() || compute == "qemu") {
+            return Err(ControlError::invalid(
+                "a VM on a joined host is served with --compute external and empty disks so \
+                 far: --image and --compute qemu need the server's own agent",
+            ));
+        }
         let mut disks = Vec::new();
         for (i, d) in req.disks.iter().enumerate() {
             if d.size_bytes == 0 {
@@ -462,15 +471,22 @@ impl Control {
                 Some(a) => self.storage(group, a)?.name,
                 None => self.default_disk_account(group, &g.region, &accounts, i)?,
             };
-            let image = self
-                .cfg
-                .data
-                .join("regions")
-                .join(&g.region)
-                .join("disks")
-                .join(group)
-                .join(&vm_name)
-                .join(format!("disk{i}.raw"));
+            // On a joined host, under its agent's data directory.
+            let image = match host {
+                Some(_) => std::path::Path::new("disks")
+                    .join(group)
+                    .join(&vm_name)
+                    .join(format!("disk{i}.raw")),
+                None => self
+                    .cfg
+                    .data
+                    .join("regions")
+                    .join(&g.region)
+                    .join("disks")
+                    .join(group)
+                    .join(&vm_name)
+                    .join(format!("disk{i}.raw")),
+            };
             disks.push(VmDisk {
                 index: i,
                 size_bytes: d.size_bytes,
@@ -511,6 +527,7 @@ impl Control {
             group: group.to_string(),
             name: vm_name.clone(),
             region: g.region.clone(),
+            host,
             state: VmState::Running,
             compute,
             boot,
@@ -542,13 +559,13 @@ impl Control {
             }
         }
         self.db.insert(Kind::Vm, &vm_key, &vm, "VM")?;
-        if let Err(e) = self.attach_vm(&vm) {
+        if let Err(e) = self.attach_vm(&vm).await {
             self.db.delete(Kind::Vm, &vm_key)?;
             self.remove_vm_files(&vm);
             return Err(e);
         }
         if let Err(e) = self.power_on(&vm).await {
-            self.agent(&vm.region)?.detach_vm(&vm_key).await;
+            self.host_of(&vm)?.detach_vm(&vm_key).await?;
             self.db.delete(Kind::Vm, &vm_key)?;
             self.remove_vm_files(&vm);
             return Err(e);
@@ -600,8 +617,8 @@ impl Control {
             .collect())
     }
 
-    pub(crate) fn attach_vm(&self, vm: &Vm) -> Result<()> {
-        let agent = self.agent(&vm.region)?;
+    pub(crate) async fn attach_vm(&self, vm: &Vm) -> Result<()> {
+        let agent = self.host_of(vm)?;
         let sources = self.hydration_sources(vm)?;
         let vm_key = key(&vm.group, &vm.name);
         // A replicated VM's writes wait for its stream, which starts a moment later.
@@ -623,8 +640,7 @@ impl Control {
             })
             .collect();
         // It may apply the stream logs to the images again first (after an unclean stop).
-        ferry_types::blocking::off_worker(|| agent.attach_vm(&vm_key, &specs))?;
-        Ok(())
+        agent.attach_vm(&vm_key, &specs, disk_wires(vm)).await
     }
 
     /// `ferry vm delete`. Under the VM's lock: no replication of it can start meanwhile.
@@ -670,7 +686,14 @@ impl Control {
     async fn remove_vm_locked(&self, v: &Vm) -> Result<()> {
         let vm_key = key(&v.group, &v.name);
         self.power_off(v).await?;
-        self.agent(&v.region)?.detach_vm(&vm_key).await;
+        let host = self.host_of(v)?;
+        if let crate::hosts::Host::Joined(_) = host {
+            // Its images are on its host: the agent deletes them.
+            host.delete_vm(&vm_key, disk_wires(v)).await?;
+            self.db.delete(Kind::Vm, &vm_key)?;
+            return Ok(());
+        }
+        host.detach_vm(&vm_key).await?;
         self.db.delete(Kind::Vm, &vm_key)?;
         self.remove_vm_files(v);
         Ok(())
@@ -691,6 +714,18 @@ impl Control {
             let _ = std::fs::remove_dir_all(self.vm_dir(v));
         });
     }
+}
+
+/// A VM's disks as its agent is told of them.
+pub(crate) fn disk_wires(vm: &Vm) -> Vec<ferry_agent::command::DiskWire> {
+    vm.disks
+        .iter()
+        .map(|d| ferry_agent::command::DiskWire {
+            index: d.index,
+            image: d.image.clone(),
+            size_bytes: d.size_bytes,
+        })
+        .collect()
 }
 
 #[cfg(test)]

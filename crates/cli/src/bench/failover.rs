@@ -196,6 +196,7 @@ async fn fail_over_case(
         .create_vm(
             GROUP,
             CreateVm {
+                host: None,
                 name: vm.clone(),
                 network: NETWORK.into(),
                 subnet: SUBNET.into(),

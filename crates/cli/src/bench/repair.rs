@@ -59,6 +59,7 @@ async fn measure(control: &Arc<Control>, size: u64, pool: &Arc<Pool>) -> Result<
         .create_vm(
             GROUP,
             CreateVm {
+                host: None,
                 name: "db".into(),
                 network: "net".into(),
                 subnet: "sub".into(),

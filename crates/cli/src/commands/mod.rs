@@ -14,6 +14,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Demo => return crate::demo::run(cli.data.clone()).await,
         Cmd::Server(args) => return crate::server::run(cli.data.clone(), args).await,
+        Cmd::Agent(args) => return crate::agent::run(args.clone()).await,
         Cmd::Bench { quick, only } => return crate::bench::run(*quick, only, cli.output).await,
         Cmd::Completions { shell } => {
             let mut cmd = crate::examples::command();
@@ -33,6 +34,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     let out = cli.output;
     match cli.cmd {
         Cmd::Region(c) => resources::region(&client, out, c).await,
+        Cmd::Host(c) => resources::host(&client, out, c).await,
         Cmd::Group(c) => resources::group(&client, out, c).await,
         Cmd::Network(c) => resources::network(&client, out, c).await,
         Cmd::Storage(c) => resources::storage(&client, out, c).await,
@@ -56,7 +58,11 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Alert(c) => replication::alerts(&client, out, c).await,
         Cmd::Failover(c) => replication::failover(&client, out, c).await,
         Cmd::Reprotect { name, wait } => replication::reprotect(&client, out, &name, wait).await,
-        Cmd::Demo | Cmd::Server(_) | Cmd::Bench { .. } | Cmd::Completions { .. } => {
+        Cmd::Demo
+        | Cmd::Server(_)
+        | Cmd::Agent(_)
+        | Cmd::Bench { .. }
+        | Cmd::Completions { .. } => {
             unreachable!("handled above")
         }
     }

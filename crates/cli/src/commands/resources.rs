@@ -16,6 +16,26 @@ pub async fn region(c: &Client, out: Output, cmd: RegionCmd) -> Result<()> {
     Ok(())
 }
 
+pub async fn host(c: &Client, out: Output, cmd: HostCmd) -> Result<()> {
+    match cmd {
+        HostCmd::List => print(
+            out,
+            &c.get("/v1/hosts").await?,
+            &[
+                "name",
+                "region",
+                "kind",
+                "alive",
+                "version",
+                "last_heartbeat",
+                "vms",
+                "streams",
+            ],
+        ),
+    }
+    Ok(())
+}
+
 pub async fn group(c: &Client, out: Output, cmd: GroupCmd) -> Result<()> {
     let cols = ["name", "region"];
     match cmd {
@@ -212,6 +232,7 @@ pub async fn vm(c: &Client, out: Output, cmd: VmCmd) -> Result<()> {
                 ip: a.ip,
                 availability_set: a.availability_set,
                 disks,
+                host: a.host,
                 image: a.image,
                 compute: Some(a.compute),
                 kernel: a.kernel,

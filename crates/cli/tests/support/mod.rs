@@ -105,6 +105,13 @@ impl Server {
         Self::start_full(data, port, env, None)
     }
 
+    /// Start listening on every address (hosts in other network namespaces reach it); the
+    /// CLI still talks to it over loopback.
+    pub fn start_on_all_addresses(data: &Path) -> Server {
+        let env = vec![("FERRY_TEST_LISTEN_ALL".to_string(), "1".to_string())];
+        Self::start_full(data, free_port(), env, None)
+    }
+
     /// Start with a `--config` file holding `json`.
     pub fn start_with_config(data: &Path, env: Vec<(String, String)>, json: &str) -> Server {
         let path = data.with_extension("config.json");
@@ -126,7 +133,7 @@ impl Server {
         let child = Command::new(FERRY)
             .args(["server", "--data"])
             .arg(data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--listen", &format!("{}:{port}", listen_host(&env))])
             .args(config.iter().flat_map(|c| [Path::new("--config"), c]))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("FERRY_LOG", "info")
@@ -460,6 +467,16 @@ impl Server {
         wait_until(secs, &format!("{item} to be protected"), || {
             self.replication(item)["state"] == "protected"
         });
+    }
+}
+
+/// The address a test server listens on: loopback, or every address when its environment
+/// asks (`FERRY_TEST_LISTEN_ALL`, read by the test harness only).
+fn listen_host(env: &[(String, String)]) -> &'static str {
+    if env.iter().any(|(k, _)| k == "FERRY_TEST_LISTEN_ALL") {
+        "0.0.0.0"
+    } else {
+        "127.0.0.1"
     }
 }
 

@@ -63,3 +63,30 @@ pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
     std::fs::rename(&tmp, path)?;
     Ok(token)
 }
+
+/// The joined host an agent request comes from.
+// Interim identity until per-agent credentials: the admin token, and the host's name and
+// region in `X-Ferry-Host` / `X-Ferry-Region`.
+pub(crate) async fn agent_identity(
+    state: &ApiState,
+    headers: &axum::http::HeaderMap,
+) -> Result<crate::hosts::link::AgentIdentity, ApiError> {
+    let given = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if !given.is_some_and(|t| token_matches(t, &state.token)) {
+        return Err(ApiError::unauthorized("an agent credential is required"));
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| ApiError::bad_request(format!("{name} is missing")))
+    };
+    Ok(crate::hosts::link::AgentIdentity {
+        name: header("x-ferry-host")?,
+        region: header("x-ferry-region")?,
+    })
+}

@@ -62,6 +62,10 @@ pub(crate) async fn regions(State(s): State<ApiState>) -> R {
     ok(s.control.regions())
 }
 
+pub(crate) async fn hosts(State(s): State<ApiState>) -> R {
+    ok(s.control.hosts()?)
+}
+
 pub(crate) async fn groups(State(s): State<ApiState>) -> R {
     ok(s.control.groups()?)
 }

@@ -5,6 +5,7 @@
 //! builds the router and the OpenAPI description served at `/openapi.json`, so the description
 //! lists exactly the routes the server has.
 
+mod agent_link;
 mod auth;
 mod error;
 mod handlers;
@@ -65,6 +66,7 @@ impl Routes {
 pub fn routes() -> Vec<Route> {
     let mut table = declare().table;
     table.extend(openapi::PUBLIC);
+    table.extend(agent_link::ROUTES);
     table
 }
 
@@ -75,6 +77,11 @@ fn declare() -> Routes {
         table: Vec::new(),
     };
     r.add("/v1/regions", &[("get", "List the regions")], get(regions))
+        .add(
+            "/v1/hosts",
+            &[("get", "List the hosts: each region's own agent and the joined hosts")],
+            get(hosts),
+        )
         .add(
             "/v1/groups",
             &[
@@ -315,6 +322,9 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route("/", get(portal::index))
         .route("/portal/app.js", get(portal::script))
         .route("/portal/app.css", get(portal::style))
+        .route("/v1/agent/commands", get(agent_link::commands))
+        .route("/v1/agent/answers", post(agent_link::answer))
+        .route("/v1/agent/report", post(agent_link::report))
         .merge(api)
         .method_not_allowed_fallback(limits::method_not_allowed)
         .layer(axum::middleware::from_fn(limits::refuse_large_body))

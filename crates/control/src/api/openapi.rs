@@ -31,7 +31,11 @@ pub const PUBLIC: [Route; 4] = [
 /// The document for `routes` (plus the routes without a token).
 pub fn document(routes: &[Route]) -> Value {
     let mut paths = serde_json::Map::new();
-    for r in routes.iter().chain(PUBLIC.iter()) {
+    for r in routes
+        .iter()
+        .chain(PUBLIC.iter())
+        .chain(super::agent_link::ROUTES.iter())
+    {
         let params: Vec<Value> = r
             .path
             .split('/')

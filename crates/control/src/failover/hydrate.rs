@@ -113,14 +113,17 @@ impl Control {
 
     /// Fill in a hydrating VM's progress from its agent.
     pub(crate) fn fill_hydration(&self, vm: &mut Vm) {
-        let Some(h) = vm.hydration.as_mut() else {
+        if vm.hydration.is_none() {
             return;
-        };
+        }
         let Some(disks) = self
-            .agent(&vm.region)
+            .host_of(vm)
             .ok()
             .and_then(|a| a.hydration(&key(&vm.group, &vm.name)))
         else {
+            return;
+        };
+        let Some(h) = vm.hydration.as_mut() else {
             return;
         };
         let (mut total, mut done) = (0, 0);
@@ -147,7 +150,7 @@ impl Control {
                 continue;
             }
             let vm_key = key(&vm.group, &vm.name);
-            let Some(disks) = self.agent(&vm.region)?.hydration(&vm_key) else {
+            let Some(disks) = self.host_of(&vm)?.hydration(&vm_key) else {
                 continue;
             };
             if disks.iter().all(Option::is_none) {

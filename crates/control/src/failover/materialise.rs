@@ -41,7 +41,7 @@ impl Control {
         let vm = match self.db.get::<Vm>(Kind::Vm, &vm_key)? {
             Some(existing) => {
                 self.power_off(&existing).await?;
-                self.agent(&existing.region)?.detach_vm(&vm_key).await;
+                self.host_of(&existing)?.detach_vm(&vm_key).await?;
                 existing
             }
             None => {
@@ -70,7 +70,7 @@ impl Control {
         self.prepare_hydration(rep, point, &mut vm).await?;
         vm.state = VmState::Stopped;
         self.db.put(Kind::Vm, &vm_key, &vm)?;
-        self.attach_vm(&vm)?;
+        self.attach_vm(&vm).await?;
         Ok(vm)
     }
 
@@ -125,6 +125,7 @@ impl Control {
             });
         }
         Ok(Vm {
+            host: None,
             group: place.group.clone(),
             name: place.name.clone(),
             region: group.region,

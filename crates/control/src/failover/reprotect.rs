@@ -169,7 +169,7 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         control.job_step(job, ReprotectStep::DeleteReplica, StepState::Running, None)?;
         control.stop_item(&rep).await;
         control
-            .agent(&rep.source_region)?
+            .source_host(&rep)?
             .forget_replication(&rep.source_key())
             .await?;
         let plan = control.deletion_plan(&rep).await?;

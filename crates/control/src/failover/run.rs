@@ -11,7 +11,7 @@ use super::materialise::Placement;
 use crate::control::Control;
 use crate::error::{ControlError, Result};
 use crate::jobs::job_steps;
-use crate::model::{Failover, ItemState, Job, StepState, VmState};
+use crate::model::{Failover, ItemState, Job, Severity, StepState, VmState};
 use crate::replication::PointView;
 use crate::resources::key;
 
@@ -79,11 +79,21 @@ pub(crate) async fn run_failover(control: &Arc<Control>, job: &mut Job) -> Resul
             let info = PointInfo::from_record(&p);
             job.params["point_id"] = info.id.clone().into();
             crate::failpoint::hit("failover-after-select-point").await;
+            let mut detail = format!("{} ({}, {})", info.id, info.kind, info.time);
+            if let Some(lost) = control.writes_lost(&rep, &p) {
+                control.event(
+                    Severity::Critical,
+                    "failover-writes-lost",
+                    &rep.item_key(),
+                    lost.clone(),
+                );
+                detail = format!("{detail}; {lost}");
+            }
             control.job_step(
                 job,
                 FailoverStep::SelectPoint,
                 StepState::Succeeded,
-                Some(format!("{} ({}, {})", info.id, info.kind, info.time)),
+                Some(detail),
             )?;
             p
         }

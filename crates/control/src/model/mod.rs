@@ -225,6 +225,9 @@ pub struct Vm {
     pub group: String,
     pub name: String,
     pub region: String,
+    /// The joined host whose agent serves the VM; none: the region's own agent in the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub state: VmState,
     pub compute: String,
     #[serde(default)]

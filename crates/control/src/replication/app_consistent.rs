@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_format::segment::MarkerKind;
+use ferry_agent::command::MarkWire;
 use ferry_types::Timestamp;
 
 use crate::control::Control;
@@ -81,25 +81,25 @@ impl Control {
     /// the failure is returned as the warning.
     pub(crate) async fn app_consistent_point(&self, rep: &Replication) -> Result<()> {
         let vm = self.source_vm(rep)?;
-        let agent = self.agent(&rep.source_region)?;
+        let agent = self.source_host(rep)?;
         let source = rep.source_key();
         // Not while the VM is being started or stopped.
         let _vm = self.lock_vm(&source).await;
         match self.quiesce(&vm).await {
             Ok(()) => {
                 // A marker syncs the stream's logs.
-                let marked = ferry_types::blocking::off_worker(|| {
-                    agent.mark(&source, MarkerKind::AppConsistent)
-                });
+                let marked = agent
+                    .mark(&source, rep.generation, MarkWire::AppConsistent)
+                    .await;
                 let thawed = self.unquiesce(&vm).await;
                 marked?;
                 thawed
             }
             Err(e) => {
                 self.unquiesce(&vm).await.ok();
-                ferry_types::blocking::off_worker(|| {
-                    agent.mark(&source, MarkerKind::CrashConsistent)
-                })?;
+                agent
+                    .mark(&source, rep.generation, MarkWire::CrashConsistent)
+                    .await?;
                 Err(ControlError::Internal(format!(
                     "the guest of {source} did not quiesce ({e}); the point is crash-consistent"
                 )))

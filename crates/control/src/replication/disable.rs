@@ -124,7 +124,7 @@ pub(crate) async fn run_disable(control: &Arc<Control>, job: &mut Job) -> Result
     control.stop_item(&rep).await;
     let vm_key = key(&group, &vm);
     control
-        .agent(&rep.source_region)?
+        .source_host(&rep)?
         .forget_replication(&rep.source_key())
         .await?;
     control.job_step(

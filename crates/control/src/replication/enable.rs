@@ -38,7 +38,7 @@ impl Control {
         let vm_key = key(group, vm);
         self.refuse_if_busy(&vm_key, &[])?;
         refuse_enable(&vm_key, &self.db.list(Kind::Replication)?)?;
-        self.agent(&req.target_region)?;
+        self.check_region(&req.target_region)?;
         if req.target_region == source.region {
             return Err(ControlError::invalid(format!(
                 "the target region must differ from the VM's region {}",

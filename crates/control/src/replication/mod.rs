@@ -184,11 +184,7 @@ impl Control {
     async fn wait_processed_through(&self, rep: &Replication, t: Timestamp) -> Result<()> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let Some(agent) = self
-                .agent(&rep.source_region)
-                .ok()
-                .and_then(|a| a.status(&rep.source_key()))
-            else {
+            let Some(agent) = self.source_status(rep) else {
                 return Ok(());
             };
             let shipped = agent.stream.oldest_unshipped.is_none_or(|o| o > t);

@@ -136,9 +136,7 @@ fn resync_when_untrusted(control: &Arc<Control>, reps: &[Replication], tasks: &m
         }
         let gap = control.processor_status(&item).and_then(|s| s.gap);
         let lost = control
-            .agent(&rep.source_region)
-            .ok()
-            .and_then(|a| a.status(&rep.source_key()))
+            .source_status(rep)
             .and_then(|s| s.stream.tracking_lost);
         let reason = match (gap, lost) {
             (_, Some(lost)) => lost,

@@ -129,10 +129,7 @@ impl Control {
         let now = Instant::now();
         for rep in &reps {
             let item = rep.item_key();
-            let status = self
-                .agent(&rep.source_region)
-                .ok()
-                .and_then(|a| a.status(&rep.source_key()));
+            let status = self.source_status(rep);
             if let Some(s) = status {
                 self.rates().add(
                     &item,

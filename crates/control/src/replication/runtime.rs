@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_agent::ReplicationConfig;
+use ferry_agent::command::{CacheWire, Command, WireError, format_seed, millis};
 use ferry_replica::{Processor, ProcessorStatus};
 use ferry_storage::{DynStore, Key};
 use tokio::sync::watch;
@@ -61,6 +61,21 @@ impl Control {
         Ok(ferry_storage::scoped(store, prefix))
     }
 
+    /// The cache account of an item as its source agent opens it: the account's URL and the
+    /// item's own prefix.
+    pub(crate) fn item_cache_wire(&self, rep: &Replication) -> Result<CacheWire> {
+        let (group, account) = rep
+            .target
+            .cache_storage
+            .split_once('/')
+            .unwrap_or((&rep.group, &rep.target.cache_storage));
+        let acct = self.storage(group, account)?;
+        Ok(CacheWire {
+            url: acct.url,
+            prefix: format!("streams/{}", rep.stream),
+        })
+    }
+
     /// Start the item's stream and processor unless they run (idempotent; used after restarts).
     /// Decided on the item as it is now, under its runtime lock: a disable or a failover that
     /// stopped it since `rep` was read is not undone.
@@ -91,36 +106,33 @@ impl Control {
             if hashes.is_empty() {
                 // Not seeded yet: the reprotect job starts the item once the seed is stored,
                 // and its copy compares every block, so the VM's writes need not wait.
-                self.agent(&rep.source_region)?
-                    .release_vm(&rep.source_key());
+                self.source_host(rep)?.release_vm(&rep.source_key()).await?;
                 return Ok(());
             }
             Some(std::sync::Arc::new(hashes))
         } else {
             None
         };
-        let agent = self.agent(&rep.source_region)?;
+        let agent = self.source_host(rep)?;
         // Opening the stream reads and syncs its files.
-        let started = ferry_types::blocking::off_worker(|| {
-            agent.start_replication(
-                &rep.source_key(),
-                ReplicationConfig {
-                    stream: rep.stream,
-                    generation: rep.generation,
-                    cache: cache.clone(),
-                    stream_config: self.cfg.stream.clone(),
-                    crash_consistent_every: Duration::from_secs_f64(
-                        policy.crash_consistent_every_seconds,
-                    ),
-                    seed,
-                    resync_from: rep
-                        .resync_from
-                        .filter(|_| rep.state == ItemState::Resynchronizing),
-                },
-            )
-        });
+        let started = agent
+            .call(Command::StartStream {
+                vm: rep.source_key(),
+                stream: rep.stream,
+                generation: rep.generation,
+                cache: self.item_cache_wire(rep)?,
+                config: (&self.cfg.stream).into(),
+                crash_consistent_every_ms: millis(Duration::from_secs_f64(
+                    policy.crash_consistent_every_seconds,
+                )),
+                seed: seed.map(|s| format_seed(&s)),
+                resync_from: rep
+                    .resync_from
+                    .filter(|_| rep.state == ItemState::Resynchronizing),
+            })
+            .await;
         match started {
-            Err(ferry_agent::AgentError::TrackingLost { reason }) => {
+            Err(WireError::TrackingLost { reason }) => {
                 self.event(
                     Severity::Critical,
                     "resync-required",
@@ -134,7 +146,9 @@ impl Control {
                 })?;
                 return Ok(());
             }
-            other => other?,
+            other => {
+                other?;
+            }
         }
         let vm = self.source_vm(rep)?;
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
@@ -172,8 +186,14 @@ impl Control {
         if let Some(item) = item {
             item.stop().await;
         }
-        if let Ok(agent) = self.agent(&rep.source_region) {
-            agent.stop_replication(&rep.source_key()).await;
+        let stopped = match self.source_host(rep) {
+            Ok(agent) => agent.stop_replication(&rep.source_key()).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stopped {
+            // An unreachable host keeps its stream; the item's processor is stopped, and a
+            // stream of an older generation is refused once the host is back.
+            tracing::warn!(item = %rep.item_key(), error = %e, "stop the source stream");
         }
     }
 

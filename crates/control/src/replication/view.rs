@@ -118,14 +118,23 @@ pub struct ReplicationView {
 impl Control {
     pub(crate) fn view(&self, rep: &Replication) -> ReplicationView {
         let vm_key = rep.item_key();
-        let agent = self
-            .agent(&rep.source_region)
-            .ok()
-            .and_then(|a| a.status(&rep.source_key()));
+        let agent = self.source_status(rep);
         let proc = self.processor_status(&vm_key);
         let now = Timestamp::now();
         let mut reasons = Vec::new();
         let mut critical = false;
+        // A joined source host that stopped heartbeating: its last report is all there is.
+        let lost_since = self.source_host_lost(rep);
+        if let Some((host, since)) = &lost_since {
+            reasons.push(match since {
+                Some(t) => format!(
+                    "source host {host} unreachable since {t}; if its site is lost, fail over \
+                     with `ferry failover run {vm_key} --recovery-point latest`"
+                ),
+                None => format!("source host {host} has not connected since the server started"),
+            });
+            critical = true;
+        }
         if let Some(e) = proc.as_ref().and_then(|p| p.error.clone()) {
             reasons.push(format!("processing: {e}"));
             critical = true;
@@ -199,7 +208,16 @@ impl Control {
                 .and_then(|a| a.stream.unordered_since)
                 .or_else(|| proc.as_ref().and_then(|p| p.catch_up_since))
                 .unwrap_or(now);
-            shipped_through.min(stuck).min(unordered).seconds_until(now)
+            // Nothing the host wrote since it was last heard from is known to be shipped.
+            let heard = lost_since
+                .as_ref()
+                .map(|(_, t)| t.unwrap_or(now))
+                .unwrap_or(now);
+            shipped_through
+                .min(stuck)
+                .min(unordered)
+                .min(heard)
+                .seconds_until(now)
         });
         let policy = self
             .policy(&rep.policy)
@@ -297,7 +315,7 @@ impl Control {
             ship_buffer_limit: agent.as_ref().map_or(0, |a| a.stream.buffer_limit),
             tracking: agent
                 .as_ref()
-                .map_or("ordered", |a| a.stream.tracking)
+                .map_or("ordered", |a| a.stream.tracking.as_str())
                 .into(),
             dirty_bytes: agent.as_ref().map_or(0, |a| a.stream.dirty_bytes),
             disk_full_since: agent

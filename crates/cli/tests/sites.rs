@@ -1,0 +1,367 @@
+//! Separate sites: the server stands for the target site; the east host's agent runs in its
+//! own network namespace that can dial out but accepts no connection (a veth pair and an
+//! nftables rule dropping every new inbound connection), with its own data directory, and
+//! reaches the server and the cache account (S3) only over the network. Then the east site is
+//! lost (`kill -9`, data deleted) and the VM is failed over from the latest processed point.
+
+mod support;
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use support::*;
+
+const ITEM: &str = "rg1/db1";
+
+/// A network namespace joined to this one by a veth pair: `host_ip` here, `ns_ip` there. In
+/// it, new inbound connections are dropped.
+struct Netns {
+    name: String,
+    link: String,
+    host_ip: String,
+    ns_ip: String,
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .expect("run a network command (install iproute2 and nftables)");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Netns {
+    fn new() -> Netns {
+        peer("network namespace");
+        let tag = std::process::id() % 200 + 20;
+        let n = Netns {
+            name: format!("ferry-site-{}", std::process::id()),
+            link: format!("fs{}", std::process::id() % 100000),
+            host_ip: format!("10.{tag}.77.1"),
+            ns_ip: format!("10.{tag}.77.2"),
+        };
+        let peer_link = format!("{}p", n.link);
+        run(Command::new("ip").args(["netns", "add", &n.name]));
+        run(Command::new("ip").args([
+            "link", "add", &n.link, "type", "veth", "peer", "name", &peer_link,
+        ]));
+        run(Command::new("ip").args(["link", "set", &peer_link, "netns", &n.name]));
+        run(Command::new("ip").args(["addr", "add", &format!("{}/30", n.host_ip), "dev", &n.link]));
+        run(Command::new("ip").args(["link", "set", &n.link, "up"]));
+        run(n
+            .cmd("ip")
+            .args(["addr", "add", &format!("{}/30", n.ns_ip), "dev", &peer_link]));
+        run(n.cmd("ip").args(["link", "set", &peer_link, "up"]));
+        run(n.cmd("ip").args(["link", "set", "lo", "up"]));
+        let rules = "table inet ferry_site {\n\
+             chain input {\n\
+               type filter hook input priority 0; policy accept;\n\
+               ct state established,related accept\n\
+               iif lo accept\n\
+               ct state new drop\n\
+             }\n\
+           }\n";
+        let mut nft = n
+            .cmd("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run nft (install nftables)");
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        assert!(nft.wait().unwrap().success(), "nft rules in {}", n.name);
+        n
+    }
+
+    /// A command that runs inside the namespace.
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.link])
+            .status();
+    }
+}
+
+/// Forward TCP connections from `listen` to `to` (the S3 server listens on loopback only).
+fn forward(listen: SocketAddr, to: SocketAddr) {
+    let l = TcpListener::bind(listen).unwrap();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(a) = c else { continue };
+            let Ok(b) = TcpStream::connect(to) else {
+                continue;
+            };
+            for (mut from, mut into) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+}
+
+/// A host's agent process.
+struct Agent {
+    child: Child,
+    data: PathBuf,
+}
+
+impl Agent {
+    fn socket_uri(&self, vm: &str, disk: usize) -> String {
+        format!(
+            "nbd+unix:///{}.disk{disk}?socket={}",
+            vm.replace('/', "."),
+            self.data.join("agent/nbd.sock").display()
+        )
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn host(s: &Server, name: &str) -> serde_json::Value {
+    s.json(&["host", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|h| h["name"] == name)
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn fingerprint(s: &Server) -> String {
+    std::fs::read_to_string(s.data.join("tls/fingerprint"))
+        .expect("the server's certificate fingerprint")
+        .trim()
+        .to_string()
+}
+
+/// Start `name`'s agent in `ns`, joining with a fresh token.
+fn start_agent(s: &Server, ns: &Netns, name: &str, data: &Path, s3: SocketAddr) -> Agent {
+    let token = s.json(&["agent", "token", "create", "--region", "east"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let log = std::fs::File::create(data.with_extension("log")).unwrap();
+    let child = ns
+        .cmd(FERRY)
+        .args([
+            "agent",
+            "--server",
+            &format!("https://{}:{}", ns.host_ip, s.port),
+        ])
+        .args(["--fingerprint", &fingerprint(s)])
+        .args(["--region", "east", "--name", name, "--agent-data"])
+        .arg(data)
+        .args(["--join-token", &token])
+        .env("AWS_ENDPOINT", format!("http://{s3}"))
+        .env("FERRY_LOG", "info")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("start ferry agent");
+    wait_until(60, &format!("host {name} to be alive"), || {
+        host(s, name)["alive"] == true
+    });
+    Agent {
+        child,
+        data: data.to_path_buf(),
+    }
+}
+
+#[test]
+fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_failed_over() {
+    let s3_url = peer_env("FERRY_TEST_S3_URL", "s3");
+    let moto: SocketAddr = std::env::var("AWS_ENDPOINT")
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ns = Netns::new();
+    let s = Server::start_on_all_addresses(&dir.join("data"));
+    let s3: SocketAddr = format!("{}:{}", ns.host_ip, free_port()).parse().unwrap();
+    forward(s3, moto);
+
+    let prefix = format!("{s3_url}/sites-{}", std::process::id());
+    s.base_resources(Some((&format!("{prefix}/sa1"), &format!("{prefix}/sa2"))));
+    s.ok(&[
+        "storage",
+        "create",
+        "rg1/cache1",
+        "--url",
+        &format!("{prefix}/cache"),
+    ]);
+    let east = start_agent(&s, &ns, "east-1", &dir.join("east-1"), s3);
+
+    // The namespace accepts no connection: a listener inside it is unreachable from here.
+    let port = free_port();
+    let mut listener = ns
+        .cmd("python3")
+        .args(["-c", &format!(
+            "import socket,time; s=socket.socket(); s.bind(('{}',{port})); s.listen(); time.sleep(60)",
+            ns.ns_ip
+        )])
+        .spawn()
+        .unwrap();
+    let inside = || {
+        ns.cmd("python3")
+            .args([
+                "-c",
+                &format!(
+                    "import socket; socket.create_connection(('{}',{port}),2)",
+                    ns.ns_ip
+                ),
+            ])
+            .status()
+            .unwrap()
+            .success()
+    };
+    wait_until(10, "the listener inside the namespace", inside);
+    let addr: SocketAddr = format!("{}:{port}", ns.ns_ip).parse().unwrap();
+    assert!(
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err(),
+        "a connection into the east namespace was accepted"
+    );
+    let _ = listener.kill();
+
+    s.ok(&[
+        "vm",
+        "create",
+        ITEM,
+        "--network",
+        "vnet1",
+        "--subnet",
+        "db",
+        "--disk",
+        "16MiB@sa1",
+        "--host",
+        "east-1",
+    ]);
+    let vm = s.json(&["vm", "show", ITEM]);
+    assert_eq!(vm["host"], "east-1");
+    let uri = east.socket_uri(ITEM, 0);
+    assert!(qemu_io(&uri, "write -P 0x11 0 1M"));
+    s.ok(&[
+        "replication",
+        "enable",
+        ITEM,
+        "--target-region",
+        "west",
+        "--policy",
+        "fast",
+        "--cache-storage",
+        "cache1",
+    ]);
+    s.wait_protected(ITEM, 120);
+    let h = host(&s, "east-1");
+    assert_eq!(h["streams"], 1, "{h}");
+    assert_eq!(h["vms"][0], ITEM, "{h}");
+
+    // A client writes 1 MiB blocks and stops at its first error; it records when each write
+    // was acknowledged.
+    let acked: Arc<Mutex<Vec<(u32, f64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, stop, uri) = (acked.clone(), stop.clone(), uri.clone());
+        std::thread::spawn(move || {
+            let mut k = 1u32;
+            while !stop.load(Ordering::Relaxed) {
+                let cmd = format!("write -P {} {}M 1M", k % 250 + 1, k % 16);
+                if !qemu_io(&uri, &cmd) {
+                    return;
+                }
+                acked.lock().unwrap().push((k, now()));
+                k += 1;
+            }
+        })
+    };
+    let start = now();
+    s.wait_point_after(ITEM, start + 2.0, 60);
+
+    // The disaster: every process of the east site is killed and its data is gone.
+    let mut east = east;
+    east.child.kill().unwrap();
+    east.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    std::fs::remove_dir_all(&east.data).unwrap();
+    let last_ack = acked.lock().unwrap().last().unwrap().1;
+
+    wait_until(30, "the health to name the lost host", || {
+        let rep = s.replication(ITEM);
+        rep["health"] == "critical"
+            && rep["health_reasons"]
+                .to_string()
+                .contains("source host east-1 unreachable since")
+    });
+    let job = s.json(&["failover", "run", ITEM, "--recovery-point", "latest"]);
+    let id = job["id"].as_u64().unwrap().to_string();
+    s.ok(&["job", "show", &id, "--wait"]);
+    let job = s.json(&["job", "show", &id]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let detail = job["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|st| st["name"] == "Select recovery point")
+        .and_then(|st| st["detail"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let lost: f64 = detail
+        .split("leaves out ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no seconds-lost figure in {detail:?}"));
+    let rep = s.replication(ITEM);
+    let point_id = rep["failover"]["point"]["id"].as_str().unwrap().to_string();
+    let point_time = epoch(rep["failover"]["point"]["time"].as_str().unwrap());
+    // The newest write the server knows of is at most a heartbeat (2 s) and a report's trip
+    // older than the last acknowledged one.
+    let seen = last_ack - point_time;
+    assert!(
+        lost <= seen + 0.3 && lost >= seen - 3.0,
+        "reported {lost} s lost; the last acknowledged write came {seen:.1} s after the point"
+    );
+    assert!(s.events_text().contains("failover-writes-lost"));
+
+    // The VM runs in west from that point: its disk equals the point's.
+    let fv = s.json(&["vm", "show", "rg1/db1-asr"]);
+    assert_eq!(fv["region"], "west");
+    let got = dir.join("failed-over.raw");
+    read_disk(&s.disk_uri("rg1/db1-asr", 0), &got);
+    let want = dir.join("point.raw");
+    s.export(ITEM, 0, &point_id, &want);
+    assert!(
+        same_image(&got, &want),
+        "the failed-over disk differs from its point"
+    );
+}

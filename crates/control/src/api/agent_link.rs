@@ -1,0 +1,101 @@
+//! The routes a joined host's agent calls, with its own credential (never the admin token):
+//! its command stream (server-sent events), its answers, and its heartbeat.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use ferry_agent::command::{Answer, PROTOCOL_VERSION, Report};
+use futures::Stream;
+use serde::Deserialize;
+
+use super::handlers::JsonBody;
+use super::{ApiError, ApiState};
+use crate::hosts::link::AgentIdentity;
+
+/// The agent's routes: outside the admin token, each checks the agent's own credential.
+pub const ROUTES: [super::Route; 3] = [
+    super::Route {
+        method: "get",
+        path: "/v1/agent/commands",
+        summary: "A joined host's command stream (server-sent events; agent credential)",
+    },
+    super::Route {
+        method: "post",
+        path: "/v1/agent/answers",
+        summary: "A joined host's answer to a command (agent credential)",
+    },
+    super::Route {
+        method: "post",
+        path: "/v1/agent/report",
+        summary: "A joined host's heartbeat and report (agent credential)",
+    },
+];
+
+/// How often an idle command stream carries a comment, so both ends see a dead link.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LinkQuery {
+    version: String,
+    protocol: u32,
+}
+
+/// `GET /v1/agent/commands`: the agent's command stream.
+pub(crate) async fn commands(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(q): Query<LinkQuery>,
+) -> Result<Response, ApiError> {
+    let who = super::auth::agent_identity(&state, &headers).await?;
+    if q.protocol != PROTOCOL_VERSION {
+        return Err(ApiError::bad_request(format!(
+            "agent protocol {} is not this server's ({PROTOCOL_VERSION}); run an agent of the \
+             server's version",
+            q.protocol
+        )));
+    }
+    let session = state.control.host_connected(&who, &q.version)?;
+    let stream = futures::stream::unfold(session, |mut session| async move {
+        let envelope = session.commands.recv().await?;
+        let event = Event::default()
+            .event("command")
+            .json_data(&envelope)
+            .unwrap_or_else(|_| Event::default().comment("unencodable command"));
+        Some((Ok::<_, Infallible>(event), session))
+    });
+    Ok(sse(stream).into_response())
+}
+
+fn sse<S>(stream: S) -> impl IntoResponse
+where
+    S: Stream<Item = Result<Event, Infallible>> + Send + 'static,
+{
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("alive"))
+}
+
+/// `POST /v1/agent/answers`: the answer to one command.
+pub(crate) async fn answer(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    JsonBody(answer): JsonBody<Answer>,
+) -> Result<Response, ApiError> {
+    let who: AgentIdentity = super::auth::agent_identity(&state, &headers).await?;
+    state.control.host_answer(&who, answer);
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/agent/report`: the heartbeat, with the state of every VM the host serves.
+pub(crate) async fn report(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    JsonBody(report): JsonBody<Report>,
+) -> Result<Response, ApiError> {
+    let who = super::auth::agent_identity(&state, &headers).await?;
+    state.control.host_report(&who, report)?;
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+}
