@@ -11,6 +11,8 @@ mod http;
 mod output;
 mod progress;
 mod server;
+mod tls;
+mod tls_pin;
 
 use std::process::ExitCode;
 
