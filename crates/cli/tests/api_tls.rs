@@ -274,6 +274,24 @@ fn the_own_ca_is_pinned_or_trusted_and_plain_http_is_served_only_on_loopback() {
     assert!(before == after, "the TLS files changed at a restart");
     s.ok(&s.https(), &pin, &["region", "list"]);
     s.stop();
+
+    // Without its certificate the server signs a new one with the same CA: the pin holds.
+    std::fs::remove_file(data.join("tls").join("server.pem")).unwrap();
+    std::fs::remove_file(data.join("tls").join("server.key")).unwrap();
+    let s = TlsServer::start(&data, port, Some(&config));
+    assert_eq!(s.fingerprint, fingerprint);
+    assert!(std::fs::read(data.join("tls").join("server.pem")).unwrap() != before[2]);
+    s.ok(&s.https(), &pin, &["region", "list"]);
+    s.stop();
+
+    // Half a pair stops the start, naming what is missing, and makes nothing new.
+    std::fs::remove_file(data.join("tls").join("ca.pem")).unwrap();
+    let log = refused(&data, &config);
+    assert!(
+        log.contains("ca.pem is missing but") && log.contains("ca.key is there"),
+        "{log}"
+    );
+    assert!(!data.join("tls").join("ca.pem").exists());
 }
 
 #[test]
