@@ -28,6 +28,19 @@ pub struct Cli {
     /// Data directory: where `server` and `demo` keep their state; clients read its admin-token.
     #[arg(long, global = true)]
     pub data: Option<PathBuf>,
+    /// For an https:// API: trust the server's certificate if this CA (PEM) signed it
+    /// (default: DATA/tls/ca.pem when it exists, else the system's roots).
+    #[arg(long, global = true, env = "FERRY_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// For an https:// API: trust the server whose CA has this fingerprint (sha256:<hex>, as
+    /// `ferry server` printed it).
+    #[arg(
+        long,
+        global = true,
+        env = "FERRY_FINGERPRINT",
+        conflicts_with = "ca_cert"
+    )]
+    pub fingerprint: Option<String>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }

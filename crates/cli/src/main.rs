@@ -12,6 +12,8 @@ mod http;
 mod output;
 mod progress;
 mod server;
+mod tls;
+mod tls_pin;
 
 use std::process::ExitCode;
 

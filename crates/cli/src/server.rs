@@ -10,7 +10,7 @@ use ferry_control::{Control, ControlConfig, api};
 use serde::Deserialize;
 
 use crate::args::ServerArgs;
-use crate::http;
+use crate::{http, tls};
 
 /// The optional configuration file (JSON).
 #[derive(Debug, Deserialize)]
@@ -83,6 +83,9 @@ struct ConfigFile {
     http_body_timeout_seconds: Option<f64>,
     #[serde(default)]
     http_max_connections: Option<usize>,
+    /// TLS of the API (default: on, with the server's own CA).
+    #[serde(default)]
+    api_tls: Option<tls::ApiTlsFile>,
 }
 
 /// `nbd_tcp` of the configuration file.
@@ -227,6 +230,8 @@ pub struct Running {
     pub url: String,
     pub token: String,
     pub control: Arc<Control>,
+    /// The fingerprint clients pin, when the API serves TLS.
+    pub fingerprint: Option<String>,
     pub task: tokio::task::JoinHandle<std::io::Result<()>>,
     stop: tokio::sync::watch::Sender<bool>,
 }
@@ -256,6 +261,7 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
         .with_context(|| format!("resolve {}", data.display()))?;
     let mut cfg = ControlConfig::embedded(data.clone());
     let mut limits = http::Limits::default();
+    let mut api_tls = None;
     if let Some(path) = config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("read config {}", path.display()))?;
@@ -382,10 +388,12 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
             }
             limits.max_connections = n;
         }
+        api_tls = file.api_tls;
     }
     let addr: SocketAddr = listen.parse().with_context(|| {
         format!("invalid --listen {listen:?}: use HOST:PORT such as 127.0.0.1:7480")
     })?;
+    let tls = tls::server(&data, config, api_tls.as_ref(), addr)?;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
         format!("listen on {addr} (is another server running? pick another with --listen)")
     })?;
@@ -397,11 +405,13 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
         api::load_or_create_token(&data.join("admin-token")).context("write the admin token")?;
     let app = api::router(control.clone(), token.clone());
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(http::serve(listener, app, limits, rx));
+    let fingerprint = tls.as_ref().map(|t| t.fingerprint.clone());
+    let task = tokio::spawn(http::serve(listener, app, limits, tls, rx));
     Ok(Running {
         url: format!("http://{addr}"),
         token,
         control,
+        fingerprint,
         task,
         stop,
     })
@@ -412,12 +422,19 @@ pub async fn run(data: Option<PathBuf>, args: &ServerArgs) -> Result<()> {
     let data = data.unwrap_or_else(|| PathBuf::from("ferry-data"));
     let running = start(&data, &args.listen, args.config.as_deref()).await?;
     // Only a banner: a server whose standard output nobody reads goes on serving.
+    let data = running.control.data_dir();
+    let how = match &running.fingerprint {
+        Some(fp) => format!(
+            "{} (TLS fingerprint {fp}; plain HTTP from loopback only)",
+            running.url.replacen("http://", "https://", 1)
+        ),
+        None => format!("{} (plain HTTP, no TLS)", running.url),
+    };
     let _ = writeln!(
         std::io::stdout(),
-        "ferry server listening on {} (data {}, token in {})",
-        running.url,
-        running.control.data_dir().display(),
-        running.control.data_dir().join("admin-token").display()
+        "ferry server listening on {how} (data {}, token in {})",
+        data.display(),
+        data.join("admin-token").display()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
