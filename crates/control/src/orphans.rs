@@ -369,6 +369,7 @@ mod tests {
             nics: Vec::new(),
             created_by: owner.map(|_| "failover".into()),
             owner: owner.map(Into::into),
+            host: None,
             created: Timestamp::now(),
             hydration: None,
         }

@@ -527,6 +527,7 @@ impl Control {
             }],
             created_by: None,
             owner: None,
+            host: None,
             created: Timestamp::now(),
             hydration: None,
         };

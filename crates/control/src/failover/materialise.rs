@@ -141,6 +141,7 @@ impl Control {
             }],
             created_by: Some(place.created_by.into()),
             owner: Some(rep.item_key()),
+            host: None,
             created: Timestamp::now(),
             hydration: None,
         })

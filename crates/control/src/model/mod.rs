@@ -241,6 +241,10 @@ pub struct Vm {
     /// still answers for it. None: the user's VM (also one a disabled item left behind).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// The agent (hypervisor host) the VM is placed on; only that agent may act on it.
+    /// None: not placed on a host (served by the server's own agent for its region).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub created: Timestamp,
     /// While the disks are restored from a recovery point in the background (the VM already
     /// runs from them): which point, and how far it has come.
