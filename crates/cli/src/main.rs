@@ -1,6 +1,7 @@
 //! `ferry`: the command line of ferry — the server, the demo, the benchmark, and the client
 //! commands that drive the REST API. Thin: every decision lives in the library crates.
 
+mod agent_run;
 mod args;
 mod bench;
 mod client;
