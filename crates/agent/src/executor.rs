@@ -158,7 +158,7 @@ impl Executor {
             })
             .collect();
         let free_bytes = nix::sys::statvfs::statvfs(&self.root)
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available() * s.fragment_size())
             .unwrap_or(0);
         Report {
             version: self.version.clone(),

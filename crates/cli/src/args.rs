@@ -25,7 +25,8 @@ pub struct Cli {
     /// API token (default: read DATA/admin-token).
     #[arg(long, global = true, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Data directory: where `server` and `demo` keep their state; clients read its admin-token.
+    /// Data directory: where `server`, `demo` and `agent` keep their state; clients read its
+    /// admin-token.
     #[arg(long, global = true)]
     pub data: Option<PathBuf>,
     /// For an https:// API: trust the server's certificate if this CA (PEM) signed it
@@ -75,8 +76,6 @@ pub enum Cmd {
     Demo,
     /// Run the control plane, the agents and the processors (regions east and west).
     Server(ServerArgs),
-    /// Run the agent of one hypervisor host: it joins the server and dials out to it.
-    Agent(crate::agent::AgentRunArgs),
     /// Measure ferry beside baselines measured in the same run.
     Bench {
         /// A shorter run with smaller sizes.
@@ -127,6 +126,9 @@ pub enum Cmd {
     Orphan(OrphanCmd),
     #[command(subcommand)]
     Alert(AlertCmd),
+    /// Run an agent on a hypervisor host (without a subcommand: it dials out to the server),
+    /// or manage agents: join tokens, the list, revocation.
+    Agent(AgentArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to complete for.
@@ -541,5 +543,66 @@ pub enum JobCmd {
         /// Wait until the job ends, printing its steps.
         #[arg(long)]
         wait: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub cmd: Option<AgentCmd>,
+    #[command(flatten)]
+    pub run: AgentRunArgs,
+}
+
+/// How `ferry agent` runs (no subcommand). Its data directory is the global `--data DIR`.
+#[derive(Debug, Clone, Args)]
+pub struct AgentRunArgs {
+    /// The server's URL.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The region this host serves.
+    #[arg(long)]
+    pub region: Option<String>,
+    /// This agent's name (default: the host's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Where the agent keeps its credential, disks, stream logs and NBD socket: the global
+    /// `--data DIR`, filled in by the dispatch.
+    #[arg(skip)]
+    pub data: Option<PathBuf>,
+    /// A one-time join token (`ferry agent token create`), for the first start.
+    #[arg(long, value_name = "T")]
+    pub join_token: Option<String>,
+    /// The agent's configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The SHA-256 fingerprint of the server's TLS certificate, to trust on first use.
+    #[arg(long, value_name = "SHA256")]
+    pub fingerprint: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Join tokens: one for each agent's first start.
+    #[command(subcommand)]
+    Token(AgentTokenCmd),
+    /// List the agents that joined, revoked ones too.
+    List,
+    /// Revoke an agent: its credential is refused from now on (it may join again with a new
+    /// token).
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentTokenCmd {
+    /// Create a one-time join token for a region: an agent exchanges it once for its own
+    /// credential. Shown once; only its hash is stored.
+    Create {
+        #[arg(long)]
+        region: String,
+        /// How long it can be used: 1m to 24h.
+        #[arg(long, default_value = "15m")]
+        ttl: String,
     },
 }

@@ -130,6 +130,19 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     ("alert delete", "  ferry alert delete oncall"),
     (
+        "agent",
+        "  ferry agent --data /var/lib/ferry-agent --server http://dr.example:7480 --region east --name east-1 --join-token ferry-join-TOKEN",
+    ),
+    (
+        "agent token create",
+        "  ferry agent token create --region east            # one use, 15 minutes\n  ferry agent token create --region east --ttl 1h -o json",
+    ),
+    ("agent list", "  ferry agent list"),
+    (
+        "agent revoke",
+        "  ferry agent revoke east-1                         # its credential is refused from now on",
+    ),
+    (
         "completions",
         "  ferry completions bash > /etc/bash_completion.d/ferry\n  ferry completions zsh > \"${fpath[1]}/_ferry\"",
     ),

@@ -94,12 +94,10 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.link])
-            .status();
+        // Deleting the namespace deletes the veth pair too; the link is deleted in case not.
+        for args in [["netns", "del", &self.name], ["link", "del", &self.link]] {
+            let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+        }
     }
 }
 
@@ -177,7 +175,7 @@ fn start_agent(s: &Server, ns: &Netns, name: &str, data: &Path, s3: SocketAddr) 
             &format!("https://{}:{}", ns.host_ip, s.port),
         ])
         .args(["--fingerprint", &fingerprint(s)])
-        .args(["--region", "east", "--name", name, "--agent-data"])
+        .args(["--region", "east", "--name", name, "--data"])
         .arg(data)
         .args(["--join-token", &token])
         .env("AWS_ENDPOINT", format!("http://{s3}"))
@@ -206,7 +204,8 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let ns = Netns::new();
-    let s = Server::start_on_all_addresses(&dir.join("data"));
+    let config = format!(r#"{{"api_tls": {{"names": ["{}"]}}}}"#, ns.host_ip);
+    let s = Server::start_on_all_addresses(&dir.join("data"), &config);
     let s3: SocketAddr = format!("{}:{}", ns.host_ip, free_port()).parse().unwrap();
     forward(s3, moto);
 
@@ -251,6 +250,7 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
         "a connection into the east namespace was accepted"
     );
     let _ = listener.kill();
+    let _ = listener.wait();
 
     s.ok(&[
         "vm",
@@ -281,9 +281,11 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
         "cache1",
     ]);
     s.wait_protected(ITEM, 120);
-    let h = host(&s, "east-1");
-    assert_eq!(h["streams"], 1, "{h}");
-    assert_eq!(h["vms"][0], ITEM, "{h}");
+    // The host reports its stream with its next heartbeat.
+    wait_until(10, "east-1 to report its stream", || {
+        host(&s, "east-1")["streams"] == 1
+    });
+    assert_eq!(host(&s, "east-1")["vms"][0], ITEM);
 
     // A client writes 1 MiB blocks and stops at its first error; it records when each write
     // was acknowledged.
@@ -354,10 +356,12 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
     assert!(s.events_text().contains("failover-writes-lost"));
 
     // The VM runs in west from that point: its disk equals the point's.
-    let fv = s.json(&["vm", "show", "rg1/db1-asr"]);
+    let failed_over = rep["failover"]["vm"].as_str().unwrap().to_string();
+    let fv = s.json(&["vm", "show", &failed_over]);
     assert_eq!(fv["region"], "west");
+    assert_eq!(fv["state"], "running");
     let got = dir.join("failed-over.raw");
-    read_disk(&s.disk_uri("rg1/db1-asr", 0), &got);
+    read_disk(&s.disk_uri(&failed_over, 0), &got);
     let want = dir.join("point.raw");
     s.export(ITEM, 0, &point_id, &want);
     assert!(

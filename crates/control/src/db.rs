@@ -12,7 +12,9 @@ use serde::de::DeserializeOwned;
 use crate::error::Result;
 use crate::model::{Event, Job};
 
+mod identity;
 mod tx;
+pub(crate) use identity::JoinTokenRow;
 use tx::decode;
 pub(crate) use tx::{Tx, encode};
 
@@ -71,6 +73,7 @@ impl Db {
              CREATE TABLE IF NOT EXISTS orphans (
                  name TEXT PRIMARY KEY, first_seen INTEGER NOT NULL);",
         )?;
+        identity::create_tables(&conn)?;
         Ok(Db {
             conn: Mutex::new(conn),
             unreadable_jobs: Mutex::new(HashSet::new()),

@@ -13,6 +13,12 @@ pub enum ControlError {
     /// The request conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
+    /// The caller's credential is missing, unknown, expired, used or revoked (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The caller is known but may not act on this (403).
+    #[error("{0}")]
+    Forbidden(String),
     /// Something failed inside ferry (500); the message says what.
     #[error("{0}")]
     Internal(String),
@@ -27,6 +33,12 @@ impl ControlError {
     }
     pub fn conflict(msg: impl Into<String>) -> Self {
         ControlError::Conflict(msg.into())
+    }
+    pub fn unauthorized(msg: impl Into<String>) -> Self {
+        ControlError::Unauthorized(msg.into())
+    }
+    pub fn forbidden(msg: impl Into<String>) -> Self {
+        ControlError::Forbidden(msg.into())
     }
 }
 

@@ -34,4 +34,5 @@ pub use confine::Confinement;
 pub use control::{Control, ControlConfig};
 pub use error::ControlError;
 pub use events::EventFilter;
+pub use hosts::{AgentIdentity, AgentRecord, CreateJoinToken, JoinRequest, JoinToken, Joined};
 pub use orphans::{Orphan, OrphanKind};

@@ -357,7 +357,6 @@ mod tests {
     fn vm(vm_key: &str, owner: Option<&str>) -> Vm {
         let (group, name) = vm_key.split_once('/').unwrap();
         Vm {
-            host: None,
             group: group.into(),
             name: name.into(),
             region: "west".into(),
@@ -370,6 +369,7 @@ mod tests {
             nics: Vec::new(),
             created_by: owner.map(|_| "failover".into()),
             owner: owner.map(Into::into),
+            host: None,
             created: Timestamp::now(),
             hydration: None,
         }

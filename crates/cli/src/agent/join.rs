@@ -16,7 +16,8 @@ struct Joined {
 }
 
 /// The agent's credential, joining first when it has none.
-pub(crate) async fn credential(s: &Settings, token: Option<&str>) -> Result<String> {
+pub(crate) async fn credential(s: &Settings) -> Result<String> {
+    let token = s.join_token.as_deref();
     let path = s.data.join("credential");
     match std::fs::read_to_string(&path) {
         Ok(c) => return Ok(c.trim().to_string()),
@@ -33,7 +34,7 @@ pub(crate) async fn credential(s: &Settings, token: Option<&str>) -> Result<Stri
             s.region
         );
     };
-    let http = reqwest::Client::new();
+    let http = super::link::http_client(s, None)?;
     let resp = http
         .post(format!("{}/v1/agents/join", s.server))
         .json(&json!({

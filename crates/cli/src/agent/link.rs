@@ -61,7 +61,7 @@ pub(crate) async fn run(
     exec: Arc<Executor>,
     stop: watch::Receiver<bool>,
 ) {
-    let http = match client(&settings, &credential) {
+    let http = match http_client(&settings, Some(&credential)) {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "the agent's HTTP client");
@@ -78,19 +78,23 @@ pub(crate) async fn run(
     let _ = heartbeat.await;
 }
 
-fn client(s: &Settings, credential: &str) -> Result<reqwest::Client> {
+/// The agent's HTTP client: the server's certificate trusted as settled (a pinned
+/// fingerprint or a CA file), and the agent's credential on every request once it has one.
+pub(crate) fn http_client(s: &Settings, credential: Option<&str>) -> Result<reqwest::Client> {
     let mut headers = reqwest::header::HeaderMap::new();
-    let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {credential}"))
-        .context("the credential has characters a header cannot carry")?;
-    auth.set_sensitive(true);
-    headers.insert(reqwest::header::AUTHORIZATION, auth);
-    headers.insert("x-ferry-host", s.name.parse()?);
-    headers.insert("x-ferry-region", s.region.parse()?);
-    reqwest::Client::builder()
+    if let Some(credential) = credential {
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!("Bearer {credential}"))
+            .context("the credential has characters a header cannot carry")?;
+        auth.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, auth);
+    }
+    let mut builder = reqwest::Client::builder()
         .default_headers(headers)
-        .connect_timeout(Duration::from_secs(5))
-        .build()
-        .context("build the agent's HTTP client")
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(trust) = &s.trust {
+        builder = builder.use_preconfigured_tls(crate::tls::client_config(trust)?.as_ref().clone());
+    }
+    builder.build().context("build the agent's HTTP client")
 }
 
 impl Link {

@@ -14,24 +14,19 @@ use ferry_agent::executor::{Executor, OpenStore};
 use ferry_agent::{AgentHost, NbdAccess};
 use tokio::sync::watch;
 
-/// How to run a host's agent.
-#[derive(Debug, Clone, clap::Args)]
-pub struct AgentRunArgs {
-    /// The server's URL, e.g. https://ferry.example:7480 (plain http only to a loopback address).
-    #[arg(long, env = "FERRY_SERVER")]
-    pub server: Option<String>,
-    /// The region this host is in.
-    #[arg(long)]
-    pub region: Option<String>,
-    /// This host's name (unique among the server's hosts).
-    #[arg(long)]
-    pub name: Option<String>,
-    /// The agent's own directory: credential, disk images, stream logs, NBD socket.
-    #[arg(long = "agent-data", value_name = "DIR")]
-    pub data: Option<PathBuf>,
-    /// A one-time join token (`ferry agent token create`), needed at the first start only.
-    #[arg(long, env = "FERRY_JOIN_TOKEN", hide_env_values = true)]
-    pub join_token: Option<String>,
+use crate::args::AgentRunArgs;
+use crate::tls::Trust;
+
+/// The agent's configuration file (JSON); flags win over it.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    server: Option<String>,
+    region: Option<String>,
+    name: Option<String>,
+    fingerprint: Option<String>,
+    /// A CA certificate (PEM) to trust for the server instead of a pinned fingerprint.
+    ca_cert: Option<PathBuf>,
 }
 
 /// What the agent needs, settled from its arguments and its data directory.
@@ -40,26 +35,16 @@ pub(crate) struct Settings {
     pub region: String,
     pub name: String,
     pub data: PathBuf,
+    /// How the server's certificate is trusted (https only).
+    pub trust: Option<Trust>,
+    pub join_token: Option<String>,
 }
 
 pub async fn run(args: AgentRunArgs) -> Result<()> {
     crate::server::init_logging();
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
-    let (Some(server), Some(region), Some(name), Some(data)) =
-        (args.server, args.region, args.name, args.data)
-    else {
-        bail!("ferry agent needs --server URL --region REGION --name NAME --agent-data DIR");
-    };
-    link::check_server_url(&server)?;
-    std::fs::create_dir_all(&data)
-        .with_context(|| format!("create the agent's data directory {}", data.display()))?;
-    let settings = Settings {
-        server: server.trim_end_matches('/').to_string(),
-        region,
-        name,
-        data,
-    };
-    let credential = join::credential(&settings, args.join_token.as_deref()).await?;
+    let settings = settle(args)?;
+    let credential = join::credential(&settings).await?;
     let host = AgentHost::start_with(&settings.data.join("agent"), &NbdAccess::default())
         .await
         .context("start the NBD listener")?;
@@ -92,4 +77,63 @@ pub async fn run(args: AgentRunArgs) -> Result<()> {
     host.stop_all(ferry_agent::stream::StreamConfig::default().start_hold)
         .await;
     Ok(())
+}
+
+/// The settings from the flags, the config file and the data directory. The server's
+/// fingerprint given at the first start is kept in `DATA/server-fingerprint` for later ones.
+fn settle(args: AgentRunArgs) -> Result<Settings> {
+    let file: ConfigFile = match &args.config {
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("read the agent's config {}", p.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("the agent's config {} is not valid", p.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let (Some(server), Some(region), Some(name), Some(data)) = (
+        args.server.or(file.server),
+        args.region.or(file.region),
+        args.name.or(file.name),
+        args.data,
+    ) else {
+        bail!(
+            "ferry agent needs --server URL --region REGION --name NAME (or a --config file with \
+             them) and --data DIR"
+        );
+    };
+    link::check_server_url(&server)?;
+    std::fs::create_dir_all(&data)
+        .with_context(|| format!("create the agent's data directory {}", data.display()))?;
+    let pinned = data.join("server-fingerprint");
+    let fingerprint = match args.fingerprint.or(file.fingerprint) {
+        Some(f) => {
+            Trust::parse(&f).context("--fingerprint")?;
+            std::fs::write(&pinned, &f)
+                .with_context(|| format!("keep the fingerprint in {}", pinned.display()))?;
+            Some(f)
+        }
+        None => std::fs::read_to_string(&pinned)
+            .ok()
+            .map(|f| f.trim().to_string()),
+    };
+    let trust = match (fingerprint, file.ca_cert) {
+        (Some(f), _) => Some(Trust::parse(&f)?),
+        (None, Some(ca)) => Some(Trust::CaFile(ca)),
+        (None, None) => None,
+    };
+    if server.starts_with("https://") && trust.is_none() {
+        bail!(
+            "--server {server} is https: pass --fingerprint sha256:... as `ferry server` printed it \
+             (or ca_cert in the config file)"
+        );
+    }
+    Ok(Settings {
+        server: server.trim_end_matches('/').to_string(),
+        region,
+        name,
+        data,
+        trust,
+        join_token: args.join_token,
+    })
 }

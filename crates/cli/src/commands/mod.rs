@@ -1,5 +1,6 @@
 //! Dispatch of the client commands.
 
+mod agent;
 mod item_view;
 mod replication;
 mod resources;
@@ -14,8 +15,14 @@ pub async fn run(cli: Cli) -> Result<()> {
     match &cli.cmd {
         Cmd::Demo => return crate::demo::run(cli.data.clone()).await,
         Cmd::Server(args) => return crate::server::run(cli.data.clone(), args).await,
-        Cmd::Agent(args) => return crate::agent::run(args.clone()).await,
         Cmd::Bench { quick, only } => return crate::bench::run(*quick, only, cli.output).await,
+        Cmd::Agent(args) if args.cmd.is_none() => {
+            let run = crate::args::AgentRunArgs {
+                data: cli.data.clone(),
+                ..args.run.clone()
+            };
+            return crate::agent::run(run).await;
+        }
         Cmd::Completions { shell } => {
             let mut cmd = crate::examples::command();
             let mut script = Vec::new();
@@ -58,9 +65,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         Cmd::Alert(c) => replication::alerts(&client, out, c).await,
         Cmd::Failover(c) => replication::failover(&client, out, c).await,
         Cmd::Reprotect { name, wait } => replication::reprotect(&client, out, &name, wait).await,
-        Cmd::Demo
+        Cmd::Agent(crate::args::AgentArgs { cmd: Some(c), .. }) => {
+            agent::agent(&client, out, c).await
+        }
+        Cmd::Agent(crate::args::AgentArgs { cmd: None, .. })
+        | Cmd::Demo
         | Cmd::Server(_)
-        | Cmd::Agent(_)
         | Cmd::Bench { .. }
         | Cmd::Completions { .. } => {
             unreachable!("handled above")

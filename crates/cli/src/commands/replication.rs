@@ -176,7 +176,7 @@ pub async fn disk(c: &Client, out: Output, cmd: DiskCmd) -> Result<()> {
     Ok(())
 }
 
-fn encode(s: &str) -> String {
+pub(super) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -105,11 +105,13 @@ impl Server {
         Self::start_full(data, port, env, None)
     }
 
-    /// Start listening on every address (hosts in other network namespaces reach it); the
-    /// CLI still talks to it over loopback.
-    pub fn start_on_all_addresses(data: &Path) -> Server {
+    /// Start listening on every address with `config` (hosts in other network namespaces
+    /// reach it over TLS); the CLI still talks to it over loopback.
+    pub fn start_on_all_addresses(data: &Path, config: &str) -> Server {
         let env = vec![("FERRY_TEST_LISTEN_ALL".to_string(), "1".to_string())];
-        Self::start_full(data, free_port(), env, None)
+        let path = data.with_extension("config.json");
+        std::fs::write(&path, config).unwrap();
+        Self::start_full(data, free_port(), env, Some(path))
     }
 
     /// Start with a `--config` file holding `json`.

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::handlers::JsonBody;
 use super::{ApiError, ApiState};
-use crate::hosts::link::AgentIdentity;
+use crate::hosts::AgentIdentity;
 
 /// The agent's routes: outside the admin token, each checks the agent's own credential.
 pub const ROUTES: [super::Route; 3] = [
@@ -51,7 +51,7 @@ pub(crate) async fn commands(
     headers: HeaderMap,
     Query(q): Query<LinkQuery>,
 ) -> Result<Response, ApiError> {
-    let who = super::auth::agent_identity(&state, &headers).await?;
+    let who = super::auth::agent_identity(&state.control, &headers).await?;
     if q.protocol != PROTOCOL_VERSION {
         return Err(ApiError::bad_request(format!(
             "agent protocol {} is not this server's ({PROTOCOL_VERSION}); run an agent of the \
@@ -84,7 +84,7 @@ pub(crate) async fn answer(
     headers: HeaderMap,
     JsonBody(answer): JsonBody<Answer>,
 ) -> Result<Response, ApiError> {
-    let who: AgentIdentity = super::auth::agent_identity(&state, &headers).await?;
+    let who: AgentIdentity = super::auth::agent_identity(&state.control, &headers).await?;
     state.control.host_answer(&who, answer);
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }
@@ -95,7 +95,7 @@ pub(crate) async fn report(
     headers: HeaderMap,
     JsonBody(report): JsonBody<Report>,
 ) -> Result<Response, ApiError> {
-    let who = super::auth::agent_identity(&state, &headers).await?;
+    let who = super::auth::agent_identity(&state.control, &headers).await?;
     state.control.host_report(&who, report)?;
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }

@@ -5,10 +5,14 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use axum::extract::{Request, State};
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::Response;
 
 use super::{ApiError, ApiState};
+use crate::Control;
+use crate::hosts::AgentIdentity;
+use crate::hosts::identity::AGENT_PREFIX;
 
 /// Refuse every request without the right `Authorization: Bearer TOKEN` header.
 pub(crate) async fn require_token(
@@ -16,13 +20,11 @@ pub(crate) async fn require_token(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let given = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
+    match bearer(req.headers()) {
         Some(t) if token_matches(t, &state.token) => Ok(next.run(req).await),
+        Some(t) if t.starts_with(AGENT_PREFIX) => Err(ApiError::unauthorized(
+            "an agent credential is not accepted here: this route needs the admin token (DATA/admin-token, FERRY_TOKEN)",
+        )),
         Some(_) => Err(ApiError::unauthorized(
             "the API token is wrong; use the token in DATA/admin-token (FERRY_TOKEN)",
         )),
@@ -30,6 +32,29 @@ pub(crate) async fn require_token(
             "an API token is required: send `Authorization: Bearer TOKEN` (FERRY_TOKEN)",
         )),
     }
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// The agent a request of the agent link comes from: `Authorization: Bearer ferry-agent-...`
+/// with a credential that is known and not revoked (401 otherwise). The admin token is not an
+/// agent credential.
+pub(crate) async fn agent_identity(
+    control: &Control,
+    headers: &HeaderMap,
+) -> Result<AgentIdentity, ApiError> {
+    let Some(given) = bearer(headers) else {
+        return Err(ApiError::unauthorized(
+            "an agent credential is required: send `Authorization: Bearer ferry-agent-...` (the agent's credential file)",
+        ));
+    };
+    Ok(control.authenticate_agent(given)?)
 }
 
 /// Compare tokens in time independent of where they differ.
@@ -62,31 +87,4 @@ pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     Ok(token)
-}
-
-/// The joined host an agent request comes from.
-// Interim identity until per-agent credentials: the admin token, and the host's name and
-// region in `X-Ferry-Host` / `X-Ferry-Region`.
-pub(crate) async fn agent_identity(
-    state: &ApiState,
-    headers: &axum::http::HeaderMap,
-) -> Result<crate::hosts::link::AgentIdentity, ApiError> {
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if !given.is_some_and(|t| token_matches(t, &state.token)) {
-        return Err(ApiError::unauthorized("an agent credential is required"));
-    }
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .ok_or_else(|| ApiError::bad_request(format!("{name} is missing")))
-    };
-    Ok(crate::hosts::link::AgentIdentity {
-        name: header("x-ferry-host")?,
-        region: header("x-ferry-region")?,
-    })
 }

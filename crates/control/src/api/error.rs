@@ -39,6 +39,8 @@ impl From<ControlError> for ApiError {
             ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
             ControlError::NotFound(_) => StatusCode::NOT_FOUND,
             ControlError::Conflict(_) => StatusCode::CONFLICT,
+            ControlError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
             ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -15,13 +15,13 @@ use crate::error::ControlError;
 use crate::model::Severity;
 use crate::requests::*;
 
-type R = Result<Response, ApiError>;
+pub(super) type R = Result<Response, ApiError>;
 
-fn ok<T: serde::Serialize>(v: T) -> R {
+pub(super) fn ok<T: serde::Serialize>(v: T) -> R {
     Ok(Json(v).into_response())
 }
 
-fn created<T: serde::Serialize>(v: T) -> R {
+pub(super) fn created<T: serde::Serialize>(v: T) -> R {
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 

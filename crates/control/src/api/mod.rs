@@ -1,11 +1,12 @@
-//! The REST API: JSON over HTTP, every route but `/healthz` and the web portal behind a bearer
-//! token.
+//! The REST API: JSON over HTTP, every route behind the admin bearer token but `/healthz`, the
+//! web portal, and the agents' routes (which carry a join token or an agent's credential).
 //!
 //! The routes are declared once, in [`router`], each with a one-line summary: the same table
 //! builds the router and the OpenAPI description served at `/openapi.json`, so the description
 //! lists exactly the routes the server has.
 
 mod agent_link;
+mod agents;
 mod auth;
 mod error;
 mod handlers;
@@ -61,8 +62,8 @@ impl Routes {
     }
 }
 
-/// Every route the server has, with its summary (those without a token last: `/healthz` and
-/// the portal's page and assets).
+/// Every route the server has, with its summary (those without the admin token last:
+/// `/healthz`, the agents' join and identity, the portal's page and assets).
 pub fn routes() -> Vec<Route> {
     let mut table = declare().table;
     table.extend(openapi::PUBLIC);
@@ -290,6 +291,24 @@ fn declare() -> Routes {
             delete(delete_alert),
         )
         .add(
+            "/v1/agent-tokens",
+            &[(
+                "post",
+                "Create a one-time join token for a region (ttl_seconds: default 15 min, 1 min to 24 h)",
+            )],
+            post(agents::create_join_token),
+        )
+        .add(
+            "/v1/agents",
+            &[("get", "List the agents that joined, revoked ones too")],
+            get(agents::agents),
+        )
+        .add(
+            "/v1/agents/{name}/revoke",
+            &[("post", "Revoke an agent: its credential is refused from now on")],
+            post(agents::revoke),
+        )
+        .add(
             "/metrics",
             &[("get", "Metrics in the Prometheus text format")],
             get(metrics),
@@ -319,6 +338,8 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route(openapi::JOIN.path, post(agents::join))
+        .route(openapi::AGENT_IDENTITY.path, get(agents::identity))
         .route("/", get(portal::index))
         .route("/portal/app.js", get(portal::script))
         .route("/portal/app.css", get(portal::style))

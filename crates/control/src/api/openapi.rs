@@ -20,9 +20,26 @@ pub const HEALTHZ: Route = Route {
     summary: "Liveness probe (no token)",
 };
 
-/// Routes that need no token: the liveness probe and the portal (which holds no data).
-pub const PUBLIC: [Route; 4] = [
+/// An agent's join: the join token in the body is its credential.
+pub const JOIN: Route = Route {
+    method: "post",
+    path: "/v1/agents/join",
+    summary: "Join: exchange a one-time join token for an agent's credential (no admin token)",
+};
+
+/// An agent's check of its credential (`Authorization: Bearer ferry-agent-...`).
+pub const AGENT_IDENTITY: Route = Route {
+    method: "get",
+    path: "/v1/agent/identity",
+    summary: "The agent the credential belongs to (an agent's credential, not the admin token)",
+};
+
+/// Routes without the admin token: the liveness probe, the agents' join and identity (which
+/// carry a join token or an agent's credential) and the portal (which holds no data).
+pub const PUBLIC: [Route; 6] = [
     HEALTHZ,
+    JOIN,
+    AGENT_IDENTITY,
     super::portal::ROUTES[0],
     super::portal::ROUTES[1],
     super::portal::ROUTES[2],
@@ -54,7 +71,9 @@ pub fn document(routes: &[Route]) -> Value {
                 "5XX": {"description": "A server error: `{\"error\": message}`", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
             },
         });
-        if PUBLIC.iter().any(|p| p.path == r.path) {
+        if r.path == AGENT_IDENTITY.path {
+            op["security"] = json!([{"agent": []}]);
+        } else if PUBLIC.iter().any(|p| p.path == r.path) {
             op["security"] = json!([]);
         }
         if r.method == "post" {
@@ -68,10 +87,13 @@ pub fn document(routes: &[Route]) -> Value {
         "info": {
             "title": "ferry",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "Disaster recovery for virtual machines: continuous replication between regions, recovery points, failover and failback. Every route but /healthz and the web portal (/ and /portal/*, which hold no data) needs `Authorization: Bearer TOKEN` (the admin token is in DATA/admin-token).",
+            "description": "Disaster recovery for virtual machines: continuous replication between regions, recovery points, failover and failback. Every route but /healthz, the agents' /v1/agents/join and /v1/agent/identity (which carry a join token or an agent's credential) and the web portal (/ and /portal/*, which hold no data) needs `Authorization: Bearer TOKEN` (the admin token is in DATA/admin-token).",
         },
         "components": {
-            "securitySchemes": {"token": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "token": {"type": "http", "scheme": "bearer", "description": "The admin token (DATA/admin-token)"},
+                "agent": {"type": "http", "scheme": "bearer", "description": "An agent's credential, `ferry-agent-...`, from its join"},
+            },
             "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}},
         },
         "security": [{"token": []}],

@@ -6,18 +6,12 @@ use std::sync::Arc;
 use ferry_agent::command::{Answer, Envelope, Report};
 use tokio::sync::mpsc;
 
+use super::AgentIdentity;
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
 use crate::model::{Replication, Vm};
 use crate::resources::key;
-
-/// Who an agent is: the host it joined as.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AgentIdentity {
-    pub name: String,
-    pub region: String,
-}
 
 /// An open command stream; the host is marked disconnected when it is dropped.
 pub(crate) struct Session {
@@ -85,18 +79,23 @@ impl Control {
         Ok(())
     }
 
-    /// A heartbeat. Only the VMs placed on the host are kept from its report.
-    pub(crate) fn host_report(&self, who: &AgentIdentity, mut report: Report) -> Result<()> {
-        let host = self.joined_host(&who.name, &who.region);
-        let placed: Vec<String> = self
-            .db
-            .list::<Vm>(Kind::Vm)?
-            .into_iter()
-            .filter(|v| v.host.as_deref() == Some(&who.name))
-            .map(|v| key(&v.group, &v.name))
-            .collect();
-        report.vms.retain(|vm, _| placed.contains(vm));
-        host.report(report);
+    /// A heartbeat. A report that names a VM not placed on the host is refused whole (403),
+    /// so one host cannot speak for another's VMs.
+    pub(crate) fn host_report(&self, who: &AgentIdentity, report: Report) -> Result<()> {
+        let vms = self.db.list::<Vm>(Kind::Vm)?;
+        for name in report.vms.keys() {
+            match vms.iter().find(|v| &key(&v.group, &v.name) == name) {
+                Some(vm) => self.authorize_vm(who, vm)?,
+                None => {
+                    return Err(ControlError::forbidden(format!(
+                        "agent {} reports VM {name}, which does not exist; it may act only on \
+                         the VMs placed on it",
+                        who.name
+                    )));
+                }
+            }
+        }
+        self.joined_host(&who.name, &who.region).report(report);
         Ok(())
     }
 

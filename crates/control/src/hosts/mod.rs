@@ -1,12 +1,15 @@
 //! The hosts whose agents serve the VMs: the server's own agent per region (embedded), and
-//! agents that joined from their hosts and dialled in ([`link`]). The control plane drives
-//! both through [`Host`], with the same [`ferry_agent::command::Command`]s.
+//! agents that joined from their hosts ([`identity`]: join tokens, credentials, revocation)
+//! and dialled in ([`link`]). The control plane drives both through [`Host`], with the same
+//! [`ferry_agent::command::Command`]s.
 
 mod host;
+pub(crate) mod identity;
 pub(crate) mod link;
 mod remote;
 
 pub(crate) use host::Host;
+pub use identity::{AgentIdentity, AgentRecord, CreateJoinToken, JoinRequest, JoinToken, Joined};
 pub(crate) use remote::RemoteHost;
 
 use crate::control::Control;

@@ -69,6 +69,13 @@ impl RemoteHost {
         }
     }
 
+    /// End the open command stream (a revoked agent).
+    pub fn close(&self) {
+        let mut inner = self.inner();
+        inner.session = None;
+        inner.pending.clear();
+    }
+
     pub fn connected(&self) -> bool {
         self.inner().session.is_some()
     }

@@ -225,7 +225,8 @@ pub struct Vm {
     pub group: String,
     pub name: String,
     pub region: String,
-    /// The joined host whose agent serves the VM; none: the region's own agent in the server.
+    /// The joined host whose agent serves the VM (only that agent may act on it); none: the
+    /// region's own agent in the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     pub state: VmState,
