@@ -179,7 +179,7 @@ pub struct Envelope {
 }
 
 /// What a command did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum Outcome {
     Done,
@@ -188,7 +188,7 @@ pub enum Outcome {
 }
 
 /// The answer to the command numbered `id`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Answer {
     pub id: u64,
     #[serde(flatten)]
@@ -196,7 +196,9 @@ pub struct Answer {
 }
 
 /// An agent's error, with the kinds the control plane acts on kept apart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error, schemars::JsonSchema,
+)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum WireError {
     /// The stream no longer holds every change: a repair is needed.
@@ -230,7 +232,7 @@ impl From<AgentError> for WireError {
 }
 
 /// What an agent says of itself every few seconds (its heartbeat): every VM it serves.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Report {
     pub version: String,
@@ -241,7 +243,7 @@ pub struct Report {
 }
 
 /// One served VM in a [`Report`].
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmReport {
     /// Its writes wait for its stream.

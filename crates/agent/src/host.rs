@@ -67,7 +67,7 @@ pub struct ReplicationConfig {
 }
 
 /// What a VM's replication looks like from the agent.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct VmStatus {
     pub stream: StreamStatus,
     pub initial_sync: ProgressView,

@@ -31,7 +31,7 @@ pub struct Progress {
     pub cancelled: AtomicBool,
 }
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct ProgressView {
     pub total_bytes: u64,
     pub scanned_bytes: u64,

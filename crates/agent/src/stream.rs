@@ -151,7 +151,7 @@ struct Inner {
 }
 
 /// What the stream has done, for health and RPO.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct StreamStatus {
     pub next_seq: u64,
     /// Sequence of the last record durable in the cache account.

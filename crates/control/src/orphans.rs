@@ -32,7 +32,7 @@ use crate::operations::role_of;
 use crate::resources::key;
 
 /// What kind of thing an orphan is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum OrphanKind {
     /// A replica's objects (`replicas/<stream>/`) in a target account.
@@ -50,7 +50,7 @@ pub enum OrphanKind {
 }
 
 /// Something no record owns.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Orphan {
     pub kind: OrphanKind,
     /// What and where: a prefix in an account, a path, a VM or network `GROUP/NAME`.

@@ -15,7 +15,7 @@ use ferry_types::{Seq, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// One rung of a thinning ladder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Rung {
     /// Points older than this...
     pub after_seconds: u64,

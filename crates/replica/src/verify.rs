@@ -35,7 +35,7 @@ const WHOLE_PACK_CHUNKS: usize = 4;
 const MAX_POSITIONS: usize = 64;
 
 /// What a verify found, and what a repair did about it.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct VerifyReport {
     /// Retained recovery points whose objects were checked.
     pub points: usize,
@@ -60,7 +60,7 @@ impl VerifyReport {
 }
 
 /// The kind of a damaged object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ObjectKind {
     /// A map page.
@@ -72,7 +72,7 @@ pub enum ObjectKind {
 }
 
 /// One damaged or missing object.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct Problem {
     pub kind: ObjectKind,
     pub disk: usize,
@@ -91,7 +91,7 @@ pub struct Problem {
     pub unrepairable: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct ChunkPlace {
     /// BLAKE3 of the uncompressed block, hex.
     pub hash: String,

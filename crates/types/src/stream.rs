@@ -6,7 +6,18 @@ use serde::{Deserialize, Serialize};
 
 /// Position of one record in a write stream. Dense: every record, marker included, takes one.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 pub struct Seq(pub u64);
 
@@ -25,7 +36,18 @@ impl fmt::Display for Seq {
 /// The fencing number of a stream's writer. A new writer (after a resync) takes a higher one,
 /// and anything written under a lower one is refused.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 pub struct Generation(pub u64);
 
@@ -67,6 +89,21 @@ impl TryFrom<String> for StreamId {
             *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
         }
         Ok(StreamId(out))
+    }
+}
+
+/// 32 lowercase hex digits.
+impl schemars::JsonSchema for StreamId {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "StreamId".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({"type": "string", "pattern": "^[0-9a-f]{32}$"})
     }
 }
 

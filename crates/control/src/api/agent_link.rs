@@ -18,30 +18,33 @@ use crate::hosts::AgentIdentity;
 
 /// The agent's routes: outside the admin token, each checks the agent's own credential.
 pub const ROUTES: [super::Route; 3] = [
-    super::Route {
-        method: "get",
-        path: "/v1/agent/commands",
-        summary: "A joined host's command stream (server-sent events; agent credential)",
-    },
-    super::Route {
-        method: "post",
-        path: "/v1/agent/answers",
-        summary: "A joined host's answer to a command (agent credential)",
-    },
-    super::Route {
-        method: "post",
-        path: "/v1/agent/report",
-        summary: "A joined host's heartbeat and report (agent credential)",
-    },
+    super::op(
+        "get",
+        "A joined host's command stream: server-sent events, one `command` event per command (agent credential)",
+    )
+    .query::<LinkQuery>()
+    .text("text/event-stream")
+    .at("/v1/agent/commands"),
+    super::op("post", "A joined host's answer to a command (agent credential)")
+        .body::<Answer>()
+        .no_content()
+        .at("/v1/agent/answers"),
+    super::op("post", "A joined host's heartbeat and report (agent credential)")
+        .body::<Report>()
+        .no_content()
+        .at("/v1/agent/report"),
 ];
 
 /// How often an idle command stream carries a comment, so both ends see a dead link.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
-#[derive(Deserialize)]
+/// Who is opening the command stream.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct LinkQuery {
+    /// The agent's version.
     version: String,
+    /// The agent protocol's version (`docs/agent-protocol.md`).
     protocol: u32,
 }
 

@@ -8,7 +8,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
 use super::{ApiError, ApiState};
 use crate::error::ControlError;
@@ -49,6 +48,12 @@ where
             .map(JsonBody)
             .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
     }
+}
+
+/// What a DELETE answers: the name of what is gone.
+#[derive(serde::Serialize, schemars::JsonSchema)]
+pub(crate) struct Deleted {
+    pub deleted: String,
 }
 
 pub(crate) async fn not_found() -> ApiError {
@@ -168,7 +173,9 @@ pub(crate) async fn delete_vm(
     Path((g, v)): Path<(String, String)>,
 ) -> R {
     s.control.delete_vm(&g, &v).await?;
-    ok(json!({"deleted": format!("{g}/{v}")}))
+    ok(Deleted {
+        deleted: format!("{g}/{v}"),
+    })
 }
 
 pub(crate) async fn replications(State(s): State<ApiState>) -> R {
@@ -191,9 +198,10 @@ pub(crate) async fn enable_replication(
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DisableQuery {
+    /// Show what would be deleted, and do nothing.
     #[serde(default)]
     dry_run: bool,
 }
@@ -212,7 +220,7 @@ pub(crate) async fn disable_replication(
     Ok((StatusCode::ACCEPTED, Json(job)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RpoHistoryQuery {
     /// How far back, in seconds (default one day).
@@ -238,9 +246,10 @@ pub(crate) async fn recovery_points(
     ok(s.control.recovery_points(&g, &v).await?)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ExportQuery {
+    /// `latest`, `latest-processed`, `latest-app-consistent`, a point id or an RFC 3339 time.
     recovery_point: String,
 }
 
@@ -279,13 +288,18 @@ pub(crate) async fn export_disk(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EventQuery {
+    /// Only events about this item (`GROUP/VM`) or job (`job/ID`).
     target: Option<String>,
+    /// Only events of this kind, e.g. `state-changed`.
     kind: Option<String>,
+    /// Only events of this severity or worse: `info`, `warning` or `critical`.
     severity: Option<String>,
+    /// Only events after this id.
     after: Option<u64>,
+    /// At most this many, the newest (default 100).
     limit: Option<usize>,
 }
 
@@ -302,7 +316,7 @@ pub(crate) async fn create_alert(
 
 pub(crate) async fn delete_alert(State(s): State<ApiState>, Path(name): Path<String>) -> R {
     s.control.delete_alert(&name)?;
-    ok(serde_json::json!({ "deleted": name }))
+    ok(Deleted { deleted: name })
 }
 
 /// Events, oldest first, filtered.
@@ -411,7 +425,7 @@ pub(crate) async fn repair_replication(
     accepted(s.control.repair_replication(&g, &v).await?)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct VerifyBody {
     #[serde(default)]

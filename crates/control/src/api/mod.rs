@@ -1,9 +1,10 @@
 //! The REST API: JSON over HTTP, every route behind the admin bearer token but `/healthz`, the
 //! web portal, and the agents' routes (which carry a join token or an agent's credential).
 //!
-//! The routes are declared once, in [`router`], each with a one-line summary: the same table
-//! builds the router and the OpenAPI description served at `/openapi.json`, so the description
-//! lists exactly the routes the server has.
+//! The routes are declared once, in [`router`], each with a one-line summary and the types of
+//! its request and response bodies: the same table builds the router and the OpenAPI
+//! description served at `/openapi.json`, so the description lists exactly the routes the
+//! server has, with the JSON Schemas of the types it reads and writes.
 
 mod agent_link;
 mod agents;
@@ -25,7 +26,7 @@ use crate::Control;
 pub use auth::{load_or_create_token, token_matches};
 pub use error::ApiError;
 pub use limits::{BodyTimedOut, MAX_BODY_BYTES, with_body_timeout};
-pub use openapi::Route;
+pub use openapi::{Body, Op, Request, RequestBody, Route, op};
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -43,27 +44,26 @@ struct Routes {
 }
 
 impl Routes {
-    /// Add `path` served by `handler`, with a `summary` per method (`"get"`, `"post"`, ...).
-    fn add(
+    /// Add `path` served by `handler`, with an [`Op`] per method (`op("get", summary)` and
+    /// the types of its bodies).
+    fn add<O: Into<Op> + Copy>(
         mut self,
         path: &'static str,
-        methods: &[(&'static str, &'static str)],
+        methods: &[O],
         handler: MethodRouter<ApiState>,
     ) -> Self {
         self.router = self.router.route(path, handler);
-        for (method, summary) in methods {
-            self.table.push(Route {
-                method,
-                path,
-                summary,
-            });
+        for m in methods {
+            let op: Op = (*m).into();
+            self.table.push(op.at(path));
         }
         self
     }
 }
 
 /// Every route the server has, with its summary (those without the admin token last:
-/// `/healthz`, the agents' join and identity, the portal's page and assets).
+/// `/healthz`, the agents' join and identity, the portal's page and assets, then the agents'
+/// link).
 pub fn routes() -> Vec<Route> {
     let mut table = declare().table;
     table.extend(openapi::PUBLIC);
@@ -72,252 +72,333 @@ pub fn routes() -> Vec<Route> {
 }
 
 fn declare() -> Routes {
+    use crate::model::{
+        AvailabilitySet, Event, Group, Job, Network, Policy, Region, StorageAccount, Vm,
+    };
+    use crate::replication::{PointView, ReplicationView, RpoSample};
+    use crate::requests::*;
     use handlers::*;
+    type Verified = ferry_replica::verify::VerifyReport;
+    type DisablePlan = crate::replication::disable::DisablePlan;
     let r = Routes {
         router: Router::new(),
         table: Vec::new(),
     };
-    r.add("/v1/regions", &[("get", "List the regions")], get(regions))
-        .add(
-            "/v1/hosts",
-            &[("get", "List the hosts: each region's own agent and the joined hosts")],
-            get(hosts),
+    r.add(
+        "/v1/regions",
+        &[op("get", "List the regions").ok::<Vec<Region>>()],
+        get(regions),
+    )
+    .add(
+        "/v1/hosts",
+        &[op(
+            "get",
+            "List the hosts: each region's own agent in the server and the joined hosts",
         )
-        .add(
-            "/v1/groups",
-            &[
-                ("get", "List resource groups"),
-                ("post", "Create a resource group"),
-            ],
-            get(groups).post(create_group),
+        .ok::<Vec<crate::hosts::HostView>>()],
+        get(hosts),
+    )
+    .add(
+        "/v1/groups",
+        &[
+            op("get", "List resource groups").ok::<Vec<Group>>(),
+            op("post", "Create a resource group")
+                .body::<CreateGroup>()
+                .created::<Group>(),
+        ],
+        get(groups).post(create_group),
+    )
+    .add(
+        "/v1/groups/{g}",
+        &[op("get", "Show a resource group").ok::<Group>()],
+        get(group),
+    )
+    .add(
+        "/v1/networks",
+        &[op("get", "List networks").ok::<Vec<Network>>()],
+        get(networks),
+    )
+    .add(
+        "/v1/groups/{g}/networks",
+        &[op("post", "Create a network with its subnets")
+            .body::<CreateNetwork>()
+            .created::<Network>()],
+        post(create_network),
+    )
+    .add(
+        "/v1/groups/{g}/networks/{n}",
+        &[op("get", "Show a network").ok::<Network>()],
+        get(network),
+    )
+    .add(
+        "/v1/storage",
+        &[op("get", "List storage accounts").ok::<Vec<StorageAccount>>()],
+        get(storage_accounts),
+    )
+    .add(
+        "/v1/groups/{g}/storage",
+        &[op("post", "Create a storage account")
+            .body::<CreateStorage>()
+            .created::<StorageAccount>()],
+        post(create_storage),
+    )
+    .add(
+        "/v1/groups/{g}/storage/{a}",
+        &[op("get", "Show a storage account").ok::<StorageAccount>()],
+        get(storage),
+    )
+    .add(
+        "/v1/availability-sets",
+        &[op("get", "List availability sets").ok::<Vec<AvailabilitySet>>()],
+        get(availability_sets),
+    )
+    .add(
+        "/v1/groups/{g}/availability-sets",
+        &[op("post", "Create an availability set")
+            .body::<CreateAvailabilitySet>()
+            .created::<AvailabilitySet>()],
+        post(create_availability_set),
+    )
+    .add(
+        "/v1/groups/{g}/availability-sets/{s}",
+        &[op("get", "Show an availability set").ok::<AvailabilitySet>()],
+        get(availability_set),
+    )
+    .add(
+        "/v1/policies",
+        &[
+            op("get", "List replication policies").ok::<Vec<Policy>>(),
+            op("post", "Create a replication policy")
+                .body::<CreatePolicy>()
+                .created::<Policy>(),
+        ],
+        get(policies).post(create_policy),
+    )
+    .add(
+        "/v1/policies/{p}",
+        &[op("get", "Show a replication policy").ok::<Policy>()],
+        get(policy),
+    )
+    .add(
+        "/v1/vms",
+        &[op("get", "List VMs").ok::<Vec<Vm>>()],
+        get(vms),
+    )
+    .add(
+        "/v1/groups/{g}/vms",
+        &[op("post", "Create a VM").body::<CreateVm>().created::<Vm>()],
+        post(create_vm),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}",
+        &[
+            op("get", "Show a VM (disks, NBD URIs, hydration)").ok::<Vm>(),
+            op("delete", "Delete a VM").no_body().ok::<Deleted>(),
+        ],
+        get(vm).delete(delete_vm),
+    )
+    .add(
+        "/v1/replications",
+        &[op("get", "List protected items with health and RPO").ok::<Vec<ReplicationView>>()],
+        get(replications),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/replication",
+        &[
+            op("get", "Show a protected item: state, health, RPO, stats").ok::<ReplicationView>(),
+            op("post", "Enable replication to another region (a job)")
+                .body::<EnableReplication>()
+                .accepted::<Job>(),
+            op(
+                "delete",
+                "Disable replication (a job; ?dry_run=true shows the plan)",
+            )
+            .no_body()
+            .query::<DisableQuery>()
+            .ok::<DisablePlan>()
+            .accepted::<Job>(),
+        ],
+        get(replication)
+            .post(enable_replication)
+            .delete(disable_replication),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/replication/rpo-history",
+        &[op(
+            "get",
+            "The item's RPO, sampled every 30 s and kept 7 days (?since_seconds=, default a day)",
         )
-        .add(
-            "/v1/groups/{g}",
-            &[("get", "Show a resource group")],
-            get(group),
+        .query::<RpoHistoryQuery>()
+        .ok::<Vec<RpoSample>>()],
+        get(rpo_history),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/recovery-points",
+        &[op("get", "List recovery points").ok::<Vec<PointView>>()],
+        get(recovery_points),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/disks/{n}/export",
+        &[op("get", "Export a disk at a recovery point (raw bytes)")
+            .query::<ExportQuery>()
+            .bytes()],
+        get(export_disk),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/replication/verify",
+        &[op(
+            "post",
+            "Verify every chunk and map page behind the retained points (a job)",
         )
-        .add("/v1/networks", &[("get", "List networks")], get(networks))
-        .add(
-            "/v1/groups/{g}/networks",
-            &[("post", "Create a network with its subnets")],
-            post(create_network),
+        .body::<VerifyBody>()
+        .ok::<Verified>()],
+        post(verify_replication),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/replication/repair",
+        &[op(
+            "post",
+            "Repair: compare every block, send those that differ (a job)",
         )
-        .add(
-            "/v1/groups/{g}/networks/{n}",
-            &[("get", "Show a network")],
-            get(network),
-        )
-        .add(
-            "/v1/storage",
-            &[("get", "List storage accounts")],
-            get(storage_accounts),
-        )
-        .add(
-            "/v1/groups/{g}/storage",
-            &[("post", "Create a storage account")],
-            post(create_storage),
-        )
-        .add(
-            "/v1/groups/{g}/storage/{a}",
-            &[("get", "Show a storage account")],
-            get(storage),
-        )
-        .add(
-            "/v1/availability-sets",
-            &[("get", "List availability sets")],
-            get(availability_sets),
-        )
-        .add(
-            "/v1/groups/{g}/availability-sets",
-            &[("post", "Create an availability set")],
-            post(create_availability_set),
-        )
-        .add(
-            "/v1/groups/{g}/availability-sets/{s}",
-            &[("get", "Show an availability set")],
-            get(availability_set),
-        )
-        .add(
-            "/v1/policies",
-            &[
-                ("get", "List replication policies"),
-                ("post", "Create a replication policy"),
-            ],
-            get(policies).post(create_policy),
-        )
-        .add(
-            "/v1/policies/{p}",
-            &[("get", "Show a replication policy")],
-            get(policy),
-        )
-        .add("/v1/vms", &[("get", "List VMs")], get(vms))
-        .add(
-            "/v1/groups/{g}/vms",
-            &[("post", "Create a VM")],
-            post(create_vm),
-        )
-        .add(
-            "/v1/groups/{g}/vms/{vm}",
-            &[
-                ("get", "Show a VM (disks, NBD URIs, hydration)"),
-                ("delete", "Delete a VM"),
-            ],
-            get(vm).delete(delete_vm),
-        )
-        .add(
-            "/v1/replications",
-            &[("get", "List protected items with health and RPO")],
-            get(replications),
-        )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/replication",
-            &[
-                ("get", "Show a protected item: state, health, RPO, stats"),
-                ("post", "Enable replication to another region (a job)"),
-                (
-                    "delete",
-                    "Disable replication (a job; ?dry_run=true shows the plan)",
-                ),
-            ],
-            get(replication)
-                .post(enable_replication)
-                .delete(disable_replication),
-        )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/replication/rpo-history",
-            &[(
-                "get",
-                "The item's RPO, sampled every 30 s and kept 7 days (?since_seconds=, default a day)",
-            )],
-            get(rpo_history),
-        )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/recovery-points",
-            &[("get", "List recovery points")],
-            get(recovery_points),
-        )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/disks/{n}/export",
-            &[("get", "Export a disk at a recovery point (raw bytes)")],
-            get(export_disk),
-        )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/replication/verify",
-            &[(
+        .no_body()
+        .accepted::<Job>()],
+        post(repair_replication),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/start",
+        &[op("post", "Start a VM").no_body().ok::<Vm>()],
+        post(start_vm),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/stop",
+        &[op("post", "Stop a VM").no_body().ok::<Vm>()],
+        post(stop_vm),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/console",
+        &[op("get", "A VM's serial console log").text("text/plain; charset=utf-8")],
+        get(vm_console),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/failover",
+        &[op("post", "Fail over to a recovery point (a job)")
+            .body::<crate::failover::FailoverRequest>()
+            .accepted::<Job>()],
+        post(failover),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/failover/commit",
+        &[op("post", "Commit a failover (a job)")
+            .no_body()
+            .accepted::<Job>()],
+        post(commit_failover),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/test-failover",
+        &[
+            op(
                 "post",
-                "Verify every chunk and map page behind the retained points (a job)",
-            )],
-            post(verify_replication),
+                "Start a test failover in an isolated network (a job)",
+            )
+            .body::<crate::failover::FailoverRequest>()
+            .accepted::<Job>(),
+            op("delete", "Clean up a test failover (a job)")
+                .no_body()
+                .accepted::<Job>(),
+        ],
+        post(test_failover).delete(test_failover_cleanup),
+    )
+    .add(
+        "/v1/groups/{g}/vms/{vm}/reprotect",
+        &[op("post", "Replicate a failed-over VM back (a job)")
+            .no_body()
+            .accepted::<Job>()],
+        post(reprotect),
+    )
+    .add(
+        "/v1/jobs",
+        &[op("get", "List jobs").ok::<Vec<Job>>()],
+        get(jobs),
+    )
+    .add(
+        "/v1/jobs/{id}",
+        &[op("get", "Show a job with its steps").ok::<Job>()],
+        get(job),
+    )
+    .add(
+        "/v1/orphans",
+        &[op(
+            "get",
+            "What no record owns, looked for now (deleted after the grace period)",
         )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/replication/repair",
-            &[(
-                "post",
-                "Repair: compare every block, send those that differ (a job)",
-            )],
-            post(repair_replication),
+        .ok::<Vec<crate::Orphan>>()],
+        get(orphans),
+    )
+    .add(
+        "/v1/events",
+        &[op(
+            "get",
+            "List events (?target=&kind=&severity=&after=&limit=)",
         )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/start",
-            &[("post", "Start a VM")],
-            post(start_vm),
+        .query::<EventQuery>()
+        .ok::<Vec<Event>>()],
+        get(events),
+    )
+    .add(
+        "/v1/alerts",
+        &[
+            op("get", "List alert rules").ok::<Vec<crate::AlertRule>>(),
+            op("post", "Create an alert rule (webhook)")
+                .body::<crate::CreateAlert>()
+                .created::<crate::AlertRule>(),
+        ],
+        get(alerts).post(create_alert),
+    )
+    .add(
+        "/v1/alerts/{name}",
+        &[op("delete", "Delete an alert rule")
+            .no_body()
+            .ok::<Deleted>()],
+        delete(delete_alert),
+    )
+    .add(
+        "/v1/agent-tokens",
+        &[op(
+            "post",
+            "Create a one-time join token for a region (ttl_seconds: default 15 min, 1 min to 24 h)",
         )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/stop",
-            &[("post", "Stop a VM")],
-            post(stop_vm),
+        .body::<crate::hosts::CreateJoinToken>()
+        .created::<crate::hosts::JoinToken>()],
+        post(agents::create_join_token),
+    )
+    .add(
+        "/v1/agents",
+        &[op("get", "List the agents that joined, revoked ones too")
+            .ok::<Vec<crate::hosts::AgentRecord>>()],
+        get(agents::agents),
+    )
+    .add(
+        "/v1/agents/{name}/revoke",
+        &[op(
+            "post",
+            "Revoke an agent: its credential is refused and its link closed from now on",
         )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/console",
-            &[("get", "A VM's serial console log")],
-            get(vm_console),
-        )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/failover",
-            &[("post", "Fail over to a recovery point (a job)")],
-            post(failover),
-        )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/failover/commit",
-            &[("post", "Commit a failover (a job)")],
-            post(commit_failover),
-        )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/test-failover",
-            &[
-                (
-                    "post",
-                    "Start a test failover in an isolated network (a job)",
-                ),
-                ("delete", "Clean up a test failover (a job)"),
-            ],
-            post(test_failover).delete(test_failover_cleanup),
-        )
-        .add(
-            "/v1/groups/{g}/vms/{vm}/reprotect",
-            &[("post", "Replicate a failed-over VM back (a job)")],
-            post(reprotect),
-        )
-        .add("/v1/jobs", &[("get", "List jobs")], get(jobs))
-        .add(
-            "/v1/jobs/{id}",
-            &[("get", "Show a job with its steps")],
-            get(job),
-        )
-        .add(
-            "/v1/orphans",
-            &[(
-                "get",
-                "What no record owns, looked for now (deleted after the grace period)",
-            )],
-            get(orphans),
-        )
-        .add(
-            "/v1/events",
-            &[("get", "List events (?target=&kind=&severity=&limit=)")],
-            get(events),
-        )
-        .add(
-            "/v1/alerts",
-            &[
-                ("get", "List alert rules"),
-                ("post", "Create an alert rule (webhook)"),
-            ],
-            get(alerts).post(create_alert),
-        )
-        .add(
-            "/v1/alerts/{name}",
-            &[("delete", "Delete an alert rule")],
-            delete(delete_alert),
-        )
-        .add(
-            "/v1/agent-tokens",
-            &[(
-                "post",
-                "Create a one-time join token for a region (ttl_seconds: default 15 min, 1 min to 24 h)",
-            )],
-            post(agents::create_join_token),
-        )
-        .add(
-            "/v1/agents",
-            &[("get", "List the agents that joined, revoked ones too")],
-            get(agents::agents),
-        )
-        .add(
-            "/v1/agents/{name}/revoke",
-            &[("post", "Revoke an agent: its credential is refused from now on")],
-            post(agents::revoke),
-        )
-        .add(
-            "/metrics",
-            &[("get", "Metrics in the Prometheus text format")],
-            get(metrics),
-        )
-        .add(
-            "/openapi.json",
-            &[("get", "This API's OpenAPI 3.1 description")],
-            get(openapi_document),
-        )
+        .no_body()
+        .ok::<crate::hosts::AgentRecord>()],
+        post(agents::revoke),
+    )
+    .add(
+        "/metrics",
+        &[op("get", "Metrics in the Prometheus text format")
+            .text("text/plain; version=0.0.4; charset=utf-8")],
+        get(metrics),
+    )
+    .add(
+        "/openapi.json",
+        &[op("get", "This API's OpenAPI 3.1 description")
+            .ok::<serde_json::Map<String, serde_json::Value>>()],
+        get(openapi_document),
+    )
 }
 
 /// The API's routes.
@@ -340,12 +421,12 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route(openapi::JOIN.path, post(agents::join))
         .route(openapi::AGENT_IDENTITY.path, get(agents::identity))
-        .route("/", get(portal::index))
-        .route("/portal/app.js", get(portal::script))
-        .route("/portal/app.css", get(portal::style))
         .route("/v1/agent/commands", get(agent_link::commands))
         .route("/v1/agent/answers", post(agent_link::answer))
         .route("/v1/agent/report", post(agent_link::report))
+        .route("/", get(portal::index))
+        .route("/portal/app.js", get(portal::script))
+        .route("/portal/app.css", get(portal::style))
         .merge(api)
         .method_not_allowed_fallback(limits::method_not_allowed)
         .layer(axum::middleware::from_fn(limits::refuse_large_body))

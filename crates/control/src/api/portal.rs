@@ -7,6 +7,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 
 use super::Route;
+use super::openapi::op;
 
 const INDEX: &str = include_str!("portal/index.html");
 const SCRIPT: &str = include_str!("portal/app.js");
@@ -14,21 +15,15 @@ const STYLE: &str = include_str!("portal/app.css");
 
 /// The portal's routes (no token: they hold no data).
 pub const ROUTES: [Route; 3] = [
-    Route {
-        method: "get",
-        path: "/",
-        summary: "The web portal (no token; it asks for one)",
-    },
-    Route {
-        method: "get",
-        path: "/portal/app.js",
-        summary: "The web portal's script",
-    },
-    Route {
-        method: "get",
-        path: "/portal/app.css",
-        summary: "The web portal's style",
-    },
+    op("get", "The web portal (no token; it asks for one)")
+        .text("text/html; charset=utf-8")
+        .at("/"),
+    op("get", "The web portal's script")
+        .text("text/javascript; charset=utf-8")
+        .at("/portal/app.js"),
+    op("get", "The web portal's style")
+        .text("text/css; charset=utf-8")
+        .at("/portal/app.css"),
 ];
 
 /// Scripts, styles and API calls from this server only; no framing by other sites.

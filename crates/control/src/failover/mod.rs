@@ -35,7 +35,7 @@ pub(crate) use test::{TestCleanupStep, TestFailoverStep, run_test_cleanup, run_t
 const DRAIN_DEADLINE: Duration = Duration::from_secs(180);
 
 /// `ferry failover run` and `ferry failover test`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FailoverRequest {
     /// `latest` (default), `latest-processed`, `latest-app-consistent`, an id or a time.

@@ -34,7 +34,7 @@ const JOIN_PREFIX: &str = "ferry-join-";
 pub(crate) const AGENT_PREFIX: &str = "ferry-agent-";
 
 /// A join token just created: the secret, shown once.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JoinToken {
     pub token: String,
     pub region: String,
@@ -42,7 +42,7 @@ pub struct JoinToken {
 }
 
 /// `POST /v1/agent-tokens`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJoinToken {
     pub region: String,
@@ -52,7 +52,7 @@ pub struct CreateJoinToken {
 }
 
 /// `POST /v1/agents/join`: an agent exchanges a join token for its credential.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JoinRequest {
     pub token: String,
@@ -66,7 +66,7 @@ pub struct JoinRequest {
 }
 
 /// What a join returns: the agent's credential, shown once.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Joined {
     pub name: String,
     pub region: String,
@@ -74,14 +74,14 @@ pub struct Joined {
 }
 
 /// The agent an authenticated request comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AgentIdentity {
     pub name: String,
     pub region: String,
 }
 
 /// An agent as listed: no secret in it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AgentRecord {
     pub name: String,
     pub region: String,

@@ -68,7 +68,7 @@ impl Control {
 }
 
 /// A host as `ferry host list` shows it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct HostView {
     /// The joined host's name; `server/<region>` for the server's own agent of a region.
     pub name: String,

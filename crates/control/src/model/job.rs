@@ -5,7 +5,7 @@ use ferry_types::Timestamp;
 use serde::{Deserialize, Serialize};
 
 /// The operation a job carries out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobKind {
     EnableReplication,
@@ -32,7 +32,7 @@ wire_names!(JobKind, "job kind", {
 });
 
 /// Whether a job runs (or is resumed after a restart) or how it ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum JobState {
     Running,
@@ -47,7 +47,7 @@ wire_names!(JobState, "job state", {
 });
 
 /// Where a job's step is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum StepState {
     Pending,
@@ -64,7 +64,7 @@ wire_names!(StepState, "step state", {
 });
 
 /// How a test failover ended, recorded by its cleanup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TestOutcome {
     Succeeded,
@@ -90,7 +90,7 @@ impl TestOutcome {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct JobStep {
     /// The step's title, which is also how the job's code finds it.
     pub name: String,
@@ -102,7 +102,7 @@ pub struct JobStep {
     pub percent: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Job {
     pub id: u64,
     pub kind: JobKind,

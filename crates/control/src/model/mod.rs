@@ -60,24 +60,24 @@ pub struct UnknownName {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Region {
     pub name: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Group {
     pub name: String,
     pub region: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Subnet {
     pub name: String,
     pub cidr: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Network {
     pub group: String,
     pub name: String,
@@ -90,7 +90,7 @@ pub struct Network {
     pub owner: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StorageAccount {
     pub group: String,
     pub name: String,
@@ -98,14 +98,14 @@ pub struct StorageAccount {
     pub url: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AvailabilitySet {
     pub group: String,
     pub name: String,
     pub region: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Policy {
     pub name: String,
     pub retention_seconds: u64,
@@ -175,7 +175,7 @@ impl Policy {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VmDisk {
     pub index: usize,
     pub size_bytes: u64,
@@ -192,7 +192,7 @@ pub struct VmDisk {
     pub nbd_tcp_uri: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Nic {
     pub network: String,
     pub subnet: String,
@@ -200,7 +200,7 @@ pub struct Nic {
 }
 
 /// How a `--compute qemu` VM boots: a kernel (with initrd and arguments), or disk 0.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct Boot {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
@@ -212,7 +212,7 @@ pub struct Boot {
 
 /// How an `external` VM is quiesced for app-consistent points: shell commands ferry runs on
 /// the host (`sh -c`, with `FERRY_VM=GROUP/VM`), each with a deadline.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct AppConsistency {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pre_freeze: Option<String>,
@@ -220,7 +220,7 @@ pub struct AppConsistency {
     pub post_thaw: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Vm {
     pub group: String,
     pub name: String,
@@ -253,7 +253,7 @@ pub struct Vm {
 }
 
 /// The recovery point a VM's disks are hydrated from, and the progress (filled in when shown).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct VmHydration {
     /// The protected item (`GROUP/VM`) whose replica holds the point.
     pub item: String,
@@ -272,7 +272,7 @@ pub struct VmHydration {
 }
 
 /// Where a protected item replicates to.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Target {
     pub region: String,
     pub group: String,
@@ -383,7 +383,7 @@ impl Replication {
 }
 
 /// A failover: the VM it booted and the recovery point it booted from.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Failover {
     pub vm: String,
     pub point: Option<crate::replication::PointView>,
@@ -394,7 +394,7 @@ pub struct Failover {
 }
 
 /// A test failover: the VM and the isolated network it runs in.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TestFailover {
     pub vm: String,
     pub network: String,
@@ -416,7 +416,7 @@ pub struct NetworkMapping {
 }
 
 /// Something that happened: a state or health change, a job's end, a fault.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     pub id: u64,
     pub time: Timestamp,

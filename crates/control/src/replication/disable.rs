@@ -24,7 +24,7 @@ job_steps! {
 }
 
 /// What disabling an item would do, shown before anything is deleted (`--dry-run`).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct DisablePlan {
     pub item: String,
     pub state: ItemState,
@@ -36,7 +36,7 @@ pub struct DisablePlan {
     pub keep_vms: Vec<String>,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct PlannedDeletion {
     pub store: String,
     pub objects: usize,

@@ -37,7 +37,7 @@ pub(crate) struct Rates {
 }
 
 /// Churn and what the pipeline does with it, over the last 30 s.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct ChurnView {
     /// MB/s the VM changed, per disk and in all.
     pub per_disk_mb_per_second: Vec<f64>,

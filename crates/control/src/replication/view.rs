@@ -9,7 +9,7 @@ use super::rates::{self, ChurnView};
 use crate::control::Control;
 use crate::model::{Health, ItemState, Policy, Replication, Target};
 
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct PointView {
     pub id: String,
     pub time: String,
@@ -33,7 +33,7 @@ impl From<&PointInfo> for PointView {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct InitialReplicationView {
     pub total_bytes: u64,
     pub scanned_bytes: u64,
@@ -41,7 +41,7 @@ pub struct InitialReplicationView {
     pub percent: f64,
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct StatsView {
     pub bytes_written: u64,
     /// Bytes waiting in the agent's ship buffer, and its bound.
@@ -67,13 +67,13 @@ pub struct StatsView {
 }
 
 /// One stored RPO sample (none: the item had no RPO then, e.g. it was not protected).
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct RpoSample {
     pub time: String,
     pub rpo_seconds: Option<f64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct ReplicationView {
     pub name: String,
     pub group: String,
