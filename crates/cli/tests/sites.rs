@@ -160,25 +160,41 @@ fn fingerprint(s: &Server) -> String {
         .to_string()
 }
 
-/// Start `name`'s agent in `ns`, joining with a fresh token.
-fn start_agent(s: &Server, ns: &Netns, name: &str, data: &Path, s3: SocketAddr) -> Agent {
-    let token = s.json(&["agent", "token", "create", "--region", "east"])["token"]
+/// A fresh one-time join token for east.
+fn join_token(s: &Server) -> String {
+    s.json(&["agent", "token", "create", "--region", "east"])["token"]
         .as_str()
         .unwrap()
-        .to_string();
+        .to_string()
+}
+
+/// Start `name`'s agent in `ns`, joining with a fresh token; it reaches the server over TLS at
+/// the namespace's host address, and S3 through `s3`.
+fn start_agent(s: &Server, ns: &Netns, name: &str, data: &Path, s3: SocketAddr) -> Agent {
+    let mut cmd = ns.cmd(FERRY);
+    cmd.args([
+        "agent",
+        "--server",
+        &format!("https://{}:{}", ns.host_ip, s.port),
+    ])
+    .args(["--fingerprint", &fingerprint(s)])
+    .env("AWS_ENDPOINT", format!("http://{s3}"));
+    spawn_agent(s, cmd, name, data)
+}
+
+/// Start `name`'s agent on this host, reaching the server over loopback.
+fn start_local_agent(s: &Server, name: &str, data: &Path) -> Agent {
+    let mut cmd = Command::new(FERRY);
+    cmd.args(["agent", "--server", &s.url]);
+    spawn_agent(s, cmd, name, data)
+}
+
+fn spawn_agent(s: &Server, mut cmd: Command, name: &str, data: &Path) -> Agent {
     let log = std::fs::File::create(data.with_extension("log")).unwrap();
-    let child = ns
-        .cmd(FERRY)
-        .args([
-            "agent",
-            "--server",
-            &format!("https://{}:{}", ns.host_ip, s.port),
-        ])
-        .args(["--fingerprint", &fingerprint(s)])
+    let child = cmd
         .args(["--region", "east", "--name", name, "--data"])
         .arg(data)
-        .args(["--join-token", &token])
-        .env("AWS_ENDPOINT", format!("http://{s3}"))
+        .args(["--join-token", &join_token(s)])
         .env("FERRY_LOG", "info")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -190,6 +206,75 @@ fn start_agent(s: &Server, ns: &Netns, name: &str, data: &Path, s3: SocketAddr) 
     Agent {
         child,
         data: data.to_path_buf(),
+    }
+}
+
+/// A request with an agent's credential: (status, body).
+fn as_agent(s: &Server, credential: &str, path: &str, body: &str) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {credential}")])
+        .args(["-H", "Content-Type: application/json", "--data", body])
+        .arg(format!("{}{path}", s.url))
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A client that writes 1 MiB blocks to `uri` until `stop`, stopping at its first error;
+/// it records when each write was acknowledged.
+struct Writer {
+    acked: Arc<Mutex<Vec<f64>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(uri: &str) -> Writer {
+        let acked: Arc<Mutex<Vec<f64>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (acked, stop, uri) = (acked.clone(), stop.clone(), uri.to_string());
+            std::thread::spawn(move || {
+                let mut k = 1u32;
+                while !stop.load(Ordering::Relaxed) {
+                    let cmd = format!("write -P {} {}M 1M", k % 250 + 1, k % 16);
+                    if !qemu_io(&uri, &cmd) {
+                        return;
+                    }
+                    acked.lock().unwrap().push(now());
+                    k += 1;
+                }
+            })
+        };
+        Writer {
+            acked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn acked_since(&self, t: f64) -> usize {
+        self.acked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| **a > t)
+            .count()
+    }
+
+    /// Stop; returns when the last write was acknowledged.
+    fn stop(mut self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.take().unwrap().join().unwrap();
+        *self
+            .acked
+            .lock()
+            .unwrap()
+            .last()
+            .expect("at least one write")
     }
 }
 
@@ -287,24 +372,7 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
     });
     assert_eq!(host(&s, "east-1")["vms"][0], ITEM);
 
-    // A client writes 1 MiB blocks and stops at its first error; it records when each write
-    // was acknowledged.
-    let acked: Arc<Mutex<Vec<(u32, f64)>>> = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (acked, stop, uri) = (acked.clone(), stop.clone(), uri.clone());
-        std::thread::spawn(move || {
-            let mut k = 1u32;
-            while !stop.load(Ordering::Relaxed) {
-                let cmd = format!("write -P {} {}M 1M", k % 250 + 1, k % 16);
-                if !qemu_io(&uri, &cmd) {
-                    return;
-                }
-                acked.lock().unwrap().push((k, now()));
-                k += 1;
-            }
-        })
-    };
+    let writer = Writer::start(&uri);
     let start = now();
     s.wait_point_after(ITEM, start + 2.0, 60);
 
@@ -312,10 +380,8 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
     let mut east = east;
     east.child.kill().unwrap();
     east.child.wait().unwrap();
-    stop.store(true, Ordering::Relaxed);
-    writer.join().unwrap();
+    let last_ack = writer.stop();
     std::fs::remove_dir_all(&east.data).unwrap();
-    let last_ack = acked.lock().unwrap().last().unwrap().1;
 
     wait_until(30, "the health to name the lost host", || {
         let rep = s.replication(ITEM);
@@ -368,4 +434,91 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
         same_image(&got, &want),
         "the failed-over disk differs from its point"
     );
+}
+
+#[test]
+fn a_server_restart_stops_no_vm_on_a_joined_host_and_loses_no_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut s = Server::start(&dir.join("data"));
+    s.base_resources(None);
+    let east = start_local_agent(&s, "east-1", &dir.join("east-1"));
+    s.ok(&[
+        "vm",
+        "create",
+        ITEM,
+        "--network",
+        "vnet1",
+        "--subnet",
+        "db",
+        "--disk",
+        "16MiB@sa1",
+        "--host",
+        "east-1",
+    ]);
+    let uri = east.socket_uri(ITEM, 0);
+    s.protect(ITEM);
+    let writer = Writer::start(&uri);
+    s.wait_point_after(ITEM, now(), 60);
+    let before: Vec<String> = s.points(ITEM).iter().map(|p| p["id"].to_string()).collect();
+
+    // The server dies; the host goes on serving its VM.
+    s.kill9();
+    let down = now();
+    wait_until(30, "writes acknowledged while the server is down", || {
+        writer.acked_since(down) >= 5
+    });
+    s.restart();
+    wait_until(60, "east-1 to link again", || {
+        host(&s, "east-1")["alive"] == true
+    });
+    let back = now();
+    s.wait_point_after(ITEM, back, 60);
+    let last = writer.stop();
+    let point = s.wait_point_after(ITEM, last, 60);
+    let after: Vec<String> = s.points(ITEM).iter().map(|p| p["id"].to_string()).collect();
+    for p in &before {
+        assert!(after.contains(p), "point {p} was lost over the restart");
+    }
+    let rep = s.replication(ITEM);
+    assert_eq!(rep["state"], "protected", "{rep}");
+    // The newest point holds every write, those made while the server was down included.
+    let want = dir.join("source.raw");
+    read_disk(&uri, &want);
+    let got = dir.join("point.raw");
+    s.export(ITEM, 0, point["id"].as_str().unwrap(), &got);
+    assert!(
+        same_image(&got, &want),
+        "the point after the last write differs from the disk"
+    );
+
+    // Another host's credential cannot speak for this VM, and a revoked one is refused.
+    let joined: serde_json::Value = {
+        let body = format!(
+            r#"{{"token":"{}","name":"east-2","region":"east","version":"0.1.0"}}"#,
+            join_token(&s)
+        );
+        let (code, text) = s.http("POST", "/v1/agents/join", Some(&body), false);
+        assert_eq!(code, 201, "{text}");
+        serde_json::from_str(&text).unwrap()
+    };
+    let other = joined["credential"].as_str().unwrap();
+    let report = format!(r#"{{"version":"0.1.0","vms":{{"{ITEM}":{{"held":false}}}}}}"#);
+    let (code, text) = as_agent(&s, other, "/v1/agent/report", &report);
+    assert_eq!(code, 403, "{text}");
+    assert!(
+        text.contains("agent east-2 may act only on the VMs placed on it")
+            && text.contains("is on host east-1"),
+        "{text}"
+    );
+    assert_eq!(host(&s, "east-1")["vms"][0], ITEM);
+    s.ok(&["agent", "revoke", "east-2"]);
+    let (code, text) = as_agent(
+        &s,
+        other,
+        "/v1/agent/report",
+        r#"{"version":"0.1.0","vms":{}}"#,
+    );
+    assert_eq!(code, 401, "{text}");
+    assert!(text.contains("east-2 was revoked"), "{text}");
 }
