@@ -212,6 +212,9 @@ pub enum WireError {
     /// A command of an older generation than the stream the agent holds.
     #[error("{message}")]
     Stale { message: String },
+    /// The request cannot be met as asked (a disk larger than the file system holds).
+    #[error("{message}")]
+    Refused { message: String },
     #[error("{message}")]
     Other { message: String },
 }
@@ -224,6 +227,13 @@ impl From<AgentError> for WireError {
                 message: e.to_string(),
             },
             AgentError::UnknownVm(vm) => WireError::UnknownVm { vm },
+            AgentError::Io { ref source, .. } if source.raw_os_error() == Some(libc::EFBIG) => {
+                WireError::Refused {
+                    message: format!(
+                        "{e}: the file system cannot hold a file this large; pick a smaller disk"
+                    ),
+                }
+            }
             e => WireError::Other {
                 message: e.to_string(),
             },

@@ -49,6 +49,7 @@ const EXAMPLES: &[(&str, &str)] = &[
         "  ferry vm create rg1/web1 --network vnet1 --subnet default --disk 64MiB@sa1 --disk 32MiB@sa2\n  ferry vm create rg1/app1 --network vnet1 --subnet default --disk 1GiB@sa1 --compute qemu \\\n      --kernel vmlinuz --initrd initrd.img --append 'quiet'",
     ),
     ("vm list", "  ferry vm list"),
+    ("host list", "  ferry host list\n  ferry host list -o json"),
     (
         "vm show",
         "  ferry vm show rg1/web1 -o json                # disks[].nbd_uri, hydration after a failover",

@@ -152,6 +152,7 @@ impl From<WireError> for ControlError {
             WireError::CatchingUp { .. } | WireError::Stale { .. } => {
                 ControlError::Conflict(e.to_string())
             }
+            WireError::Refused { message } => ControlError::Invalid(message),
             e => ControlError::Internal(e.to_string()),
         }
     }
