@@ -160,6 +160,23 @@ fn fingerprint(s: &Server) -> String {
         .to_string()
 }
 
+/// Create the test's VM (one 16 MiB disk) on host east-1.
+fn create_on_east_1(s: &Server) {
+    s.ok(&[
+        "vm",
+        "create",
+        ITEM,
+        "--network",
+        "vnet1",
+        "--subnet",
+        "db",
+        "--disk",
+        "16MiB@sa1",
+        "--host",
+        "east-1",
+    ]);
+}
+
 /// A fresh one-time join token for east.
 fn join_token(s: &Server) -> String {
     s.json(&["agent", "token", "create", "--region", "east"])["token"]
@@ -337,19 +354,7 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
     let _ = listener.kill();
     let _ = listener.wait();
 
-    s.ok(&[
-        "vm",
-        "create",
-        ITEM,
-        "--network",
-        "vnet1",
-        "--subnet",
-        "db",
-        "--disk",
-        "16MiB@sa1",
-        "--host",
-        "east-1",
-    ]);
+    create_on_east_1(&s);
     let vm = s.json(&["vm", "show", ITEM]);
     assert_eq!(vm["host"], "east-1");
     let uri = east.socket_uri(ITEM, 0);
@@ -443,19 +448,7 @@ fn a_server_restart_stops_no_vm_on_a_joined_host_and_loses_no_point() {
     let mut s = Server::start(&dir.join("data"));
     s.base_resources(None);
     let east = start_local_agent(&s, "east-1", &dir.join("east-1"));
-    s.ok(&[
-        "vm",
-        "create",
-        ITEM,
-        "--network",
-        "vnet1",
-        "--subnet",
-        "db",
-        "--disk",
-        "16MiB@sa1",
-        "--host",
-        "east-1",
-    ]);
+    create_on_east_1(&s);
     let uri = east.socket_uri(ITEM, 0);
     s.protect(ITEM);
     let writer = Writer::start(&uri);
