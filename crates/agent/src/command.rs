@@ -27,6 +27,10 @@ pub struct DiskWire {
     pub index: usize,
     pub image: String,
     pub size_bytes: u64,
+    /// The recovery point (`rp-…`) the disk is still being restored from, on a joined host:
+    /// its missing blocks come from the server ([`crate::restore`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<String>,
 }
 
 /// How a stream is cut, as sent to an agent.
@@ -109,6 +113,14 @@ pub enum Command {
     },
     /// Stop serving a VM (its stream stops too); its images stay.
     DetachVm { vm: String },
+    /// Make a detached VM's disks empty images to be restored from `point`: the agent asks the
+    /// server which blocks hold data and marks them to fetch. Attach the VM (its disks'
+    /// `restore` set) to serve them.
+    PrepareRestore {
+        vm: String,
+        point: String,
+        disks: Vec<DiskWire>,
+    },
     /// Stop serving a VM and delete its images and local logs.
     DeleteVm { vm: String, disks: Vec<DiskWire> },
     /// Start (or resume) a VM's write stream.
@@ -146,6 +158,7 @@ impl Command {
         match self {
             Command::AttachVm { vm, .. }
             | Command::DetachVm { vm }
+            | Command::PrepareRestore { vm, .. }
             | Command::DeleteVm { vm, .. }
             | Command::StartStream { vm, .. }
             | Command::StopStream { vm }
@@ -160,6 +173,7 @@ impl Command {
         match self {
             Command::AttachVm { .. } => "attach-vm",
             Command::DetachVm { .. } => "detach-vm",
+            Command::PrepareRestore { .. } => "prepare-restore",
             Command::DeleteVm { .. } => "delete-vm",
             Command::StartStream { .. } => "start-stream",
             Command::StopStream { .. } => "stop-stream",
@@ -261,6 +275,14 @@ pub struct VmReport {
     /// Its stream, while one runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replication: Option<VmStatus>,
+    /// The recovery point its disks were attached to be restored from (kept once they are
+    /// whole, until the VM is detached), so a report from before the attach is told apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored_from: Option<String>,
+    /// Per disk, how far its restore has come (`null` for a disk that is whole), while any
+    /// disk is still restored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hydration: Option<Vec<Option<crate::hydrate::HydrationProgress>>>,
 }
 
 /// A hex digest list to digests; a malformed one is an error naming it.

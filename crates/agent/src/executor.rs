@@ -2,8 +2,9 @@
 //! [`Report`]. The server's own agent and a joined host's agent run the same code; only the way
 //! the commands arrive differs.
 
+use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_storage::{DynStore, Key};
@@ -12,6 +13,8 @@ use crate::command::{
     CacheWire, Command, DiskWire, Outcome, Report, VmReport, WireError, parse_seed,
 };
 use crate::host::{AgentHost, DiskSpec, ReplicationConfig};
+use crate::hydrate::BlockSource;
+use crate::restore::{PointBlocks, RestoreDisk};
 
 /// Opens the cache account a stream ships to (the agent's own credentials apply).
 pub type OpenStore = Arc<dyn Fn(&str) -> Result<DynStore, String> + Send + Sync>;
@@ -24,6 +27,11 @@ pub struct Executor {
     root: PathBuf,
     absolute_images: bool,
     open_store: OpenStore,
+    /// Where restored disks come from (a joined host: the server); `None` for the server's own
+    /// agent, whose restores the server serves directly.
+    restore: Option<Arc<dyn PointBlocks>>,
+    /// The point each VM's disks were last attached to be restored from.
+    restored_from: Mutex<HashMap<String, String>>,
     version: String,
 }
 
@@ -33,6 +41,7 @@ impl Executor {
         root: PathBuf,
         absolute_images: bool,
         open_store: OpenStore,
+        restore: Option<Arc<dyn PointBlocks>>,
         version: String,
     ) -> Self {
         Executor {
@@ -40,6 +49,8 @@ impl Executor {
             root,
             absolute_images,
             open_store,
+            restore,
+            restored_from: Mutex::default(),
             version,
         }
     }
@@ -66,19 +77,34 @@ impl Executor {
                     .map(|d| {
                         Ok(DiskSpec {
                             hold: hold_ms.map(Duration::from_millis),
+                            hydrate_from: self.restore_source(&vm, d)?,
                             ..DiskSpec::plain(self.image_path(d)?, d.size_bytes)
                         })
                     })
                     .collect::<Result<Vec<_>, WireError>>()?;
-                blocking(move || host.attach_vm(&vm, &specs)).await?;
+                let point = disks.iter().find_map(|d| d.restore.clone());
+                let name = vm.clone();
+                blocking(move || host.attach_vm(&name, &specs)).await?;
+                let mut restored = self.restored();
+                match point {
+                    Some(p) => restored.insert(vm, p),
+                    None => restored.remove(&vm),
+                };
             }
-            Command::DetachVm { vm } => host.detach_vm(&vm).await,
+            Command::DetachVm { vm } => {
+                host.detach_vm(&vm).await;
+                self.restored().remove(&vm);
+            }
+            Command::PrepareRestore { vm, point, disks } => {
+                self.prepare_restore(&vm, &point, &disks).await?
+            }
             Command::DeleteVm { vm, disks } => {
                 let paths = disks
                     .iter()
                     .map(|d| self.image_path(d))
                     .collect::<Result<Vec<_>, _>>()?;
                 host.detach_vm(&vm).await;
+                self.restored().remove(&vm);
                 host.forget_replication(&vm).await?;
                 blocking(move || {
                     for p in &paths {
@@ -150,9 +176,15 @@ impl Executor {
             .vm_names()
             .into_iter()
             .map(|vm| {
+                let hydration = self
+                    .host
+                    .hydration(&vm)
+                    .filter(|disks| disks.iter().any(Option::is_some));
                 let r = VmReport {
                     held: self.host.held(&vm),
                     replication: self.host.status(&vm),
+                    restored_from: self.restored().get(&vm).cloned(),
+                    hydration,
                 };
                 (vm, r)
             })
@@ -165,6 +197,71 @@ impl Executor {
             free_bytes,
             vms,
         }
+    }
+
+    fn restored(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.restored_from.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn point_blocks(&self) -> Result<&Arc<dyn PointBlocks>, WireError> {
+        self.restore.as_ref().ok_or_else(|| WireError::Other {
+            message: "this agent restores no disk from a recovery point".into(),
+        })
+    }
+
+    /// The source of a disk still being restored.
+    fn restore_source(
+        &self,
+        vm: &str,
+        d: &DiskWire,
+    ) -> Result<Option<Arc<dyn BlockSource>>, WireError> {
+        let Some(point) = &d.restore else {
+            return Ok(None);
+        };
+        Ok(Some(self.point_blocks()?.source(RestoreDisk {
+            vm: vm.to_string(),
+            disk: d.index,
+            point: point.clone(),
+        })))
+    }
+
+    /// Make a detached VM's disks empty images that hydrate from `point`. Nothing is changed
+    /// while the VM is served, or before every disk's list of blocks has arrived.
+    async fn prepare_restore(
+        &self,
+        vm: &str,
+        point: &str,
+        disks: &[DiskWire],
+    ) -> Result<(), WireError> {
+        if self.host.vm_names().iter().any(|v| v == vm) {
+            return Err(WireError::Other {
+                message: format!("VM {vm} is served; detach it before its disks are restored"),
+            });
+        }
+        let source = self.point_blocks()?;
+        let mut plans = Vec::new();
+        for d in disks {
+            let present = source
+                .present(RestoreDisk {
+                    vm: vm.to_string(),
+                    disk: d.index,
+                    point: point.to_string(),
+                })
+                .await
+                .map_err(|message| WireError::Other { message })?;
+            let count = d.size_bytes.div_ceil(ferry_format::BLOCK_SIZE);
+            let blocks = present.blocks(count).map_err(|e| WireError::Other {
+                message: format!("disk {} of VM {vm} at {point}: {e}", d.index),
+            })?;
+            plans.push((self.image_path(d)?, d.size_bytes, blocks));
+        }
+        blocking(move || {
+            for (image, size, blocks) in &plans {
+                crate::hydrate::prepare(image, *size, blocks)?;
+            }
+            Ok::<_, crate::AgentError>(())
+        })
+        .await
     }
 
     /// Where a disk's image is: under the agent's data directory, never outside it.

@@ -176,13 +176,17 @@ pub(crate) fn parse(data: &[u8], size: u64) -> Result<Bitmap, String> {
 }
 
 /// How far a disk's hydration has come.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
+#[serde(deny_unknown_fields)]
 pub struct HydrationProgress {
     /// Bytes of the point that had to be fetched.
     pub total_bytes: u64,
     /// Of those, bytes in the image now.
     pub done_bytes: u64,
     /// The last failure of the background fetch (it retries), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 

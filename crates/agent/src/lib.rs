@@ -30,6 +30,7 @@ pub mod initial_sync;
 mod log;
 pub mod redo;
 mod reserve;
+pub mod restore;
 pub mod sealer;
 pub mod shipper;
 mod state;

@@ -1,8 +1,9 @@
 //! Separate sites: the server stands for the target site; the east host's agent runs in its
 //! own network namespace that can dial out but accepts no connection (a veth pair and an
 //! nftables rule dropping every new inbound connection), with its own data directory, and
-//! reaches the server and the cache account (S3) only over the network. Then the east site is
-//! lost (`kill -9`, data deleted) and the VM is failed over from the latest processed point.
+//! reaches the server and the cache account (S3) only over the network; the west host's agent
+//! is a process of its own as well. Then the east site is lost (`kill -9`, data deleted) and the
+//! VM is failed over onto the west host from the latest processed point.
 
 mod support;
 
@@ -177,9 +178,9 @@ fn create_on_east_1(s: &Server) {
     ]);
 }
 
-/// A fresh one-time join token for east.
-fn join_token(s: &Server) -> String {
-    s.json(&["agent", "token", "create", "--region", "east"])["token"]
+/// A fresh one-time join token for `region`.
+fn join_token(s: &Server, region: &str) -> String {
+    s.json(&["agent", "token", "create", "--region", region])["token"]
         .as_str()
         .unwrap()
         .to_string()
@@ -196,22 +197,22 @@ fn start_agent(s: &Server, ns: &Netns, name: &str, data: &Path, s3: SocketAddr) 
     ])
     .args(["--fingerprint", &fingerprint(s)])
     .env("AWS_ENDPOINT", format!("http://{s3}"));
-    spawn_agent(s, cmd, name, data)
+    spawn_agent(s, cmd, "east", name, data)
 }
 
-/// Start `name`'s agent on this host, reaching the server over loopback.
-fn start_local_agent(s: &Server, name: &str, data: &Path) -> Agent {
+/// Start `name`'s agent of `region` on this host, reaching the server over loopback.
+fn start_local_agent(s: &Server, region: &str, name: &str, data: &Path) -> Agent {
     let mut cmd = Command::new(FERRY);
     cmd.args(["agent", "--server", &s.url]);
-    spawn_agent(s, cmd, name, data)
+    spawn_agent(s, cmd, region, name, data)
 }
 
-fn spawn_agent(s: &Server, mut cmd: Command, name: &str, data: &Path) -> Agent {
+fn spawn_agent(s: &Server, mut cmd: Command, region: &str, name: &str, data: &Path) -> Agent {
     let log = std::fs::File::create(data.with_extension("log")).unwrap();
     let child = cmd
-        .args(["--region", "east", "--name", name, "--data"])
+        .args(["--region", region, "--name", name, "--data"])
         .arg(data)
-        .args(["--join-token", &join_token(s)])
+        .args(["--join-token", &join_token(s, region)])
         .env("FERRY_LOG", "info")
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -224,6 +225,12 @@ fn spawn_agent(s: &Server, mut cmd: Command, name: &str, data: &Path) -> Agent {
         child,
         data: data.to_path_buf(),
     }
+}
+
+/// The credential an agent keeps in its data directory.
+fn credential_of(agent: &Agent) -> String {
+    let text = std::fs::read_to_string(agent.data.join("credential")).expect("the credential");
+    text.trim().to_string()
 }
 
 /// A request with an agent's credential: (status, body).
@@ -321,6 +328,8 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
         &format!("{prefix}/cache"),
     ]);
     let east = start_agent(&s, &ns, "east-1", &dir.join("east-1"), s3);
+    // West's host is a process of its own too (the server stands for the rest of that site).
+    let west = start_local_agent(&s, "west", "west-1", &dir.join("west-1"));
 
     // The namespace accepts no connection: a listener inside it is unreachable from here.
     let port = free_port();
@@ -426,18 +435,30 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
     );
     assert!(s.events_text().contains("failover-writes-lost"));
 
-    // The VM runs in west from that point: its disk equals the point's.
+    // The VM runs on the west host from that point, its disk restored from the server on
+    // demand: it equals the point's.
     let failed_over = rep["failover"]["vm"].as_str().unwrap().to_string();
     let fv = s.json(&["vm", "show", &failed_over]);
     assert_eq!(fv["region"], "west");
+    assert_eq!(fv["host"], "west-1");
     assert_eq!(fv["state"], "running");
     let got = dir.join("failed-over.raw");
-    read_disk(&s.disk_uri(&failed_over, 0), &got);
+    read_disk(&west.socket_uri(&failed_over, 0), &got);
     let want = dir.join("point.raw");
     s.export(ITEM, 0, &point_id, &want);
     assert!(
         same_image(&got, &want),
         "the failed-over disk differs from its point"
+    );
+    // The rest of the disk is restored in the background; then it is a plain disk.
+    wait_until(60, "the failed-over disk to be whole", || {
+        s.json(&["vm", "show", &failed_over])["hydration"].is_null()
+    });
+    assert!(s.events_text().contains("hydration-complete"));
+    read_disk(&west.socket_uri(&failed_over, 0), &got);
+    assert!(
+        same_image(&got, &want),
+        "the restored disk differs from its point"
     );
 }
 
@@ -447,7 +468,7 @@ fn a_server_restart_stops_no_vm_on_a_joined_host_and_loses_no_point() {
     let dir = tmp.path();
     let mut s = Server::start(&dir.join("data"));
     s.base_resources(None);
-    let east = start_local_agent(&s, "east-1", &dir.join("east-1"));
+    let east = start_local_agent(&s, "east", "east-1", &dir.join("east-1"));
     create_on_east_1(&s);
     let uri = east.socket_uri(ITEM, 0);
     s.protect(ITEM);
@@ -489,7 +510,7 @@ fn a_server_restart_stops_no_vm_on_a_joined_host_and_loses_no_point() {
     let joined: serde_json::Value = {
         let body = format!(
             r#"{{"token":"{}","name":"east-2","region":"east","version":"0.1.0"}}"#,
-            join_token(&s)
+            join_token(&s, "east")
         );
         let (code, text) = s.http("POST", "/v1/agents/join", Some(&body), false);
         assert_eq!(code, 201, "{text}");
@@ -505,6 +526,14 @@ fn a_server_restart_stops_no_vm_on_a_joined_host_and_loses_no_point() {
         "{text}"
     );
     assert_eq!(host(&s, "east-1")["vms"][0], ITEM);
+    // Nor read the blocks of a VM that is not its own, restored or not.
+    let ask = format!(r#"{{"vm":"{ITEM}","disk":0,"point":"rp-1","blocks":[0]}}"#);
+    let (code, text) = as_agent(&s, other, "/v1/agent/restore/blocks", &ask);
+    assert_eq!(code, 403, "{text}");
+    let mine = credential_of(&east);
+    let (code, text) = as_agent(&s, &mine, "/v1/agent/restore/blocks", &ask);
+    assert_eq!(code, 409, "{text}");
+    assert!(text.contains("is not being restored"), "{text}");
     s.ok(&["agent", "revoke", "east-2"]);
     let (code, text) = as_agent(
         &s,

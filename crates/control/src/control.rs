@@ -80,6 +80,10 @@ pub struct Control {
     pub(crate) vm_locks: crate::operations::KeyLocks,
     /// One lock per item, held while its stream and processor start or stop.
     pub(crate) runtime_locks: crate::operations::KeyLocks,
+    /// The sources of the disks joined hosts restore, while they do.
+    pub(crate) restores: Mutex<
+        HashMap<ferry_agent::restore::RestoreDisk, Arc<dyn ferry_agent::hydrate::BlockSource>>,
+    >,
 }
 
 impl Control {
@@ -109,6 +113,7 @@ impl Control {
                 cfg.data.join("regions").join(r),
                 true,
                 open_store,
+                None,
                 env!("CARGO_PKG_VERSION").to_string(),
             );
             embedded.insert(r.clone(), Arc::new(exec));
@@ -131,6 +136,7 @@ impl Control {
             observed: Mutex::new(HashMap::new()),
             vm_locks: Default::default(),
             runtime_locks: Default::default(),
+            restores: Default::default(),
         });
         control.reconcile().await?;
         tokio::spawn(crate::replication::monitor::run(

@@ -471,22 +471,14 @@ impl Control {
                 Some(a) => self.storage(group, a)?.name,
                 None => self.default_disk_account(group, &g.region, &accounts, i)?,
             };
-            // On a joined host, under its agent's data directory.
-            let image = match host {
-                Some(_) => std::path::Path::new("disks")
-                    .join(group)
-                    .join(&vm_name)
-                    .join(format!("disk{i}.raw")),
-                None => self
-                    .cfg
-                    .data
-                    .join("regions")
-                    .join(&g.region)
-                    .join("disks")
-                    .join(group)
-                    .join(&vm_name)
-                    .join(format!("disk{i}.raw")),
-            };
+            let image = image_path(
+                &self.cfg.data,
+                &g.region,
+                host.as_deref(),
+                group,
+                &vm_name,
+                i,
+            );
             disks.push(VmDisk {
                 index: i,
                 size_bytes: d.size_bytes,
@@ -716,6 +708,23 @@ impl Control {
     }
 }
 
+/// Where disk `index` of VM `group/name` lives: on a joined host, under its agent's data
+/// directory (relative); on the server's own agent of `region`, under the server's.
+pub(crate) fn image_path(
+    data: &std::path::Path,
+    region: &str,
+    host: Option<&str>,
+    group: &str,
+    name: &str,
+    index: usize,
+) -> std::path::PathBuf {
+    let base = match host {
+        Some(_) => std::path::PathBuf::from("disks"),
+        None => data.join("regions").join(region).join("disks"),
+    };
+    base.join(group).join(name).join(format!("disk{index}.raw"))
+}
+
 /// A VM's disks as its agent is told of them.
 pub(crate) fn disk_wires(vm: &Vm) -> Vec<ferry_agent::command::DiskWire> {
     vm.disks
@@ -724,6 +733,7 @@ pub(crate) fn disk_wires(vm: &Vm) -> Vec<ferry_agent::command::DiskWire> {
             index: d.index,
             image: d.image.clone(),
             size_bytes: d.size_bytes,
+            restore: vm.hydration.as_ref().map(|h| h.recovery_point.clone()),
         })
         .collect()
 }

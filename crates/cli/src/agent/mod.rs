@@ -4,6 +4,7 @@
 
 mod join;
 mod link;
+mod restore;
 mod sse;
 
 use std::path::PathBuf;
@@ -50,11 +51,16 @@ pub async fn run(args: AgentRunArgs) -> Result<()> {
         .context("start the NBD listener")?;
     let open_store: OpenStore =
         Arc::new(|url: &str| ferry_storage::open(url).map_err(|e| e.to_string()));
+    let restore = restore::FromServer {
+        server: settings.server.clone(),
+        http: link::http_client(&settings, Some(&credential))?,
+    };
     let exec = Arc::new(Executor::new(
         host.clone(),
         settings.data.clone(),
         false,
         open_store,
+        Some(Arc::new(restore)),
         env!("CARGO_PKG_VERSION").to_string(),
     ));
     println!(

@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use ferry_agent::command::{Answer, PROTOCOL_VERSION, Report};
+use ferry_agent::restore::{BlocksRequest, Present, RestoreDisk};
 use futures::Stream;
 use serde::Deserialize;
 
@@ -17,7 +18,7 @@ use super::{ApiError, ApiState};
 use crate::hosts::AgentIdentity;
 
 /// The agent's routes: outside the admin token, each checks the agent's own credential.
-pub const ROUTES: [super::Route; 3] = [
+pub const ROUTES: [super::Route; 5] = [
     super::op(
         "get",
         "A joined host's command stream: server-sent events, one `command` event per command (agent credential)",
@@ -33,6 +34,20 @@ pub const ROUTES: [super::Route; 3] = [
         .body::<Report>()
         .no_content()
         .at("/v1/agent/report"),
+    super::op(
+        "post",
+        "Which blocks of a point's disk hold data, for a VM the host restores (agent credential)",
+    )
+    .body::<RestoreDisk>()
+    .ok::<Present>()
+    .at("/v1/agent/restore/present"),
+    super::op(
+        "post",
+        "Blocks of a point's disk, for a VM the host restores: per block its number (u64 LE), length (u32 LE) and bytes (agent credential)",
+    )
+    .body::<BlocksRequest>()
+    .bytes()
+    .at("/v1/agent/restore/blocks"),
 ];
 
 /// How often an idle command stream carries a comment, so both ends see a dead link.
@@ -101,4 +116,30 @@ pub(crate) async fn report(
     let who = super::auth::agent_identity(&state.control, &headers).await?;
     state.control.host_report(&who, report)?;
     Ok(axum::http::StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /v1/agent/restore/present`: the blocks of a point's disk that hold data.
+pub(crate) async fn restore_present(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    JsonBody(disk): JsonBody<RestoreDisk>,
+) -> Result<Response, ApiError> {
+    let who = super::auth::agent_identity(&state.control, &headers).await?;
+    let present = state.control.restore_present(&who, disk).await?;
+    Ok(axum::Json(present).into_response())
+}
+
+/// `POST /v1/agent/restore/blocks`: the contents of some blocks of a point's disk.
+pub(crate) async fn restore_blocks(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<BlocksRequest>,
+) -> Result<Response, ApiError> {
+    let who = super::auth::agent_identity(&state.control, &headers).await?;
+    let body = state.control.restore_blocks(&who, req).await?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+        body,
+    )
+        .into_response())
 }

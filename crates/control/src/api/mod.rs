@@ -424,6 +424,11 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
         .route("/v1/agent/commands", get(agent_link::commands))
         .route("/v1/agent/answers", post(agent_link::answer))
         .route("/v1/agent/report", post(agent_link::report))
+        .route(
+            "/v1/agent/restore/present",
+            post(agent_link::restore_present),
+        )
+        .route("/v1/agent/restore/blocks", post(agent_link::restore_blocks))
         .route("/", get(portal::index))
         .route("/portal/app.js", get(portal::script))
         .route("/portal/app.css", get(portal::style))

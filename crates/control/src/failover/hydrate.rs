@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use ferry_agent::command::DiskWire;
 use ferry_agent::hydrate::{BlockSource, BoxFuture, Fetched};
 use ferry_format::map::ChunkRef;
 use ferry_format::point::PointRecord;
@@ -89,37 +90,44 @@ impl Control {
         vm: &mut Vm,
     ) -> Result<()> {
         let layout = self.layout(rep)?;
-        for d in &vm.disks {
-            let map = ferry_replica::export::point_map(&layout, point, d.index).await?;
-            let blocks: Vec<u64> = map
-                .iter()
-                .enumerate()
-                .filter(|(_, r)| !r.is_zero())
-                .map(|(i, _)| i as u64)
-                .collect();
-            ferry_agent::hydrate::prepare(d.image.as_ref(), d.size_bytes, &blocks)
-                .map_err(|e| ControlError::Internal(format!("prepare disk {}: {e}", d.index)))?;
+        let vm_key = key(&vm.group, &vm.name);
+        let point_id = points::point_id(point.seq);
+        self.forget_restores(&vm_key);
+        match self.host_of(vm)? {
+            // A joined host asks for the blocks of the point itself.
+            host @ crate::hosts::Host::Joined(_) => {
+                // Its disk requests are answered only once the VM records the point.
+                vm.hydration = Some(VmHydration::new(rep.item_key(), point_id.clone()));
+                self.db.put(Kind::Vm, &vm_key, vm)?;
+                let wires: Vec<_> = crate::resources::disk_wires(vm)
+                    .into_iter()
+                    .map(|d| DiskWire { restore: None, ..d })
+                    .collect();
+                host.prepare_restore(&vm_key, &point_id, wires).await?;
+            }
+            crate::hosts::Host::Embedded(_) => {
+                for d in &vm.disks {
+                    let blocks = super::restore::present_blocks(&layout, point, d.index).await?;
+                    ferry_agent::hydrate::prepare(d.image.as_ref(), d.size_bytes, &blocks)
+                        .map_err(|e| {
+                            ControlError::Internal(format!("prepare disk {}: {e}", d.index))
+                        })?;
+                }
+            }
         }
-        vm.hydration = Some(VmHydration {
-            item: rep.item_key(),
-            recovery_point: points::point_id(point.seq),
-            total_bytes: 0,
-            done_bytes: 0,
-            percent: 0.0,
-            error: None,
-        });
-        self.db.put(Kind::Vm, &key(&vm.group, &vm.name), vm)
+        vm.hydration = Some(VmHydration::new(rep.item_key(), point_id));
+        self.db.put(Kind::Vm, &vm_key, vm)
     }
 
     /// Fill in a hydrating VM's progress from its agent.
     pub(crate) fn fill_hydration(&self, vm: &mut Vm) {
-        if vm.hydration.is_none() {
+        let Some(point) = vm.hydration.as_ref().map(|h| h.recovery_point.clone()) else {
             return;
-        }
+        };
         let Some(disks) = self
             .host_of(vm)
             .ok()
-            .and_then(|a| a.hydration(&key(&vm.group, &vm.name)))
+            .and_then(|a| a.hydration(&key(&vm.group, &vm.name), &point))
         else {
             return;
         };
@@ -146,11 +154,11 @@ impl Control {
     /// The VMs whose disks are whole again lose their hydration mark (and an event says so).
     pub(crate) fn hydrations_done(&self) -> Result<()> {
         for mut vm in self.db.list::<Vm>(Kind::Vm)? {
-            if vm.hydration.is_none() {
+            let Some(point) = vm.hydration.as_ref().map(|h| h.recovery_point.clone()) else {
                 continue;
-            }
+            };
             let vm_key = key(&vm.group, &vm.name);
-            let Some(disks) = self.host_of(&vm)?.hydration(&vm_key) else {
+            let Some(disks) = self.host_of(&vm)?.hydration(&vm_key, &point) else {
                 continue;
             };
             if disks.iter().all(Option::is_none) {
@@ -173,6 +181,7 @@ impl Control {
                 if cleared.hydration.is_some() {
                     continue;
                 }
+                self.forget_restores(&vm_key);
                 self.event(
                     Severity::Info,
                     "hydration-complete",

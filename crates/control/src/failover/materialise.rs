@@ -98,6 +98,8 @@ impl Control {
         let wanted: Option<IpAddr> = source.nics.first().and_then(|n| n.private_ip.parse().ok());
         let used = self.used_ips(&place.group, &place.network)?;
         let ip = ipam::choose(&cidr, &used, wanted, true)?;
+        // On a live host of the target region (the server's own agent when none is).
+        let host = self.place(&group.region, None)?;
         let mut disks = Vec::new();
         for d in &source.disks {
             let storage = rep.target.storage.get(&d.storage).cloned().ok_or_else(|| {
@@ -106,15 +108,14 @@ impl Control {
                     d.storage
                 ))
             })?;
-            let image = self
-                .cfg
-                .data
-                .join("regions")
-                .join(&group.region)
-                .join("disks")
-                .join(&place.group)
-                .join(&place.name)
-                .join(format!("disk{}.raw", d.index));
+            let image = crate::resources::image_path(
+                &self.cfg.data,
+                &group.region,
+                host.as_deref(),
+                &place.group,
+                &place.name,
+                d.index,
+            );
             disks.push(VmDisk {
                 index: d.index,
                 size_bytes: d.size_bytes,
@@ -125,7 +126,7 @@ impl Control {
             });
         }
         Ok(Vm {
-            host: None,
+            host,
             group: place.group.clone(),
             name: place.name.clone(),
             region: group.region,

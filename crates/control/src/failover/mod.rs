@@ -12,6 +12,7 @@
 mod hydrate;
 mod materialise;
 mod reprotect;
+mod restore;
 mod run;
 mod test;
 

@@ -34,8 +34,8 @@ impl Host {
         self.call(command).await.map(drop).map_err(Into::into)
     }
 
-    /// Serve a VM's disks. A disk restored from a point (`hydrate_from`) is served only by the
-    /// server's own agent for now.
+    /// Serve a VM's disks. The server's own agent reads a restored disk's blocks (`hydrate_from`)
+    /// from the replica itself; a joined host asks the server for them.
     pub async fn attach_vm(
         &self,
         vm: &str,
@@ -47,13 +47,6 @@ impl Host {
                 let (host, vm, disks) = (e.host().clone(), vm.to_string(), disks.to_vec());
                 ferry_types::blocking::off_worker(|| host.attach_vm(&vm, &disks))?;
                 Ok(())
-            }
-            Host::Joined(h) if disks.iter().any(|d| d.hydrate_from.is_some()) => {
-                Err(ControlError::invalid(format!(
-                    "VM {vm} has disks still being restored; restoring onto joined host {} is \
-                     not supported yet: fail over to a region served by the server's own agent",
-                    h.name
-                )))
             }
             _ => {
                 let hold_ms = disks
@@ -68,6 +61,21 @@ impl Host {
                 .await
             }
         }
+    }
+
+    /// Have a joined host make a detached VM's disks empty images to be restored from `point`
+    /// (the server's own agent's are prepared by the server: see `prepare_hydration`).
+    pub async fn prepare_restore(&self, vm: &str, point: &str, disks: Vec<DiskWire>) -> Result<()> {
+        self.run(Command::PrepareRestore {
+            vm: vm.into(),
+            point: point.into(),
+            disks,
+        })
+        .await?;
+        if let Host::Joined(h) = self {
+            h.restore_prepared(vm);
+        }
+        Ok(())
     }
 
     pub async fn detach_vm(&self, vm: &str) -> Result<()> {
@@ -118,14 +126,22 @@ impl Host {
         }
     }
 
-    /// How far each disk's restore has come (the server's own agent only).
+    /// How far each disk's restore from `point` has come (`None`: not known yet); a disk that
+    /// is whole has no entry, and a VM whose disks are all whole may have an empty list.
     pub fn hydration(
         &self,
         vm: &str,
+        point: &str,
     ) -> Option<Vec<Option<ferry_agent::hydrate::HydrationProgress>>> {
         match self {
             Host::Embedded(e) => e.host().hydration(vm),
-            Host::Joined(_) => None,
+            Host::Joined(h) => {
+                let r = h.vm_report_since_restore(vm)?;
+                if r.restored_from.as_deref() != Some(point) {
+                    return None;
+                }
+                Some(r.hydration.unwrap_or_default())
+            }
         }
     }
 

@@ -32,6 +32,10 @@ struct Inner {
     report: Report,
     last_seen: Option<(Instant, Timestamp)>,
     version: String,
+    /// Reports received, and per VM the first report known to be made after its disks were
+    /// last prepared for a restore (one may be on its way that was made before).
+    reports: u64,
+    fresh_from: HashMap<String, u64>,
 }
 
 impl RemoteHost {
@@ -130,12 +134,31 @@ impl RemoteHost {
         let mut inner = self.inner();
         inner.version = report.version.clone();
         inner.report = report;
+        inner.reports += 1;
         inner.last_seen = Some((Instant::now(), Timestamp::now()));
     }
 
     /// What the agent last said of a VM.
     pub fn vm_report(&self, vm: &str) -> Option<ferry_agent::command::VmReport> {
         self.inner().report.vms.get(vm).cloned()
+    }
+
+    /// The VM's disks were just prepared for a restore: what the reports said of their
+    /// hydration before is void, and the next report may still be one made before.
+    pub fn restore_prepared(&self, vm: &str) {
+        let mut inner = self.inner();
+        let from = inner.reports + 2;
+        inner.fresh_from.insert(vm.to_string(), from);
+    }
+
+    /// What the agent last said of a VM, when it was said after its disks were last prepared
+    /// for a restore.
+    pub fn vm_report_since_restore(&self, vm: &str) -> Option<ferry_agent::command::VmReport> {
+        let inner = self.inner();
+        if inner.fresh_from.get(vm).is_some_and(|&n| inner.reports < n) {
+            return None;
+        }
+        inner.report.vms.get(vm).cloned()
     }
 
     pub fn free_bytes(&self) -> u64 {

@@ -271,6 +271,20 @@ pub struct VmHydration {
     pub error: Option<String>,
 }
 
+impl VmHydration {
+    /// A restore of `item`'s point `recovery_point` that has not begun.
+    pub fn new(item: String, recovery_point: String) -> Self {
+        VmHydration {
+            item,
+            recovery_point,
+            total_bytes: 0,
+            done_bytes: 0,
+            percent: 0.0,
+            error: None,
+        }
+    }
+}
+
 /// Where a protected item replicates to.
 #[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Target {
