@@ -460,6 +460,46 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
         same_image(&got, &want),
         "the restored disk differs from its point"
     );
+    // Writes in the west; then a fresh east host (empty data directory) joins, and reprotect
+    // copies the VM back to it: its old host is gone, so every block.
+    let wuri = west.socket_uri(&failed_over, 0);
+    assert!(qemu_io(&wuri, "write -P 0x77 2M 1M"));
+    s.ok(&["failover", "commit", ITEM, "--wait"]);
+    let east2 = start_agent(&s, &ns, "east-2", &dir.join("east-2"), s3);
+    let job = s.json(&["reprotect", ITEM]);
+    let id = job["id"].as_u64().unwrap().to_string();
+    s.ok(&["job", "show", &id, "--wait"]);
+    let job = s.json(&["job", "show", &id]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let steps = job["steps"].to_string();
+    assert!(
+        steps.contains("moves from lost host east-1 to east-2") && steps.contains("every block"),
+        "{steps}"
+    );
+    let rep = s.replication(ITEM);
+    assert_eq!(rep["state"], "protected");
+    assert_eq!(rep["source_vm"], failed_over);
+    assert_eq!(s.json(&["vm", "show", ITEM])["host"], "east-2");
+    assert!(qemu_io(&wuri, "write -P 0x78 3M 1M"));
+
+    // Failback brings it home onto the new east host with every write made in the west.
+    let in_west = dir.join("west.raw");
+    s.ok(&["vm", "stop", &failed_over]);
+    read_disk(&wuri, &in_west);
+    let job = s.json(&["failover", "run", ITEM, "--shutdown-source"]);
+    let id = job["id"].as_u64().unwrap().to_string();
+    s.ok(&["job", "show", &id, "--wait"]);
+    assert_eq!(s.json(&["job", "show", &id])["state"], "succeeded");
+    let home = s.json(&["vm", "show", ITEM]);
+    assert_eq!(home["host"], "east-2");
+    assert_eq!(home["state"], "running");
+    let back = dir.join("back.raw");
+    read_disk(&east2.socket_uri(ITEM, 0), &back);
+    assert!(
+        same_image(&back, &in_west),
+        "the failed-back disk differs from the west disk"
+    );
+    assert!(qemu_io(&east2.socket_uri(ITEM, 0), "read -P 0x78 3M 1M"));
 }
 
 #[test]

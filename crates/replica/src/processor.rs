@@ -761,6 +761,17 @@ impl Processor {
     /// reverse replica with the disks the item came from): a checkpoint at sequence 0 from which
     /// processing starts, so the stream only has to carry the blocks that differ. A replica
     /// that already has a record is left as it is (seeding again after a restart is a no-op).
+    /// Seed the replica with empty disks (every block zero), when no disk of the target is at
+    /// hand: the source's copy then sends every block that holds data. A no-op once the
+    /// replica has a point.
+    pub async fn seed_empty(&self, generation: Generation) -> Result<(), ReplicaError> {
+        if points::latest_record(&self.layout).await?.is_some() {
+            return Ok(());
+        }
+        let mut pos = self.empty_position(Timestamp::now(), generation);
+        self.publish(&mut pos, PointKind::Checkpoint, None).await
+    }
+
     pub async fn seed(
         &self,
         images: &[std::path::PathBuf],

@@ -40,6 +40,8 @@ impl Control {
         let _vm = self.lock_vm(&vm_key).await;
         let vm = match self.db.get::<Vm>(Kind::Vm, &vm_key)? {
             Some(existing) => {
+                // Its disks are written anew: a VM whose host is lost goes to a live one.
+                let existing = self.rehome_if_lost(&existing)?;
                 self.power_off(&existing).await?;
                 self.host_of(&existing)?.detach_vm(&vm_key).await?;
                 existing

@@ -155,13 +155,24 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
         )?;
 
         control.job_step(job, ReprotectStep::PrepareTarget, StepState::Running, None)?;
+        // The original's host may have been lost with its site: a host that joined since
+        // takes it, and gets every block.
+        let lost_host = original.host.clone();
+        let original = control.rehome_if_lost(&original)?;
         let target = control.reverse_target(&new_source, &original)?;
+        let moved = match (&lost_host, &original.host) {
+            (Some(old), new) if lost_host != original.host => format!(
+                "; {og}/{ov} moves from lost host {old} to {}",
+                new.as_deref().unwrap_or("the server's own agent")
+            ),
+            _ => String::new(),
+        };
         control.job_step(
             job,
             ReprotectStep::PrepareTarget,
             StepState::Succeeded,
             Some(format!(
-                "{}/{} in {}",
+                "{}/{} in {}{moved}",
                 target.group, target.network, target.region
             )),
         )?;
@@ -197,25 +208,15 @@ pub(crate) async fn run_reprotect(control: &Arc<Control>, job: &mut Job) -> Resu
             r.failover = None;
         })?;
         crate::failpoint::hit("reprotect-after-turn").await;
-        control.seed(&turned, &original).await?;
-        control.job_step(
-            job,
-            ReprotectStep::Seed,
-            StepState::Succeeded,
-            Some(format!("from {og}/{ov}")),
-        )?;
+        let seeded = control.seed(&turned, &original).await?;
+        control.job_step(job, ReprotectStep::Seed, StepState::Succeeded, Some(seeded))?;
     } else if !job.step_done(ReprotectStep::StartReplication) {
         // A restart after the turn: seeding again is a no-op once the seed is stored.
         let (og, ov) = split(&rep.failover_vm_key());
         let original = control.vm(&og, &ov)?;
         control.job_step(job, ReprotectStep::Seed, StepState::Running, None)?;
-        control.seed(&rep, &original).await?;
-        control.job_step(
-            job,
-            ReprotectStep::Seed,
-            StepState::Succeeded,
-            Some(format!("from {og}/{ov}")),
-        )?;
+        let seeded = control.seed(&rep, &original).await?;
+        control.job_step(job, ReprotectStep::Seed, StepState::Succeeded, Some(seeded))?;
     }
 
     let rep = control.replication(&group, &vm)?;
@@ -315,8 +316,10 @@ impl Control {
         })
     }
 
-    /// Seed the item's (new) replica from the disks of `original`, a stopped VM.
-    async fn seed(&self, rep: &Replication, original: &Vm) -> Result<()> {
+    /// Seed the item's (new) replica from the disks of `original`, a stopped VM, and say how.
+    /// The disks of a VM on a joined host are not the server's to read: the replica starts
+    /// empty, and the new source sends every block (a full copy).
+    async fn seed(&self, rep: &Replication, original: &Vm) -> Result<String> {
         if original.state != VmState::Stopped {
             return Err(ControlError::conflict(format!(
                 "{}/{} must be stopped to seed the replica from its disks",
@@ -326,14 +329,20 @@ impl Control {
         let layout = self.layout(rep)?;
         let cache = self.item_cache(rep)?;
         let sizes = original.disks.iter().map(|d| d.size_bytes).collect();
+        let processor = Processor::new(layout, cache, sizes, ProcessorConfig::default());
+        let from = format!("{}/{}", original.group, original.name);
+        if let Some(host) = &original.host {
+            processor.seed_empty(rep.generation).await?;
+            return Ok(format!(
+                "none: the disks of {from} are on host {host}, so every block is copied"
+            ));
+        }
         let images: Vec<PathBuf> = original
             .disks
             .iter()
             .map(|d| d.image.clone().into())
             .collect();
-        Processor::new(layout, cache, sizes, ProcessorConfig::default())
-            .seed(&images, rep.generation)
-            .await?;
-        Ok(())
+        processor.seed(&images, rep.generation).await?;
+        Ok(format!("from {from}"))
     }
 }

@@ -67,6 +67,49 @@ impl Control {
     }
 }
 
+impl Control {
+    /// Move a VM whose joined host is lost (not heard from within the heartbeat timeout) to a
+    /// live host of its region, for an operation about to write all its disks anew (a reprotect's
+    /// target, a failback): its record names the new host and image paths; what the lost host
+    /// held of it is abandoned. Returns the VM as it is now.
+    pub(crate) fn rehome_if_lost(&self, vm: &crate::model::Vm) -> Result<crate::model::Vm> {
+        let Some(old) = vm.host.clone() else {
+            return Ok(vm.clone());
+        };
+        let lost = {
+            let joined = self.joined.lock().unwrap_or_else(|p| p.into_inner());
+            joined.get(&old).is_none_or(|h| !h.alive())
+        };
+        if !lost {
+            return Ok(vm.clone());
+        }
+        let new = self.place(&vm.region, None).map_err(|_| {
+            ControlError::conflict(format!(
+                "VM {}/{} is on host {old}, which is lost, and region {} has no live host to                  take it: start a host's agent there (`ferry agent`) and try again",
+                vm.group, vm.name, vm.region
+            ))
+        })?;
+        tracing::info!(vm = %format!("{}/{}", vm.group, vm.name), from = %old, to = ?new, "a VM leaves its lost host");
+        let vm_key = crate::resources::key(&vm.group, &vm.name);
+        self.update_vm(&vm_key, |v| {
+            for d in &mut v.disks {
+                d.image = crate::resources::image_path(
+                    &self.cfg.data,
+                    &v.region,
+                    new.as_deref(),
+                    &v.group,
+                    &v.name,
+                    d.index,
+                )
+                .display()
+                .to_string();
+            }
+            v.host = new.clone();
+            Ok(())
+        })
+    }
+}
+
 /// A host as `ferry host list` shows it.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
 pub struct HostView {
