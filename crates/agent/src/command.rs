@@ -150,6 +150,34 @@ pub enum Command {
         generation: Generation,
         kind: MarkWire,
     },
+    /// Boot the VM under qemu on this host, from its served disks (a no-op while it runs).
+    StartVm {
+        vm: String,
+        /// The disks' numbers, in the guest's order.
+        disks: Vec<usize>,
+        boot: BootWire,
+        memory_mib: u32,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip: Option<String>,
+    },
+    /// Ask the guest to power down, and stop it hard after `grace_ms` (a no-op when it is not
+    /// running).
+    StopVm { vm: String, grace_ms: u64 },
+    /// The guest's serial console so far; answers `console`.
+    Console { vm: String },
+}
+
+/// How a qemu VM boots: a kernel (with its initrd and command line), or firmware from disk 0.
+/// The files are read on the host, at these paths.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootWire {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append: Option<String>,
 }
 
 impl Command {
@@ -164,7 +192,10 @@ impl Command {
             | Command::StopStream { vm }
             | Command::ForgetStream { vm }
             | Command::ReleaseVm { vm }
-            | Command::Mark { vm, .. } => vm,
+            | Command::Mark { vm, .. }
+            | Command::StartVm { vm, .. }
+            | Command::StopVm { vm, .. }
+            | Command::Console { vm } => vm,
         }
     }
 
@@ -180,6 +211,9 @@ impl Command {
             Command::ForgetStream { .. } => "forget-stream",
             Command::ReleaseVm { .. } => "release-vm",
             Command::Mark { .. } => "mark",
+            Command::StartVm { .. } => "start-vm",
+            Command::StopVm { .. } => "stop-vm",
+            Command::Console { .. } => "console",
         }
     }
 }
@@ -198,6 +232,7 @@ pub struct Envelope {
 pub enum Outcome {
     Done,
     Marked { seq: Seq },
+    Console { text: String },
     Failed { error: WireError },
 }
 

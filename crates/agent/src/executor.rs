@@ -165,6 +165,22 @@ impl Executor {
                 let seq = blocking(move || host.mark(&vm, kind.into())).await?;
                 return Ok(Outcome::Marked { seq });
             }
+            Command::StartVm {
+                vm,
+                disks,
+                boot,
+                memory_mib,
+                ip,
+            } => {
+                crate::guests::start(&host, &self.root, &vm, &disks, &boot, memory_mib, ip).await?
+            }
+            Command::StopVm { vm, grace_ms } => {
+                crate::guests::stop(&self.root, &vm, Duration::from_millis(grace_ms)).await?
+            }
+            Command::Console { vm } => {
+                let text = crate::guests::console(&self.root, &vm)?;
+                return Ok(Outcome::Console { text });
+            }
         }
         Ok(Outcome::Done)
     }

@@ -23,6 +23,7 @@ mod error;
 pub mod executor;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
+pub mod guests;
 mod hold;
 mod host;
 pub mod hydrate;

@@ -11,11 +11,15 @@ use ferry_compute::{Boot as QemuBoot, DiskAttachment, Qemu, VmSpec};
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::{ControlError, Result};
+use crate::hosts::Host;
 use crate::model::{Vm, VmState};
 use crate::resources::key;
 
 /// How long a guest has to power down before it is stopped hard.
 pub const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// A qemu guest's memory.
+const MEMORY_MIB: u32 = 256;
 
 /// Compute providers a VM can use.
 pub const PROVIDERS: &[&str] = &["external", "qemu"];
@@ -47,19 +51,28 @@ impl Control {
         if vm.compute != "qemu" {
             return Ok(());
         }
+        let ip = vm.nics.first().map(|n| self.ip_with_prefix(vm, n));
+        let host = self.host_of(vm)?;
+        let Some(socket) = host.nbd_socket() else {
+            // A joined host boots it itself, from the disks its agent serves.
+            return host
+                .run(ferry_agent::command::Command::StartVm {
+                    vm: key(&vm.group, &vm.name),
+                    disks: vm.disks.iter().map(|d| d.index).collect(),
+                    boot: ferry_agent::command::BootWire {
+                        kernel: vm.boot.kernel.clone(),
+                        initrd: vm.boot.initrd.clone(),
+                        append: vm.boot.append.clone(),
+                    },
+                    memory_mib: MEMORY_MIB,
+                    ip,
+                })
+                .await;
+        };
         let dir = self.vm_dir(vm);
         if ferry_compute::is_running(&dir) {
             return Ok(());
         }
-        let socket = self.host_of(vm)?.nbd_socket().ok_or_else(|| {
-            ControlError::invalid(format!(
-                "VM {}/{} is on joined host {}: ferry boots qemu VMs only on the server's own \
-                 agent so far; use --compute external on a joined host",
-                vm.group,
-                vm.name,
-                vm.host.as_deref().unwrap_or_default()
-            ))
-        })?;
         let vm_key = key(&vm.group, &vm.name);
         let boot = match &vm.boot.kernel {
             Some(k) => QemuBoot::Kernel {
@@ -69,7 +82,6 @@ impl Control {
             },
             None => QemuBoot::Disk,
         };
-        let ip = vm.nics.first().map(|n| self.ip_with_prefix(vm, n));
         let spec = VmSpec {
             name: vm_key.clone(),
             disks: vm
@@ -81,7 +93,7 @@ impl Control {
                 })
                 .collect(),
             boot,
-            memory_mib: 256,
+            memory_mib: MEMORY_MIB,
             ip,
             dir,
         };
@@ -93,6 +105,20 @@ impl Control {
     /// Returns whether the guest powered down by itself.
     pub(crate) async fn power_off(&self, vm: &Vm) -> Result<bool> {
         if vm.compute != "qemu" {
+            return Ok(true);
+        }
+        let host = self.host_of(vm)?;
+        if let Host::Joined(h) = &host {
+            if !h.alive() {
+                // Its guest went with its host; nothing is left to stop.
+                tracing::warn!(vm = %key(&vm.group, &vm.name), host = %h.name, "the VM's host is lost: taken as stopped");
+                return Ok(false);
+            }
+            host.run(ferry_agent::command::Command::StopVm {
+                vm: key(&vm.group, &vm.name),
+                grace_ms: ferry_agent::command::millis(STOP_GRACE),
+            })
+            .await?;
             return Ok(true);
         }
         let out = ferry_compute::stop(&self.vm_dir(vm), STOP_GRACE).await?;
@@ -172,12 +198,23 @@ impl Control {
     }
 
     /// `ferry vm console`: the serial console so far.
-    pub fn vm_console(&self, group: &str, name: &str) -> Result<String> {
+    pub async fn vm_console(&self, group: &str, name: &str) -> Result<String> {
         let vm = self.vm(group, name)?;
         if vm.compute != "qemu" {
             return Err(ControlError::invalid(format!(
                 "VM {group}/{name} runs on external compute; its console is on your hypervisor"
             )));
+        }
+        if let host @ Host::Joined(_) = self.host_of(&vm)? {
+            let asked = ferry_agent::command::Command::Console {
+                vm: key(group, name),
+            };
+            return match host.call(asked).await? {
+                ferry_agent::command::Outcome::Console { text } => Ok(text),
+                other => Err(ControlError::Internal(format!(
+                    "the host answered a console request with {other:?}"
+                ))),
+            };
         }
         match ferry_compute::console(&self.vm_dir(&vm)) {
             Ok(text) => Ok(text),
@@ -185,14 +222,15 @@ impl Control {
         }
     }
 
-    /// After a restart: boot every qemu VM that should run and does not.
+    /// After a restart: boot every qemu VM of the server's own agents that should run and
+    /// does not (a joined host's, when its agent links: `reconcile_host`).
     pub(crate) async fn reconcile_compute(&self) {
         let Ok(vms) = self.db.list::<Vm>(Kind::Vm) else {
             return;
         };
         for vm in vms
             .iter()
-            .filter(|v| v.compute == "qemu" && v.state == VmState::Running)
+            .filter(|v| v.compute == "qemu" && v.state == VmState::Running && v.host.is_none())
         {
             if let Err(e) = self.power_on(vm).await {
                 tracing::error!(vm = %key(&vm.group, &vm.name), error = %e, "boot a VM that should be running");

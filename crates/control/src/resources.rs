@@ -443,10 +443,10 @@ impl Control {
             .filter(|a| a.group == group)
             .collect();
         let host = self.place(&g.region, req.host.as_deref())?;
-        if host.is_some() && (req.image.is_some() || compute == "qemu") {
+        if host.is_some() && req.image.is_some() {
             return Err(ControlError::invalid(
-                "a VM on a joined host is served with --compute external and empty disks so \
-                 far: --image and --compute qemu need the server's own agent",
+                "a VM on a joined host starts with empty disks so far: --image needs the \
+                 server's own agent",
             ));
         }
         let mut disks = Vec::new();

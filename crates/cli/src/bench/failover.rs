@@ -331,6 +331,7 @@ async fn fail_over_case(
             && booted.is_none()
             && control
                 .vm_console(&target_group, &vm)
+                .await
                 .is_ok_and(|c| c.contains(BOOTED))
         {
             booted = Some(now);
@@ -528,7 +529,7 @@ async fn wait_console(
 ) -> Result<f64> {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     loop {
-        let text = control.vm_console(group, vm)?;
+        let text = control.vm_console(group, vm).await?;
         if text.contains(needle) {
             return Ok(since.elapsed().as_secs_f64());
         }

@@ -372,7 +372,7 @@ pub(crate) async fn vm_console(
     State(s): State<ApiState>,
     Path((g, v)): Path<(String, String)>,
 ) -> R {
-    let text = s.control.vm_console(&g, &v)?;
+    let text = s.control.vm_console(&g, &v).await?;
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 

@@ -30,7 +30,7 @@ impl Host {
         }
     }
 
-    async fn run(&self, command: Command) -> Result<()> {
+    pub async fn run(&self, command: Command) -> Result<()> {
         self.call(command).await.map(drop).map_err(Into::into)
     }
 

@@ -67,6 +67,11 @@ impl Control {
         for vm in &vms {
             let _vm = self.lock_vm(&key(&vm.group, &vm.name)).await;
             self.attach_vm(vm).await?;
+            // A guest that should run and does not (the host restarted) boots again; one that
+            // kept running is left alone.
+            if vm.compute == "qemu" && vm.state == crate::model::VmState::Running {
+                self.power_on(vm).await?;
+            }
         }
         for rep in self.db.list::<Replication>(Kind::Replication)? {
             if vms
