@@ -165,6 +165,11 @@ pub enum Command {
     StopVm { vm: String, grace_ms: u64 },
     /// The guest's serial console so far; answers `console`.
     Console { vm: String },
+    /// Have the guest's agent freeze its file systems (for an app-consistent point), failing
+    /// after `timeout_ms`.
+    Freeze { vm: String, timeout_ms: u64 },
+    /// Thaw what [`Command::Freeze`] froze.
+    Thaw { vm: String, timeout_ms: u64 },
 }
 
 /// How a qemu VM boots: a kernel (with its initrd and command line), or firmware from disk 0.
@@ -195,7 +200,9 @@ impl Command {
             | Command::Mark { vm, .. }
             | Command::StartVm { vm, .. }
             | Command::StopVm { vm, .. }
-            | Command::Console { vm } => vm,
+            | Command::Console { vm }
+            | Command::Freeze { vm, .. }
+            | Command::Thaw { vm, .. } => vm,
         }
     }
 
@@ -214,6 +221,8 @@ impl Command {
             Command::StartVm { .. } => "start-vm",
             Command::StopVm { .. } => "stop-vm",
             Command::Console { .. } => "console",
+            Command::Freeze { .. } => "freeze",
+            Command::Thaw { .. } => "thaw",
         }
     }
 }

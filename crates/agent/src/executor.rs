@@ -177,6 +177,12 @@ impl Executor {
             Command::StopVm { vm, grace_ms } => {
                 crate::guests::stop(&self.root, &vm, Duration::from_millis(grace_ms)).await?
             }
+            Command::Freeze { vm, timeout_ms } => {
+                crate::guests::freeze(&self.root, &vm, Duration::from_millis(timeout_ms)).await?
+            }
+            Command::Thaw { vm, timeout_ms } => {
+                crate::guests::thaw(&self.root, &vm, Duration::from_millis(timeout_ms)).await?
+            }
             Command::Console { vm } => {
                 let text = crate::guests::console(&self.root, &vm)?;
                 return Ok(Outcome::Console { text });

@@ -1,4 +1,4 @@
-//! The guests a host runs under qemu (`start-vm`, `stop-vm`, `console`), from the disks its own
+//! The guests a host runs under qemu (`start-vm`, `stop-vm`, `console`, `freeze`, `thaw`), from the disks its own
 //! agent serves on its unix socket. Each VM's runtime files (console log, monitor sockets, pid)
 //! are in `DATA/vms/GROUP/NAME`.
 
@@ -97,4 +97,18 @@ pub async fn stop(root: &Path, vm: &str, grace: Duration) -> Result<(), WireErro
 /// The serial console of `vm` so far.
 pub fn console(root: &Path, vm: &str) -> Result<String, WireError> {
     ferry_compute::console(&vm_dir(root, vm)?).map_err(compute)
+}
+
+/// Freeze the guest's file systems through its guest agent.
+pub async fn freeze(root: &Path, vm: &str, timeout: Duration) -> Result<(), WireError> {
+    ferry_compute::freeze(&vm_dir(root, vm)?, timeout)
+        .await
+        .map_err(compute)
+}
+
+/// Thaw the guest's file systems.
+pub async fn thaw(root: &Path, vm: &str, timeout: Duration) -> Result<(), WireError> {
+    ferry_compute::thaw(&vm_dir(root, vm)?, timeout)
+        .await
+        .map_err(compute)
 }

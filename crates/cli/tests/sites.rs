@@ -633,8 +633,8 @@ fn written(s: &Server, vm: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A real guest on a joined host: it boots on east (in its namespace), writes files; the east
-/// site is killed (agent, guest, data); the guest boots on the west host and finds the files.
+/// A real guest on a joined host: it boots on east (in its namespace), writes files and is
+/// quiesced for app-consistent points; the east site is killed (agent, guest, data); the guest boots on the west host and finds the files.
 #[test]
 fn a_real_guest_on_a_lost_site_boots_on_the_west_host_with_its_files() {
     let (kernel, initrd) = guest_kit();
@@ -670,6 +670,8 @@ fn a_real_guest_on_a_lost_site_boots_on_the_west_host_with_its_files() {
         "guest",
         "--crash-consistent-every",
         "2s",
+        "--app-consistent-every",
+        "5s",
     ]);
     let east = start_agent(&s, &ns, "east-1", &dir.join("east-1"), s3);
     let west = start_local_agent(&s, "west", "west-1", &dir.join("west-1"));
@@ -721,8 +723,16 @@ fn a_real_guest_on_a_lost_site_boots_on_the_west_host_with_its_files() {
     ]);
     s.wait_protected(ITEM, 180);
     wait_until(240, "the guest to write 5 files", || written(&s, ITEM) >= 5);
+    // The east host quiesces its guest for app-consistent points.
     let t = now();
-    s.wait_point_after(ITEM, t + 1.0, 60);
+    wait_until(60, "an app-consistent point from the east host", || {
+        s.points(ITEM)
+            .iter()
+            .any(|p| p["kind"] == "app-consistent" && epoch(p["time"].as_str().unwrap()) > t)
+    });
+    let reasons = s.replication(ITEM)["health_reasons"].to_string();
+    assert!(!reasons.contains("did not quiesce"), "{reasons}");
+    s.wait_point_after(ITEM, now() + 1.0, 60);
 
     // The east site dies: its agent, its guest, its data.
     let guest_pid = std::fs::read_to_string(east.data.join("vms/rg1/db1/qemu.pid"))

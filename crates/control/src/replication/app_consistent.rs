@@ -7,12 +7,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ferry_agent::command::MarkWire;
+use ferry_agent::command::{Command, MarkWire, millis};
 use ferry_types::Timestamp;
 
 use crate::control::Control;
 use crate::error::{ControlError, Result};
 use crate::model::{ItemState, Replication, Vm};
+use crate::resources::key;
 
 /// How long the guest has to quiesce (and to thaw).
 pub const QUIESCE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -109,10 +110,19 @@ impl Control {
 
     async fn quiesce(&self, vm: &Vm) -> Result<()> {
         match vm.compute.as_str() {
-            "qemu" => {
-                ferry_compute::freeze(&self.vm_dir(vm), QUIESCE_TIMEOUT).await?;
-                Ok(())
-            }
+            "qemu" => match self.host_of(vm)? {
+                host @ crate::hosts::Host::Joined(_) => {
+                    host.run(Command::Freeze {
+                        vm: key(&vm.group, &vm.name),
+                        timeout_ms: millis(QUIESCE_TIMEOUT),
+                    })
+                    .await
+                }
+                crate::hosts::Host::Embedded(_) => {
+                    ferry_compute::freeze(&self.vm_dir(vm), QUIESCE_TIMEOUT).await?;
+                    Ok(())
+                }
+            },
             _ => {
                 let script = vm.app_consistency.pre_freeze.as_deref();
                 run_script(&self.cfg.confine, vm, script, "pre-freeze").await
@@ -122,10 +132,19 @@ impl Control {
 
     async fn unquiesce(&self, vm: &Vm) -> Result<()> {
         match vm.compute.as_str() {
-            "qemu" => {
-                ferry_compute::thaw(&self.vm_dir(vm), QUIESCE_TIMEOUT).await?;
-                Ok(())
-            }
+            "qemu" => match self.host_of(vm)? {
+                host @ crate::hosts::Host::Joined(_) => {
+                    host.run(Command::Thaw {
+                        vm: key(&vm.group, &vm.name),
+                        timeout_ms: millis(QUIESCE_TIMEOUT),
+                    })
+                    .await
+                }
+                crate::hosts::Host::Embedded(_) => {
+                    ferry_compute::thaw(&self.vm_dir(vm), QUIESCE_TIMEOUT).await?;
+                    Ok(())
+                }
+            },
             _ => {
                 let script = vm.app_consistency.post_thaw.as_deref();
                 run_script(&self.cfg.confine, vm, script, "post-thaw").await
