@@ -504,47 +504,101 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
 
 #[test]
 fn a_server_restart_stops_no_vm_on_a_joined_host_and_loses_no_point() {
+    const WEST_ITEM: &str = "rg2/app1";
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let mut s = Server::start(&dir.join("data"));
     s.base_resources(None);
     let east = start_local_agent(&s, "east", "east-1", &dir.join("east-1"));
+    let west = start_local_agent(&s, "west", "west-1", &dir.join("west-1"));
     create_on_east_1(&s);
-    let uri = east.socket_uri(ITEM, 0);
     s.protect(ITEM);
-    let writer = Writer::start(&uri);
-    s.wait_point_after(ITEM, now(), 60);
-    let before: Vec<String> = s.points(ITEM).iter().map(|p| p["id"].to_string()).collect();
+    // A VM on the west host, replicated the other way.
+    s.ok(&["group", "create", "rg2", "--region", "west"]);
+    s.ok(&[
+        "network",
+        "create",
+        "rg2/vnet2",
+        "--address-space",
+        "10.2.0.0/16",
+        "--subnet",
+        "app=10.2.1.0/24",
+    ]);
+    s.ok(&["storage", "create", "rg2/sa3"]);
+    s.ok(&[
+        "vm",
+        "create",
+        WEST_ITEM,
+        "--network",
+        "vnet2",
+        "--subnet",
+        "app",
+        "--disk",
+        "16MiB@sa3",
+    ]);
+    assert_eq!(s.json(&["vm", "show", WEST_ITEM])["host"], "west-1");
+    s.ok(&[
+        "replication",
+        "enable",
+        WEST_ITEM,
+        "--target-region",
+        "east",
+        "--policy",
+        "fast",
+    ]);
+    s.wait_protected(WEST_ITEM, 120);
 
-    // The server dies; the host goes on serving its VM.
+    let cases = [
+        (ITEM, east.socket_uri(ITEM, 0)),
+        (WEST_ITEM, west.socket_uri(WEST_ITEM, 0)),
+    ];
+    let writers: Vec<Writer> = cases.iter().map(|(_, uri)| Writer::start(uri)).collect();
+    let before: Vec<Vec<String>> = cases
+        .iter()
+        .map(|(item, _)| {
+            s.wait_point_after(item, now(), 60);
+            s.points(item).iter().map(|p| p["id"].to_string()).collect()
+        })
+        .collect();
+
+    // The server dies; both hosts go on serving their VMs.
     s.kill9();
     let down = now();
-    wait_until(30, "writes acknowledged while the server is down", || {
-        writer.acked_since(down) >= 5
-    });
-    s.restart();
-    wait_until(60, "east-1 to link again", || {
-        host(&s, "east-1")["alive"] == true
-    });
-    let back = now();
-    s.wait_point_after(ITEM, back, 60);
-    let last = writer.stop();
-    let point = s.wait_point_after(ITEM, last, 60);
-    let after: Vec<String> = s.points(ITEM).iter().map(|p| p["id"].to_string()).collect();
-    for p in &before {
-        assert!(after.contains(p), "point {p} was lost over the restart");
+    for w in &writers {
+        wait_until(30, "writes acknowledged while the server is down", || {
+            w.acked_since(down) >= 5
+        });
     }
-    let rep = s.replication(ITEM);
-    assert_eq!(rep["state"], "protected", "{rep}");
-    // The newest point holds every write, those made while the server was down included.
-    let want = dir.join("source.raw");
-    read_disk(&uri, &want);
-    let got = dir.join("point.raw");
-    s.export(ITEM, 0, point["id"].as_str().unwrap(), &got);
-    assert!(
-        same_image(&got, &want),
-        "the point after the last write differs from the disk"
-    );
+    s.restart();
+    for name in ["east-1", "west-1"] {
+        wait_until(60, &format!("{name} to link again"), || {
+            host(&s, name)["alive"] == true
+        });
+    }
+    let back = now();
+    for ((item, uri), (writer, before)) in cases.iter().zip(writers.into_iter().zip(&before)) {
+        s.wait_point_after(item, back, 60);
+        let last = writer.stop();
+        let point = s.wait_point_after(item, last, 60);
+        let after: Vec<String> = s.points(item).iter().map(|p| p["id"].to_string()).collect();
+        for p in before {
+            assert!(
+                after.contains(p),
+                "point {p} of {item} was lost over the restart"
+            );
+        }
+        let rep = s.replication(item);
+        assert_eq!(rep["state"], "protected", "{rep}");
+        // The newest point holds every write, those made while the server was down included.
+        let want = dir.join("source.raw");
+        read_disk(uri, &want);
+        let got = dir.join("point.raw");
+        s.export(item, 0, point["id"].as_str().unwrap(), &got);
+        assert!(
+            same_image(&got, &want),
+            "the point of {item} after the last write differs from its disk"
+        );
+    }
 
     // Another host's credential cannot speak for this VM, and a revoked one is refused.
     let joined: serde_json::Value = {
