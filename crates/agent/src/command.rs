@@ -121,6 +121,13 @@ pub enum Command {
         point: String,
         disks: Vec<DiskWire>,
     },
+    /// Send a detached VM's disks to the server, range by range, as `upload` (a replica is
+    /// seeded from them); answers at once, or fails when a disk is not on the host.
+    UploadDisks {
+        vm: String,
+        upload: u64,
+        disks: Vec<DiskWire>,
+    },
     /// Stop serving a VM and delete its images and local logs.
     DeleteVm { vm: String, disks: Vec<DiskWire> },
     /// Start (or resume) a VM's write stream.
@@ -192,6 +199,7 @@ impl Command {
             Command::AttachVm { vm, .. }
             | Command::DetachVm { vm }
             | Command::PrepareRestore { vm, .. }
+            | Command::UploadDisks { vm, .. }
             | Command::DeleteVm { vm, .. }
             | Command::StartStream { vm, .. }
             | Command::StopStream { vm }
@@ -212,6 +220,7 @@ impl Command {
             Command::AttachVm { .. } => "attach-vm",
             Command::DetachVm { .. } => "detach-vm",
             Command::PrepareRestore { .. } => "prepare-restore",
+            Command::UploadDisks { .. } => "upload-disks",
             Command::DeleteVm { .. } => "delete-vm",
             Command::StartStream { .. } => "start-stream",
             Command::StopStream { .. } => "stop-stream",

@@ -14,7 +14,7 @@ use crate::command::{
 };
 use crate::host::{AgentHost, DiskSpec, ReplicationConfig};
 use crate::hydrate::BlockSource;
-use crate::restore::{PointBlocks, RestoreDisk};
+use crate::restore::{RestoreDisk, ServerBlocks};
 
 /// Opens the cache account a stream ships to (the agent's own credentials apply).
 pub type OpenStore = Arc<dyn Fn(&str) -> Result<DynStore, String> + Send + Sync>;
@@ -29,7 +29,7 @@ pub struct Executor {
     open_store: OpenStore,
     /// Where restored disks come from (a joined host: the server); `None` for the server's own
     /// agent, whose restores the server serves directly.
-    restore: Option<Arc<dyn PointBlocks>>,
+    restore: Option<Arc<dyn ServerBlocks>>,
     /// The point each VM's disks were last attached to be restored from.
     restored_from: Mutex<HashMap<String, String>>,
     version: String,
@@ -41,7 +41,7 @@ impl Executor {
         root: PathBuf,
         absolute_images: bool,
         open_store: OpenStore,
-        restore: Option<Arc<dyn PointBlocks>>,
+        restore: Option<Arc<dyn ServerBlocks>>,
         version: String,
     ) -> Self {
         Executor {
@@ -98,6 +98,7 @@ impl Executor {
             Command::PrepareRestore { vm, point, disks } => {
                 self.prepare_restore(&vm, &point, &disks).await?
             }
+            Command::UploadDisks { vm, upload, disks } => self.upload_disks(&vm, upload, &disks)?,
             Command::DeleteVm { vm, disks } => {
                 let paths = disks
                     .iter()
@@ -225,7 +226,7 @@ impl Executor {
         self.restored_from.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn point_blocks(&self) -> Result<&Arc<dyn PointBlocks>, WireError> {
+    fn point_blocks(&self) -> Result<&Arc<dyn ServerBlocks>, WireError> {
         self.restore.as_ref().ok_or_else(|| WireError::Other {
             message: "this agent restores no disk from a recovery point".into(),
         })
@@ -284,6 +285,34 @@ impl Executor {
             Ok::<_, crate::AgentError>(())
         })
         .await
+    }
+
+    /// Start sending a detached VM's disks to the server, range by range (see
+    /// [`crate::restore`]); answers once they are found, and fails when one is missing.
+    fn upload_disks(&self, vm: &str, upload: u64, disks: &[DiskWire]) -> Result<(), WireError> {
+        if self.host.vm_names().iter().any(|v| v == vm) {
+            return Err(WireError::Other {
+                message: format!("VM {vm} is served; detach it before its disks are sent"),
+            });
+        }
+        let mut images = Vec::new();
+        for d in disks {
+            let path = self.image_path(d)?;
+            if !path.is_file() {
+                return Err(WireError::Other {
+                    message: format!("disk {} of VM {vm} is not on this host", d.index),
+                });
+            }
+            images.push((d.index, path, d.size_bytes));
+        }
+        let server = self.point_blocks()?.clone();
+        let vm = vm.to_string();
+        tokio::spawn(async move {
+            if let Err(e) = crate::seed_upload::send(server.as_ref(), upload, &images).await {
+                tracing::warn!(%vm, error = %e, "sending the disks to the server failed");
+            }
+        });
+        Ok(())
     }
 
     /// Where a disk's image is: under the agent's data directory, never outside it.

@@ -33,6 +33,7 @@ pub mod redo;
 mod reserve;
 pub mod restore;
 pub mod sealer;
+mod seed_upload;
 pub mod shipper;
 mod state;
 pub mod stream;

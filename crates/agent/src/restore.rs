@@ -1,8 +1,10 @@
-//! Restoring a disk from a recovery point on a joined host: its agent has no access to the
-//! replica, so it asks the server, over the link it opened, which blocks of the point hold data
-//! (to [`crate::hydrate::prepare`] the image) and then for their contents (the disk's
-//! [`BlockSource`] while it hydrates). The wire forms are here, shared by both ends; the spec is
-//! `docs/agent-protocol.md` ("Restoring a disk").
+//! The blocks a joined host exchanges with the server, whose replicas it cannot reach itself.
+//! **Restoring** a disk from a recovery point: the agent asks which blocks of the point hold
+//! data (to [`crate::hydrate::prepare`] the image) and then for their contents (the disk's
+//! [`BlockSource`] while it hydrates). **Seeding** a replica from the disks a host kept (a
+//! reprotect after its site came back): the agent sends their blocks to the server, range by
+//! range. The wire forms are here, shared by both ends; the spec is `docs/agent-protocol.md`
+//! ("Restoring a disk", "Seeding from a host's disks").
 
 use std::sync::Arc;
 
@@ -110,12 +112,29 @@ pub fn decode_blocks(
     Ok(out)
 }
 
-/// Where a joined host's agent gets what it restores disks from: the server.
-pub trait PointBlocks: Send + Sync + 'static {
+/// The bytes of a disk one seed upload request carries: its non-zero blocks in the body
+/// ([`encode_blocks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SeedRange {
+    /// The upload's number, from the `upload-disks` command.
+    pub upload: u64,
+    pub disk: usize,
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Bytes of a disk per seed upload request (the API's body limit is 2 MiB).
+pub const SEED_CHUNK: u64 = 1 << 20;
+
+/// The server, as a joined host's agent exchanges blocks with it.
+pub trait ServerBlocks: Send + Sync + 'static {
     /// The blocks of the point's disk that hold data.
     fn present(&self, disk: RestoreDisk) -> BoxFuture<Result<Present, String>>;
     /// The source of the disk's blocks while it hydrates.
     fn source(&self, disk: RestoreDisk) -> Arc<dyn BlockSource>;
+    /// Send one range of a disk being seeded from.
+    fn upload(&self, range: SeedRange, body: Vec<u8>) -> BoxFuture<Result<(), String>>;
 }
 
 #[cfg(test)]

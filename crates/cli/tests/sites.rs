@@ -820,3 +820,95 @@ fn a_real_guest_on_a_lost_site_boots_on_the_west_host_with_its_files() {
     assert!(files >= 1, "the west guest found {files} files");
     drop(west);
 }
+
+/// The east host comes back with its disks after a failover: reprotect seeds the reverse
+/// replica from them (its agent sends them to the server) and the west host sends only the
+/// blocks that differ; failback brings the VM home with every write made in the west.
+#[test]
+fn a_host_that_comes_back_with_its_disks_is_reprotected_with_the_blocks_that_differ() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = Server::start(&dir.join("data"));
+    s.base_resources(None);
+    let east = start_local_agent(&s, "east", "east-1", &dir.join("east-1"));
+    let west = start_local_agent(&s, "west", "west-1", &dir.join("west-1"));
+    create_on_east_1(&s);
+    let uri = east.socket_uri(ITEM, 0);
+    // 12 MiB of data, so a full copy and a delta are far apart.
+    for m in 0..12 {
+        assert!(qemu_io(&uri, &format!("write -P {} {m}M 1M", m + 1)));
+    }
+    s.protect(ITEM);
+    s.wait_point_after(ITEM, now(), 60);
+
+    // East goes dark (its disks stay), and the VM is failed over to the west host.
+    let mut east = east;
+    east.child.kill().unwrap();
+    east.child.wait().unwrap();
+    wait_until(30, "east-1 to be lost", || {
+        host(&s, "east-1")["alive"] == false
+    });
+    let job = s.json(&["failover", "run", ITEM, "--recovery-point", "latest"]);
+    let id = job["id"].as_u64().unwrap().to_string();
+    s.ok(&["job", "show", &id, "--wait"]);
+    assert_eq!(s.json(&["job", "show", &id])["state"], "succeeded");
+    let failed_over = s.replication(ITEM)["failover"]["vm"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let wuri = west.socket_uri(&failed_over, 0);
+    assert!(qemu_io(&wuri, "write -P 0x77 2M 1M"));
+    s.ok(&["failover", "commit", ITEM, "--wait"]);
+
+    // East comes back with its data directory; reprotect compares instead of copying.
+    let east = Agent {
+        child: Command::new(FERRY)
+            .args([
+                "agent", "--server", &s.url, "--region", "east", "--name", "east-1",
+            ])
+            .arg("--data")
+            .arg(&east.data)
+            .stdout(std::fs::File::create(dir.join("east-1-again.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("east-1-again.err")).unwrap())
+            .spawn()
+            .unwrap(),
+        data: east.data.clone(),
+    };
+    wait_until(60, "east-1 to be back", || {
+        host(&s, "east-1")["alive"] == true
+    });
+    let job = s.json(&["reprotect", ITEM]);
+    let id = job["id"].as_u64().unwrap().to_string();
+    s.ok(&["job", "show", &id, "--wait"]);
+    let job = s.json(&["job", "show", &id]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    let steps = job["steps"].to_string();
+    assert!(
+        steps.contains("on host east-1: only the blocks that differ are sent"),
+        "{steps}"
+    );
+    let rep = s.replication(ITEM);
+    assert_eq!(rep["state"], "protected");
+    assert_eq!(s.json(&["vm", "show", ITEM])["host"], "east-1");
+    let sent = rep["initial_replication"]["sent_bytes"].as_u64().unwrap();
+    assert!(
+        sent <= 2 << 20,
+        "reprotect sent {sent} bytes for 1 MiB of difference on a 12 MiB disk"
+    );
+
+    // Failback: home on east-1 with the west's writes.
+    assert!(qemu_io(&wuri, "write -P 0x78 3M 1M"));
+    let in_west = dir.join("west.raw");
+    s.ok(&["vm", "stop", &failed_over]);
+    read_disk(&wuri, &in_west);
+    let job = s.json(&["failover", "run", ITEM, "--shutdown-source"]);
+    let id = job["id"].as_u64().unwrap().to_string();
+    s.ok(&["job", "show", &id, "--wait"]);
+    assert_eq!(s.json(&["job", "show", &id])["state"], "succeeded");
+    let back = dir.join("back.raw");
+    read_disk(&east.socket_uri(ITEM, 0), &back);
+    assert!(
+        same_image(&back, &in_west),
+        "the failed-back disk differs from the west disk"
+    );
+}

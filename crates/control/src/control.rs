@@ -84,6 +84,8 @@ pub struct Control {
     pub(crate) restores: Mutex<
         HashMap<ferry_agent::restore::RestoreDisk, Arc<dyn ferry_agent::hydrate::BlockSource>>,
     >,
+    /// The seeds joined hosts are sending disks for, by upload number.
+    pub(crate) uploads: Mutex<HashMap<u64, crate::failover::Upload>>,
 }
 
 impl Control {
@@ -137,6 +139,7 @@ impl Control {
             vm_locks: Default::default(),
             runtime_locks: Default::default(),
             restores: Default::default(),
+            uploads: Default::default(),
         });
         control.reconcile().await?;
         tokio::spawn(crate::replication::monitor::run(

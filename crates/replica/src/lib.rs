@@ -27,4 +27,7 @@ pub mod verify;
 pub use error::ReplicaError;
 pub use layout::ReplicaLayout;
 pub use points::{PointInfo, PointSelector};
-pub use processor::{Processor, ProcessorConfig, ProcessorStatus, apply_latency, block_hashes};
+pub use processor::{
+    Processor, ProcessorConfig, ProcessorStatus, SeedBlocks, SeedSource, apply_latency,
+    block_hashes,
+};

@@ -5,6 +5,9 @@
 //! loses nothing (segments are deleted from the cache only once a durable record covers them)
 //! and applies nothing twice (state is the record's maps plus the records after its sequence).
 
+mod seed;
+pub use seed::{SeedBlocks, SeedSource};
+
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -751,88 +754,6 @@ fn pack_dirty(
 /// Sleep for `d`, or less when the processor is to stop (the loops check that next).
 async fn wait(shutdown: &mut watch::Receiver<bool>, d: Duration) {
     pause(shutdown, d).await;
-}
-
-/// Blocks read from a seed image before they are packed and stored.
-const SEED_BATCH: u64 = 64 << 20;
-
-impl Processor {
-    /// Seed an empty replica with the contents of local disk images (a reprotect seeds the
-    /// reverse replica with the disks the item came from): a checkpoint at sequence 0 from which
-    /// processing starts, so the stream only has to carry the blocks that differ. A replica
-    /// that already has a record is left as it is (seeding again after a restart is a no-op).
-    /// Seed the replica with empty disks (every block zero), when no disk of the target is at
-    /// hand: the source's copy then sends every block that holds data. A no-op once the
-    /// replica has a point.
-    pub async fn seed_empty(&self, generation: Generation) -> Result<(), ReplicaError> {
-        if points::latest_record(&self.layout).await?.is_some() {
-            return Ok(());
-        }
-        let mut pos = self.empty_position(Timestamp::now(), generation);
-        self.publish(&mut pos, PointKind::Checkpoint, None).await
-    }
-
-    pub async fn seed(
-        &self,
-        images: &[std::path::PathBuf],
-        generation: Generation,
-    ) -> Result<(), ReplicaError> {
-        if points::latest_record(&self.layout).await?.is_some() {
-            return Ok(());
-        }
-        if images.len() != self.disk_sizes.len() {
-            return Err(ReplicaError::Internal(format!(
-                "{} seed images for {} disks",
-                images.len(),
-                self.disk_sizes.len()
-            )));
-        }
-        let mut pos = self.empty_position(Timestamp::now(), generation);
-        for (d, image) in images.iter().enumerate() {
-            let size = self.disk_sizes[d];
-            let mut offset = 0;
-            while offset < size {
-                let len = (size - offset).min(SEED_BATCH);
-                let path = image.clone();
-                let blocks = tokio::task::spawn_blocking(move || read_nonzero(&path, offset, len))
-                    .await
-                    .map_err(|e| ReplicaError::Internal(format!("read seed image: {e}")))??;
-                for (b, data) in blocks {
-                    pos.disks[d]
-                        .dirty
-                        .insert(b, crate::blocks::Block::Data(data));
-                }
-                self.flush(&mut pos).await?;
-                offset += len;
-            }
-        }
-        self.publish(&mut pos, PointKind::Checkpoint, None).await
-    }
-}
-
-/// The non-zero 64 KiB blocks of `len` bytes of an image from `offset`, by block number.
-fn read_nonzero(
-    path: &std::path::Path,
-    offset: u64,
-    len: u64,
-) -> Result<Vec<(u64, Vec<u8>)>, ReplicaError> {
-    use std::os::unix::fs::FileExt;
-    let file = std::fs::File::open(path)
-        .map_err(|e| ReplicaError::Internal(format!("open seed image {}: {e}", path.display())))?;
-    let mut out = Vec::new();
-    let mut at = offset;
-    while at < offset + len {
-        let n = (offset + len - at).min(BLOCK_SIZE) as usize;
-        let mut buf = vec![0u8; BLOCK_SIZE as usize];
-        file.read_exact_at(&mut buf[..n], at).map_err(|e| {
-            ReplicaError::Internal(format!("read seed image {}: {e}", path.display()))
-        })?;
-        if buf.iter().any(|&b| b != 0) {
-            out.push((at / BLOCK_SIZE, buf));
-        }
-        at += n as u64;
-    }
-    Ok(out)
 }
 
 /// The BLAKE3 digest of every block of every disk as the replica's newest record holds it

@@ -1,12 +1,12 @@
-//! Restoring disks from a recovery point on this host: what the point holds and the blocks
-//! themselves come from the server, over requests this agent makes
-//! (`POST /v1/agent/restore/present` and `/v1/agent/restore/blocks`).
+//! The blocks this host exchanges with the server, over requests this agent makes: restoring
+//! disks from a recovery point (`POST /v1/agent/restore/present` and `/v1/agent/restore/blocks`)
+//! and sending its disks to seed a replica from (`POST /v1/agent/seed/blocks`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_agent::hydrate::{BlockSource, BoxFuture, Fetched};
-use ferry_agent::restore::{self, BlocksRequest, PointBlocks, Present, RestoreDisk};
+use ferry_agent::restore::{self, BlocksRequest, Present, RestoreDisk, SeedRange, ServerBlocks};
 use ferry_format::BLOCK_SIZE;
 
 /// A request for blocks that takes longer than this fails (the hydration tries again).
@@ -46,7 +46,7 @@ impl FromServer {
     }
 }
 
-impl PointBlocks for FromServer {
+impl ServerBlocks for FromServer {
     fn present(&self, disk: RestoreDisk) -> BoxFuture<Result<Present, String>> {
         let this = self.clone_handle();
         Box::pin(async move {
@@ -60,6 +60,35 @@ impl PointBlocks for FromServer {
         Arc::new(DiskSource {
             server: self.clone_handle(),
             disk,
+        })
+    }
+
+    fn upload(&self, range: SeedRange, body: Vec<u8>) -> BoxFuture<Result<(), String>> {
+        let this = self.clone_handle();
+        Box::pin(async move {
+            let path = format!(
+                "/v1/agent/seed/blocks?upload={}&disk={}&offset={}&len={}",
+                range.upload, range.disk, range.offset, range.len
+            );
+            let resp = this
+                .http
+                .post(format!("{}{path}", this.server))
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body)
+                .timeout(BLOCKS_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| format!("POST /v1/agent/seed/blocks: {e}"))?;
+            let status = resp.status();
+            if status.is_success() {
+                return Ok(());
+            }
+            let body = resp.bytes().await.unwrap_or_default();
+            let reason = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(String::from))
+                .unwrap_or_else(|| "no reason given".into());
+            Err(format!("POST /v1/agent/seed/blocks: {status}: {reason}"))
         })
     }
 }

@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use ferry_agent::command::{Answer, PROTOCOL_VERSION, Report};
-use ferry_agent::restore::{BlocksRequest, Present, RestoreDisk};
+use ferry_agent::restore::{BlocksRequest, Present, RestoreDisk, SeedRange};
 use futures::Stream;
 use serde::Deserialize;
 
@@ -18,7 +18,7 @@ use super::{ApiError, ApiState};
 use crate::hosts::AgentIdentity;
 
 /// The agent's routes: outside the admin token, each checks the agent's own credential.
-pub const ROUTES: [super::Route; 5] = [
+pub const ROUTES: [super::Route; 6] = [
     super::op(
         "get",
         "A joined host's command stream: server-sent events, one `command` event per command (agent credential)",
@@ -48,6 +48,14 @@ pub const ROUTES: [super::Route; 5] = [
     .body::<BlocksRequest>()
     .bytes()
     .at("/v1/agent/restore/blocks"),
+    super::op(
+        "post",
+        "A range of a disk the host sends to seed a replica from: its non-zero blocks, each as its number (u64 LE), length (u32 LE) and bytes (agent credential)",
+    )
+    .query::<SeedRange>()
+    .body_bytes()
+    .no_content()
+    .at("/v1/agent/seed/blocks"),
 ];
 
 /// How often an idle command stream carries a comment, so both ends see a dead link.
@@ -142,4 +150,16 @@ pub(crate) async fn restore_blocks(
         body,
     )
         .into_response())
+}
+
+/// `POST /v1/agent/seed/blocks`: one range of a disk a host sends for a replica's seed.
+pub(crate) async fn seed_blocks(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    Query(range): Query<SeedRange>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let who = super::auth::agent_identity(&state.control, &headers).await?;
+    state.control.seed_blocks(&who, range, &body).await?;
+    Ok(axum::http::StatusCode::NO_CONTENT.into_response())
 }

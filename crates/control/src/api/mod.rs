@@ -429,6 +429,7 @@ pub fn router(control: Arc<Control>, token: String) -> Router {
             post(agent_link::restore_present),
         )
         .route("/v1/agent/restore/blocks", post(agent_link::restore_blocks))
+        .route("/v1/agent/seed/blocks", post(agent_link::seed_blocks))
         .route("/", get(portal::index))
         .route("/portal/app.js", get(portal::script))
         .route("/portal/app.css", get(portal::style))

@@ -45,6 +45,8 @@ pub enum Request {
     /// No body is read.
     None,
     Json(RequestBody),
+    /// Raw bytes (`application/octet-stream`).
+    Bytes,
 }
 
 /// One method of one route, as declared: what it does and what its bodies are.
@@ -92,6 +94,12 @@ impl Op {
             schema: SchemaGenerator::subschema_for::<T>,
             decode: decode::<T>,
         });
+        self
+    }
+
+    /// The request body is raw bytes.
+    pub const fn body_bytes(mut self) -> Op {
+        self.request = Request::Bytes;
         self
     }
 
@@ -288,9 +296,15 @@ pub fn document(routes: &[Route]) -> Value {
         } else if PUBLIC.iter().any(|p| p.path == r.path) {
             op["security"] = json!([]);
         }
-        if let Request::Json(body) = o.request {
-            op["requestBody"] =
-                json!({"required": true, "content": content(Body::Json(body.schema), &mut reads)});
+        match o.request {
+            Request::Json(body) => {
+                op["requestBody"] = json!({"required": true, "content": content(Body::Json(body.schema), &mut reads)});
+            }
+            Request::Bytes => {
+                op["requestBody"] =
+                    json!({"required": true, "content": content(Body::Bytes, &mut reads)});
+            }
+            Request::None | Request::Unspecified => {}
         }
         let entry = paths.entry(r.path.to_string()).or_insert_with(|| json!({}));
         entry[o.method] = op;

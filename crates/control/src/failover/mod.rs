@@ -14,6 +14,7 @@ mod materialise;
 mod reprotect;
 mod restore;
 mod run;
+mod seed_upload;
 mod test;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ use crate::model::{ItemState, Job, Replication};
 
 pub(crate) use reprotect::{CommitStep, ReprotectStep, run_commit, run_reprotect};
 pub(crate) use run::{FailoverStep, run_failover};
+pub(crate) use seed_upload::Upload;
 pub(crate) use test::{TestCleanupStep, TestFailoverStep, run_test_cleanup, run_test_failover};
 
 /// How long `latest` waits for the processor to reach the point it asked the agent to cut.

@@ -317,8 +317,9 @@ impl Control {
     }
 
     /// Seed the item's (new) replica from the disks of `original`, a stopped VM, and say how.
-    /// The disks of a VM on a joined host are not the server's to read: the replica starts
-    /// empty, and the new source sends every block (a full copy).
+    /// The disks of a VM on a joined host are sent by its agent; where they are gone (a lost
+    /// host, or a new one that took the VM) the replica starts empty and the new source sends
+    /// every block (a full copy).
     async fn seed(&self, rep: &Replication, original: &Vm) -> Result<String> {
         if original.state != VmState::Stopped {
             return Err(ControlError::conflict(format!(
@@ -331,10 +332,19 @@ impl Control {
         let sizes = original.disks.iter().map(|d| d.size_bytes).collect();
         let processor = Processor::new(layout, cache, sizes, ProcessorConfig::default());
         let from = format!("{}/{}", original.group, original.name);
-        if let Some(host) = &original.host {
+        if let Some(name) = &original.host {
+            let host = self.host_of(original)?;
+            if self
+                .seed_from_host(&processor, &host, name, original, rep.generation)
+                .await?
+            {
+                return Ok(format!(
+                    "from {from} on host {name}: only the blocks that differ are sent"
+                ));
+            }
             processor.seed_empty(rep.generation).await?;
             return Ok(format!(
-                "none: the disks of {from} are on host {host}, so every block is copied"
+                "none: the disks of {from} are not on host {name}, so every block is copied"
             ));
         }
         let images: Vec<PathBuf> = original
