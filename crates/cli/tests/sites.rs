@@ -841,6 +841,27 @@ fn a_host_that_comes_back_with_its_disks_is_reprotected_with_the_blocks_that_dif
     s.protect(ITEM);
     s.wait_point_after(ITEM, now(), 60);
 
+    // A test failover runs on the west host, and its cleanup deletes the copy there.
+    s.ok(&["failover", "test", ITEM, "--wait"]);
+    let test_vm = s.replication(ITEM)["test_failover"]["vm"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(s.json(&["vm", "show", &test_vm])["host"], "west-1");
+    assert!(qemu_io(&west.socket_uri(&test_vm, 0), "read -P 12 11M 1M"));
+    let test_image = west.data.join("disks").join(&test_vm).join("disk0.raw");
+    assert!(test_image.exists(), "{} is not there", test_image.display());
+    s.ok(&["failover", "test-cleanup", ITEM, "--wait"]);
+    assert!(
+        s.fails(&["vm", "show", &test_vm])
+            .contains("does not exist")
+    );
+    assert!(
+        !test_image.exists(),
+        "{} is left behind",
+        test_image.display()
+    );
+
     // East goes dark (its disks stay), and the VM is failed over to the west host.
     let mut east = east;
     east.child.kill().unwrap();
