@@ -316,6 +316,12 @@ pub struct Report {
     /// Free space in the agent's data directory, where new disks go.
     #[serde(default)]
     pub free_bytes: u64,
+    /// Where the host serves NBD: its unix socket (on the host), and its TCP address when its
+    /// config gives one.
+    #[serde(default)]
+    pub nbd_socket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbd_tcp: Option<String>,
     pub vms: BTreeMap<String, VmReport>,
 }
 

@@ -218,6 +218,8 @@ impl Executor {
         Report {
             version: self.version.clone(),
             free_bytes,
+            nbd_socket: self.host.nbd_socket().display().to_string(),
+            nbd_tcp: self.host.nbd_tcp().map(|a| a.to_string()),
             vms,
         }
     }

@@ -228,3 +228,75 @@ fn bad_nbd_settings_are_clear_errors_at_start() {
     );
     assert!(err.contains("unknown field `tls`"), "{err}");
 }
+
+/// A joined host's agent serves NBD over TCP only where its own config asks, only with TLS;
+/// `vm show` names its socket and its address.
+#[test]
+fn a_joined_hosts_agent_serves_tcp_only_as_its_config_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = certs::Certs::make(&dir.path().join("pki")).unwrap();
+    let creds = pki.qemu_client_dir(false).unwrap();
+    let s = Server::start(&dir.path().join("data"));
+    s.base_resources(None);
+    let port = free_port();
+    let config = dir.path().join("agent.json");
+    let body = serde_json::json!({
+        "server": s.url,
+        "region": "east",
+        "name": "east-1",
+        "nbd_tcp": {
+            "listen": format!("127.0.0.1:{port}"),
+            "tls_cert": pki.server_cert(),
+            "tls_key": pki.server_key(),
+        },
+    });
+    std::fs::write(&config, body.to_string()).unwrap();
+    let token = s.json(&["agent", "token", "create", "--region", "east"])["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let data = dir.path().join("east-1");
+    let mut agent = Command::new(FERRY)
+        .args(["agent", "--config"])
+        .arg(&config)
+        .arg("--data")
+        .arg(&data)
+        .args(["--join-token", &token])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let alive = || {
+        s.json(&["host", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "east-1" && h["alive"] == true)
+    };
+    wait_until(60, "east-1 to join", alive);
+    s.create_vm("rg1/web1", "default", &["4MiB@sa1"]);
+    let export = "rg1.web1.disk0";
+    let vm = s.json(&["vm", "show", "rg1/web1"]);
+    assert_eq!(vm["host"], "east-1");
+    let socket = data.join("agent/nbd.sock");
+    assert_eq!(
+        vm["disks"][0]["nbd_uri"],
+        format!("nbd+unix:///{export}?socket={}", socket.display())
+    );
+    assert_eq!(
+        vm["disks"][0]["nbd_tcp_uri"],
+        format!("nbds://127.0.0.1:{port}/{export}")
+    );
+    let out = qemu_io_tls(
+        &creds,
+        port,
+        export,
+        &["write -P 0x5a 0 64k", "read -P 0x5a 0 64k"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let plain = format!("nbd://127.0.0.1:{port}/{export}");
+    let out = Command::new("nbdinfo").arg(&plain).output().unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    let _ = agent.kill();
+    let _ = agent.wait();
+}

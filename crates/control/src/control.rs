@@ -252,6 +252,15 @@ impl Control {
             .clone()
     }
 
+    /// A joined host the server has heard of since it started.
+    pub(crate) fn joined_host_if_known(&self, name: &str) -> Option<Arc<crate::hosts::RemoteHost>> {
+        self.joined
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+    }
+
     /// The agent that serves a VM: its joined host's, or its region's own.
     pub(crate) fn host_of(&self, vm: &crate::model::Vm) -> Result<crate::hosts::Host> {
         match &vm.host {

@@ -352,21 +352,32 @@ impl Control {
     }
 
     fn fill_uris(&self, v: &mut Vm) {
-        // A joined host's socket is on that host, in its agent's data directory.
-        if let Some(agent) = self.embedded.get(&v.region).filter(|_| v.host.is_none()) {
-            let agent = agent.host();
-            let vm_key = key(&v.group, &v.name);
-            for d in &mut v.disks {
-                let export = AgentHost::export_name(&vm_key, d.index);
-                d.nbd_uri = format!(
-                    "nbd+unix:///{export}?socket={}",
-                    agent.nbd_socket().display()
-                );
-                d.nbd_tcp_uri = agent
-                    .nbd_tcp()
-                    .map(|addr| format!("nbds://{addr}/{export}"))
-                    .unwrap_or_default();
-            }
+        // A joined host's socket is on that host, in its agent's data directory (as it
+        // reported it).
+        let (socket, tcp) = match &v.host {
+            None => match self.embedded.get(&v.region) {
+                Some(e) => (
+                    e.host().nbd_socket().display().to_string(),
+                    e.host().nbd_tcp().map(|a| a.to_string()),
+                ),
+                None => return,
+            },
+            Some(h) => match self.joined_host_if_known(h) {
+                Some(r) => r.nbd(),
+                None => return,
+            },
+        };
+        if socket.is_empty() {
+            return;
+        }
+        let vm_key = key(&v.group, &v.name);
+        for d in &mut v.disks {
+            let export = AgentHost::export_name(&vm_key, d.index);
+            d.nbd_uri = format!("nbd+unix:///{export}?socket={socket}");
+            d.nbd_tcp_uri = tcp
+                .as_ref()
+                .map(|addr| format!("nbds://{addr}/{export}"))
+                .unwrap_or_default();
         }
     }
 

@@ -28,6 +28,23 @@ struct ConfigFile {
     fingerprint: Option<String>,
     /// A CA certificate (PEM) to trust for the server instead of a pinned fingerprint.
     ca_cert: Option<PathBuf>,
+    /// Serve NBD over TCP too (only with TLS), on this address; by default only the unix
+    /// socket in the data directory.
+    nbd_tcp: Option<NbdTcpFile>,
+}
+
+/// `nbd_tcp` of the agent's configuration file.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NbdTcpFile {
+    /// `HOST:PORT`, fixed so clients find it after a restart.
+    listen: String,
+    /// The certificate chain (PEM, leaf first) and private key (PEM) it presents.
+    tls_cert: PathBuf,
+    tls_key: PathBuf,
+    /// A CA (PEM): when set, a client must present a certificate it signed.
+    #[serde(default)]
+    tls_ca: Option<PathBuf>,
 }
 
 /// What the agent needs, settled from its arguments and its data directory.
@@ -39,6 +56,8 @@ pub(crate) struct Settings {
     /// How the server's certificate is trusted (https only).
     pub trust: Option<Trust>,
     pub join_token: Option<String>,
+    /// How the host's NBD is reached besides its unix socket.
+    pub nbd: NbdAccess,
 }
 
 pub async fn run(args: AgentRunArgs) -> Result<()> {
@@ -46,7 +65,7 @@ pub async fn run(args: AgentRunArgs) -> Result<()> {
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let settings = settle(args)?;
     let credential = join::credential(&settings).await?;
-    let host = AgentHost::start_with(&settings.data.join("agent"), &NbdAccess::default())
+    let host = AgentHost::start_with(&settings.data.join("agent"), &settings.nbd)
         .await
         .context("start the NBD listener")?;
     let open_store: OpenStore =
@@ -134,6 +153,24 @@ fn settle(args: AgentRunArgs) -> Result<Settings> {
              (or ca_cert in the config file)"
         );
     }
+    let nbd = match file.nbd_tcp {
+        None => NbdAccess::default(),
+        Some(t) => {
+            let listen = t.listen.parse().with_context(|| {
+                format!(
+                    "nbd_tcp.listen {:?} is not HOST:PORT such as 10.0.0.5:10809",
+                    t.listen
+                )
+            })?;
+            let tls =
+                ferry_nbd::TlsConfig::from_pem_files(&t.tls_cert, &t.tls_key, t.tls_ca.as_deref())
+                    .context("nbd_tcp")?;
+            NbdAccess {
+                socket_group: None,
+                tcp: Some(ferry_agent::NbdTcp { listen, tls }),
+            }
+        }
+    };
     Ok(Settings {
         server: server.trim_end_matches('/').to_string(),
         region,
@@ -141,5 +178,6 @@ fn settle(args: AgentRunArgs) -> Result<Settings> {
         data,
         trust,
         join_token: args.join_token,
+        nbd,
     })
 }

@@ -161,6 +161,15 @@ impl RemoteHost {
         inner.report.vms.get(vm).cloned()
     }
 
+    /// Where the host serves NBD, as it last reported: its unix socket and TCP address.
+    pub fn nbd(&self) -> (String, Option<String>) {
+        let inner = self.inner();
+        (
+            inner.report.nbd_socket.clone(),
+            inner.report.nbd_tcp.clone(),
+        )
+    }
+
     pub fn free_bytes(&self) -> u64 {
         self.inner().report.free_bytes
     }
