@@ -53,6 +53,11 @@ impl Image {
         })
     }
 
+    /// The image's path.
+    pub(crate) fn path(&self) -> &str {
+        &self.name
+    }
+
     /// Copy the image into a new disk image `dst` of `size` bytes, on the blocking pool.
     /// Fails (and removes `dst`) when the copy makes no progress for `stall`.
     pub(crate) async fn seed(self, dst: &Path, size: u64, stall: Duration) -> Result<()> {
@@ -131,6 +136,52 @@ fn describe(t: &std::fs::FileType) -> &'static str {
     } else {
         "not a regular file"
     }
+}
+
+/// The blocks of a raw image file, for a joined host's disk that is filled from it while it
+/// is served (zeroes past its end).
+pub(crate) struct ImageBlocks {
+    pub path: PathBuf,
+}
+
+impl ferry_agent::hydrate::BlockSource for ImageBlocks {
+    fn fetch(
+        &self,
+        blocks: Vec<u64>,
+    ) -> ferry_agent::hydrate::BoxFuture<ferry_agent::hydrate::Fetched> {
+        let path = self.path.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let file =
+                    File::open(&path).map_err(|e| format!("image {}: {e}", path.display()))?;
+                let bs = ferry_format::BLOCK_SIZE;
+                let mut out = Vec::with_capacity(blocks.len());
+                for b in blocks {
+                    let mut buf = vec![0u8; bs as usize];
+                    let mut at = 0;
+                    while at < buf.len() {
+                        let n = file
+                            .read_at(&mut buf[at..], b * bs + at as u64)
+                            .map_err(|e| format!("image {}: {e}", path.display()))?;
+                        if n == 0 {
+                            break;
+                        }
+                        at += n;
+                    }
+                    out.push((b, buf));
+                }
+                Ok(out)
+            })
+            .await
+            .map_err(|e| e.to_string())?
+        })
+    }
+}
+
+/// The blocks an image of `len` bytes covers.
+pub(crate) fn image_blocks(len: u64) -> Vec<u64> {
+    (0..len.div_ceil(ferry_format::BLOCK_SIZE)).collect()
 }
 
 #[cfg(test)]

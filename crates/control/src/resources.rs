@@ -454,12 +454,6 @@ impl Control {
             .filter(|a| a.group == group)
             .collect();
         let host = self.place(&g.region, req.host.as_deref())?;
-        if host.is_some() && req.image.is_some() {
-            return Err(ControlError::invalid(
-                "a VM on a joined host starts with empty disks so far: --image needs the \
-                 server's own agent",
-            ));
-        }
         let mut disks = Vec::new();
         for (i, d) in req.disks.iter().enumerate() {
             if d.size_bytes == 0 {
@@ -550,27 +544,48 @@ impl Control {
             created: Timestamp::now(),
             hydration: None,
         };
+        let mut vm = vm;
         // A creation that fails leaves no image behind.
-        if let Some(image) = image {
-            let disk = &vm.disks[0];
-            let seeded = image
-                .seed(disk.image.as_ref(), disk.size_bytes, crate::image::STALL)
-                .await;
-            if let Err(e) = seeded {
-                self.remove_vm_files(&vm);
+        match image {
+            // A joined host's first disk is filled from the image on the server while it is
+            // already served, as a restored disk is ([`crate::failover`]).
+            Some(image) if vm.host.is_some() => {
+                vm.hydration = Some(crate::model::VmHydration::new(
+                    String::new(),
+                    format!("{IMAGE_PREFIX}{}", image.path()),
+                ));
+            }
+            Some(image) => {
+                let disk = &vm.disks[0];
+                let seeded = image
+                    .seed(disk.image.as_ref(), disk.size_bytes, crate::image::STALL)
+                    .await;
+                if let Err(e) = seeded {
+                    self.remove_vm_files(&vm);
+                    return Err(e);
+                }
+            }
+            None => {}
+        }
+        self.db.insert(Kind::Vm, &vm_key, &vm, "VM")?;
+        if let Some(h) = &vm.hydration {
+            let first = disk_wires(&vm).into_iter().take(1).collect();
+            let host = self.host_of(&vm)?;
+            if let Err(e) = host
+                .prepare_restore(&vm_key, &h.recovery_point, first)
+                .await
+            {
+                self.discard_created(&vm).await;
                 return Err(e);
             }
         }
-        self.db.insert(Kind::Vm, &vm_key, &vm, "VM")?;
         if let Err(e) = self.attach_vm(&vm).await {
-            self.db.delete(Kind::Vm, &vm_key)?;
-            self.remove_vm_files(&vm);
+            self.discard_created(&vm).await;
             return Err(e);
         }
         if let Err(e) = self.power_on(&vm).await {
             self.host_of(&vm)?.detach_vm(&vm_key).await?;
-            self.db.delete(Kind::Vm, &vm_key)?;
-            self.remove_vm_files(&vm);
+            self.discard_created(&vm).await;
             return Err(e);
         }
         self.vm(group, &vm_name)
@@ -702,8 +717,27 @@ impl Control {
         Ok(())
     }
 
-    /// Delete a VM's images and its runtime directory (no longer served).
+    /// Undo a creation that failed: its record, and its images wherever they are.
+    async fn discard_created(&self, v: &Vm) {
+        let vm_key = key(&v.group, &v.name);
+        let _ = self.db.delete(Kind::Vm, &vm_key);
+        if v.host.is_some() {
+            if let Ok(host) = self.host_of(v)
+                && let Err(e) = host.delete_vm(&vm_key, disk_wires(v)).await
+            {
+                tracing::warn!(vm = %vm_key, error = %e, "remove a VM whose creation failed from its host");
+            }
+        } else {
+            self.remove_vm_files(v);
+        }
+    }
+
+    /// Delete a VM's images and its runtime directory (no longer served) on the server's own
+    /// agent; a joined host's are on that host.
     fn remove_vm_files(&self, v: &Vm) {
+        if v.host.is_some() {
+            return;
+        }
         // Removing a large image can take a while.
         ferry_types::blocking::off_worker(|| {
             for d in &v.disks {
@@ -718,6 +752,10 @@ impl Control {
         });
     }
 }
+
+/// A hydration's `recovery_point` that names an image file on the server (a VM created from
+/// `--image` on a joined host) rather than a point of a replica.
+pub(crate) const IMAGE_PREFIX: &str = "image:";
 
 /// Where disk `index` of VM `group/name` lives: on a joined host, under its agent's data
 /// directory (relative); on the server's own agent of `region`, under the server's.

@@ -472,3 +472,62 @@ fn a_host_that_comes_back_with_its_disks_is_reprotected_with_the_blocks_that_dif
         "the failed-back disk differs from the west disk"
     );
 }
+
+/// A VM created from an image on a joined host is served at once, its first disk filled from
+/// the image on the server as it is read and in the background.
+#[test]
+fn a_vm_from_an_image_on_a_joined_host_is_served_at_once_and_filled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = Server::start(&dir.join("data"));
+    s.base_resources(None);
+    let east = start_local_agent(&s, "east", "east-1", &dir.join("east-1"));
+    let import = s.data.join("import");
+    std::fs::create_dir_all(&import).unwrap();
+    let image = import.join("img.raw");
+    // 3 MiB and a half of data: the last block is short.
+    let data: Vec<u8> = (0..(7u32 << 19)).map(|i| (i % 251) as u8 + 1).collect();
+    std::fs::write(&image, &data).unwrap();
+    s.ok(&[
+        "vm",
+        "create",
+        ITEM,
+        "--network",
+        "vnet1",
+        "--subnet",
+        "db",
+        "--disk",
+        "16MiB@sa1",
+        "--disk",
+        "8MiB@sa2",
+        "--image",
+        "img.raw",
+        "--host",
+        "east-1",
+    ]);
+    let vm = s.json(&["vm", "show", ITEM]);
+    assert_eq!(vm["host"], "east-1");
+    let uri = east.socket_uri(ITEM, 0);
+    let got = dir.join("disk0.raw");
+    read_disk(&uri, &got);
+    let bytes = std::fs::read(&got).unwrap();
+    assert_eq!(bytes.len(), 16 << 20);
+    assert!(
+        bytes[..data.len()] == data[..],
+        "the disk does not begin with the image"
+    );
+    assert!(
+        bytes[data.len()..].iter().all(|&b| b == 0),
+        "the disk is not zero past the image"
+    );
+    wait_until(60, "the first disk to be filled", || {
+        s.json(&["vm", "show", ITEM])["hydration"].is_null()
+    });
+    assert!(s.events_text().contains("is filled from image"));
+    // The second disk is empty, and the filled one reads the same without the server's help.
+    let second = dir.join("disk1.raw");
+    read_disk(&east.socket_uri(ITEM, 1), &second);
+    assert!(std::fs::read(&second).unwrap().iter().all(|&b| b == 0));
+    read_disk(&uri, &got);
+    assert!(std::fs::read(&got).unwrap()[..data.len()] == data[..]);
+}

@@ -57,6 +57,18 @@ impl Control {
         let Some(h) = &vm.hydration else {
             return Ok(vec![None; vm.disks.len()]);
         };
+        if let Some(path) = h
+            .recovery_point
+            .strip_prefix(crate::resources::IMAGE_PREFIX)
+        {
+            // The first disk, from an image file.
+            let mut sources = vec![None; vm.disks.len()];
+            if let Some(first) = sources.first_mut() {
+                let image = crate::image::ImageBlocks { path: path.into() };
+                *first = Some(Arc::new(image) as Arc<dyn BlockSource>);
+            }
+            return Ok(sources);
+        }
         let (g, v) = h.item.split_once('/').unwrap_or_default();
         let rep = self.replication(g, v)?;
         let layout = self.layout(&rep)?;
@@ -186,7 +198,14 @@ impl Control {
                     Severity::Info,
                     "hydration-complete",
                     &vm_key,
-                    format!("every disk of {vm_key} is restored from recovery point {point}"),
+                    match point.strip_prefix(crate::resources::IMAGE_PREFIX) {
+                        Some(image) => {
+                            format!("the first disk of {vm_key} is filled from image {image}")
+                        }
+                        None => format!(
+                            "every disk of {vm_key} is restored from recovery point {point}"
+                        ),
+                    },
                 );
             }
         }

@@ -54,6 +54,15 @@ impl Control {
     /// `POST /v1/agent/restore/present`: which blocks of the disk hold data at the point.
     pub async fn restore_present(&self, who: &AgentIdentity, d: RestoreDisk) -> Result<Present> {
         let vm = self.restoring_vm(who, &d)?;
+        if let Some(path) = d.point.strip_prefix(crate::resources::IMAGE_PREFIX) {
+            if d.disk != 0 {
+                return Ok(Present::default());
+            }
+            let len = std::fs::metadata(path)
+                .map_err(|e| ControlError::Internal(format!("image {path}: {e}")))?
+                .len();
+            return Ok(Present::from_blocks(&crate::image::image_blocks(len)));
+        }
         let item = vm
             .hydration
             .as_ref()
