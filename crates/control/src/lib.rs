@@ -28,6 +28,7 @@ mod replication;
 pub mod requests;
 mod resources;
 mod stores;
+mod vms;
 
 pub use alerts::{AlertRule, CreateAlert};
 pub use confine::Confinement;
