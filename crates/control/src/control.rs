@@ -84,6 +84,8 @@ pub struct Control {
     pub(crate) restores: Mutex<
         HashMap<ferry_agent::restore::RestoreDisk, Arc<dyn ferry_agent::hydrate::BlockSource>>,
     >,
+    /// When each item's joined source host was last sent a cache SAS.
+    pub(crate) sas_sent: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Control {
@@ -107,7 +109,10 @@ impl Control {
             let host = AgentHost::start_with(&root, &access).await?;
             let open = stores.clone();
             let open_store: ferry_agent::executor::OpenStore =
-                Arc::new(move |url: &str| open.get(url).map_err(|e| e.to_string()));
+                // The server's own agent uses the account as the server opens it (its key).
+                Arc::new(move |url: &str, _sas: Option<&str>| {
+                    open.get(url).map_err(|e| e.to_string())
+                });
             let exec = Executor::new(
                 host,
                 cfg.data.join("regions").join(r),
@@ -137,6 +142,7 @@ impl Control {
             vm_locks: Default::default(),
             runtime_locks: Default::default(),
             restores: Default::default(),
+            sas_sent: Default::default(),
         });
         control.reconcile().await?;
         tokio::spawn(crate::replication::monitor::run(
