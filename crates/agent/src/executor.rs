@@ -20,6 +20,9 @@ use crate::restore::{PointBlocks, RestoreDisk};
 /// sent when there is one, else with the agent's own credentials.
 pub type OpenStore = Arc<dyn Fn(&str, Option<&str>) -> Result<DynStore, String> + Send + Sync>;
 
+/// A stream's cache account: its URL and prefix, and the store its stream ships through.
+type StreamCache = (String, String, Arc<Renewable>);
+
 /// A host's agent as the control plane drives it.
 pub struct Executor {
     host: Arc<AgentHost>,
@@ -35,7 +38,7 @@ pub struct Executor {
     restored_from: Mutex<HashMap<String, String>>,
     /// Each VM's cache account as its stream ships to it; a start-stream sent again with a
     /// fresh SAS renews it under the running stream.
-    caches: Mutex<HashMap<String, (String, String, Arc<Renewable>)>>,
+    caches: Mutex<HashMap<String, StreamCache>>,
     version: String,
 }
 
@@ -347,9 +350,7 @@ impl Executor {
         }
     }
 
-    fn caches(
-        &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<String, (String, String, Arc<Renewable>)>> {
+    fn caches(&self) -> std::sync::MutexGuard<'_, HashMap<String, StreamCache>> {
         self.caches.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
