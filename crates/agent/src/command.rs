@@ -90,12 +90,27 @@ impl From<MarkWire> for MarkerKind {
 }
 
 /// Where a stream ships its segments: a cache account's URL and the stream's own prefix in it.
-/// The agent opens it with its own credentials (its environment) and sees only the prefix.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The agent sees only the prefix. With `sas` (an Azure account whose key the server holds) it
+/// opens the account with that shared access signature alone (read and create, for a bounded
+/// time); without, with its own credentials (its environment).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheWire {
     pub url: String,
     pub prefix: String,
+    /// A secret: never logged (the `Debug` of this type hides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sas: Option<String>,
+}
+
+impl std::fmt::Debug for CacheWire {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CacheWire")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .field("sas", &self.sas.as_ref().map(|_| "REDACTED"))
+            .finish()
+    }
 }
 
 /// What the control plane asks of an agent. A field the agent does not know is ignored, so a
@@ -417,6 +432,29 @@ mod tests {
         );
         let bad = r#"{"id":1,"command":"mark","vm":"g/v","generation":1}"#;
         assert!(serde_json::from_str::<Envelope>(bad).is_err());
+    }
+
+    #[test]
+    fn a_cache_sas_travels_but_never_shows() {
+        let plain = CacheWire {
+            url: "az://cache".into(),
+            prefix: "streams/s".into(),
+            sas: None,
+        };
+        let json = serde_json::to_value(&plain).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"url": "az://cache", "prefix": "streams/s"})
+        );
+        let signed = CacheWire {
+            sas: Some("sv=2025-11-05&sig=SECRET".into()),
+            ..plain
+        };
+        let text = serde_json::to_string(&signed).unwrap();
+        assert_eq!(serde_json::from_str::<CacheWire>(&text).unwrap(), signed);
+        let shown = format!("{signed:?}");
+        assert!(!shown.contains("SECRET"), "{shown}");
+        assert!(shown.contains("REDACTED"), "{shown}");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_storage::{DynStore, Key};
+use ferry_storage::{DynStore, Key, Renewable};
 
 use crate::command::{
     CacheWire, Command, DiskWire, Outcome, Report, VmReport, WireError, parse_seed,
@@ -16,8 +16,12 @@ use crate::host::{AgentHost, DiskSpec, ReplicationConfig};
 use crate::hydrate::BlockSource;
 use crate::restore::{RestoreDisk, ServerBlocks};
 
-/// Opens the cache account a stream ships to (the agent's own credentials apply).
-pub type OpenStore = Arc<dyn Fn(&str) -> Result<DynStore, String> + Send + Sync>;
+/// Opens the cache account a stream ships to: with the shared access signature the server
+/// sent when there is one, else with the agent's own credentials.
+pub type OpenStore = Arc<dyn Fn(&str, Option<&str>) -> Result<DynStore, String> + Send + Sync>;
+
+/// A stream's cache account: its URL and prefix, and the store its stream ships through.
+type StreamCache = (String, String, Arc<Renewable>);
 
 /// A host's agent as the control plane drives it.
 pub struct Executor {
@@ -32,6 +36,9 @@ pub struct Executor {
     restore: Option<Arc<dyn ServerBlocks>>,
     /// The point each VM's disks were last attached to be restored from.
     restored_from: Mutex<HashMap<String, String>>,
+    /// Each VM's cache account as its stream ships to it; a start-stream sent again with a
+    /// fresh SAS renews it under the running stream.
+    caches: Mutex<HashMap<String, StreamCache>>,
     version: String,
 }
 
@@ -51,6 +58,7 @@ impl Executor {
             open_store,
             restore,
             restored_from: Mutex::default(),
+            caches: Mutex::default(),
             version,
         }
     }
@@ -107,6 +115,7 @@ impl Executor {
                 host.detach_vm(&vm).await;
                 self.restored().remove(&vm);
                 host.forget_replication(&vm).await?;
+                self.caches().remove(&vm);
                 blocking(move || {
                     for p in &paths {
                         remove_if_present(p)?;
@@ -136,7 +145,7 @@ impl Executor {
                 let cfg = ReplicationConfig {
                     stream,
                     generation,
-                    cache: self.cache(&cache)?,
+                    cache: self.cache(&vm, &cache)?,
                     stream_config: (&config).into(),
                     crash_consistent_every: Duration::from_millis(crash_consistent_every_ms),
                     seed,
@@ -145,7 +154,10 @@ impl Executor {
                 blocking(move || host.start_replication(&vm, cfg)).await?;
             }
             Command::StopStream { vm } => host.stop_replication(&vm).await,
-            Command::ForgetStream { vm } => host.forget_replication(&vm).await?,
+            Command::ForgetStream { vm } => {
+                host.forget_replication(&vm).await?;
+                self.caches().remove(&vm);
+            }
             Command::ReleaseVm { vm } => host.release_vm(&vm),
             Command::Mark {
                 vm,
@@ -342,12 +354,35 @@ impl Executor {
         Ok(self.root.join(p))
     }
 
-    fn cache(&self, c: &CacheWire) -> Result<DynStore, WireError> {
-        let store = (self.open_store)(&c.url).map_err(|message| WireError::Other { message })?;
+    /// The VM's cache account, confined to its stream's prefix. The same account and prefix
+    /// as before (a start-stream sent again) is the same store, renewed with the credential
+    /// just sent, so a running stream ships with it from its next call.
+    fn cache(&self, vm: &str, c: &CacheWire) -> Result<DynStore, WireError> {
+        let store = (self.open_store)(&c.url, c.sas.as_deref())
+            .map_err(|message| WireError::Other { message })?;
         let prefix = Key::parse(&c.prefix).map_err(|e| WireError::Other {
             message: format!("cache prefix {:?}: {e}", c.prefix),
         })?;
-        Ok(ferry_storage::scoped(store, prefix))
+        let store = ferry_storage::scoped(store, prefix);
+        let mut caches = self.caches();
+        match caches.get(vm) {
+            Some((url, prefix, renewable)) if *url == c.url && *prefix == c.prefix => {
+                renewable.renew(store);
+                Ok(renewable.clone())
+            }
+            _ => {
+                let renewable = Renewable::new(store);
+                caches.insert(
+                    vm.to_owned(),
+                    (c.url.clone(), c.prefix.clone(), renewable.clone()),
+                );
+                Ok(renewable)
+            }
+        }
+    }
+
+    fn caches(&self) -> std::sync::MutexGuard<'_, HashMap<String, StreamCache>> {
+        self.caches.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -86,6 +86,8 @@ pub struct Control {
     >,
     /// The seeds joined hosts are sending disks for, by upload number.
     pub(crate) uploads: Mutex<HashMap<u64, crate::failover::Upload>>,
+    /// When each item's joined source host was last sent a cache SAS.
+    pub(crate) sas_sent: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Control {
@@ -109,7 +111,10 @@ impl Control {
             let host = AgentHost::start_with(&root, &access).await?;
             let open = stores.clone();
             let open_store: ferry_agent::executor::OpenStore =
-                Arc::new(move |url: &str| open.get(url).map_err(|e| e.to_string()));
+                // The server's own agent uses the account as the server opens it (its key).
+                Arc::new(move |url: &str, _sas: Option<&str>| {
+                    open.get(url).map_err(|e| e.to_string())
+                });
             let exec = Executor::new(
                 host,
                 cfg.data.join("regions").join(r),
@@ -140,6 +145,7 @@ impl Control {
             runtime_locks: Default::default(),
             restores: Default::default(),
             uploads: Default::default(),
+            sas_sent: Default::default(),
         });
         control.reconcile().await?;
         tokio::spawn(crate::replication::monitor::run(

@@ -136,6 +136,15 @@ impl Store for ObjectStoreAccount {
         match self.write(key, data, PutMode::Create, "put_new").await {
             // S3 answers a failed `If-None-Match: *` with 412.
             Err(StoreError::PreconditionFailed { key }) => Err(StoreError::AlreadyExists { key }),
+            // A create-only credential (an Azure SAS without write permission) is refused a
+            // write over an existing object (403) before any condition is checked: whether the
+            // object is there decides which answer it is.
+            Err(e @ StoreError::Other { .. }) => match self.head(key).await {
+                Ok(_) => Err(StoreError::AlreadyExists {
+                    key: key.to_string(),
+                }),
+                Err(_) => Err(e),
+            },
             other => other,
         }
     }

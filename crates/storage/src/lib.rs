@@ -14,17 +14,23 @@
 //! - `delete` is idempotent.
 
 mod account;
+mod azure_sas;
 pub mod conformance;
 mod error;
 pub mod fault;
 mod key;
 mod open;
+mod renewable;
 pub mod retry;
 mod scoped;
 
+pub use azure_sas::{
+    AzureSas, CREATE_READ, SAS_VERSION, SasRequest, container_sas, sign_container_sas,
+};
 pub use error::{Cause, StoreError};
 pub use key::Key;
-pub use open::{Location, location, open, open_with_options};
+pub use open::{Location, location, open, open_with_options, open_with_sas};
+pub use renewable::Renewable;
 pub use scoped::scoped;
 
 use std::fmt::Debug;

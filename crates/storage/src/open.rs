@@ -42,6 +42,25 @@ pub fn open(url: &str) -> Result<DynStore, StoreError> {
 /// [`open`], with `object_store` configuration keys (e.g. `("aws_endpoint", "http://…")`,
 /// `("azure_storage_account_name", "…")`) applied over the environment.
 pub fn open_with_options(url: &str, options: &[(&str, &str)]) -> Result<DynStore, StoreError> {
+    open_as(url, options, None)
+}
+
+/// Open the `az://CONTAINER[/prefix]` account at `url` with a shared access signature
+/// ([`crate::AzureSas::token`]) and no other credential: of the environment only where the
+/// account is counts (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_USE_EMULATOR`,
+/// `AZURE_STORAGE_ENDPOINT`, `AZURITE_BLOB_STORAGE_URL`, client options); an account key,
+/// token or client secret there is not used.
+pub fn open_with_sas(url: &str, sas: &str) -> Result<DynStore, StoreError> {
+    if !url.starts_with("az://") {
+        return Err(StoreError::InvalidUrl {
+            url: redact(url.split('?').next().unwrap_or(url)),
+            reason: "a shared access signature opens only an Azure account (az://CONTAINER)".into(),
+        });
+    }
+    open_as(url, &[], Some(sas))
+}
+
+fn open_as(url: &str, options: &[(&str, &str)], sas: Option<&str>) -> Result<DynStore, StoreError> {
     let shown = redact(url.split('?').next().unwrap_or(url));
     let invalid = |reason: String| StoreError::InvalidUrl {
         url: shown.clone(),
@@ -65,7 +84,7 @@ pub fn open_with_options(url: &str, options: &[(&str, &str)]) -> Result<DynStore
             memory_caps(),
             new_lock(),
         )),
-        "az" | "s3" => open_cloud(&parsed, shown.clone(), options).map_err(invalid),
+        "az" | "s3" => open_cloud(&parsed, shown.clone(), options, sas).map_err(invalid),
         other => Err(invalid(format!("unsupported scheme `{other}`; {SCHEMES}"))),
     }
 }
@@ -217,7 +236,37 @@ const CLIENT_DEFAULTS: [(ClientConfigKey, &str); 3] = [
     (ClientConfigKey::Timeout, "120s"),
 ];
 
-fn open_cloud(url: &Url, shown: String, options: &[(&str, &str)]) -> Result<DynStore, String> {
+/// The environment's Azure settings that say where the account is, none that says who calls.
+fn azure_location_from_env() -> MicrosoftAzureBuilder {
+    let mut b = MicrosoftAzureBuilder::new();
+    for (name, value) in std::env::vars() {
+        let name = name.to_ascii_lowercase();
+        if !name.starts_with("azure_") {
+            continue;
+        }
+        let Ok(key) = name.parse::<AzureConfigKey>() else {
+            continue;
+        };
+        if matches!(
+            key,
+            AzureConfigKey::AccountName
+                | AzureConfigKey::Endpoint
+                | AzureConfigKey::UseEmulator
+                | AzureConfigKey::UseFabricEndpoint
+                | AzureConfigKey::Client(_)
+        ) {
+            b = b.with_config(key, value);
+        }
+    }
+    b
+}
+
+fn open_cloud(
+    url: &Url,
+    shown: String,
+    options: &[(&str, &str)],
+    sas: Option<&str>,
+) -> Result<DynStore, String> {
     let scheme = url.scheme();
     let (what, example) = if scheme == "az" {
         ("container", "az://CONTAINER[/PREFIX]")
@@ -235,9 +284,11 @@ fn open_cloud(url: &Url, shown: String, options: &[(&str, &str)]) -> Result<DynS
         Some(Key::parse(prefix).map_err(|e| format!("bad key prefix: {e}"))?)
     };
     let inner: Arc<dyn ObjectStore> = if scheme == "az" {
-        let mut b = MicrosoftAzureBuilder::from_env()
-            .with_container_name(name)
-            .with_retry(retry_config());
+        let b = match sas {
+            None => MicrosoftAzureBuilder::from_env(),
+            Some(token) => azure_location_from_env().with_config(AzureConfigKey::SasKey, token),
+        };
+        let mut b = b.with_container_name(name).with_retry(retry_config());
         for (k, v) in CLIENT_DEFAULTS {
             if b.get_config_value(&AzureConfigKey::Client(k)).is_none() {
                 b = b.with_config(AzureConfigKey::Client(k), v);

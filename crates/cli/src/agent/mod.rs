@@ -68,8 +68,13 @@ pub async fn run(args: AgentRunArgs) -> Result<()> {
     let host = AgentHost::start_with(&settings.data.join("agent"), &settings.nbd)
         .await
         .context("start the NBD listener")?;
-    let open_store: OpenStore =
-        Arc::new(|url: &str| ferry_storage::open(url).map_err(|e| e.to_string()));
+    let open_store: OpenStore = Arc::new(|url: &str, sas: Option<&str>| {
+        match sas {
+            Some(sas) => ferry_storage::open_with_sas(url, sas),
+            None => ferry_storage::open(url),
+        }
+        .map_err(|e| e.to_string())
+    });
     let restore = restore::FromServer {
         server: settings.server.clone(),
         http: link::http_client(&settings, Some(&credential))?,

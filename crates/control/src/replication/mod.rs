@@ -2,6 +2,7 @@
 //! and RPO, listing points, exporting a disk at a point, and disabling.
 
 pub(crate) mod app_consistent;
+pub(crate) mod cache_access;
 pub(crate) mod disable;
 pub(crate) mod enable;
 pub(crate) mod monitor;
@@ -9,7 +10,7 @@ pub(crate) mod rates;
 pub(crate) mod repair;
 pub(crate) mod runtime;
 mod targets;
-mod tasks;
+pub(crate) mod tasks;
 pub(crate) mod verify;
 mod view;
 

@@ -55,6 +55,12 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
             tracing::warn!(error = %e, "record the items' changes as events");
         }
         control.app_consistent_due(&reps);
+        super::cache_access::renew_due(
+            &control,
+            &reps,
+            &mut tasks,
+            super::cache_access::RENEW_AFTER,
+        );
         if last_restart.elapsed() >= RESTART_EVERY {
             last_restart = Instant::now();
             restart_missing(&control, &reps, &mut tasks);

@@ -3,7 +3,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_agent::command::{CacheWire, Command, WireError, format_seed, millis};
+use ferry_agent::command::{Command, WireError, format_seed, millis};
 use ferry_replica::{Processor, ProcessorStatus};
 use ferry_storage::{DynStore, Key};
 use tokio::sync::watch;
@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use crate::control::Control;
 use crate::db::Kind;
 use crate::error::Result;
+use crate::hosts::Host;
 use crate::model::{ItemState, Replication, Severity};
 
 /// The states an item moves to `resync-required` from when its stream turns out
@@ -61,21 +62,6 @@ impl Control {
         Ok(ferry_storage::scoped(store, prefix))
     }
 
-    /// The cache account of an item as its source agent opens it: the account's URL and the
-    /// item's own prefix.
-    pub(crate) fn item_cache_wire(&self, rep: &Replication) -> Result<CacheWire> {
-        let (group, account) = rep
-            .target
-            .cache_storage
-            .split_once('/')
-            .unwrap_or((&rep.group, &rep.target.cache_storage));
-        let acct = self.storage(group, account)?;
-        Ok(CacheWire {
-            url: acct.url,
-            prefix: format!("streams/{}", rep.stream),
-        })
-    }
-
     /// Start the item's stream and processor unless they run (idempotent; used after restarts).
     /// Decided on the item as it is now, under its runtime lock: a disable or a failover that
     /// stopped it since `rep` was read is not undone.
@@ -114,13 +100,16 @@ impl Control {
             None
         };
         let agent = self.source_host(rep)?;
+        let minted = std::time::Instant::now();
+        let cache_wire = self.item_cache_wire(rep, matches!(agent, Host::Joined(_)))?;
+        let signed = cache_wire.sas.is_some();
         // Opening the stream reads and syncs its files.
         let started = agent
             .call(Command::StartStream {
                 vm: rep.source_key(),
                 stream: rep.stream,
                 generation: rep.generation,
-                cache: self.item_cache_wire(rep)?,
+                cache: cache_wire,
                 config: (&self.cfg.stream).into(),
                 crash_consistent_every_ms: millis(Duration::from_secs_f64(
                     policy.crash_consistent_every_seconds,
@@ -150,6 +139,7 @@ impl Control {
                 other?;
             }
         }
+        self.sas_sent(&item, signed.then_some(minted));
         let vm = self.source_vm(rep)?;
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
         if !items.contains_key(&item) {

@@ -31,6 +31,8 @@ pub(crate) enum Work {
     Prune,
     /// Stop it: its stream can no longer be trusted.
     Resync,
+    /// Send its source host a fresh SAS for the cache account.
+    Renew,
 }
 
 impl Work {
@@ -39,6 +41,7 @@ impl Work {
             Work::Start => "start replication of an item",
             Work::Prune => "prune recovery points past retention",
             Work::Resync => "stop an item whose stream cannot be trusted",
+            Work::Renew => "renew the source host's access to the cache account",
         }
     }
 }
