@@ -41,11 +41,22 @@ const POINT_EVERY: f64 = 1.0;
 const BASELINE: &str = "server's embedded east agent, same writes";
 /// Requests in flight of the random writes (one NBD connection each).
 const DEPTH: usize = 16;
+/// Regions east and west (the default). Points older than the policy's retention are deleted
+/// within seconds, so that the gigabytes written do not pile up on the disk.
+const SERVER_CONFIG: &str = r#"{"gc_grace_seconds": 0, "gc_interval_seconds": 5}"#;
+/// The policy's retention and journal window (seconds).
+const RETENTION: u64 = 60;
+const JOURNAL: u64 = 10;
+/// The longest replication may take to catch up after a workload.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a drained item must stay drained: a joined host reports every 2 s, so an older
+/// report may still be read.
+const DRAINED_FOR: Duration = Duration::from_millis(2100);
 
 pub async fn run(dir: &Path, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>> {
     let dir = dir.join("sites");
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let mut server = Server::start(&dir)
+    let mut server = Server::start(&dir, SERVER_CONFIG)
         .await
         .context("start the server process")?;
     progress(format!("sites: server listening on {}", server.url));
@@ -56,56 +67,118 @@ pub async fn run(dir: &Path, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>
             .error(format!("create the sites' resources: {e:#}"))
     })?;
     // Before the host joins, a new east VM goes to the server's own agent.
-    let size = plan.disk;
+    // Each VM's disk (three copies of what is written to it are kept meanwhile: the disk,
+    // the replica and the points).
+    let size = if plan.quick { 128 * MIB } else { plan.disk };
     create_vm(&client, EMBEDDED_VM, size, None).await?;
-    let mut agent = Agent::join(&dir, &mut server, HOST, "east")
+    let agent = Agent::join(&dir, &mut server, HOST, "east")
         .await
         .with_context(|| format!("join host {HOST}"))?;
     progress(format!(
         "sites: host {HOST} joined, serving NBD on {}",
         agent.nbd_socket.display()
     ));
-    create_vm(&client, JOINED_VM, size, Some(HOST)).await?;
-    let embedded_uri = embedded_uri(&client).await?;
+    let mut sites = Sites {
+        client,
+        server,
+        agent,
+    };
+    let result = measure(&mut sites, size, plan, pool).await.map_err(|e| {
+        // The server's side of whatever failed.
+        anyhow!(
+            "{e:#}; the end of the server log:\n{}",
+            sites.server.proc.tail()
+        )
+    });
+    sites.agent.proc.stop().await;
+    sites.server.proc.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The running processes and the bench's client of the server.
+pub struct Sites {
+    pub client: Client,
+    pub server: Server,
+    pub agent: Agent,
+}
+
+impl Sites {
+    /// Fails when the server or the agent has exited.
+    pub fn check(&mut self) -> Result<()> {
+        self.server.proc.check()?;
+        self.agent.proc.check()
+    }
+
+    /// Waits until every write to `vms` is shipped and applied, for [`DRAINED_FOR`] in a row.
+    async fn drain(&mut self, vms: &[&str]) -> Result<()> {
+        let start = Instant::now();
+        let mut since: Option<Instant> = None;
+        loop {
+            let mut drained = true;
+            for vm in vms {
+                let s = &replication(&self.client, &item(vm)).await?["stats"];
+                drained &= s["pending_local_logs"] == 0 && s["cache_backlog_bytes"] == 0;
+            }
+            since = match drained {
+                true => Some(since.unwrap_or_else(Instant::now)),
+                false => None,
+            };
+            if since.is_some_and(|t| t.elapsed() >= DRAINED_FOR) {
+                break;
+            }
+            self.check()?;
+            if start.elapsed() > DRAIN_TIMEOUT {
+                bail!(
+                    "replication of {} did not catch up within {DRAIN_TIMEOUT:?}",
+                    vms.join(" and ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        progress(format!(
+            "sites: replication caught up in {:.1} s",
+            start.elapsed().as_secs_f64()
+        ));
+        Ok(())
+    }
+}
+
+async fn measure(
+    sites: &mut Sites,
+    size: u64,
+    plan: Plan,
+    pool: &Arc<Pool>,
+) -> Result<Vec<Figure>> {
+    let c = &sites.client;
+    create_vm(c, JOINED_VM, size, Some(HOST)).await?;
+    let embedded_uri = embedded_uri(c).await?;
     let joined_uri = ferry_nbd::bench::unix_url(
-        &agent.nbd_socket,
+        &sites.agent.nbd_socket,
         &AgentHost::export_name(&item(JOINED_VM), 0),
     );
     for vm in [EMBEDDED_VM, JOINED_VM] {
-        enable(&client, vm).await?;
+        enable(c, vm).await?;
     }
     for vm in [EMBEDDED_VM, JOINED_VM] {
-        wait_protected(&client, vm, &mut server, &mut agent).await?;
+        wait_protected(sites, vm).await?;
     }
-    let result = async {
-        let mut figures = write_path(&joined_uri, &embedded_uri, size, plan, pool)
+    let mut figures = write_path(sites, &joined_uri, &embedded_uri, size, plan, pool)
+        .await
+        .context("write path figures")?;
+    sites.drain(&[EMBEDDED_VM, JOINED_VM]).await?;
+    let site = rpo::Site {
+        item: item(JOINED_VM),
+        uri: joined_uri,
+        disk: size,
+        point_every: POINT_EVERY,
+    };
+    figures.extend(
+        rpo::run(sites, site, plan, pool)
             .await
-            .context("write path figures")?;
-        let site = rpo::Site {
-            client: &client,
-            server: &mut server,
-            agent: &mut agent,
-            item: item(JOINED_VM),
-            uri: joined_uri.clone(),
-            disk: size,
-            point_every: POINT_EVERY,
-        };
-        figures.extend(
-            rpo::run(site, plan, pool)
-                .await
-                .context("RPO at a site loss")?,
-        );
-        anyhow::Ok(figures)
-    }
-    .await;
-    let result = result.map_err(|e| {
-        // The server's side of whatever failed.
-        anyhow!("{e:#}; the end of the server log:\n{}", server.proc.tail())
-    });
-    agent.proc.stop().await;
-    server.proc.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+            .context("RPO at a site loss")?,
+    );
+    Ok(figures)
 }
 
 fn item(vm: &str) -> String {
@@ -151,10 +224,10 @@ async fn resources(c: &Client, data: &Path) -> Result<()> {
     }
     let policy = CreatePolicy {
         name: POLICY.into(),
-        retention_seconds: Some(3600),
+        retention_seconds: Some(RETENTION),
         crash_consistent_every_seconds: Some(POINT_EVERY),
         app_consistent_every_seconds: None,
-        journal_seconds: None,
+        journal_seconds: Some(JOURNAL),
         thinning: None,
         app_thinning: None,
         rpo_warning_seconds: None,
@@ -236,19 +309,15 @@ async fn enable(c: &Client, vm: &str) -> Result<()> {
 }
 
 /// Waits until `bench/VM` is protected.
-async fn wait_protected(
-    c: &Client,
-    vm: &str,
-    server: &mut Server,
-    agent: &mut Agent,
-) -> Result<()> {
+async fn wait_protected(sites: &mut Sites, vm: &str) -> Result<()> {
+    let c = &sites.client;
     let what = format!("{} to be protected", item(vm));
     wait_until(
         &what,
         Duration::from_secs(120),
         || {
-            server.proc.check()?;
-            agent.proc.check()
+            sites.server.proc.check()?;
+            sites.agent.proc.check()
         },
         || async {
             let rep = replication(c, &item(vm)).await?;
@@ -303,6 +372,7 @@ impl Load {
 /// Each workload several times on both VMs, in turn (the order swapped each round so that
 /// neither always runs behind the other's replication), the median of each.
 async fn write_path(
+    sites: &mut Sites,
     joined: &str,
     embedded: &str,
     size: u64,
@@ -311,19 +381,24 @@ async fn write_path(
 ) -> Result<Vec<Figure>> {
     let loads = if plan.quick {
         [
-            Load::Sequential { bytes: size / 4 },
-            Load::Random { count: 4_000 },
+            Load::Sequential { bytes: size / 2 },
+            Load::Random { count: 2_000 },
         ]
     } else {
         [
-            Load::Sequential { bytes: size },
+            Load::Sequential { bytes: size / 2 },
             Load::Random { count: 50_000 },
         ]
     };
     let rounds = if plan.quick { 3 } else { 5 };
     let mut block = 1u64 << 44;
     let mut figures = Vec::new();
-    for load in loads {
+    for (i, load) in loads.into_iter().enumerate() {
+        // What a workload wrote is applied (and the disk space of what the replica no longer
+        // needs freed) before the next starts; a quick run has little to free.
+        if i > 0 && !plan.quick {
+            sites.drain(&[EMBEDDED_VM, JOINED_VM]).await?;
+        }
         let (mut ours, mut base) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             let mut order = [(joined, "joined agent"), (embedded, "embedded agent")];

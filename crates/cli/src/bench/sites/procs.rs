@@ -122,15 +122,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `ferry server --data DIR/server --listen 127.0.0.1:0` (regions east and west, the
-    /// embedded default) and waits for its banner.
-    pub async fn start(dir: &Path) -> Result<Server> {
+    /// Starts `ferry server --data DIR/server --listen 127.0.0.1:0 --config FILE` (`config`,
+    /// JSON, in `DIR/server.json`) and waits for its banner.
+    pub async fn start(dir: &Path, config: &str) -> Result<Server> {
         let data = dir.join("server");
+        let file = dir.join("server.json");
+        std::fs::write(&file, config).with_context(|| format!("write {}", file.display()))?;
         let mut cmd = Command::new(exe()?);
         cmd.arg("server")
             .arg("--data")
             .arg(&data)
-            .args(["--listen", "127.0.0.1:0"]);
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--config")
+            .arg(&file);
         let mut proc = Proc::spawn("server", cmd, &dir.join("server.log"))?;
         const BANNER: &str = "ferry server listening on ";
         let line = proc.wait_log_line(BANNER).await?;

@@ -20,8 +20,8 @@ use ferry_types::Timestamp;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use super::procs::{Agent, Server, wait_until};
-use super::{Figure, MB, MIB, Plan, Pool, Target, progress, replication};
+use super::procs::{Server, wait_until};
+use super::{Figure, MB, MIB, Plan, Pool, Sites, Target, progress, replication};
 use crate::client::Client;
 
 /// The most seconds of writes a site loss may cost.
@@ -34,11 +34,8 @@ const SAMPLE: Duration = Duration::from_millis(250);
 const WINDOW: f64 = 3.0;
 const GROWTH: f64 = 0.5;
 
-/// The running sites and the joined host's protected VM.
-pub struct Site<'a> {
-    pub client: &'a Client,
-    pub server: &'a mut Server,
-    pub agent: &'a mut Agent,
+/// The joined host's protected VM.
+pub struct Site {
     pub item: String,
     /// Its disk's NBD URI on the joined host, and the disk's size.
     pub uri: String,
@@ -47,13 +44,15 @@ pub struct Site<'a> {
     pub point_every: f64,
 }
 
-pub async fn run(site: Site<'_>, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>> {
+pub async fn run(
+    sites: &mut Sites,
+    site: Site,
+    plan: Plan,
+    pool: &Arc<Pool>,
+) -> Result<Vec<Figure>> {
     let rate = if plan.quick { 50.0 } else { 100.0 };
     let name = format!("sites_rpo_at_site_loss_writing_{rate:.0}mb_s");
     let Site {
-        client,
-        server,
-        agent,
         item,
         uri,
         disk,
@@ -62,10 +61,11 @@ pub async fn run(site: Site<'_>, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Fig
     let writer = Writer::start(&uri, rate, disk, pool.clone())
         .await
         .context("start the paced writer")?;
-    let warmup = if plan.quick { 6.0 } else { 15.0 };
-    let rpo_before = steady(client, server, agent, &writer, &item, warmup, warmup + 30.0).await?;
+    let warmup = if plan.quick { 5.0 } else { 15.0 };
+    let rpo_before = steady(sites, &writer, &item, warmup, warmup + 30.0).await?;
 
     // The site loss.
+    let agent = &mut sites.agent;
     agent.proc.kill9()?;
     let t = epoch(SystemTime::now());
     agent.proc.wait_exit().await?;
@@ -80,13 +80,12 @@ pub async fn run(site: Site<'_>, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Fig
         achieved(&acks)
     ));
 
-    let failed_over = fail_over(client, server, &agent.name, &item).await?;
+    let host = agent.name.clone();
+    let failed_over = fail_over(&sites.client, &mut sites.server, &host, &item).await?;
     let point = failed_over.point_time;
     let kept = acks.iter().filter(|a| **a <= point).count();
-    let last_in_point = acks[..kept]
-        .last()
-        .copied()
-        .ok_or_else(|| anyhow!("no acknowledged write is older than the point ({point})"))?;
+    // With no write of the writer in the point, everything since the point is left out.
+    let last_in_point = acks[..kept].last().copied().unwrap_or(point);
     let by_writer = t - last_in_point;
     let left_out = acks.len() - kept;
     progress(format!(
@@ -201,9 +200,7 @@ impl Writer {
 /// Waits at least `warmup` seconds, then until the item's reported RPO stops growing (see
 /// [`GROWTH`]); after `deadline` seconds it goes on, saying so. Returns the last RPO seen.
 async fn steady(
-    client: &Client,
-    server: &mut Server,
-    agent: &mut Agent,
+    sites: &mut Sites,
     writer: &Writer,
     item: &str,
     warmup: f64,
@@ -212,7 +209,7 @@ async fn steady(
     let start = Instant::now();
     let mut samples: Vec<(f64, f64)> = Vec::new();
     loop {
-        let rep = replication(client, item).await?;
+        let rep = replication(&sites.client, item).await?;
         let at = start.elapsed().as_secs_f64();
         if rep["state"] != "protected" {
             bail!("{item} left the protected state while written: {rep}");
@@ -246,8 +243,7 @@ async fn steady(
             ));
             return Ok(samples.last().map_or(0.0, |s| s.1));
         }
-        server.proc.check()?;
-        agent.proc.check()?;
+        sites.check()?;
         writer.check()?;
         tokio::time::sleep(SAMPLE).await;
     }
