@@ -68,6 +68,8 @@ pub enum BenchSection {
     Storage,
     /// `replication repair`: blocks compared per second beside a sequential read.
     Repair,
+    /// Separate processes: a joined agent's write path, RPO at a site loss.
+    Sites,
 }
 
 #[derive(Debug, Subcommand)]

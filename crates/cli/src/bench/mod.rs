@@ -1,8 +1,10 @@
 //! `ferry bench`: figures beside baselines measured in the same run.
 //!
 //! Everything runs in-process (agent, stream, sealer, processor) on local `file://` stores in a
-//! fresh temporary directory, removed at the end. External tools: `qemu-img` and `qemu-nbd`.
-//! `--only` runs some sections ([`BenchSection`]) alone.
+//! fresh temporary directory, removed at the end, but the `sites` section, which starts this
+//! executable as a `ferry server` and a joined `ferry agent` (on loopback, killed at the end).
+//! External tools: `qemu-img` and `qemu-nbd`. `--only` runs some sections ([`BenchSection`])
+//! alone.
 
 mod churn;
 mod data;
@@ -11,6 +13,7 @@ mod initial;
 mod nbd_write;
 mod repair;
 mod rig;
+mod sites;
 mod storage;
 
 use std::path::{Path, PathBuf};
@@ -215,6 +218,13 @@ async fn measure(dir: &Path, plan: Plan, only: &[BenchSection]) -> Result<Vec<Fi
             repair::run(dir, plan, &pool)
                 .await
                 .context("repair figures")?,
+        );
+    }
+    if wanted(Sites) {
+        figures.extend(
+            sites::run(dir, plan, &pool)
+                .await
+                .context("separate processes figures")?,
         );
     }
     Ok(figures)
