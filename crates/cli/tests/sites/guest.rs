@@ -1,6 +1,5 @@
 //! A real guest through the multi-process path.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -61,24 +60,18 @@ fn written(s: &Server, vm: &str) -> u64 {
 #[test]
 fn a_real_guest_on_a_lost_site_boots_on_the_west_host_with_its_files() {
     let (kernel, initrd) = guest_kit();
-    let s3_url = peer_env("FERRY_TEST_S3_URL", "s3");
-    let moto: SocketAddr = std::env::var("AWS_ENDPOINT")
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    let Sites {
+        tmp,
+        ns,
+        s,
+        s3,
+        prefix,
+    } = Sites::start("sites-guest");
     let dir = tmp.path();
-    let ns = Netns::new();
-    let config = format!(r#"{{"api_tls": {{"names": ["{}"]}}}}"#, ns.host_ip);
-    let s = Server::start_on_all_addresses(&dir.join("data"), &config);
-    let s3: SocketAddr = format!("{}:{}", ns.host_ip, free_port()).parse().unwrap();
-    forward(s3, moto);
     let import = s.data.join("import");
     std::fs::create_dir_all(&import).unwrap();
     std::fs::copy(&kernel, import.join("vmlinuz")).unwrap();
     std::fs::copy(&initrd, import.join("initrd.gz")).unwrap();
-    let prefix = format!("{s3_url}/sites-guest-{}", std::process::id());
     s.base_resources(Some((&format!("{prefix}/sa1"), &format!("{prefix}/sa2"))));
     s.ok(&[
         "storage",
@@ -102,29 +95,25 @@ fn a_real_guest_on_a_lost_site_boots_on_the_west_host_with_its_files() {
     // The guest boots at once from its image, which its host fills from the server meanwhile.
     let fs = Path::new(env!("CARGO_TARGET_TMPDIR")).join("guest-kit/fs.img");
     std::fs::copy(&fs, import.join("fs.img")).unwrap();
-    s.ok(&[
-        "vm",
-        "create",
-        ITEM,
-        "--network",
-        "vnet1",
-        "--subnet",
-        "db",
-        "--disk",
-        "64MiB@sa1",
-        "--image",
-        "fs.img",
-        "--host",
-        "east-1",
-        "--compute",
-        "qemu",
-        "--kernel",
-        "vmlinuz",
-        "--initrd",
-        "initrd.gz",
-        "--append",
-        "quiet ferry.job=verify ferry.then=write-loop",
-    ]);
+    create_vm(
+        &s,
+        &[
+            "--disk",
+            "64MiB@sa1",
+            "--image",
+            "fs.img",
+            "--host",
+            "east-1",
+            "--compute",
+            "qemu",
+            "--kernel",
+            "vmlinuz",
+            "--initrd",
+            "initrd.gz",
+            "--append",
+            "quiet ferry.job=verify ferry.then=write-loop",
+        ],
+    );
     wait_console(&s, ITEM, "ferry-guest: verify ok files=0", 120);
     s.ok(&[
         "replication",
@@ -162,10 +151,7 @@ fn a_real_guest_on_a_lost_site_boots_on_the_west_host_with_its_files() {
         host(&s, "east-1")["alive"] == false
     });
 
-    let job = s.json(&["failover", "run", ITEM, "--recovery-point", "latest"]);
-    let id = job["id"].as_u64().unwrap().to_string();
-    s.ok(&["job", "show", &id, "--wait"]);
-    assert_eq!(s.json(&["job", "show", &id])["state"], "succeeded");
+    job_succeeds(&s, &["failover", "run", ITEM, "--recovery-point", "latest"]);
     let failed_over = s.replication(ITEM)["failover"]["vm"]
         .as_str()
         .unwrap()

@@ -25,21 +25,14 @@ const ITEM: &str = "rg1/db1";
 
 #[test]
 fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_failed_over() {
-    let s3_url = peer_env("FERRY_TEST_S3_URL", "s3");
-    let moto: SocketAddr = std::env::var("AWS_ENDPOINT")
-        .unwrap()
-        .trim_start_matches("http://")
-        .parse()
-        .unwrap();
-    let tmp = tempfile::tempdir().unwrap();
+    let Sites {
+        tmp,
+        ns,
+        s,
+        s3,
+        prefix,
+    } = Sites::start("sites");
     let dir = tmp.path();
-    let ns = Netns::new();
-    let config = format!(r#"{{"api_tls": {{"names": ["{}"]}}}}"#, ns.host_ip);
-    let s = Server::start_on_all_addresses(&dir.join("data"), &config);
-    let s3: SocketAddr = format!("{}:{}", ns.host_ip, free_port()).parse().unwrap();
-    forward(s3, moto);
-
-    let prefix = format!("{s3_url}/sites-{}", std::process::id());
     s.base_resources(Some((&format!("{prefix}/sa1"), &format!("{prefix}/sa2"))));
     s.ok(&[
         "storage",
@@ -125,11 +118,7 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
                 .to_string()
                 .contains("source host east-1 unreachable since")
     });
-    let job = s.json(&["failover", "run", ITEM, "--recovery-point", "latest"]);
-    let id = job["id"].as_u64().unwrap().to_string();
-    s.ok(&["job", "show", &id, "--wait"]);
-    let job = s.json(&["job", "show", &id]);
-    assert_eq!(job["state"], "succeeded", "{job}");
+    let job = job_succeeds(&s, &["failover", "run", ITEM, "--recovery-point", "latest"]);
     let detail = job["steps"]
         .as_array()
         .unwrap()
@@ -187,11 +176,7 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
     assert!(qemu_io(&wuri, "write -P 0x77 2M 1M"));
     s.ok(&["failover", "commit", ITEM, "--wait"]);
     let east2 = start_agent(&s, &ns, "east-2", &dir.join("east-2"), s3);
-    let job = s.json(&["reprotect", ITEM]);
-    let id = job["id"].as_u64().unwrap().to_string();
-    s.ok(&["job", "show", &id, "--wait"]);
-    let job = s.json(&["job", "show", &id]);
-    assert_eq!(job["state"], "succeeded", "{job}");
+    let job = job_succeeds(&s, &["reprotect", ITEM]);
     let steps = job["steps"].to_string();
     assert!(
         steps.contains("moves from lost host east-1 to east-2") && steps.contains("every block"),
@@ -207,10 +192,7 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
     let in_west = dir.join("west.raw");
     s.ok(&["vm", "stop", &failed_over]);
     read_disk(&wuri, &in_west);
-    let job = s.json(&["failover", "run", ITEM, "--shutdown-source"]);
-    let id = job["id"].as_u64().unwrap().to_string();
-    s.ok(&["job", "show", &id, "--wait"]);
-    assert_eq!(s.json(&["job", "show", &id])["state"], "succeeded");
+    job_succeeds(&s, &["failover", "run", ITEM, "--shutdown-source"]);
     let home = s.json(&["vm", "show", ITEM]);
     assert_eq!(home["host"], "east-2");
     assert_eq!(home["state"], "running");
@@ -408,10 +390,7 @@ fn a_host_that_comes_back_with_its_disks_is_reprotected_with_the_blocks_that_dif
     wait_until(30, "east-1 to be lost", || {
         host(&s, "east-1")["alive"] == false
     });
-    let job = s.json(&["failover", "run", ITEM, "--recovery-point", "latest"]);
-    let id = job["id"].as_u64().unwrap().to_string();
-    s.ok(&["job", "show", &id, "--wait"]);
-    assert_eq!(s.json(&["job", "show", &id])["state"], "succeeded");
+    job_succeeds(&s, &["failover", "run", ITEM, "--recovery-point", "latest"]);
     let failed_over = s.replication(ITEM)["failover"]["vm"]
         .as_str()
         .unwrap()
@@ -437,11 +416,7 @@ fn a_host_that_comes_back_with_its_disks_is_reprotected_with_the_blocks_that_dif
     wait_until(60, "east-1 to be back", || {
         host(&s, "east-1")["alive"] == true
     });
-    let job = s.json(&["reprotect", ITEM]);
-    let id = job["id"].as_u64().unwrap().to_string();
-    s.ok(&["job", "show", &id, "--wait"]);
-    let job = s.json(&["job", "show", &id]);
-    assert_eq!(job["state"], "succeeded", "{job}");
+    let job = job_succeeds(&s, &["reprotect", ITEM]);
     let steps = job["steps"].to_string();
     assert!(
         steps.contains("on host east-1: only the blocks that differ are sent"),
@@ -461,10 +436,7 @@ fn a_host_that_comes_back_with_its_disks_is_reprotected_with_the_blocks_that_dif
     let in_west = dir.join("west.raw");
     s.ok(&["vm", "stop", &failed_over]);
     read_disk(&wuri, &in_west);
-    let job = s.json(&["failover", "run", ITEM, "--shutdown-source"]);
-    let id = job["id"].as_u64().unwrap().to_string();
-    s.ok(&["job", "show", &id, "--wait"]);
-    assert_eq!(s.json(&["job", "show", &id])["state"], "succeeded");
+    job_succeeds(&s, &["failover", "run", ITEM, "--shutdown-source"]);
     let back = dir.join("back.raw");
     read_disk(&east.socket_uri(ITEM, 0), &back);
     assert!(
@@ -488,23 +460,19 @@ fn a_vm_from_an_image_on_a_joined_host_is_served_at_once_and_filled() {
     // 3 MiB and a half of data: the last block is short.
     let data: Vec<u8> = (0..(7u32 << 19)).map(|i| (i % 251) as u8 + 1).collect();
     std::fs::write(&image, &data).unwrap();
-    s.ok(&[
-        "vm",
-        "create",
-        ITEM,
-        "--network",
-        "vnet1",
-        "--subnet",
-        "db",
-        "--disk",
-        "16MiB@sa1",
-        "--disk",
-        "8MiB@sa2",
-        "--image",
-        "img.raw",
-        "--host",
-        "east-1",
-    ]);
+    create_vm(
+        &s,
+        &[
+            "--disk",
+            "16MiB@sa1",
+            "--disk",
+            "8MiB@sa2",
+            "--image",
+            "img.raw",
+            "--host",
+            "east-1",
+        ],
+    );
     let vm = s.json(&["vm", "show", ITEM]);
     assert_eq!(vm["host"], "east-1");
     let uri = east.socket_uri(ITEM, 0);

@@ -153,21 +153,16 @@ pub fn fingerprint(s: &Server) -> String {
         .to_string()
 }
 
+/// Create the test's VM in network vnet1, subnet db, with `args` (its disks, host, ...).
+pub fn create_vm(s: &Server, args: &[&str]) {
+    let mut all = vec!["vm", "create", ITEM, "--network", "vnet1", "--subnet", "db"];
+    all.extend_from_slice(args);
+    s.ok(&all);
+}
+
 /// Create the test's VM (one 16 MiB disk) on host east-1.
 pub fn create_on_east_1(s: &Server) {
-    s.ok(&[
-        "vm",
-        "create",
-        ITEM,
-        "--network",
-        "vnet1",
-        "--subnet",
-        "db",
-        "--disk",
-        "16MiB@sa1",
-        "--host",
-        "east-1",
-    ]);
+    create_vm(s, &["--disk", "16MiB@sa1", "--host", "east-1"]);
 }
 
 /// A fresh one-time join token for `region`.
@@ -291,5 +286,50 @@ impl Writer {
             .unwrap()
             .last()
             .expect("at least one write")
+    }
+}
+
+/// Run a command that starts a job, wait for the job, and check that it succeeded; the job.
+pub fn job_succeeds(s: &Server, args: &[&str]) -> serde_json::Value {
+    let job = s.json(args);
+    let id = job["id"].as_u64().expect("a job").to_string();
+    s.ok(&["job", "show", &id, "--wait"]);
+    let job = s.json(&["job", "show", &id]);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    job
+}
+
+/// A server (TLS, on every address) for a site test, an east namespace, and S3 reached from
+/// the namespace through a forwarder; the test's S3 prefix.
+pub struct Sites {
+    pub tmp: tempfile::TempDir,
+    pub ns: Netns,
+    pub s: Server,
+    pub s3: SocketAddr,
+    pub prefix: String,
+}
+
+impl Sites {
+    pub fn start(tag: &str) -> Sites {
+        let s3_url = peer_env("FERRY_TEST_S3_URL", "s3");
+        let moto: SocketAddr = std::env::var("AWS_ENDPOINT")
+            .unwrap()
+            .trim_start_matches("http://")
+            .parse()
+            .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let ns = Netns::new();
+        let config = format!(r#"{{"api_tls": {{"names": ["{}"]}}}}"#, ns.host_ip);
+        let s = Server::start_on_all_addresses(&tmp.path().join("data"), &config);
+        let s3: SocketAddr = format!("{}:{}", ns.host_ip, free_port()).parse().unwrap();
+        forward(s3, moto);
+        let prefix = format!("{s3_url}/{tag}-{}", std::process::id());
+        Sites {
+            tmp,
+            ns,
+            s,
+            s3,
+            prefix,
+        }
     }
 }
