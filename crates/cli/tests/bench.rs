@@ -53,6 +53,7 @@ fn the_sites_section_measures_a_joined_agent_and_a_site_loss_and_stops_its_proce
         "sites_joined_agent_randwrite_4k_qd16",
         "sites_rpo_at_site_loss_writing_50mb_s",
         "sites_rpo_at_site_loss_writing_50mb_s_writer_record",
+        "sites_failover_rto_after_site_loss_256mib",
     ] {
         let f = figure(name);
         let (value, base) = (

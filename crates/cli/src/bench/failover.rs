@@ -36,7 +36,7 @@ const GROUP: &str = "bench";
 const NETWORK: &str = "net";
 const SUBNET: &str = "sub";
 /// The guest's first console line.
-const BOOTED: &str = "ferry-guest: booted";
+pub(super) const BOOTED: &str = "ferry-guest: booted";
 /// Printed once the guest's job runs (after acpid listens for the power button).
 const JOB_RUNNING: &str = "ferry-guest: job idle";
 /// The failover step after which every disk is materialised.
@@ -49,9 +49,9 @@ const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
 const RTO_TARGET: f64 = 10.0;
 
 /// The guest qemu boots.
-struct Guest {
-    kernel: PathBuf,
-    initrd: PathBuf,
+pub(super) struct Guest {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
 }
 
 /// One VM to protect and fail over.
@@ -571,7 +571,7 @@ async fn stop_qemu_vms(control: &Arc<Control>) {
 }
 
 /// `qemu-system-x86_64` on PATH and the guest kit built (cached) by `scripts/guest-kit`.
-fn find_guest() -> std::result::Result<Guest, String> {
+pub(super) fn find_guest() -> std::result::Result<Guest, String> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     if !std::env::split_paths(&path).any(|d| d.join("qemu-system-x86_64").is_file()) {
         return Err("qemu-system-x86_64 is not on PATH".into());

@@ -9,11 +9,14 @@
 //!   with the processors applying both VMs' writes; the joined one has a process of its own.
 //!   Each VM's disk space is freed between workloads: points expire after a minute and are
 //!   collected at once, and the next workload waits until replication has caught up.
+//! - Failover RTO at a site loss ([`rto`]): a guest on a second joined east host, killed with
+//!   its host; `failover run` timed to its first console line on a joined west host.
 //! - RPO at a site loss ([`rpo`]): the joined host's VM written at a steady 100 MB/s (50 MB/s
 //!   with `--quick`), its agent killed with SIGKILL, the item failed over to `latest`.
 
 mod procs;
 mod rpo;
+mod rto;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -86,13 +89,15 @@ pub async fn run(dir: &Path, plan: Plan, pool: &Arc<Pool>) -> Result<Vec<Figure>
         server,
         agent,
     };
-    let result = measure(&mut sites, size, plan, pool).await.map_err(|e| {
-        // The server's side of whatever failed.
-        anyhow!(
-            "{e:#}; the end of the server log:\n{}",
-            sites.server.proc.tail()
-        )
-    });
+    let result = measure(&mut sites, &dir, size, plan, pool)
+        .await
+        .map_err(|e| {
+            // The server's side of whatever failed.
+            anyhow!(
+                "{e:#}; the end of the server log:\n{}",
+                sites.server.proc.tail()
+            )
+        });
     sites.agent.proc.stop().await;
     sites.server.proc.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -149,6 +154,7 @@ impl Sites {
 
 async fn measure(
     sites: &mut Sites,
+    dir: &Path,
     size: u64,
     plan: Plan,
     pool: &Arc<Pool>,
@@ -170,6 +176,11 @@ async fn measure(
         .await
         .context("write path figures")?;
     sites.drain(&[EMBEDDED_VM, JOINED_VM]).await?;
+    figures.extend(
+        rto::run(sites, dir, plan)
+            .await
+            .context("failover RTO at a site loss")?,
+    );
     let site = rpo::Site {
         item: item(JOINED_VM),
         uri: joined_uri,
