@@ -1,6 +1,6 @@
 //! The processes of the sites section: a `ferry server` and a joined `ferry agent`, both this
 //! very executable, each logging to its own file in the work directory, each killed when
-//! dropped (on an error too).
+//! dropped (on an error too) and when the bench itself dies.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -23,10 +23,27 @@ pub struct Proc {
     log: PathBuf,
 }
 
+/// A bench that is killed (Ctrl-C, SIGKILL) runs no destructor: the kernel then kills the
+/// child instead.
+#[allow(unsafe_code)]
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and only calls prctl(2), which
+    // is async-signal-safe, takes plain integers and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 impl Proc {
     fn spawn(what: &str, mut cmd: Command, log: &Path) -> Result<Proc> {
         let file =
             std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        die_with_parent(&mut cmd);
         let child = cmd
             .env("FERRY_LOG", "info")
             .stdin(Stdio::null())
