@@ -111,6 +111,10 @@ pub struct ProcessorStatus {
     /// A persistent sequence gap: `(missing, next present)`, the first sequence of the segment
     /// that never came and of the first later one in the cache. Only a repair recovers.
     pub gap: Option<(u64, u64)>,
+    /// When the processor last looked for its next segment and found none: every segment the
+    /// cache held before then is applied.
+    #[serde(skip)]
+    pub drained_at: Option<Timestamp>,
 }
 
 /// The processor of one item.
@@ -297,6 +301,7 @@ impl Processor {
                     b
                 }
                 Err(StoreError::NotFound { .. }) => {
+                    self.update(|s| s.drained_at = Some(Timestamp::now()));
                     if !pos.pending.is_empty()
                         && pos.last_durable.elapsed() >= self.config.checkpoint_interval
                     {

@@ -118,6 +118,11 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
                 .to_string()
                 .contains("source host east-1 unreachable since")
     });
+    // The last record that reached the cache account before the loss (the processor applied
+    // it long before a host is declared lost).
+    let applied = s.replication(ITEM)["stats"]["applied_seq"]
+        .as_u64()
+        .expect("an applied sequence");
     let job = job_succeeds(&s, &["failover", "run", ITEM, "--recovery-point", "latest"]);
     let detail = job["steps"]
         .as_array()
@@ -138,6 +143,12 @@ fn an_east_host_that_accepts_no_connection_replicates_and_its_site_loss_is_faile
     let point_time = epoch(rep["failover"]["point"]["time"].as_str().unwrap());
     // The newest write the server knows of is at most a heartbeat (2 s) and a report's trip
     // older than the last acknowledged one.
+    // The failover's point is built at that last record, not at the last marker before it.
+    assert_eq!(
+        u64::from_str_radix(&point_id, 16).unwrap(),
+        applied,
+        "the failover point {point_id} is not at the last record applied"
+    );
     let seen = last_ack - point_time;
     assert!(
         lost <= seen + 0.3 && lost >= seen - 3.0,

@@ -15,6 +15,7 @@ mod reprotect;
 mod restore;
 mod run;
 mod seed_upload;
+mod site_loss;
 mod test;
 
 use std::sync::Arc;
@@ -253,40 +254,6 @@ impl Control {
         .await
     }
 
-    /// When the item's source host is unreachable: since when, and how many seconds of writes
-    /// before the loss `point` leaves out, from the newest write the server knows of (the
-    /// host's last report, or the newest record the processor applied). Writes the host made
-    /// after its last report (at most a heartbeat, 2 s) are not known to anyone left.
-    pub(crate) fn writes_lost(&self, rep: &Replication, point: &PointRecord) -> Option<String> {
-        let crate::hosts::Host::Joined(h) = self.source_host(rep).ok()? else {
-            return None;
-        };
-        if h.alive() {
-            return None;
-        }
-        let Some(last_seen) = h.last_seen() else {
-            return Some(format!(
-                "source host {} has not been heard from since the server started; the point \
-                 is the newest the replica holds",
-                h.name
-            ));
-        };
-        let reported = h
-            .vm_report(&rep.source_key())
-            .and_then(|r| r.replication)
-            .and_then(|s| s.stream.last_change);
-        let applied = self
-            .processor_status(&rep.item_key())
-            .and_then(|p| p.applied_time);
-        let newest = reported.max(applied).unwrap_or(point.time);
-        let lost = point.time.seconds_until(newest).max(0.0);
-        Some(format!(
-            "source host {} unreachable since {last_seen}: the point leaves out {lost:.1} s of \
-             writes before the loss (the newest record known of the stream was at {newest})",
-            h.name
-        ))
-    }
-
     /// Resolve a selector to a point; `latest` first has the agent cut a point now and waits
     /// until the processor has applied everything up to it.
     pub(crate) async fn select_point(&self, rep: &Replication, sel: &str) -> Result<PointRecord> {
@@ -298,8 +265,7 @@ impl Control {
         }
         let agent = self.source_host(rep)?;
         if !agent.reachable() {
-            // The source site is gone: what the processor has is all there is.
-            return Ok(points::resolve(&layout, &PointSelector::Latest).await?);
+            return self.point_after_site_loss(rep).await;
         }
         let marked = agent
             .mark(&rep.source_key(), rep.generation, MarkWire::CrashConsistent)

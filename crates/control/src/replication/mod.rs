@@ -151,7 +151,18 @@ impl Control {
         };
         self.check_in_journal_window(rep, *t)?;
         self.wait_processed_through(rep, *t).await?;
-        let base = points::resolve(&layout, selector).await?;
+        self.replay_to(rep, *t).await
+    }
+
+    /// A point of the disks exactly as they were at `t`, from the newest point at or before
+    /// it and the journal's records up to `t` (every write up to `t` must be processed).
+    pub(crate) async fn replay_to(
+        &self,
+        rep: &Replication,
+        t: Timestamp,
+    ) -> Result<ferry_format::point::PointRecord> {
+        let layout = self.layout(rep)?;
+        let base = points::resolve(&layout, &PointSelector::At(t)).await?;
         let sizes = base.disks.iter().map(|d| d.size).collect();
         let processor = ferry_replica::Processor::new(
             layout,
@@ -159,7 +170,7 @@ impl Control {
             sizes,
             ferry_replica::ProcessorConfig::default(),
         );
-        Ok(processor.replay_to(&base, *t).await?)
+        Ok(processor.replay_to(&base, t).await?)
     }
 
     /// Refuse an instant before the policy's journal window or in the future.
