@@ -5,12 +5,16 @@
 //! loses nothing (segments are deleted from the cache only once a durable record covers them)
 //! and applies nothing twice (state is the record's maps plus the records after its sequence).
 
+mod idle;
 mod seed;
+pub use idle::Waker;
 pub use seed::{SeedBlocks, SeedSource};
+
+use idle::IdlePoll;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ferry_format::point::{PointKind, PointRecord};
@@ -22,6 +26,7 @@ use ferry_types::{Generation, Seq, Timestamp};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use crate::blocks::DiskState;
 use crate::chunks::{self, Packer};
@@ -38,8 +43,11 @@ pub struct ProcessorConfig {
     pub checkpoint_bytes: u64,
     /// ...or when this long has passed since the last durable record with segments pending.
     pub checkpoint_interval: Duration,
-    /// How often to look for the next segment when it is not there yet.
+    /// How often to look for the next segment when it is not there yet...
     pub poll_interval: Duration,
+    /// ...and the longest pause between two looks once the stream has been idle for a while
+    /// (see `processor/idle.rs`).
+    pub idle_poll_max: Duration,
     /// Pause before trying again after an error (it doubles while errors last, up to 15 times
     /// this).
     pub retry_delay: Duration,
@@ -60,9 +68,6 @@ pub fn apply_latency() -> ferry_types::histogram::Snapshot {
     APPLY_LATENCY.snapshot()
 }
 
-/// How often a processor waiting for its next segment looks for a gap.
-const GAP_CHECK_EVERY: Duration = Duration::from_secs(2);
-
 /// The longest pause between two attempts while the same trouble lasts, in `retry_delay`s
 /// (30 s by default).
 const MAX_DELAY_FACTOR: u32 = 15;
@@ -75,6 +80,7 @@ impl Default for ProcessorConfig {
             checkpoint_bytes: 64 << 20,
             checkpoint_interval: Duration::from_secs(5),
             poll_interval: Duration::from_millis(100),
+            idle_poll_max: Duration::from_secs(10),
             retry_delay: Duration::from_secs(2),
             gc_interval: Duration::from_secs(60),
             gc_grace: Duration::from_secs(600),
@@ -124,6 +130,7 @@ pub struct Processor {
     disk_sizes: Vec<u64>,
     config: ProcessorConfig,
     status: Arc<Mutex<ProcessorStatus>>,
+    waker: Waker,
 }
 
 struct Position {
@@ -155,7 +162,13 @@ impl Processor {
             disk_sizes,
             config,
             status: Arc::default(),
+            waker: Waker::default(),
         }
+    }
+
+    /// A handle to tell the processor what its source has shipped.
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
     }
 
     /// A handle to the live status.
@@ -287,6 +300,7 @@ impl Processor {
         let mut last_gap_check = Instant::now();
         let mut gap_since: Option<(Seq, Instant)> = None;
         let mut refusals = self.backoff();
+        let mut idle = IdlePoll::new(self.config.poll_interval, self.config.idle_poll_max);
         while !stop_requested(shutdown) {
             if last_gc.elapsed() >= self.config.gc_interval {
                 last_gc = Instant::now();
@@ -295,6 +309,7 @@ impl Processor {
             let key = Key::parse(&segment::object_name(pos.next_segment))?;
             let bytes = match self.cache.get(&key).await {
                 Ok(b) => {
+                    idle.busy();
                     if gap_since.take().is_some() {
                         self.update(|s| s.gap = None);
                     }
@@ -302,16 +317,23 @@ impl Processor {
                 }
                 Err(StoreError::NotFound { .. }) => {
                     self.update(|s| s.drained_at = Some(Timestamp::now()));
+                    let shipped = self.waker.shipped_from(pos.next_segment.0);
+                    if shipped {
+                        idle.busy();
+                    }
                     if !pos.pending.is_empty()
                         && pos.last_durable.elapsed() >= self.config.checkpoint_interval
                     {
                         self.publish(&mut pos, PointKind::Checkpoint, None).await?;
                     }
-                    if last_gap_check.elapsed() >= GAP_CHECK_EVERY {
+                    let suspected = shipped || gap_since.is_some();
+                    if last_gap_check.elapsed()
+                        >= idle::gap_check_every(suspected, self.config.gap_grace)
+                    {
                         last_gap_check = Instant::now();
                         self.check_gap(pos.next_segment, &mut gap_since).await?;
                     }
-                    wait(shutdown, self.config.poll_interval).await;
+                    IdlePoll::wait(idle.empty(), &self.waker, shutdown).await;
                     continue;
                 }
                 Err(e) => return Err(e.into()),

@@ -1,4 +1,5 @@
-//! The monitor: one loop over every replicated item, four times a second. It moves items to
+//! The monitor: one loop over every replicated item, four times a second. It tells idle
+//! processors what their sources shipped, moves items to
 //! `protected` when their initial replication is applied, stops those whose stream can no
 //! longer be trusted, restarts parts that are not running, prunes points past retention,
 //! samples churn and RPO, records events and starts app-consistent points.
@@ -41,6 +42,7 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
                 continue;
             }
         };
+        control.wake_processors(&reps);
         if let Err(e) = protect_when_applied(&control, &reps) {
             tracing::warn!(error = %e, "monitor replicated items");
         }

@@ -4,7 +4,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_agent::command::{Command, WireError, format_seed, millis};
-use ferry_replica::{Processor, ProcessorStatus};
+use ferry_replica::{Processor, ProcessorStatus, Waker};
 use ferry_storage::{DynStore, Key};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -26,6 +26,8 @@ pub(crate) const UNTRUSTED_FROM: [ItemState; 4] = [
 
 pub(crate) struct ItemRuntime {
     pub processor: Arc<Mutex<ProcessorStatus>>,
+    /// Told what the source reports shipped, so an idle processor looks at once.
+    waker: Waker,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -146,10 +148,12 @@ impl Control {
             let sizes = vm.disks.iter().map(|d| d.size_bytes).collect();
             let processor = Processor::new(layout, cache, sizes, self.cfg.processor.clone());
             let status = processor.status();
+            let waker = processor.waker();
             let (tx, rx) = watch::channel(false);
             let task = tokio::spawn(processor.run(rx));
             let runtime = ItemRuntime {
                 processor: status,
+                waker,
                 shutdown: tx,
                 task,
             };
@@ -192,6 +196,23 @@ impl Control {
         let k = rep.source_key();
         let (g, v) = k.split_once('/').unwrap_or((&k, ""));
         self.vm(g, v)
+    }
+
+    /// Tell every running processor what its source last reported shipped (an embedded
+    /// agent's live status, a joined host's last report).
+    pub(crate) fn wake_processors(&self, reps: &[Replication]) {
+        for rep in reps.iter().filter(|r| r.state.is_replicating()) {
+            let Some(shipped) = self
+                .source_status(rep)
+                .and_then(|s| s.stream.shipped_through)
+            else {
+                continue;
+            };
+            let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(i) = items.get(&rep.item_key()) {
+                i.waker.shipped_through(shipped);
+            }
+        }
     }
 
     pub(crate) fn processor_status(&self, vm_key: &str) -> Option<ProcessorStatus> {
