@@ -393,7 +393,23 @@ pub enum PolicyCmd {
 pub enum ReplicationCmd {
     /// Protect a VM: replicate its disks continuously to another region.
     Enable(EnableArgs),
-    List,
+    /// Protected items with their state, health and RPO, in `GROUP/VM` order.
+    ///
+    /// Example: `ferry replication list --health critical --limit 50`
+    List {
+        /// Only items in this state (`protected`, `initial-replication`, `failed-over`, ...).
+        #[arg(long)]
+        state: Option<String>,
+        /// Only items of this health: `healthy`, `warning` or `critical`.
+        #[arg(long)]
+        health: Option<String>,
+        /// A page: at most this many items.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The next page: items after this `GROUP/VM` (the last one of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+    },
     Show {
         name: String,
     },

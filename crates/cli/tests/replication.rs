@@ -101,3 +101,52 @@ fn count_files(dir: &std::path::Path) -> usize {
         })
         .unwrap_or(0)
 }
+
+#[test]
+fn the_list_filters_by_state_and_health_and_pages_in_item_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(&dir.path().join("data"));
+    s.base_resources(None);
+    for vm in ["rg1/c", "rg1/a", "rg1/b"] {
+        s.create_vm(vm, "default", &["8MiB@sa1"]);
+        s.protect(vm);
+    }
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["replication", "list"];
+        a.extend(args);
+        s.json(&a)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&[]), ["rg1/a", "rg1/b", "rg1/c"]);
+    assert_eq!(
+        names(&["--state", "protected"]),
+        ["rg1/a", "rg1/b", "rg1/c"]
+    );
+    assert!(names(&["--state", "failed-over"]).is_empty());
+    assert!(names(&["--health", "critical"]).is_empty());
+    assert_eq!(names(&["--limit", "2"]), ["rg1/a", "rg1/b"]);
+    assert_eq!(names(&["--limit", "2", "--after", "rg1/b"]), ["rg1/c"]);
+    assert!(names(&["--after", "rg1/c"]).is_empty());
+    // A full page names the next one.
+    let out = s.ferry(&["replication", "list", "--limit", "1"]);
+    assert!(out.status.success());
+    let hint = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        hint.contains("--after rg1/a"),
+        "no next-page hint in {hint:?}"
+    );
+
+    let err = s.fails(&["replication", "list", "--state", "sleeping"]);
+    assert!(
+        err.contains("unknown item state \"sleeping\"") && err.contains("protected"),
+        "{err}"
+    );
+    let err = s.fails(&["replication", "list", "--health", "fine"]);
+    assert!(err.contains("use healthy, warning or critical"), "{err}");
+    let err = s.fails(&["replication", "list", "--limit", "0"]);
+    assert!(err.contains("limit must be at least 1"), "{err}");
+}

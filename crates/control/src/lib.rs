@@ -37,3 +37,4 @@ pub use error::ControlError;
 pub use events::EventFilter;
 pub use hosts::{AgentIdentity, AgentRecord, CreateJoinToken, JoinRequest, JoinToken, Joined};
 pub use orphans::{Orphan, OrphanKind};
+pub use replication::ReplicationFilter;

@@ -55,7 +55,39 @@ pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result
                 print(out, &job, &[]);
             }
         }
-        ReplicationCmd::List => print(out, &c.get("/v1/replications").await?, &cols),
+        ReplicationCmd::List {
+            state,
+            health,
+            limit,
+            after,
+        } => {
+            let mut query = Vec::new();
+            for (k, v) in [
+                ("state", state),
+                ("health", health),
+                ("after", after),
+                ("limit", limit.map(|l| l.to_string())),
+            ] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={}", encode(&v)));
+                }
+            }
+            let path = match query.is_empty() {
+                true => "/v1/replications".to_string(),
+                false => format!("/v1/replications?{}", query.join("&")),
+            };
+            let items = c.get(&path).await?;
+            print(out, &items, &cols);
+            let page = items.as_array().map_or(0, Vec::len);
+            if let (Some(l), Some(last)) = (limit, items.as_array().and_then(|a| a.last()))
+                && page >= l
+            {
+                eprintln!(
+                    "(a page of {l}; the next: --after {})",
+                    last["name"].as_str().unwrap_or_default()
+                );
+            }
+        }
         ReplicationCmd::Show { name } => {
             let v = c.get(&format!("{}/replication", item_path(&name)?)).await?;
             match out {

@@ -178,8 +178,55 @@ pub(crate) async fn delete_vm(
     })
 }
 
-pub(crate) async fn replications(State(s): State<ApiState>) -> R {
-    ok(s.control.replications()?)
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReplicationQuery {
+    /// Only items in this state, e.g. `protected`.
+    state: Option<String>,
+    /// Only items of this health: `healthy`, `warning` or `critical`.
+    health: Option<String>,
+    /// Only items whose `GROUP/VM` sorts after this one: the last item of the previous page.
+    after: Option<String>,
+    /// At most this many (all when left out).
+    limit: Option<usize>,
+}
+
+/// Protected items in `GROUP/VM` order, filtered, a page at a time.
+pub(crate) async fn replications(
+    State(s): State<ApiState>,
+    query: Result<Query<ReplicationQuery>, axum::extract::rejection::QueryRejection>,
+) -> R {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let state = q
+        .state
+        .map(|v| {
+            v.parse::<crate::model::ItemState>().map_err(|e| {
+                let all: Vec<&str> = crate::model::ItemState::ALL
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect();
+                ControlError::invalid(format!("{e}: use one of {}", all.join(", ")))
+            })
+        })
+        .transpose()?;
+    let health = q
+        .health
+        .map(|v| {
+            v.parse::<crate::model::Health>().map_err(|e| {
+                ControlError::invalid(format!("{e}: use healthy, warning or critical"))
+            })
+        })
+        .transpose()?;
+    if q.limit == Some(0) {
+        return Err(ControlError::invalid("limit must be at least 1").into());
+    }
+    ok(s.control.list_replications(&crate::ReplicationFilter {
+        state,
+        health,
+        after: q.after,
+        limit: q.limit,
+    })?)
 }
 
 pub(crate) async fn replication(

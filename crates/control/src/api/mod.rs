@@ -199,7 +199,12 @@ fn declare() -> Routes {
     )
     .add(
         "/v1/replications",
-        &[op("get", "List protected items with health and RPO").ok::<Vec<ReplicationView>>()],
+        &[op(
+            "get",
+            "List protected items with health and RPO (?state=&health=&after=&limit=)",
+        )
+        .query::<ReplicationQuery>()
+        .ok::<Vec<ReplicationView>>()],
         get(replications),
     )
     .add(

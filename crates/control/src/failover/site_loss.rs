@@ -44,6 +44,8 @@ impl Control {
     /// error, a gap, a catch-up without a consistent point, or no processor).
     async fn cache_end(&self, rep: &Replication) -> Option<Timestamp> {
         let asked = Timestamp::now();
+        // An idle processor may be in a long pause (`processor/idle.rs`).
+        self.wake_processor(&rep.item_key());
         let deadline = Instant::now() + DRAIN_WAIT;
         loop {
             let s = self.processor_status(&rep.item_key())?;

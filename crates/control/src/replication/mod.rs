@@ -25,6 +25,17 @@ use crate::resources::key;
 
 pub use view::{PointView, ReplicationView, RpoSample};
 
+/// Which replicated items to list.
+#[derive(Debug, Clone, Default)]
+pub struct ReplicationFilter {
+    pub state: Option<crate::model::ItemState>,
+    pub health: Option<crate::model::Health>,
+    /// Only items whose `GROUP/VM` sorts after this one (the last of the previous page).
+    pub after: Option<String>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
 impl Control {
     /// The item `GROUP/VM`.
     pub(crate) fn replication_by_key(&self, item: &str) -> Result<Replication> {
@@ -51,8 +62,28 @@ impl Control {
     }
 
     pub fn replications(&self) -> Result<Vec<ReplicationView>> {
-        let reps: Vec<Replication> = self.db.list(Kind::Replication)?;
-        Ok(reps.iter().map(|r| self.view(r)).collect())
+        self.list_replications(&ReplicationFilter::default())
+    }
+
+    /// The items `filter` selects, in `GROUP/VM` order, one page of them when it sets a limit.
+    pub fn list_replications(&self, filter: &ReplicationFilter) -> Result<Vec<ReplicationView>> {
+        let mut reps: Vec<Replication> = self.db.list(Kind::Replication)?;
+        reps.retain(|r| {
+            filter.state.is_none_or(|s| r.state == s)
+                && filter.after.as_ref().is_none_or(|a| r.item_key() > *a)
+        });
+        reps.sort_by_key(|r| r.item_key());
+        let mut out = Vec::new();
+        for r in &reps {
+            if filter.limit.is_some_and(|l| out.len() >= l) {
+                break;
+            }
+            let v = self.view(r);
+            if filter.health.is_none_or(|h| v.health == h) {
+                out.push(v);
+            }
+        }
+        Ok(out)
     }
 
     /// An item with everything known about it, its RPO over the last hour included.

@@ -215,6 +215,14 @@ impl Control {
         }
     }
 
+    /// Have the item's processor look for its next segment now.
+    pub(crate) fn wake_processor(&self, vm_key: &str) {
+        let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = items.get(vm_key) {
+            i.waker.look_now();
+        }
+    }
+
     pub(crate) fn processor_status(&self, vm_key: &str) -> Option<ProcessorStatus> {
         let items = self.items.lock().unwrap_or_else(|p| p.into_inner());
         items.get(vm_key).map(|i| {

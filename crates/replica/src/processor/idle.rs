@@ -48,6 +48,11 @@ impl Waker {
         }
     }
 
+    /// Look for the next segment now, whatever the pause (a failover wants all there is).
+    pub fn look_now(&self) {
+        self.0.notify.notify_one();
+    }
+
     /// Whether the source has said it shipped a record at or after `seq`.
     pub(super) fn shipped_from(&self, seq: u64) -> bool {
         self.0.shipped_end.load(Ordering::Acquire) > seq

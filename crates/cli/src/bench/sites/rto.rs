@@ -133,6 +133,7 @@ fn kill_guests(dir: &Path) {
         if let Ok(pid) = std::fs::read_to_string(vm.path().join("qemu.pid")) {
             let _ = std::process::Command::new("kill")
                 .args(["-9", pid.trim()])
+                .stderr(std::process::Stdio::null())
                 .status();
         }
     }
