@@ -49,6 +49,12 @@ struct ConfigFile {
     /// How long something stays an orphan before it is deleted (default 3600).
     #[serde(default)]
     orphan_grace_seconds: Option<f64>,
+    /// How long events are kept (default 30 days).
+    #[serde(default)]
+    event_retention_seconds: Option<f64>,
+    /// How long jobs are kept after they end (default 7 days; a running job is kept).
+    #[serde(default)]
+    job_retention_seconds: Option<f64>,
     /// The group (name or id) of each agent's NBD unix socket, mode 0660: its members may use
     /// every disk of the region (default: the server's own primary group).
     #[serde(default)]
@@ -354,6 +360,24 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
             "between 0 and 30 days",
         )? {
             cfg.orphan_grace = d;
+        }
+        if let Some(d) = seconds(
+            path,
+            "event_retention_seconds",
+            file.event_retention_seconds,
+            3600.0..=3650.0 * 86_400.0,
+            "between 1 h and 10 years",
+        )? {
+            cfg.event_retention = d;
+        }
+        if let Some(d) = seconds(
+            path,
+            "job_retention_seconds",
+            file.job_retention_seconds,
+            60.0..=3650.0 * 86_400.0,
+            "between 1 min and 10 years",
+        )? {
+            cfg.job_retention = d;
         }
         nbd_access(
             path,

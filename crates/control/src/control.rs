@@ -32,6 +32,9 @@ pub struct ControlConfig {
     /// stay an orphan before it is deleted.
     pub orphan_check: Duration,
     pub orphan_grace: Duration,
+    /// How long events, and jobs after they end, are kept ([`crate::history`]).
+    pub event_retention: Duration,
+    pub job_retention: Duration,
     /// The group of each agent's NBD unix socket (mode 0660); default the process's group.
     pub nbd_socket_group: Option<u32>,
     /// The regions whose agent also serves NBD over TCP, only with TLS; by default none.
@@ -49,6 +52,8 @@ impl ControlConfig {
             processor: ferry_replica::ProcessorConfig::default(),
             orphan_check: Duration::from_secs(300),
             orphan_grace: Duration::from_secs(3600),
+            event_retention: Duration::from_secs(30 * 86_400),
+            job_retention: Duration::from_secs(7 * 86_400),
             nbd_socket_group: None,
             nbd_tcp: Default::default(),
             confine: crate::confine::Confinement::under(&data),

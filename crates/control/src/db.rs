@@ -9,6 +9,8 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use ferry_types::Timestamp;
+
 use crate::error::Result;
 use crate::model::{Event, Job};
 
@@ -279,6 +281,33 @@ impl Db {
         })
     }
 
+    /// Delete up to `batch` events older than `before`, oldest first; how many went.
+    pub fn prune_events(&self, before: Timestamp, batch: usize) -> Result<usize> {
+        self.run(|conn| {
+            Ok(conn.execute(
+                "DELETE FROM events WHERE id IN (
+                     SELECT id FROM events WHERE json_extract(body, '$.time') < ?1
+                     ORDER BY id LIMIT ?2)",
+                params![before.to_string(), batch as i64],
+            )?)
+        })
+    }
+
+    /// Delete up to `batch` jobs that ended (succeeded or failed) before `before`; how many
+    /// went. A running job is never deleted, however old.
+    pub fn prune_jobs(&self, before: Timestamp, batch: usize) -> Result<usize> {
+        self.run(|conn| {
+            Ok(conn.execute(
+                "DELETE FROM jobs WHERE id IN (
+                     SELECT id FROM jobs
+                     WHERE json_extract(body, '$.state') IN ('succeeded', 'failed')
+                       AND json_extract(body, '$.updated') < ?1
+                     ORDER BY id LIMIT ?2)",
+                params![before.to_string(), batch as i64],
+            )?)
+        })
+    }
+
     /// Events with an id above `after`, oldest first, at most `limit` of the newest.
     pub fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         self.run(|conn| {
@@ -340,5 +369,61 @@ mod tests {
         }
         assert_eq!(db.job(last.id).unwrap().unwrap().id, last.id);
         assert!(db.job(999).unwrap().is_none());
+    }
+
+    fn event(time: &str) -> Event {
+        Event {
+            id: 0,
+            time: Timestamp::parse_rfc3339(time).unwrap(),
+            severity: crate::model::Severity::Info,
+            kind: "state-changed".into(),
+            target: "rg1/vm1".into(),
+            message: time.into(),
+        }
+    }
+
+    #[test]
+    fn events_older_than_the_cutoff_are_pruned_oldest_first_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.db")).unwrap();
+        for t in [
+            "2026-10-01T00:00:00Z",
+            "2026-10-02T00:00:00Z",
+            "2026-10-03T00:00:00Z",
+            "2026-11-30T00:00:00.500Z",
+            "2026-12-01T00:00:00Z",
+        ] {
+            db.add_event(&mut event(t)).unwrap();
+        }
+        let cutoff = Timestamp::parse_rfc3339("2026-11-30T00:00:00.400Z").unwrap();
+        assert_eq!(db.prune_events(cutoff, 2).unwrap(), 2);
+        assert_eq!(db.prune_events(cutoff, 2).unwrap(), 1);
+        assert_eq!(db.prune_events(cutoff, 2).unwrap(), 0);
+        let left: Vec<String> = db
+            .events(0, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
+        assert_eq!(left, ["2026-11-30T00:00:00.500Z", "2026-12-01T00:00:00Z"]);
+    }
+
+    #[test]
+    fn only_jobs_that_ended_before_the_cutoff_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("state.db")).unwrap();
+        let mut ids = Vec::new();
+        for state in ["running", "succeeded", "failed"] {
+            let mut j: Job = serde_json::from_str(&job("failover", state)).unwrap();
+            db.new_job(&mut j).unwrap();
+            ids.push(j.id);
+        }
+        let mut recent: Job = serde_json::from_str(&job("reprotect", "succeeded")).unwrap();
+        recent.updated = Timestamp::parse_rfc3339("2026-12-02T00:00:00Z").unwrap();
+        db.new_job(&mut recent).unwrap();
+        let cutoff = Timestamp::parse_rfc3339("2026-12-01T00:00:00Z").unwrap();
+        assert_eq!(db.prune_jobs(cutoff, 100).unwrap(), 2);
+        let left: Vec<u64> = db.jobs().unwrap().iter().map(|j| j.id).collect();
+        assert_eq!(left, [ids[0], recent.id]);
     }
 }

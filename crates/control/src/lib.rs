@@ -17,6 +17,7 @@ mod error;
 mod events;
 pub mod failover;
 mod failpoint;
+mod history;
 mod hosts;
 mod image;
 mod ipam;

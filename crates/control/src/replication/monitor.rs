@@ -1,7 +1,8 @@
 //! The monitor: one loop over every replicated item, four times a second. It tells idle
 //! processors what their sources shipped, moves items to
 //! `protected` when their initial replication is applied, stops those whose stream can no
-//! longer be trusted, restarts parts that are not running, prunes points past retention,
+//! longer be trusted, restarts parts that are not running, prunes points past retention
+//! (and events and jobs past theirs),
 //! samples churn and RPO, records events and starts app-consistent points.
 //!
 //! The loop itself reads only the state database and the running parts' status. The work that
@@ -29,6 +30,10 @@ const PRUNE_EVERY: Duration = Duration::from_secs(5);
 pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     let mut last_prune = Instant::now();
     let mut last_restart = Instant::now();
+    // The first pruning comes a minute after the start.
+    let mut last_history_prune = Instant::now()
+        .checked_sub(crate::history::PRUNE_EVERY - Duration::from_secs(60))
+        .unwrap_or_else(Instant::now);
     let mut tasks = ItemTasks::default();
     loop {
         if pause(&mut shutdown, Duration::from_millis(250)).await {
@@ -63,6 +68,12 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
             &mut tasks,
             super::cache_access::RENEW_AFTER,
         );
+        if last_history_prune.elapsed() >= crate::history::PRUNE_EVERY {
+            last_history_prune = Instant::now();
+            if let Err(e) = control.prune_history() {
+                tracing::warn!(error = %e, "prune events and ended jobs");
+            }
+        }
         if last_restart.elapsed() >= RESTART_EVERY {
             last_restart = Instant::now();
             restart_missing(&control, &reps, &mut tasks);
