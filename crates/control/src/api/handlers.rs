@@ -191,6 +191,19 @@ pub(crate) struct ReplicationQuery {
     limit: Option<usize>,
 }
 
+/// A query value naming a variant of `T`; an unknown name gets a 400 with `hint`.
+fn parse_name<T: std::str::FromStr<Err = crate::model::UnknownName>>(
+    value: Option<String>,
+    hint: &str,
+) -> Result<Option<T>, ControlError> {
+    value
+        .map(|v| {
+            v.parse::<T>()
+                .map_err(|e| ControlError::invalid(format!("{e}: {hint}")))
+        })
+        .transpose()
+}
+
 /// Protected items in `GROUP/VM` order, filtered, a page at a time.
 pub(crate) async fn replications(
     State(s): State<ApiState>,
@@ -198,26 +211,12 @@ pub(crate) async fn replications(
 ) -> R {
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
-    let state = q
-        .state
-        .map(|v| {
-            v.parse::<crate::model::ItemState>().map_err(|e| {
-                let all: Vec<&str> = crate::model::ItemState::ALL
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect();
-                ControlError::invalid(format!("{e}: use one of {}", all.join(", ")))
-            })
-        })
-        .transpose()?;
-    let health = q
-        .health
-        .map(|v| {
-            v.parse::<crate::model::Health>().map_err(|e| {
-                ControlError::invalid(format!("{e}: use healthy, warning or critical"))
-            })
-        })
-        .transpose()?;
+    let all: Vec<&str> = crate::model::ItemState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect();
+    let state = parse_name(q.state, &format!("use one of {}", all.join(", ")))?;
+    let health = parse_name(q.health, "use healthy, warning or critical")?;
     if q.limit == Some(0) {
         return Err(ControlError::invalid("limit must be at least 1").into());
     }
@@ -377,16 +376,7 @@ pub(crate) async fn events(
 ) -> R {
     let Query(q) =
         query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
-    let severity = q
-        .severity
-        .map(|s| {
-            s.parse::<Severity>().map_err(|_| {
-                ControlError::invalid(format!(
-                    "invalid severity {s:?}: use info, warning or critical"
-                ))
-            })
-        })
-        .transpose()?;
+    let severity = parse_name::<Severity>(q.severity, "use info, warning or critical")?;
     ok(s.control.events(&crate::EventFilter {
         target: q.target,
         kind: q.kind,
