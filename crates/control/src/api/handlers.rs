@@ -480,14 +480,7 @@ pub(crate) async fn verify_replication(
 
 pub(crate) async fn metrics(State(s): State<ApiState>) -> R {
     let text = super::metrics::render(&s.control)?;
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)], text).into_response())
 }
 
 pub(crate) async fn openapi_document(State(s): State<ApiState>) -> R {
