@@ -343,6 +343,25 @@ async fn wait_protected(sites: &mut Sites, vm: &str) -> Result<()> {
     Ok(())
 }
 
+/// Waits (up to 60 s) until the server holds `host` lost (not alive in `/v1/hosts`).
+async fn wait_host_lost(c: &Client, server: &mut Server, host: &str) -> Result<()> {
+    wait_until(
+        &format!("the server to hold host {host} lost"),
+        Duration::from_secs(60),
+        || server.proc.check(),
+        || async {
+            let hosts = c.get("/v1/hosts").await.context("list the hosts")?;
+            let alive = hosts
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|h| h["name"] == host && h["alive"] == true);
+            Ok((!alive).then_some(()))
+        },
+    )
+    .await
+}
+
 /// `replication show ITEM` as JSON.
 async fn replication(c: &Client, item: &str) -> Result<Value> {
     let (group, vm) = item.split_once('/').unwrap_or((item, ""));

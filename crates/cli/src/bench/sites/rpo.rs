@@ -21,7 +21,7 @@ use serde_json::Value;
 use tokio::task::JoinHandle;
 
 use super::procs::{Server, wait_until};
-use super::{Figure, MB, MIB, Plan, Pool, Sites, Target, progress, replication};
+use super::{Figure, MB, MIB, Plan, Pool, Sites, Target, progress, replication, wait_host_lost};
 use crate::client::Client;
 
 /// The most seconds of writes a site loss may cost.
@@ -261,22 +261,7 @@ struct FailedOver {
 /// Waits until the server holds `host` lost, fails `item` over to `latest`, waits for the
 /// job, and reads what it reported.
 async fn fail_over(c: &Client, server: &mut Server, host: &str, item: &str) -> Result<FailedOver> {
-    let what = format!("the server to hold host {host} lost");
-    wait_until(
-        &what,
-        Duration::from_secs(60),
-        || server.proc.check(),
-        || async {
-            let hosts = c.get("/v1/hosts").await.context("list the hosts")?;
-            let alive = hosts
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|h| h["name"] == host && h["alive"] == true);
-            Ok((!alive).then_some(()))
-        },
-    )
-    .await?;
+    wait_host_lost(c, server, host).await?;
     let (group, vm) = item.split_once('/').unwrap_or((item, ""));
     let body = serde_json::json!({"recovery_point": "latest", "shutdown_source": false});
     let job = c

@@ -13,7 +13,9 @@ use ferry_control::requests::{CreateVm, DiskRequest};
 use serde_json::Value;
 
 use super::procs::{Agent, wait_until};
-use super::{GROUP, MIB, Sites, enable, item, replication, vm_path, wait_protected};
+use super::{
+    GROUP, MIB, Sites, enable, item, replication, vm_path, wait_host_lost, wait_protected,
+};
 use crate::bench::failover::{BOOTED, find_guest};
 use crate::bench::{Figure, Plan, Target, progress};
 use crate::client::Client;
@@ -81,21 +83,7 @@ async fn measure(sites: &mut Sites, dir: &Path, size: u64, east: &mut Agent) -> 
     // The east host dies with its guest.
     east.proc.kill9()?;
     kill_guests(&dir.join(EAST).join("vms"));
-    wait_until(
-        &format!("the server to hold host {EAST} lost"),
-        Duration::from_secs(60),
-        || sites.server.proc.check(),
-        || async {
-            let hosts = c.get("/v1/hosts").await.context("list the hosts")?;
-            let alive = hosts
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|h| h["name"] == EAST && h["alive"] == true);
-            Ok((!alive).then_some(()))
-        },
-    )
-    .await?;
+    wait_host_lost(&c, &mut sites.server, EAST).await?;
 
     let t = Instant::now();
     let body = serde_json::json!({"recovery_point": "latest", "shutdown_source": false});
