@@ -196,6 +196,11 @@ pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:7480")]
     pub listen: String,
+    /// The state database, for several servers or a deployment beyond one machine:
+    /// `postgres://USER[:PASSWORD]@HOST:PORT/DATABASE` (give it in FERRY_DATABASE to keep a
+    /// password off the command line). Default: SQLite, `state.db` in the data directory.
+    #[arg(long, env = "FERRY_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -42,7 +42,7 @@ pub async fn run(data: Option<PathBuf>) -> Result<()> {
         "starting ferry in {} (regions east and west, local storage accounts, SQLite)",
         dir.display()
     ));
-    let running = server::start(&dir, "127.0.0.1:0", None).await?;
+    let running = server::start(&dir, "127.0.0.1:0", None, Default::default()).await?;
     let result = story(&Client::with(&running.url, &running.token)?).await;
     running.stop().await;
     match &result {

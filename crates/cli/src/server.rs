@@ -260,12 +260,18 @@ pub fn init_logging() {
 }
 
 /// Start the control plane and the API on `listen`.
-pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<Running> {
+pub async fn start(
+    data: &Path,
+    listen: &str,
+    config: Option<&Path>,
+    database: ferry_control::Database,
+) -> Result<Running> {
     make_private(data)?;
     let data = data
         .canonicalize()
         .with_context(|| format!("resolve {}", data.display()))?;
     let mut cfg = ControlConfig::embedded(data.clone());
+    cfg.database = database;
     let mut limits = http::Limits::default();
     let mut api_tls = None;
     if let Some(path) = config {
@@ -444,7 +450,11 @@ pub async fn start(data: &Path, listen: &str, config: Option<&Path>) -> Result<R
 pub async fn run(data: Option<PathBuf>, args: &ServerArgs) -> Result<()> {
     init_logging();
     let data = data.unwrap_or_else(|| PathBuf::from("ferry-data"));
-    let running = start(&data, &args.listen, args.config.as_deref()).await?;
+    let database = match &args.database {
+        Some(url) => ferry_control::Database::parse(url)?,
+        None => ferry_control::Database::Embedded,
+    };
+    let running = start(&data, &args.listen, args.config.as_deref(), database).await?;
     // Only a banner: a server whose standard output nobody reads goes on serving.
     let data = running.control.data_dir();
     let how = match &running.fingerprint {
@@ -456,8 +466,9 @@ pub async fn run(data: Option<PathBuf>, args: &ServerArgs) -> Result<()> {
     };
     let _ = writeln!(
         std::io::stdout(),
-        "ferry server listening on {how} (data {}, token in {})",
+        "ferry server listening on {how} (data {}, state in {}, token in {})",
         data.display(),
+        running.control.state_location(),
         data.join("admin-token").display()
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -179,7 +179,8 @@ fn an_unprivileged_user_reads_no_file_of_the_data_directory() {
     // An older server left the data directory open to all.
     std::fs::create_dir(&data).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let s = Server::start(&data);
+    // Its state in the data directory too (state.db), to check that file's mode.
+    let s = Server::start_with(&data, free_port(), vec![embedded_state()]);
     s.base_resources(None);
     // The server made its scripts directory; the operator puts private scripts there.
     let scripts = data.join("scripts");

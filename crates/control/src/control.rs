@@ -23,6 +23,8 @@ const START_DEADLINE: Duration = Duration::from_secs(30);
 pub struct ControlConfig {
     /// Everything local lives under here: state database, default storage accounts, agents.
     pub data: PathBuf,
+    /// Where the state lives: `state.db` in `data` (SQLite) by default, or PostgreSQL.
+    pub database: crate::db::Database,
     pub regions: Vec<String>,
     /// How agents cut write streams into segments (~1 s or ~8 MiB by default).
     pub stream: ferry_agent::stream::StreamConfig,
@@ -56,6 +58,7 @@ impl ControlConfig {
             job_retention: Duration::from_secs(7 * 86_400),
             nbd_socket_group: None,
             nbd_tcp: Default::default(),
+            database: crate::db::Database::Embedded,
             confine: crate::confine::Confinement::under(&data),
             data,
         }
@@ -104,7 +107,7 @@ impl Control {
         // A scripts user that does not exist is found now, not at the first point.
         cfg.confine.script_identity()?;
         cfg.confine.create_dirs(&cfg.data)?;
-        let db = Db::open(&cfg.data.join("state.db"))?;
+        let db = Db::open(&cfg.database, &cfg.data)?;
         let mut embedded = HashMap::new();
         let stores = Arc::new(Stores::default());
         for r in &cfg.regions {
@@ -226,6 +229,12 @@ impl Control {
             ..ControlConfig::embedded(data.to_path_buf())
         })
         .await
+    }
+
+    /// Where the state lives, for people: the SQLite file, or PostgreSQL's host, port and
+    /// database (never its credentials).
+    pub fn state_location(&self) -> String {
+        self.db.location()
     }
 
     pub fn data_dir(&self) -> &std::path::Path {

@@ -19,6 +19,10 @@ pub enum ControlError {
     /// The caller is known but may not act on this (403).
     #[error("{0}")]
     Forbidden(String),
+    /// A service ferry depends on (the state database) cannot be reached or did not answer
+    /// in time (503): try again once it is back.
+    #[error("{0}")]
+    Unavailable(String),
     /// Something failed inside ferry (500); the message says what.
     #[error("{0}")]
     Internal(String),

@@ -90,21 +90,15 @@ impl Control {
         }
     }
 
-    /// Events, oldest first.
+    /// Events, oldest first: the newest `limit` (default 100) that the filter lets through.
     pub fn events(&self, f: &EventFilter) -> Result<Vec<Event>> {
-        let min = f.severity.unwrap_or(Severity::Info);
-        let limit = f.limit.unwrap_or(100).clamp(1, 10_000);
-        // Filter in memory over a bounded window of the newest events.
-        let all = self.db.events(f.after.unwrap_or(0), 100_000)?;
-        let mut out: Vec<Event> = all
-            .into_iter()
-            .filter(|e| f.target.as_ref().is_none_or(|t| &e.target == t))
-            .filter(|e| f.kind.as_ref().is_none_or(|k| &e.kind == k))
-            .filter(|e| e.severity >= min)
-            .collect();
-        let skip = out.len().saturating_sub(limit);
-        out.drain(..skip);
-        Ok(out)
+        self.db.events(&crate::db::EventQuery {
+            after: f.after.unwrap_or(0),
+            target: f.target.as_deref(),
+            kind: f.kind.as_deref(),
+            severity: f.severity,
+            limit: f.limit.unwrap_or(100).clamp(1, 10_000),
+        })
     }
 
     /// Compare every item with what was seen last and record what changed. The first look at

@@ -34,6 +34,7 @@ mod vms;
 pub use alerts::{AlertRule, CreateAlert};
 pub use confine::Confinement;
 pub use control::{Control, ControlConfig};
+pub use db::Database;
 pub use error::ControlError;
 pub use events::EventFilter;
 pub use hosts::{AgentIdentity, AgentRecord, CreateJoinToken, JoinRequest, JoinToken, Joined};

@@ -84,6 +84,47 @@ pub fn epoch(rfc3339: &str) -> f64 {
     t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
 }
 
+/// Keep a test server's state in SQLite in its data directory even where `scripts/test` puts
+/// test servers on PostgreSQL: pass it in the server's environment.
+pub fn embedded_state() -> (String, String) {
+    ("FERRY_TEST_STATE".to_string(), "sqlite".to_string())
+}
+
+/// The database a test server on `data` keeps its state in: where `scripts/test` started a
+/// PostgreSQL cluster (`FERRY_TEST_POSTGRES_URL`, as in CI), a database of its own there, the
+/// same for every start on `data` so that a restarted server finds its state again; else (or
+/// with [`embedded_state`] in `env`) none: SQLite in the data directory.
+pub fn test_database(data: &Path, env: &[(String, String)]) -> Option<String> {
+    use std::hash::{Hash, Hasher};
+    if env.contains(&embedded_state()) {
+        return None;
+    }
+    let base = std::env::var("FERRY_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|v| !v.is_empty())?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    data.hash(&mut h);
+    let name = format!("ferry_{:016x}", h.finish());
+    let out = Command::new("psql")
+        .arg(&base)
+        .args([
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            &format!("CREATE DATABASE {name}"),
+        ])
+        .output()
+        .expect("run psql (scripts/install-test-tools installs it)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || err.contains("already exists"),
+        "create the test database {name}: {err}"
+    );
+    peer("postgres");
+    let (cluster, _) = base.rsplit_once('/').expect("a URL with a database");
+    Some(format!("{cluster}/{name}"))
+}
+
 /// A `ferry server` process on its own data dir and port.
 pub struct Server {
     pub child: Option<Child>,
@@ -132,7 +173,11 @@ impl Server {
             .append(true)
             .open(data.with_extension("log"))
             .unwrap();
-        let child = Command::new(FERRY)
+        let mut cmd = Command::new(FERRY);
+        if let Some(url) = test_database(data, &env) {
+            cmd.env("FERRY_DATABASE", url);
+        }
+        let child = cmd
             .args(["server", "--data"])
             .arg(data)
             .args(["--listen", &format!("{}:{port}", listen_host(&env))])

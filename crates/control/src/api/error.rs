@@ -41,6 +41,7 @@ impl From<ControlError> for ApiError {
             ControlError::Conflict(_) => StatusCode::CONFLICT,
             ControlError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ControlError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ControlError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {

@@ -1,81 +1,91 @@
-//! The statements on resources and jobs, for the database's own connection and inside a
-//! transaction ([`Tx`]) alike.
+//! The statements on resources and jobs, for a plain connection and inside a transaction
+//! ([`Tx`]) alike.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use std::cell::RefCell;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::Kind;
+use super::sql::Conn;
 use crate::error::{ControlError, Result};
-use crate::model::Job;
+use crate::model::{Job, JobState};
 
 /// One transaction of the state database ([`super::Db::transact`]).
-pub(crate) struct Tx<'c>(pub(super) rusqlite::Transaction<'c>);
+pub(crate) struct Tx<'c>(RefCell<&'c mut dyn Conn>);
 
-impl Tx<'_> {
+impl<'c> Tx<'c> {
+    pub(super) fn new(conn: &'c mut dyn Conn) -> Self {
+        Tx(RefCell::new(conn))
+    }
+
+    /// The transaction's connection, for one statement.
+    pub(super) fn conn(&self) -> std::cell::RefMut<'_, &'c mut dyn Conn> {
+        self.0.borrow_mut()
+    }
+
     pub fn get<T: DeserializeOwned>(&self, kind: Kind, key: &str) -> Result<Option<T>> {
-        get(&self.0, kind, key)
+        get(&mut **self.conn(), kind, key)
     }
 
     pub fn list<T: DeserializeOwned>(&self, kind: Kind) -> Result<Vec<T>> {
-        list(&self.0, kind)
+        list(&mut **self.conn(), kind)
     }
 
     /// Insert a new resource; `Conflict` when it exists.
     pub fn insert<T: Serialize>(&self, kind: Kind, key: &str, value: &T, what: &str) -> Result<()> {
-        insert(&self.0, kind, key, value, what)
+        insert(&mut **self.conn(), kind, key, value, what)
     }
 
     pub fn put<T: Serialize>(&self, kind: Kind, key: &str, value: &T) -> Result<()> {
-        put(&self.0, kind, key, value)
+        put(&mut **self.conn(), kind, key, value)
     }
 
     /// Record a new job; its id is set.
     pub fn new_job(&self, job: &mut Job) -> Result<()> {
-        self.0
-            .execute("INSERT INTO jobs (body) VALUES ('{}')", [])?;
-        job.id = self.0.last_insert_rowid() as u64;
-        put_job(&self.0, job)
+        new_job(&mut **self.conn(), job)
     }
 
     pub fn put_job(&self, job: &Job) -> Result<()> {
-        put_job(&self.0, job)
+        put_job(&mut **self.conn(), job)
     }
 
     pub fn job(&self, id: u64) -> Result<Option<Job>> {
-        job(&self.0, id)
+        job(&mut **self.conn(), id)
     }
 }
 
-pub(super) fn get<T: DeserializeOwned>(c: &Connection, kind: Kind, key: &str) -> Result<Option<T>> {
-    let body: Option<String> = c
-        .query_row(
-            "SELECT body FROM resources WHERE kind = ?1 AND key = ?2",
-            params![kind.as_str(), key],
-            |r| r.get(0),
-        )
-        .optional()?;
-    body.map(|b| decode(&b)).transpose()
+pub(super) fn get<T: DeserializeOwned>(
+    c: &mut dyn Conn,
+    kind: Kind,
+    key: &str,
+) -> Result<Option<T>> {
+    c.query_opt(
+        "SELECT body FROM resources WHERE kind = $1 AND key = $2",
+        &[kind.as_str().into(), key.into()],
+    )?
+    .map(|r| decode(&r.text(0)?))
+    .transpose()
 }
 
-pub(super) fn list<T: DeserializeOwned>(c: &Connection, kind: Kind) -> Result<Vec<T>> {
-    let mut stmt = c.prepare("SELECT body FROM resources WHERE kind = ?1 ORDER BY key")?;
-    let rows = stmt.query_map(params![kind.as_str()], |r| r.get::<_, String>(0))?;
-    rows.map(|b| decode(&b?)).collect()
+pub(super) fn list<T: DeserializeOwned>(c: &mut dyn Conn, kind: Kind) -> Result<Vec<T>> {
+    c.query(
+        "SELECT body FROM resources WHERE kind = $1 ORDER BY key",
+        &[kind.as_str().into()],
+    )?
+    .iter()
+    .map(|r| decode(&r.text(0)?))
+    .collect()
 }
 
 pub(super) fn insert<T: Serialize>(
-    c: &Connection,
+    c: &mut dyn Conn,
     kind: Kind,
     key: &str,
     value: &T,
     what: &str,
 ) -> Result<()> {
-    let n = c.execute(
-        "INSERT OR IGNORE INTO resources (kind, key, body) VALUES (?1, ?2, ?3)",
-        params![kind.as_str(), key, encode(value)],
-    )?;
-    if n == 0 {
+    if !insert_missing(c, kind, key, &encode(value))? {
         return Err(ControlError::conflict(format!(
             "{what} {key} already exists"
         )));
@@ -83,40 +93,53 @@ pub(super) fn insert<T: Serialize>(
     Ok(())
 }
 
-pub(super) fn put<T: Serialize>(c: &Connection, kind: Kind, key: &str, value: &T) -> Result<()> {
+/// Insert a resource unless one of that kind and key exists; whether it was inserted.
+pub(super) fn insert_missing(c: &mut dyn Conn, kind: Kind, key: &str, body: &str) -> Result<bool> {
+    Ok(c.execute(
+        "INSERT INTO resources (kind, key, body) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        &[kind.as_str().into(), key.into(), body.into()],
+    )? == 1)
+}
+
+pub(super) fn put<T: Serialize>(c: &mut dyn Conn, kind: Kind, key: &str, value: &T) -> Result<()> {
     c.execute(
-        "INSERT OR REPLACE INTO resources (kind, key, body) VALUES (?1, ?2, ?3)",
-        params![kind.as_str(), key, encode(value)],
+        "INSERT INTO resources (kind, key, body) VALUES ($1, $2, $3)
+         ON CONFLICT (kind, key) DO UPDATE SET body = excluded.body",
+        &[kind.as_str().into(), key.into(), encode(value).into()],
     )?;
     Ok(())
 }
 
-pub(super) fn delete(c: &Connection, kind: Kind, key: &str) -> Result<bool> {
+pub(super) fn delete(c: &mut dyn Conn, kind: Kind, key: &str) -> Result<bool> {
     let n = c.execute(
-        "DELETE FROM resources WHERE kind = ?1 AND key = ?2",
-        params![kind.as_str(), key],
+        "DELETE FROM resources WHERE kind = $1 AND key = $2",
+        &[kind.as_str().into(), key.into()],
     )?;
     Ok(n > 0)
 }
 
-pub(super) fn put_job(c: &Connection, job: &Job) -> Result<()> {
+pub(super) fn new_job(c: &mut dyn Conn, job: &mut Job) -> Result<()> {
+    let row = c
+        .query_opt("INSERT INTO jobs (body) VALUES ('{}') RETURNING id", &[])?
+        .ok_or_else(|| ControlError::Internal("state database: a new job has no id".into()))?;
+    job.id = row.int(0)? as u64;
+    put_job(c, job)
+}
+
+/// Store a job; the time it ended (`ended`, indexed) is kept beside its body, for pruning.
+pub(super) fn put_job(c: &mut dyn Conn, job: &Job) -> Result<()> {
+    let ended = (job.state != JobState::Running).then_some(job.updated.0);
     c.execute(
-        "UPDATE jobs SET body = ?1 WHERE id = ?2",
-        params![encode(job), job.id as i64],
+        "UPDATE jobs SET body = $1, ended = $2 WHERE id = $3",
+        &[encode(job).into(), ended.into(), job.id.into()],
     )?;
     Ok(())
 }
 
-pub(super) fn job(c: &Connection, id: u64) -> Result<Option<Job>> {
-    let body: Option<String> = c
-        .query_row(
-            "SELECT body FROM jobs WHERE id = ?1",
-            params![id as i64],
-            |r| r.get(0),
-        )
-        .optional()?;
-    body.map(|b| {
-        serde_json::from_str(&b).map_err(|e| {
+pub(super) fn job(c: &mut dyn Conn, id: u64) -> Result<Option<Job>> {
+    let row = c.query_opt("SELECT body FROM jobs WHERE id = $1", &[id.into()])?;
+    row.map(|r| {
+        serde_json::from_str(&r.text(0)?).map_err(|e| {
             ControlError::Internal(format!(
                 "job {id} cannot be read from the state database: {e}"
             ))

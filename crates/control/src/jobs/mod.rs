@@ -194,7 +194,7 @@ mod tests {
     #[tokio::test]
     async fn a_job_that_cannot_be_read_does_not_stop_a_start() {
         let dir = tempfile::tempdir().unwrap();
-        let db = crate::db::Db::open(&dir.path().join("state.db")).unwrap();
+        let db = crate::db::Db::open(&Default::default(), dir.path()).unwrap();
         db.put_raw_job("{}").unwrap();
         // A running job, resumed at the start; its item is gone, so it fails.
         let mut job = Job::start::<crate::failover::TestFailoverStep>(
