@@ -92,6 +92,8 @@ pub enum Cmd {
     #[command(subcommand)]
     Host(HostCmd),
     #[command(subcommand)]
+    Lease(LeaseCmd),
+    #[command(subcommand)]
     Group(GroupCmd),
     #[command(subcommand)]
     Network(NetworkCmd),
@@ -213,6 +215,13 @@ pub enum RegionCmd {
 pub enum HostCmd {
     /// List the hosts: each region's agent in the server, and the hosts that joined, with
     /// their version, last heartbeat, VMs and streams.
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseCmd {
+    /// Which server works on each item (`item:GROUP/VM`), under which generation and until
+    /// when: several servers on one database share the items by these leases.
     List,
 }
 
@@ -560,7 +569,20 @@ pub enum OrphanCmd {
 
 #[derive(Debug, Subcommand)]
 pub enum JobCmd {
-    List,
+    /// Jobs, oldest first, with their kind, target, state and percent.
+    ///
+    /// Example: `ferry job list --state running`
+    List {
+        /// Only jobs in this state: `running`, `succeeded` or `failed`.
+        #[arg(long)]
+        state: Option<String>,
+        /// A page: at most this many jobs.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The next page: jobs after this id (the last one of the previous page).
+        #[arg(long)]
+        after: Option<u64>,
+    },
     Show {
         id: u64,
         /// Wait until the job ends, printing its steps.

@@ -75,6 +75,8 @@ pub struct Control {
     pub(crate) joined: Mutex<HashMap<String, Arc<crate::hosts::RemoteHost>>>,
     pub(crate) stores: Arc<Stores>,
     pub(crate) items: Mutex<HashMap<String, ItemRuntime>>,
+    /// The leases this server holds on items' work ([`crate::leases`]).
+    pub(crate) leases: crate::leases::Leases,
     /// Replica layouts by stream (they cache the immutable point records).
     pub(crate) layouts: Mutex<HashMap<ferry_types::StreamId, ferry_replica::ReplicaLayout>>,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -144,6 +146,7 @@ impl Control {
             joined: Mutex::new(HashMap::new()),
             stores,
             items: Mutex::new(HashMap::new()),
+            leases: crate::leases::Leases::new(),
             layouts: Mutex::new(HashMap::new()),
             shutdown,
             app_attempts: Mutex::new(HashMap::new()),
@@ -212,6 +215,8 @@ impl Control {
         for (_, item) in items {
             item.stop().await;
         }
+        // Their items pass to the other servers on the database at once.
+        self.release_all_leases();
         // Streams stop cleanly too, so a change to a disk while the server is down is seen at
         // the next start.
         for agent in self.embedded.values() {

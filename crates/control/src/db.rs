@@ -14,14 +14,16 @@ use serde::de::DeserializeOwned;
 use ferry_types::Timestamp;
 
 use crate::error::{ControlError, Result};
-use crate::model::{Event, Job, Severity};
+use crate::model::{Event, Job, JobState, Severity};
 
 mod identity;
+mod leases;
 mod postgres;
 mod sql;
 mod sqlite;
 mod tx;
 pub(crate) use identity::JoinTokenRow;
+pub(crate) use leases::LeaseRow;
 use sql::{Conn, Value};
 use tx::decode;
 pub(crate) use tx::{Tx, encode};
@@ -113,6 +115,14 @@ pub(crate) struct EventQuery<'a> {
     pub severity: Option<Severity>,
     /// At most this many, the newest.
     pub limit: usize,
+}
+
+/// Which jobs to read ([`Db::jobs_page`]): those after an id, of a state, at most so many.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JobQuery {
+    pub after: u64,
+    pub state: Option<JobState>,
+    pub limit: Option<usize>,
 }
 
 /// A severity as the indexed `events.severity` column holds it: higher is worse.
@@ -320,7 +330,23 @@ impl Db {
     /// version between its two writes, or a body of another version) is logged and left out:
     /// it must not stop the listing, nor a start from resuming the other jobs.
     pub fn jobs(&self) -> Result<Vec<Job>> {
-        let rows = self.read(|c| c.query("SELECT id, body FROM jobs ORDER BY id", &[]))?;
+        self.jobs_page(&JobQuery::default())
+    }
+
+    /// The jobs `q` asks for, oldest first; unreadable ones are left out as by [`Db::jobs`].
+    pub fn jobs_page(&self, q: &JobQuery) -> Result<Vec<Job>> {
+        let mut sql = String::from("SELECT id, body FROM jobs WHERE id > $1");
+        let mut params: Vec<Value> = vec![q.after.into()];
+        if let Some(state) = q.state {
+            params.push(state.as_str().into());
+            sql.push_str(&format!(" AND state = ${}", params.len()));
+        }
+        sql.push_str(" ORDER BY id");
+        if let Some(limit) = q.limit {
+            params.push(limit.into());
+            sql.push_str(&format!(" LIMIT ${}", params.len()));
+        }
+        let rows = self.read(|c| c.query(&sql, &params))?;
         let mut jobs = Vec::new();
         for r in rows {
             let (id, body) = (r.int(0)?, r.text(1)?);

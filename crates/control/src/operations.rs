@@ -146,7 +146,11 @@ impl Control {
     /// removed it. Names that job when it can: the item's first job after `job` (none other
     /// could start while `job` owned the item).
     fn gone(&self, job: &Job) -> ControlError {
-        let taker = self.db.jobs().ok().and_then(|jobs| {
+        let after = crate::db::JobQuery {
+            after: job.id,
+            ..Default::default()
+        };
+        let taker = self.db.jobs_page(&after).ok().and_then(|jobs| {
             jobs.into_iter()
                 .filter(|j| j.target == job.target && j.id > job.id)
                 .map(|j| j.id)

@@ -38,6 +38,10 @@ pub enum ReplicaError {
          {present:016x} is there; the records in between can never be applied"
     )]
     SequenceGap { missing: u64, present: u64 },
+    /// The processor may no longer change the replica: another holder processes the item now
+    /// ([`crate::processor::Fence`]).
+    #[error("fenced: {0}")]
+    Fenced(String),
     #[error("{0}")]
     Internal(String),
 }

@@ -28,6 +28,6 @@ pub use error::ReplicaError;
 pub use layout::ReplicaLayout;
 pub use points::{PointInfo, PointSelector};
 pub use processor::{
-    Processor, ProcessorConfig, ProcessorStatus, SeedBlocks, SeedSource, Waker, apply_latency,
-    block_hashes,
+    Fence, Processor, ProcessorConfig, ProcessorStatus, SeedBlocks, SeedSource, Waker,
+    apply_latency, block_hashes,
 };

@@ -123,6 +123,12 @@ pub struct ProcessorStatus {
     pub drained_at: Option<Timestamp>,
 }
 
+/// Asked before the processor publishes a record or deletes anything (a segment, a
+/// checkpoint, garbage): whether it may still change the replica. A server whose lease on the
+/// item passed to another answers [`ReplicaError::Fenced`], saying why, and the processor
+/// stops; any other error (the lease could not be read) is retried like a store's.
+pub type Fence = Arc<dyn Fn() -> Result<(), ReplicaError> + Send + Sync>;
+
 /// The processor of one item.
 pub struct Processor {
     layout: ReplicaLayout,
@@ -131,6 +137,7 @@ pub struct Processor {
     config: ProcessorConfig,
     status: Arc<Mutex<ProcessorStatus>>,
     waker: Waker,
+    fence: Option<Fence>,
 }
 
 struct Position {
@@ -163,6 +170,21 @@ impl Processor {
             config,
             status: Arc::default(),
             waker: Waker::default(),
+            fence: None,
+        }
+    }
+
+    /// Ask `fence` before every publication and deletion.
+    pub fn with_fence(mut self, fence: Fence) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// An error when the fence says this processor may no longer change the replica.
+    fn check_fence(&self) -> Result<(), ReplicaError> {
+        match &self.fence {
+            Some(f) => f(),
+            None => Ok(()),
         }
     }
 
@@ -192,6 +214,11 @@ impl Processor {
                 Err(e) => Err(e),
             };
             if let Err(e) = result {
+                if let ReplicaError::Fenced(why) = &e {
+                    tracing::warn!(stream = %self.layout.stream, reason = %why, "processing stopped: the processor is fenced");
+                    self.update(|s| s.error = Some(e.to_string()));
+                    return;
+                }
                 if self.segments_applied() != applied {
                     backoff.succeeded();
                 }
@@ -266,6 +293,7 @@ impl Processor {
             if let Some(first) = segment::parse_object_name(seg.key.file_name())
                 && first < pos.next_segment
             {
+                self.check_fence()?;
                 self.cache.delete(&seg.key).await?;
             }
         }
@@ -350,6 +378,7 @@ impl Processor {
                     current = %pos.generation,
                     "deleted a segment of a stale generation"
                 );
+                self.check_fence()?;
                 self.cache.delete(&key).await?;
                 self.update(|s| s.stale_segments_deleted += 1);
                 continue;
@@ -572,6 +601,7 @@ impl Processor {
                     .map(|r| (d.index, r.pack)),
             );
         }
+        self.check_fence()?;
         let report = crate::gc::collect(&self.layout, &refs, self.config.gc_grace).await?;
         for d in pos.disks.iter_mut() {
             d.known
@@ -653,6 +683,7 @@ impl Processor {
             _ => self.layout.points_prefix(),
         };
         let key = prefix.join(&rec.object_name());
+        self.check_fence()?;
         match self
             .layout
             .meta

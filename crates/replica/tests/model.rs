@@ -2,6 +2,7 @@
 //! random cut points and segment boundaries, a processor killed at a random moment and
 //! restarted; every published point exports exactly what the model held at its cut.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -491,4 +492,95 @@ async fn no_instant_inside_a_catch_up_window_is_recoverable() {
     assert_eq!(snaps.last().unwrap().0, Seq(9));
     let rec = p.replay_to(&base9, Timestamp(1_009)).await.unwrap();
     assert_eq!(rec.seq, Seq(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_processor_publishes_nothing_and_deletes_nothing_more() {
+    let stream = StreamId([5; 16]);
+    let write = |seed| Step::Write {
+        disk: 0,
+        offset: 0,
+        len: 4096,
+        seed,
+        zero_data: false,
+    };
+    let steps = vec![write(1), Step::Cut(false), write(2), Step::Cut(false)];
+    let (recs, _) = records(&steps);
+    // Segments: [initial marker, write 1, cut] and [write 2, cut].
+    let segs = segments(stream, &recs, &[3, 2]);
+    let layout = ReplicaLayout::new(stream, mem(), vec![mem(), mem(), mem()]);
+    let cache = mem();
+    put_all(&cache, &segs[..1]).await;
+
+    // The processor holds the item until the fence turns; then another holder has it.
+    let holds = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let asked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let fence: ferry_replica::Fence = {
+        let (holds, asked) = (holds.clone(), asked.clone());
+        Arc::new(move || {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            match holds.load(std::sync::atomic::Ordering::SeqCst) {
+                true => Ok(()),
+                false => Err(ferry_replica::ReplicaError::Fenced(
+                    "the lease of item rg/vm passed to server b".into(),
+                )),
+            }
+        })
+    };
+    let p =
+        Processor::new(layout.clone(), cache.clone(), SIZES.to_vec(), config()).with_fence(fence);
+    let status = p.status();
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(p.run(rx));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while status.lock().unwrap().applied_seq != Some(3) {
+        assert!(
+            Instant::now() < deadline,
+            "the first segment was not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        asked.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the fence is asked"
+    );
+    let published = points::list(&layout).await.unwrap();
+    assert_eq!(
+        published.iter().map(|p| p.seq.0).collect::<Vec<_>>(),
+        [1, 3]
+    );
+    assert!(
+        cache.list(None).await.unwrap().is_empty(),
+        "applied, so deleted"
+    );
+
+    // Fenced: the next segment may be read, but no record of it is published, the processor
+    // stops with an error that says why, and the segment stays for the new holder.
+    holds.store(false, std::sync::atomic::Ordering::SeqCst);
+    put_all(&cache, &segs[1..]).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        if let Some(e) = status.lock().unwrap().error.clone() {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the processor went on unfenced");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert_eq!(err, "fenced: the lease of item rg/vm passed to server b");
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("a fenced processor stops by itself")
+        .unwrap();
+    let after = points::list(&layout).await.unwrap();
+    assert_eq!(
+        after.len(),
+        published.len(),
+        "no point published once fenced"
+    );
+    let left = cache.list(None).await.unwrap();
+    assert_eq!(
+        left.len(),
+        1,
+        "the segment is left for the new holder: {left:?}"
+    );
 }

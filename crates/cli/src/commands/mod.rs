@@ -42,6 +42,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Region(c) => resources::region(&client, out, c).await,
         Cmd::Host(c) => resources::host(&client, out, c).await,
+        Cmd::Lease(c) => resources::lease(&client, out, c).await,
         Cmd::Group(c) => resources::group(&client, out, c).await,
         Cmd::Network(c) => resources::network(&client, out, c).await,
         Cmd::Storage(c) => resources::storage(&client, out, c).await,

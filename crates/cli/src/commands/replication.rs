@@ -221,11 +221,34 @@ pub(super) fn encode(s: &str) -> String {
 
 pub async fn job(c: &Client, out: Output, cmd: JobCmd) -> Result<()> {
     match cmd {
-        JobCmd::List => print(
-            out,
-            &c.get("/v1/jobs").await?,
-            &["id", "kind", "target", "state", "percent"],
-        ),
+        JobCmd::List {
+            state,
+            limit,
+            after,
+        } => {
+            let mut query = Vec::new();
+            for (k, v) in [
+                ("state", state),
+                ("after", after.map(|a| a.to_string())),
+                ("limit", limit.map(|l| l.to_string())),
+            ] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={}", encode(&v)));
+                }
+            }
+            let path = match query.is_empty() {
+                true => "/v1/jobs".to_string(),
+                false => format!("/v1/jobs?{}", query.join("&")),
+            };
+            let jobs = c.get(&path).await?;
+            print(out, &jobs, &["id", "kind", "target", "state", "percent"]);
+            let page = jobs.as_array().map_or(0, Vec::len);
+            if let (Some(l), Some(last)) = (limit, jobs.as_array().and_then(|a| a.last()))
+                && page >= l
+            {
+                eprintln!("(a page of {l}; the next: --after {})", last["id"]);
+            }
+        }
         JobCmd::Show { id, wait: false } => {
             print(out, &c.get(&format!("/v1/jobs/{id}")).await?, &[])
         }

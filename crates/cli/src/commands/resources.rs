@@ -36,6 +36,17 @@ pub async fn host(c: &Client, out: Output, cmd: HostCmd) -> Result<()> {
     Ok(())
 }
 
+pub async fn lease(c: &Client, out: Output, cmd: LeaseCmd) -> Result<()> {
+    match cmd {
+        LeaseCmd::List => print(
+            out,
+            &c.get("/v1/leases").await?,
+            &["name", "holder", "generation", "expires", "this_server"],
+        ),
+    }
+    Ok(())
+}
+
 pub async fn group(c: &Client, out: Output, cmd: GroupCmd) -> Result<()> {
     let cols = ["name", "region"];
     match cmd {

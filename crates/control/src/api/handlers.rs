@@ -71,6 +71,10 @@ pub(crate) async fn hosts(State(s): State<ApiState>) -> R {
     ok(s.control.hosts()?)
 }
 
+pub(crate) async fn leases(State(s): State<ApiState>) -> R {
+    ok(s.control.lease_views()?)
+}
+
 pub(crate) async fn groups(State(s): State<ApiState>) -> R {
     ok(s.control.groups()?)
 }
@@ -386,8 +390,33 @@ pub(crate) async fn events(
     })?)
 }
 
-pub(crate) async fn jobs(State(s): State<ApiState>) -> R {
-    ok(s.control.jobs()?)
+#[derive(Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct JobListQuery {
+    /// Only jobs in this state: `running`, `succeeded` or `failed`.
+    state: Option<String>,
+    /// Only jobs with a higher id: the last job of the previous page.
+    after: Option<u64>,
+    /// At most this many (all when left out).
+    limit: Option<usize>,
+}
+
+/// Jobs, oldest first, filtered, a page at a time.
+pub(crate) async fn jobs(
+    State(s): State<ApiState>,
+    query: Result<Query<JobListQuery>, axum::extract::rejection::QueryRejection>,
+) -> R {
+    let Query(q) =
+        query.map_err(|e| ApiError::bad_request(format!("invalid query: {}", e.body_text())))?;
+    let state = parse_name(q.state, "use running, succeeded or failed")?;
+    if q.limit == Some(0) {
+        return Err(ControlError::invalid("limit must be at least 1").into());
+    }
+    ok(s.control.jobs_page(&crate::JobQuery {
+        after: q.after.unwrap_or(0),
+        state,
+        limit: q.limit,
+    })?)
 }
 
 pub(crate) async fn job(State(s): State<ApiState>, Path(id): Path<String>) -> R {

@@ -90,6 +90,15 @@ fn declare() -> Routes {
         get(regions),
     )
     .add(
+        "/v1/leases",
+        &[op(
+            "get",
+            "List the leases by which servers on one database share the items' work",
+        )
+        .ok::<Vec<crate::leases::LeaseView>>()],
+        get(leases),
+    )
+    .add(
         "/v1/hosts",
         &[op(
             "get",
@@ -322,7 +331,9 @@ fn declare() -> Routes {
     )
     .add(
         "/v1/jobs",
-        &[op("get", "List jobs").ok::<Vec<Job>>()],
+        &[op("get", "List jobs, oldest first (?state=&after=&limit=)")
+            .query::<JobListQuery>()
+            .ok::<Vec<Job>>()],
         get(jobs),
     )
     .add(

@@ -16,6 +16,14 @@ mod embedded {
 pub(super) fn open(path: &Path) -> Result<rusqlite::Connection> {
     let mut conn = rusqlite::Connection::open(path)?;
     conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;")?;
+    // The database's clock, as PostgreSQL has it (migrations/postgres/V4__leases.sql): here
+    // the one machine's.
+    conn.create_scalar_function(
+        "ferry_now_ms",
+        0,
+        rusqlite::functions::FunctionFlags::SQLITE_UTF8,
+        |_| Ok(ferry_types::Timestamp::now().0 / 1_000_000),
+    )?;
     embedded::migrations::runner()
         .set_grouped(true)
         .run(&mut conn)

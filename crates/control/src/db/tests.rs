@@ -451,3 +451,121 @@ fn a_dropped_postgres_connection_is_made_again() {
         .unwrap();
     assert_ne!(own, again, "a new connection");
 }
+
+#[test]
+fn jobs_are_paged_by_id_and_found_by_state() {
+    for (name, db, _dir) in each_db() {
+        let mut ids = Vec::new();
+        for state in ["running", "succeeded", "running", "failed", "running"] {
+            let mut j: Job = serde_json::from_str(&job("failover", state)).unwrap();
+            db.new_job(&mut j).unwrap();
+            ids.push(j.id);
+        }
+        let page =
+            |q: JobQuery| -> Vec<u64> { db.jobs_page(&q).unwrap().iter().map(|j| j.id).collect() };
+        assert_eq!(page(JobQuery::default()), ids, "{name}");
+        let running = JobQuery {
+            state: Some(JobState::Running),
+            ..Default::default()
+        };
+        assert_eq!(page(running), [ids[0], ids[2], ids[4]], "{name}");
+        let first = page(JobQuery {
+            limit: Some(2),
+            ..running
+        });
+        assert_eq!(first, [ids[0], ids[2]], "{name}");
+        assert_eq!(
+            page(JobQuery {
+                after: first[1],
+                limit: Some(2),
+                ..running
+            }),
+            [ids[4]],
+            "{name}"
+        );
+        // A job that ends leaves the running ones.
+        let mut ended = db.job(ids[2]).unwrap().unwrap();
+        ended.state = JobState::Succeeded;
+        db.put_job(&ended).unwrap();
+        assert_eq!(page(running), [ids[0], ids[4]], "{name}");
+    }
+}
+
+/// Try `f` until it gives Some, for at most 10 s.
+fn within_10s<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_lease_passes_to_another_holder_only_once_it_lapsed_and_fences_the_old_one() {
+    for (name, db, _dir) in each_db() {
+        let a = db
+            .acquire_lease("item:rg/vm", "a", 60_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.holder.as_str(), a.generation), ("a", 1), "{name}");
+        assert!(
+            db.acquire_lease("item:rg/vm", "b", 60_000)
+                .unwrap()
+                .is_none(),
+            "{name}"
+        );
+        // Taking it again is a renewal: the same generation.
+        let again = db
+            .acquire_lease("item:rg/vm", "a", 60_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.generation, 1, "{name}");
+        assert!(db.lease_holds(&a, 1_000).unwrap(), "{name}");
+        assert!(
+            !db.lease_holds(&a, 120_000).unwrap(),
+            "{name}: not that long"
+        );
+
+        // A short lease lapses; then another holder takes it, one generation on.
+        let short = db.acquire_lease("leader", "a", 50).unwrap().unwrap();
+        let b = within_10s(|| db.acquire_lease("leader", "b", 60_000).unwrap());
+        assert_eq!((b.holder.as_str(), b.generation), ("b", 2), "{name}");
+        // The old holder is fenced: it cannot renew, is told it does not hold, and cannot
+        // give the new holder's lease away.
+        let renewed = db.renew_leases("a", 60_000).unwrap();
+        assert_eq!(
+            renewed.iter().map(|l| l.name.as_str()).collect::<Vec<_>>(),
+            ["item:rg/vm"],
+            "{name}: a renews only the lease it still holds"
+        );
+        assert!(!db.lease_holds(&short, 0).unwrap(), "{name}");
+        db.release_lease(&short).unwrap();
+        assert!(db.lease_holds(&b, 1_000).unwrap(), "{name}");
+        let renewed = db.renew_leases("b", 60_000).unwrap();
+        assert_eq!(renewed.len(), 1, "{name}");
+        assert_eq!(renewed[0].generation, 2, "{name}");
+
+        // Given up, it passes at once, one generation on.
+        db.release_lease(&b).unwrap();
+        assert!(!db.lease_holds(&b, 0).unwrap(), "{name}");
+        let c = db.acquire_lease("leader", "c", 60_000).unwrap().unwrap();
+        assert_eq!(c.generation, 3, "{name}");
+        let names: Vec<(String, String, i64)> = db
+            .leases()
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.name, l.holder, l.generation))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("item:rg/vm".into(), "a".into(), 1),
+                ("leader".into(), "c".into(), 3)
+            ],
+            "{name}"
+        );
+    }
+}

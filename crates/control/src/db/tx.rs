@@ -126,12 +126,18 @@ pub(super) fn new_job(c: &mut dyn Conn, job: &mut Job) -> Result<()> {
     put_job(c, job)
 }
 
-/// Store a job; the time it ended (`ended`, indexed) is kept beside its body, for pruning.
+/// Store a job; its state and the time it ended (`ended`) are kept beside its body, indexed,
+/// for listing and pruning.
 pub(super) fn put_job(c: &mut dyn Conn, job: &Job) -> Result<()> {
     let ended = (job.state != JobState::Running).then_some(job.updated.0);
     c.execute(
-        "UPDATE jobs SET body = $1, ended = $2 WHERE id = $3",
-        &[encode(job).into(), ended.into(), job.id.into()],
+        "UPDATE jobs SET body = $1, state = $2, ended = $3 WHERE id = $4",
+        &[
+            encode(job).into(),
+            job.state.as_str().into(),
+            ended.into(),
+            job.id.into(),
+        ],
     )?;
     Ok(())
 }

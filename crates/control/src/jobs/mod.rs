@@ -120,6 +120,11 @@ impl Control {
     pub fn jobs(&self) -> Result<Vec<Job>> {
         self.db.jobs()
     }
+
+    /// A page of jobs, oldest first: those after an id, of a state, at most so many.
+    pub fn jobs_page(&self, q: &crate::db::JobQuery) -> Result<Vec<Job>> {
+        self.db.jobs_page(q)
+    }
 }
 
 /// Run a job in the background. A job whose code panics fails like any other, and lets go of
@@ -175,12 +180,11 @@ pub(crate) async fn run(control: &Arc<Control>, mut job: Job) -> Job {
 
 /// Resume every job a restart interrupted.
 pub(crate) async fn resume(control: &Arc<Control>) -> Result<()> {
-    for job in control
-        .db
-        .jobs()?
-        .into_iter()
-        .filter(|j| j.state == JobState::Running)
-    {
+    let running = crate::db::JobQuery {
+        state: Some(JobState::Running),
+        ..Default::default()
+    };
+    for job in control.db.jobs_page(&running)? {
         tracing::info!(job = job.id, kind = %job.kind, "resuming job after restart");
         spawn(control.clone(), job);
     }

@@ -3,7 +3,9 @@
 //! `protected` when their initial replication is applied, stops those whose stream can no
 //! longer be trusted, restarts parts that are not running, prunes points past retention
 //! (and events and jobs past theirs),
-//! samples churn and RPO, records events and starts app-consistent points.
+//! samples churn and RPO, records events and starts app-consistent points. It renews this
+//! server's leases on items' work, and stops the processors of those it lost
+//! ([`crate::leases`]).
 //!
 //! The loop itself reads only the state database and the running parts' status. The work that
 //! waits on an item's accounts runs in that item's own tasks ([`ItemTasks`]), with a deadline:
@@ -47,6 +49,16 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
                 continue;
             }
         };
+        match control.renew_item_leases() {
+            Ok(lost) => {
+                for item in lost {
+                    tracing::warn!(%item, "lost the item's lease; stopping its processor here");
+                    let control = control.clone();
+                    tokio::spawn(async move { control.drop_lost_item(&item).await });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "renew this server's leases"),
+        }
         control.wake_processors(&reps);
         if let Err(e) = protect_when_applied(&control, &reps) {
             tracing::warn!(error = %e, "monitor replicated items");
@@ -80,7 +92,10 @@ pub(crate) async fn run(control: Arc<Control>, mut shutdown: watch::Receiver<boo
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = Instant::now();
-            for rep in reps.iter().filter(|r| r.state == ItemState::Protected) {
+            for rep in reps
+                .iter()
+                .filter(|r| r.state == ItemState::Protected && control.holds_item(&r.item_key()))
+            {
                 // An operation on the item (a failover reading a point) goes first.
                 if control
                     .busy_with(&rep.item_key())

@@ -82,6 +82,10 @@ impl Control {
             // whose source is being stopped. The job starts the new direction after its turn.
             return Ok(());
         }
+        if !self.take_item_lease(&item)? {
+            // Another server on the database works on the item.
+            return Ok(());
+        }
         let policy = self.policy(&rep.policy)?;
         let cache = self.item_cache(rep)?;
         let layout = self.layout(rep)?;
@@ -146,7 +150,8 @@ impl Control {
         let mut items = self.items.lock().unwrap_or_else(|p| p.into_inner());
         if !items.contains_key(&item) {
             let sizes = vm.disks.iter().map(|d| d.size_bytes).collect();
-            let processor = Processor::new(layout, cache, sizes, self.cfg.processor.clone());
+            let processor = Processor::new(layout, cache, sizes, self.cfg.processor.clone())
+                .with_fence(self.item_fence(&item));
             let status = processor.status();
             let waker = processor.waker();
             let (tx, rx) = watch::channel(false);
@@ -188,6 +193,31 @@ impl Control {
             // An unreachable host keeps its stream; the item's processor is stopped, and a
             // stream of an older generation is refused once the host is back.
             tracing::warn!(item = %rep.item_key(), error = %e, "stop the source stream");
+        }
+        self.release_item_lease(&rep.item_key());
+    }
+
+    /// Stop the processor of an item whose lease this server lost: another server may work
+    /// on it now. Its stream is left to that server.
+    pub(crate) async fn drop_lost_item(&self, item: &str) {
+        let _runtime = self.lock_runtime(item).await;
+        let runtime = self
+            .items
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(item);
+        if let Some(runtime) = runtime {
+            runtime.stop().await;
+            self.event(
+                Severity::Warning,
+                "item-lease-lost",
+                item,
+                format!(
+                    "this server ({}) lost the lease of the item's work, which another server \
+                     may hold now; its processor here stopped",
+                    self.leases.server
+                ),
+            );
         }
     }
 
