@@ -13,7 +13,7 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     (
         "server",
-        "  ferry server --data ./ferry-data             # embedded default: regions east and west\n  ferry server --data /var/lib/ferry --listen 127.0.0.1:7480 --config ferry.json",
+        "  ferry server --data ./ferry-data             # embedded default: regions east and west\n  ferry server --data /var/lib/ferry --listen 127.0.0.1:7480 --config ferry.json\n  FERRY_DATABASE=postgres://ferry@db.example/ferry ferry server --data /var/lib/ferry   # state on PostgreSQL",
     ),
     (
         "bench",
@@ -50,6 +50,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     ("vm list", "  ferry vm list"),
     ("host list", "  ferry host list\n  ferry host list -o json"),
+    (
+        "lease list",
+        "  ferry lease list                             # which server works on each item",
+    ),
     (
         "vm show",
         "  ferry vm show rg1/web1 -o json                # disks[].nbd_uri, hydration after a failover",
@@ -114,7 +118,10 @@ const EXAMPLES: &[(&str, &str)] = &[
     ),
     ("failover commit", "  ferry failover commit rg1/web1 --wait"),
     ("reprotect", "  ferry reprotect rg1/web1 --wait"),
-    ("job list", "  ferry job list"),
+    (
+        "job list",
+        "  ferry job list\n  ferry job list --state running\n  ferry job list --limit 50 --after 1200   # the next page",
+    ),
     ("job show", "  ferry job show 7 --wait"),
     (
         "event list",

@@ -139,6 +139,7 @@ impl Control {
             }
         }
         let (shutdown, _) = watch::channel(false);
+        let server_id = crate::leases::server_id(&cfg.data)?;
         let control = Arc::new(Control {
             cfg,
             db,
@@ -146,7 +147,7 @@ impl Control {
             joined: Mutex::new(HashMap::new()),
             stores,
             items: Mutex::new(HashMap::new()),
-            leases: crate::leases::Leases::new(),
+            leases: crate::leases::Leases::new(&server_id),
             layouts: Mutex::new(HashMap::new()),
             shutdown,
             app_attempts: Mutex::new(HashMap::new()),
@@ -181,6 +182,9 @@ impl Control {
         }
         // Served, a replicated VM's writes wait until its stream starts here.
         crate::failpoint::hit("reconcile-before-streams").await;
+        if let Err(e) = self.end_earlier_runs_leases() {
+            tracing::warn!(error = %e, "end the leases of this server's earlier runs; they lapse by themselves");
+        }
         for rep in self
             .db
             .list::<crate::model::Replication>(crate::db::Kind::Replication)?

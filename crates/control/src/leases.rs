@@ -8,8 +8,11 @@
 //! than [`MARGIN`] longer) is refused: a server stopped past its lease and woken again cannot
 //! publish a point, delete a segment or collect garbage.
 //!
-//! Each server process is a holder of its own ([`Leases::server`], new at every start): a
-//! restarted server takes its items back as a new holder, one generation on.
+//! Each server process is a holder of its own ([`Leases::server`]: the server's id, kept in
+//! `DATA/server-id`, and a part new at every start). A restarted server takes the leases of
+//! its earlier runs back at once, one generation on, rather than wait for them to lapse: the
+//! process that held them is gone, or, were it still running on the same data directory, it is
+//! fenced from then on.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -53,9 +56,11 @@ pub(crate) struct Leases {
 }
 
 impl Leases {
-    pub(crate) fn new() -> Self {
+    /// The leases of a run of the server whose id is `id`.
+    pub(crate) fn new(id: &str) -> Self {
+        let run = uuid::Uuid::new_v4().simple().to_string();
         Leases {
-            server: format!("server-{}", uuid::Uuid::new_v4().simple()),
+            server: format!("{id}.{}", &run[..8]),
             held: Mutex::new(HashMap::new()),
             last_renewal: Mutex::new(None),
         }
@@ -64,6 +69,38 @@ impl Leases {
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<String, LeaseRow>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
     }
+}
+
+/// The id of the server on `data`: read from `DATA/server-id`, or made (random, mode 0600).
+pub(crate) fn server_id(data: &std::path::Path) -> Result<String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data.join("server-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_string());
+        }
+    }
+    let id = format!(
+        "server-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let io = |e: std::io::Error| {
+        crate::error::ControlError::Internal(format!("write {}: {e}", path.display()))
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(id.as_bytes()).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(id)
 }
 
 fn lease_name(item: &str) -> String {
@@ -196,6 +233,24 @@ impl Control {
     /// Whether this server holds the lease on `item`'s work (as it last knew).
     pub(crate) fn holds_item(&self, item: &str) -> bool {
         self.leases.held().contains_key(item)
+    }
+
+    /// End the leases of this server's earlier runs, so that this run takes their items at
+    /// once.
+    pub(crate) fn end_earlier_runs_leases(&self) -> Result<()> {
+        let (id, _) = self
+            .leases
+            .server
+            .rsplit_once('.')
+            .expect("a holder is ID.RUN");
+        let ended = self.db.end_leases_like(&format!("{id}.%"))?;
+        if ended > 0 {
+            tracing::info!(
+                leases = ended,
+                "ended the leases of this server's earlier runs"
+            );
+        }
+        Ok(())
     }
 
     /// Give every lease up (a clean stop): the other servers take the items at once.

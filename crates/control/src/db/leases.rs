@@ -138,6 +138,17 @@ impl Db {
         })
     }
 
+    /// End at once every lease whose holder matches the SQL pattern `holder_like`; how many.
+    pub fn end_leases_like(&self, holder_like: &str) -> Result<u64> {
+        self.write(|c| {
+            c.execute(
+                "UPDATE leases SET expires = ferry_now_ms() - 1
+                 WHERE holder LIKE $1 AND expires >= ferry_now_ms()",
+                &[holder_like.into()],
+            )
+        })
+    }
+
     /// Every lease, by name.
     pub fn leases(&self) -> Result<Vec<LeaseRow>> {
         self.read(|c| {

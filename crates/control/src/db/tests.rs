@@ -551,8 +551,19 @@ fn a_lease_passes_to_another_holder_only_once_it_lapsed_and_fences_the_old_one()
         // Given up, it passes at once, one generation on.
         db.release_lease(&b).unwrap();
         assert!(!db.lease_holds(&b, 0).unwrap(), "{name}");
-        let c = db.acquire_lease("leader", "c", 60_000).unwrap().unwrap();
+        let c = db
+            .acquire_lease("leader", "c.run1", 60_000)
+            .unwrap()
+            .unwrap();
         assert_eq!(c.generation, 3, "{name}");
+        // A restarted server ends its earlier runs' leases, and takes them one generation on.
+        assert_eq!(db.end_leases_like("c.%").unwrap(), 1, "{name}");
+        assert!(!db.lease_holds(&c, 0).unwrap(), "{name}");
+        let c = db
+            .acquire_lease("leader", "c.run2", 60_000)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.generation, 4, "{name}");
         let names: Vec<(String, String, i64)> = db
             .leases()
             .unwrap()
@@ -563,7 +574,7 @@ fn a_lease_passes_to_another_holder_only_once_it_lapsed_and_fences_the_old_one()
             names,
             [
                 ("item:rg/vm".into(), "a".into(), 1),
-                ("leader".into(), "c".into(), 3)
+                ("leader".into(), "c.run2".into(), 4)
             ],
             "{name}"
         );
