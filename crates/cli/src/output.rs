@@ -4,6 +4,7 @@
 
 use std::io::Write;
 
+use comfy_table::{ContentArrangement, Row, Table, presets};
 use serde_json::Value;
 
 use crate::args::Output;
@@ -39,7 +40,9 @@ pub fn print(out: Output, v: &Value, columns: &[&str]) {
         Output::Json => outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
         Output::Yaml => out!("{}", yaml(v)),
         Output::Table => match v {
-            Value::Array(rows) => table(rows, columns),
+            // The width of the terminal standard output is, as comfy-table finds it; none when
+            // standard output is not a terminal.
+            Value::Array(rows) => outln!("{}", render_table(rows, columns, Table::new().width())),
             other => fields(other),
         },
     }
@@ -69,77 +72,37 @@ fn cell(v: &Value, path: &str) -> String {
     }
 }
 
-fn table(rows: &[Value], columns: &[&str]) {
-    let mut grid: Vec<Vec<String>> = vec![
-        columns
-            .iter()
-            .map(|c| c.rsplit('.').next().unwrap_or(c).to_uppercase())
-            .collect(),
-    ];
-    grid.extend(
-        rows.iter()
-            .map(|r| columns.iter().map(|c| cell(r, c)).collect()),
-    );
-    let widths: Vec<usize> = (0..columns.len())
-        .map(|i| grid.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let widths = match terminal_width() {
-        Some(total) => fit(&widths, total),
-        None => widths,
+/// `rows` as a table of `columns`: a header of the upper-case column names, then a line per row,
+/// columns two spaces apart, no lines drawn. Given a `width`, a wider table is fitted to it: its
+/// widest cells are cut, ending in `…`, and each row stays one line. Without one, nothing is cut.
+fn render_table(rows: &[Value], columns: &[&str], width: Option<u16>) -> String {
+    let one_line = |cells: Vec<String>| {
+        let mut row = Row::from(cells);
+        row.max_height(1);
+        row
     };
-    for row in grid {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{:<w$}", clip(c, *w)))
-            .collect();
-        outln!("{}", line.join("  ").trim_end());
+    let mut table = Table::new();
+    table
+        .load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_truncation_indicator("…")
+        .set_header(one_line(
+            columns
+                .iter()
+                .map(|c| c.rsplit('.').next().unwrap_or(c).to_uppercase())
+                .collect(),
+        ));
+    for r in rows {
+        table.add_row(one_line(columns.iter().map(|c| cell(r, c)).collect()));
     }
-}
-
-/// The width of the terminal standard output is, if it is one.
-#[allow(unsafe_code)]
-fn terminal_width() -> Option<usize> {
-    use std::io::IsTerminal;
-    if !std::io::stdout().is_terminal() {
-        return None;
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
     }
-    let mut ws = libc::winsize {
-        ws_row: 0,
-        ws_col: 0,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
+    match width {
+        Some(w) => table.set_width(w),
+        None => table.force_no_tty(),
     };
-    // SAFETY: TIOCGWINSZ writes one `winsize` into `ws`, which lives across the call.
-    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) } == 0;
-    (ok && ws.ws_col > 0).then_some(ws.ws_col as usize)
-}
-
-/// Column widths that fit `total` characters with two spaces between columns: the widest
-/// columns give way first, none below 8 characters (or its own width).
-fn fit(widths: &[usize], total: usize) -> Vec<usize> {
-    let mut w = widths.to_vec();
-    let gaps = 2 * w.len().saturating_sub(1);
-    while w.iter().sum::<usize>() + gaps > total {
-        let Some((i, &max)) = w.iter().enumerate().max_by_key(|(_, x)| **x) else {
-            break;
-        };
-        if max <= 8 {
-            break;
-        }
-        w[i] = max - 1;
-    }
-    w
-}
-
-/// `s` cut to `width` characters, ending in `…` when cut.
-fn clip(s: &str, width: usize) -> String {
-    if s.chars().count() <= width {
-        return s.to_string();
-    }
-    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
-    out.push('…');
-    out
+    table.trim_fmt()
 }
 
 fn fields(v: &Value) {
@@ -253,17 +216,35 @@ mod yaml_tests {
 }
 
 #[cfg(test)]
-mod fit_tests {
+mod table_tests {
     use super::*;
 
+    const COLUMNS: [&str; 4] = ["name", "state", "policy.name", "tags"];
+
+    fn items() -> Vec<Value> {
+        vec![
+            serde_json::json!({"name": "rg1/web1", "state": "protected", "policy": {"name": "fast"}, "tags": ["a", "b"]}),
+            serde_json::json!({"name": "rg1/a-very-long-database-name", "state": "enabling", "policy": null, "tags": []}),
+        ]
+    }
+
     #[test]
-    fn wide_tables_shrink_their_widest_columns_to_the_terminal() {
-        assert_eq!(fit(&[10, 60, 20], 120), vec![10, 60, 20]);
-        let w = fit(&[10, 60, 20], 60);
-        assert_eq!(w.iter().sum::<usize>() + 4, 60, "{w:?}");
-        assert_eq!(w[0], 10, "narrow columns keep their width: {w:?}");
-        assert_eq!(fit(&[9, 9, 9], 10), vec![8, 8, 8], "no column goes below 8");
-        assert_eq!(clip("rg1/a-very-long-name", 8), "rg1/a-v…");
-        assert_eq!(clip("short", 8), "short");
+    fn without_a_width_no_row_is_cut() {
+        assert_eq!(
+            render_table(&items(), &COLUMNS, None),
+            "NAME                           STATE      NAME  TAGS\n\
+             rg1/web1                       protected  fast  a,b\n\
+             rg1/a-very-long-database-name  enabling"
+        );
+    }
+
+    #[test]
+    fn a_wide_table_fits_the_width_its_long_cells_cut() {
+        assert_eq!(
+            render_table(&items(), &COLUMNS, Some(40)),
+            "NAME             STATE      NAME  TAGS\n\
+             rg1/web1         protected  fast  a,b\n\
+             rg1/a-very-lon…  enabling"
+        );
     }
 }
