@@ -1,21 +1,14 @@
 //! The progress bar `--wait` draws for a job when standard output is a terminal (plain lines
 //! otherwise): the job's percent, the bytes its running step has moved, and that step's name.
 
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressFinish, ProgressStyle};
 use serde_json::Value;
 
-use crate::output::out;
-
-const WIDTH: usize = 30;
 const MIB: f64 = (1u64 << 20) as f64;
 
-/// `[#######-----------]` for `percent` in 0..=100.
-pub fn bar(percent: f64) -> String {
-    let filled = ((percent.clamp(0.0, 100.0) / 100.0) * WIDTH as f64).round() as usize;
-    format!("[{}{}]", "#".repeat(filled), "-".repeat(WIDTH - filled))
-}
-
-/// The one line drawn for a running job.
-pub fn line(job: &Value) -> String {
+/// What the bar shows after itself for a running job: its percent, the bytes moved of the
+/// total when the job knows them, and the name of the running step.
+pub fn message(job: &Value) -> String {
     let percent = job["percent"].as_f64().unwrap_or(0.0);
     let step = job["steps"]
         .as_array()
@@ -30,34 +23,38 @@ pub fn line(job: &Value) -> String {
         }
         _ => String::new(),
     };
-    format!(
-        "job {} {} {percent:5.1}%{bytes}  {step}",
-        job["id"],
-        bar(percent)
-    )
+    format!("{percent:5.1}%{bytes}  {step}")
 }
 
-/// Redraws the bar in place on a terminal.
-pub struct Bar {
-    drawn: bool,
-}
+/// One job's bar on standard output, e.g.
+/// `job 7 [############------------------]  40.0%  26 of 64 MiB  initial replication`.
+/// Dropping it wipes it.
+pub struct Bar(ProgressBar);
 
 impl Bar {
-    pub fn new() -> Bar {
-        Bar { drawn: false }
+    pub fn new(id: u64) -> Bar {
+        let style = ProgressStyle::with_template("job {prefix} [{bar:30}] {msg}")
+            .expect("a valid template")
+            .progress_chars("#-");
+        Bar(
+            ProgressBar::with_draw_target(Some(100), ProgressDrawTarget::stdout())
+                .with_style(style)
+                .with_prefix(id.to_string())
+                .with_finish(ProgressFinish::AndClear),
+        )
     }
 
-    /// Wipe the bar so a plain line can be printed in its place.
-    pub fn clear(&mut self) {
-        if self.drawn {
-            out!("\r\x1b[2K");
-            self.drawn = false;
-        }
+    /// Redraw the bar for the job's latest state.
+    pub fn update(&self, job: &Value) {
+        let percent = job["percent"].as_f64().unwrap_or(0.0).clamp(0.0, 100.0);
+        self.0.set_position(percent.round() as u64);
+        // Last, as it always redraws: the bar then shows both.
+        self.0.set_message(message(job));
     }
 
-    pub fn draw(&mut self, job: &Value) {
-        out!("\r\x1b[2K{}", line(job));
-        self.drawn = true;
+    /// Run `print` with the bar wiped, then draw the bar again below what it printed.
+    pub fn suspend<R>(&self, print: impl FnOnce() -> R) -> R {
+        self.0.suspend(print)
     }
 }
 
@@ -66,23 +63,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_bar_fills_with_the_percent() {
-        assert_eq!(bar(0.0), format!("[{}]", "-".repeat(30)));
-        assert_eq!(bar(50.0), format!("[{}{}]", "#".repeat(15), "-".repeat(15)));
-        assert_eq!(bar(250.0), format!("[{}]", "#".repeat(30)));
-    }
-
-    #[test]
-    fn the_line_names_the_running_step_and_its_bytes() {
+    fn the_message_names_the_running_step_and_its_bytes() {
         let job = serde_json::json!({
             "id": 7, "percent": 45.5, "bytes_done": 460u64 << 20, "bytes_total": 1024u64 << 20,
             "steps": [{"name": "start", "state": "succeeded"}, {"name": "initial replication", "state": "running"}]
         });
-        let l = line(&job);
-        assert!(l.starts_with("job 7 [##############"), "{l}");
-        assert!(
-            l.contains(" 45.5%  460 of 1024 MiB  initial replication"),
-            "{l}"
+        assert_eq!(
+            message(&job),
+            " 45.5%  460 of 1024 MiB  initial replication"
         );
+    }
+
+    #[test]
+    fn without_bytes_the_message_is_the_percent_and_step() {
+        let job = serde_json::json!({
+            "id": 8, "percent": 100.0,
+            "steps": [{"name": "start", "state": "running"}]
+        });
+        assert_eq!(message(&job), "100.0%  start");
+    }
+
+    #[test]
+    fn the_bar_template_is_valid() {
+        let bar = Bar::new(7);
+        bar.0.set_draw_target(ProgressDrawTarget::hidden());
+        assert_eq!(bar.0.prefix(), "7");
     }
 }

@@ -257,18 +257,19 @@ pub async fn job(c: &Client, out: Output, cmd: JobCmd) -> Result<()> {
     Ok(())
 }
 
-/// Follow a job until it ends, printing each step change; fails when the job fails.
 /// Follow a job to its end: on a terminal a progress bar with the steps as they change,
-/// otherwise a plain line per step change.
+/// otherwise a plain line per step change; fails when the job fails.
 pub async fn wait_job(c: &Client, out: Output, id: u64) -> Result<()> {
     use std::io::IsTerminal;
     let mut seen: Vec<(String, String, Option<String>)> = Vec::new();
-    let mut bar =
-        (out == Output::Table && std::io::stdout().is_terminal()).then(crate::progress::Bar::new);
+    let bar = (out == Output::Table && std::io::stdout().is_terminal())
+        .then(|| crate::progress::Bar::new(id));
     loop {
         let job = c.get(&format!("/v1/jobs/{id}")).await?;
-        if let Some(b) = bar.as_mut() {
-            b.clear();
+        if let Some(b) = &bar
+            && job["state"] == "running"
+        {
+            b.update(&job);
         }
         if out == Output::Table {
             for s in job["steps"].as_array().into_iter().flatten() {
@@ -288,24 +289,24 @@ pub async fn wait_job(c: &Client, out: Output, id: u64) -> Result<()> {
                         .as_deref()
                         .map(|d| format!(" ({d})"))
                         .unwrap_or_default();
-                    outln!("job {id}: {}: {}{detail}", key.0, key.1);
+                    let line = || outln!("job {id}: {}: {}{detail}", key.0, key.1);
+                    match &bar {
+                        Some(b) => b.suspend(line),
+                        None => line(),
+                    }
                     seen.push(key);
                 }
             }
         }
         match job["state"].as_str() {
-            Some("running") => {
-                if let Some(b) = bar.as_mut() {
-                    b.draw(&job);
+            Some("running") => tokio::time::sleep(Duration::from_millis(300)).await,
+            state => {
+                // The job has ended: its bar goes before its last line.
+                drop(bar);
+                finish(out, &job);
+                if state == Some("succeeded") {
+                    return Ok(());
                 }
-                tokio::time::sleep(Duration::from_millis(300)).await
-            }
-            Some("succeeded") => {
-                finish(out, &job);
-                return Ok(());
-            }
-            _ => {
-                finish(out, &job);
                 bail!(
                     "job {id} ({}) failed: {}",
                     job["kind"].as_str().unwrap_or("?"),
