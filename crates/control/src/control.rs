@@ -77,6 +77,9 @@ pub struct Control {
     pub(crate) items: Mutex<HashMap<String, ItemRuntime>>,
     /// The leases this server holds on items' work ([`crate::leases`]).
     pub(crate) leases: crate::leases::Leases,
+    /// The server whose own agents serve the VMs placed on no joined host, when it is not
+    /// this one: the first server on the database keeps them ([`crate::leases`]).
+    pub(crate) embedded_owner: Option<String>,
     /// Replica layouts by stream (they cache the immutable point records).
     pub(crate) layouts: Mutex<HashMap<ferry_types::StreamId, ferry_replica::ReplicaLayout>>,
     pub(crate) shutdown: watch::Sender<bool>,
@@ -140,6 +143,7 @@ impl Control {
         }
         let (shutdown, _) = watch::channel(false);
         let server_id = crate::leases::server_id(&cfg.data)?;
+        let embedded_owner = crate::leases::embedded_owner(&db, &server_id)?;
         let control = Arc::new(Control {
             cfg,
             db,
@@ -148,6 +152,7 @@ impl Control {
             stores,
             items: Mutex::new(HashMap::new()),
             leases: crate::leases::Leases::new(&server_id),
+            embedded_owner,
             layouts: Mutex::new(HashMap::new()),
             shutdown,
             app_attempts: Mutex::new(HashMap::new()),
@@ -176,6 +181,10 @@ impl Control {
     /// replicated item's stream and processor running, every unfinished job resumed.
     pub async fn reconcile(self: &Arc<Self>) -> Result<()> {
         for vm in self.db.list::<crate::model::Vm>(crate::db::Kind::Vm)? {
+            if vm.host.is_none() && self.embedded_owner.is_some() {
+                // Another server's own agents serve it.
+                continue;
+            }
             if let Err(e) = self.attach_vm(&vm).await {
                 tracing::error!(vm = %format!("{}/{}", vm.group, vm.name), error = %e, "serve the disks of a VM");
             }
@@ -263,6 +272,13 @@ impl Control {
     /// The server's own agent of a region.
     pub(crate) fn embedded_host(&self, region: &str) -> Result<crate::hosts::Host> {
         self.check_region(region)?;
+        if let Some(owner) = &self.embedded_owner {
+            return Err(ControlError::Unavailable(format!(
+                "the VMs placed on no joined host live on the own agents of server {owner}, the \
+                 first on this database; this server ({}) serves joined hosts only",
+                self.leases.server
+            )));
+        }
         let exec = self.embedded.get(region).ok_or_else(|| {
             ControlError::invalid(format!(
                 "region {region} has no agent of the server's own; place the VM on a joined host"

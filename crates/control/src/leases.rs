@@ -103,6 +103,27 @@ pub(crate) fn server_id(data: &std::path::Path) -> Result<String> {
     Ok(id)
 }
 
+/// The server on the database whose own agents serve the VMs placed on no joined host: the
+/// first server that started on it keeps that claim for good (a lease that never lapses,
+/// held by the server's id, not by one run). None when it is `server_id` itself.
+pub(crate) fn embedded_owner(db: &crate::db::Db, server_id: &str) -> Result<Option<String>> {
+    const FOREVER_MS: i64 = 100 * 365 * 86_400_000;
+    if db
+        .acquire_lease("embedded-hosts", server_id, FOREVER_MS)?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let owner = db
+        .leases()?
+        .into_iter()
+        .find(|l| l.name == "embedded-hosts")
+        .map(|l| l.holder)
+        .unwrap_or_default();
+    tracing::info!(%owner, "another server's own agents serve the VMs placed on no joined host; this server serves joined hosts only");
+    Ok(Some(owner))
+}
+
 fn lease_name(item: &str) -> String {
     format!("item:{item}")
 }

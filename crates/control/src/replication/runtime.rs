@@ -82,6 +82,9 @@ impl Control {
             // whose source is being stopped. The job starts the new direction after its turn.
             return Ok(());
         }
+        // A server that cannot reach the item's source (another server's own agent) leaves
+        // the item to the one that can.
+        self.source_host(rep)?;
         if !self.take_item_lease(&item)? {
             // Another server on the database works on the item.
             return Ok(());
