@@ -143,7 +143,7 @@ impl Control {
         }
         let (shutdown, _) = watch::channel(false);
         let server_id = crate::leases::server_id(&cfg.data)?;
-        let embedded_owner = crate::leases::embedded_owner(&db, &server_id)?;
+        let embedded_owner = crate::leases::embedded_owner(&db, &cfg.database, &server_id)?;
         let control = Arc::new(Control {
             cfg,
             db,

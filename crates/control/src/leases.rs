@@ -105,9 +105,17 @@ pub(crate) fn server_id(data: &std::path::Path) -> Result<String> {
 
 /// The server on the database whose own agents serve the VMs placed on no joined host: the
 /// first server that started on it keeps that claim for good (a lease that never lapses,
-/// held by the server's id, not by one run). None when it is `server_id` itself.
-pub(crate) fn embedded_owner(db: &crate::db::Db, server_id: &str) -> Result<Option<String>> {
+/// held by the server's id, not by one run). None when it is `server_id` itself, and always
+/// with the embedded database, which serves one server only.
+pub(crate) fn embedded_owner(
+    db: &crate::db::Db,
+    database: &crate::db::Database,
+    server_id: &str,
+) -> Result<Option<String>> {
     const FOREVER_MS: i64 = 100 * 365 * 86_400_000;
+    if matches!(database, crate::db::Database::Embedded) {
+        return Ok(None);
+    }
     if db
         .acquire_lease("embedded-hosts", server_id, FOREVER_MS)?
         .is_some()
