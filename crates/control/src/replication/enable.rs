@@ -167,6 +167,8 @@ pub(crate) async fn run_enable(control: &Arc<Control>, job: &mut Job) -> Result<
         match view.state {
             ItemState::Enabling | ItemState::InitialReplication => {}
             other => {
+                // A disable that took the item over since the check above moved it: say so.
+                control.still_owns(job)?;
                 return Err(ControlError::conflict(format!(
                     "the item left its initial replication (it is {other}: {}); see `ferry replication show {group}/{vm}`",
                     view.health_reasons.join("; ")

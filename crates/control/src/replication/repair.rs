@@ -139,6 +139,8 @@ pub(crate) async fn run_repair(control: &Arc<Control>, job: &mut Job) -> Result<
         control.still_owns(job)?;
         let view = control.show_replication(&group, &vm)?;
         if view.state != ItemState::Resynchronizing {
+            // A disable that took the item over since the check above moved it: say so.
+            control.still_owns(job)?;
             return Err(ControlError::conflict(format!(
                 "the item left the repair (state {})",
                 view.state
