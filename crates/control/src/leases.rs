@@ -73,34 +73,14 @@ impl Leases {
 
 /// The id of the server on `data`: read from `DATA/server-id`, or made (random, mode 0600).
 pub(crate) fn server_id(data: &std::path::Path) -> Result<String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let path = data.join("server-id");
-    if let Ok(id) = std::fs::read_to_string(&path) {
-        let id = id.trim();
-        if !id.is_empty() {
-            return Ok(id.to_string());
-        }
-    }
-    let id = format!(
-        "server-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let io = |e: std::io::Error| {
-        crate::error::ControlError::Internal(format!("write {}: {e}", path.display()))
-    };
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io)?;
-    f.write_all(id.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok(id)
+    crate::api::load_or_create_private(&path, || {
+        format!(
+            "server-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
+    })
+    .map_err(|e| crate::error::ControlError::Internal(format!("write {}: {e}", path.display())))
 }
 
 /// The server on the database whose own agents serve the VMs placed on no joined host: the

@@ -61,21 +61,15 @@ pub async fn replication(c: &Client, out: Output, cmd: ReplicationCmd) -> Result
             limit,
             after,
         } => {
-            let mut query = Vec::new();
-            for (k, v) in [
-                ("state", state),
-                ("health", health),
-                ("after", after),
-                ("limit", limit.map(|l| l.to_string())),
-            ] {
-                if let Some(v) = v {
-                    query.push(format!("{k}={}", encode(&v)));
-                }
-            }
-            let path = match query.is_empty() {
-                true => "/v1/replications".to_string(),
-                false => format!("/v1/replications?{}", query.join("&")),
-            };
+            let path = with_query(
+                "/v1/replications",
+                [
+                    ("state", state),
+                    ("health", health),
+                    ("after", after),
+                    ("limit", limit.map(|l| l.to_string())),
+                ],
+            );
             let items = c.get(&path).await?;
             print(out, &items, &cols);
             let page = items.as_array().map_or(0, Vec::len);
@@ -208,6 +202,18 @@ pub async fn disk(c: &Client, out: Output, cmd: DiskCmd) -> Result<()> {
     Ok(())
 }
 
+/// `path` with the query parameters that have a value, each encoded.
+fn with_query<const N: usize>(path: &str, params: [(&str, Option<String>); N]) -> String {
+    let query: Vec<String> = params
+        .into_iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(&v))))
+        .collect();
+    match query.is_empty() {
+        true => path.to_string(),
+        false => format!("{path}?{}", query.join("&")),
+    }
+}
+
 pub(super) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -226,20 +232,14 @@ pub async fn job(c: &Client, out: Output, cmd: JobCmd) -> Result<()> {
             limit,
             after,
         } => {
-            let mut query = Vec::new();
-            for (k, v) in [
-                ("state", state),
-                ("after", after.map(|a| a.to_string())),
-                ("limit", limit.map(|l| l.to_string())),
-            ] {
-                if let Some(v) = v {
-                    query.push(format!("{k}={}", encode(&v)));
-                }
-            }
-            let path = match query.is_empty() {
-                true => "/v1/jobs".to_string(),
-                false => format!("/v1/jobs?{}", query.join("&")),
-            };
+            let path = with_query(
+                "/v1/jobs",
+                [
+                    ("state", state),
+                    ("after", after.map(|a| a.to_string())),
+                    ("limit", limit.map(|l| l.to_string())),
+                ],
+            );
             let jobs = c.get(&path).await?;
             print(out, &jobs, &["id", "kind", "target", "state", "percent"]);
             let page = jobs.as_array().map_or(0, Vec::len);

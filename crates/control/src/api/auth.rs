@@ -65,17 +65,28 @@ pub fn token_matches(given: &str, expected: &str) -> bool {
 
 /// Read the admin token from `path`, or create one (random, mode 0600).
 pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
+    load_or_create_private(path, || {
+        format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )
+    })
+}
+
+/// Read the one-line value kept in `path`, or store a new one from `make` (mode 0600, synced,
+/// put in place by a rename so a crash leaves the old file or the new one whole).
+pub(crate) fn load_or_create_private(
+    path: &Path,
+    make: impl FnOnce() -> String,
+) -> std::io::Result<String> {
     if let Ok(t) = std::fs::read_to_string(path) {
         let t = t.trim().to_string();
         if !t.is_empty() {
             return Ok(t);
         }
     }
-    let token = format!(
-        "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let value = make();
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -83,8 +94,8 @@ pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(token.as_bytes())?;
+    f.write_all(value.as_bytes())?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
-    Ok(token)
+    Ok(value)
 }

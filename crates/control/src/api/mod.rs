@@ -23,6 +23,7 @@ use axum::routing::{MethodRouter, delete, get, post};
 
 use crate::Control;
 
+pub(crate) use auth::load_or_create_private;
 pub use auth::{load_or_create_token, token_matches};
 pub use error::ApiError;
 pub use limits::{BodyTimedOut, MAX_BODY_BYTES, with_body_timeout};
